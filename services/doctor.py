@@ -1,0 +1,126 @@
+"""`npllm doctor`: check every part a start needs and say what is missing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from npllm.config import Settings
+from npllm.errors import NpllmError
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _data_dir(settings: Settings) -> Check:
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return Check("data dir", False, f"{path}: cannot create it ({exc}); set data_dir")
+    if not os.access(path, os.W_OK):
+        return Check("data dir", False, f"{path} is not writable; set data_dir")
+    return Check("data dir", True, str(path))
+
+
+def _database(settings: Settings) -> list[Check]:
+    from npllm.db import Database
+    from npllm.migrations import applied_versions, discover
+
+    db = Database(settings)
+    started = time.perf_counter()
+    try:
+        db.open(migrate=False)
+        versions = db.versions()
+        with db.pool.connection() as conn:
+            done = applied_versions(conn)
+        pending = [m.name for m in discover() if m.version not in done]
+    except NpllmError as exc:
+        return [Check("database", False, str(exc))]
+    finally:
+        db.close()
+    kind = "external" if settings.database.dsn else "embedded"
+    checks = [
+        Check(
+            "database",
+            True,
+            f"{kind} {db.url} (PostgreSQL {versions.postgresql}, pgvector {versions.pgvector}) "
+            f"in {time.perf_counter() - started:.1f} s",
+        )
+    ]
+    if pending:
+        checks.append(
+            Check(
+                "migrations",
+                True,
+                f"{len(pending)} pending, applied at the next start: " + ", ".join(pending),
+            )
+        )
+    else:
+        checks.append(Check("migrations", True, f"{len(done)} applied, up to date"))
+    return checks
+
+
+def _base_model(settings: Settings) -> list[Check]:
+    from npllm.llm import load_base_llm
+
+    try:
+        llm = load_base_llm(settings)
+    except NpllmError as exc:
+        return [Check("base model", False, str(exc))]
+    params = sum(p.numel() for p in llm.model.parameters())
+    trainable = sum(p.numel() for p in llm.model.parameters() if p.requires_grad)
+    checks = [
+        Check(
+            "base model",
+            trainable == 0,
+            f"{llm.model_id} ({llm.source.kind}, {params / 1e6:.1f} M params, frozen, "
+            f"{llm.device}) loaded in {llm.load_seconds:.1f} s"
+            if trainable == 0
+            else f"{trainable} parameters are trainable; the base LLM must be frozen",
+        )
+    ]
+    gen = llm.generate([{"role": "user", "content": "Say hello."}], max_new_tokens=8)
+    checks.append(
+        Check(
+            "generation",
+            bool(gen.text.strip()),
+            f"{gen.completion_tokens} tokens in {gen.seconds:.2f} s: {gen.text.strip()[:40]!r}"
+            if gen.text.strip()
+            else "the base model produced an empty answer",
+        )
+    )
+    return checks
+
+
+def _embedder(settings: Settings) -> Check:
+    from npllm.embeddings import load_embedder
+
+    try:
+        emb = load_embedder(settings)
+    except NpllmError as exc:
+        return Check("embedder", False, str(exc))
+    return Check(
+        "embedder", True, f"{emb.model_id} ({emb.dim}-dim) loaded in {emb.load_seconds:.1f} s"
+    )
+
+
+def run_doctor(settings: Settings, echo: Callable[[str], None]) -> bool:
+    """Run every check, print one line each; True when all pass."""
+    echo(f"config       {', '.join(settings.sources) or 'built-in defaults'}")
+    checks = [_data_dir(settings)]
+    if checks[0].ok:
+        checks += _database(settings)
+        checks += _base_model(settings)
+        checks.append(_embedder(settings))
+    for check in checks:
+        echo(f"{check.name:<12} {'ok  ' if check.ok else 'FAIL'} {check.detail}")
+    failed = [c.name for c in checks if not c.ok]
+    echo("all green" if not failed else f"not ready: {', '.join(failed)} failed")
+    return not failed

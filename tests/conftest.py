@@ -1,0 +1,94 @@
+"""Shared fixtures: one real embedded PostgreSQL and one load of each real model per session."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from npllm.config import Settings, load_settings
+from npllm.db import Database
+
+REPO = Path(__file__).resolve().parent.parent
+# The dequantised GGUF is cached once per checkout (under .venv, so `make clean` drops it);
+# every test session after the first loads it in about a second.
+MODEL_CACHE = Path(os.environ.get("NPLLM_TEST_MODEL_CACHE", REPO / ".venv" / "npllm-model-cache"))
+
+
+def make_settings(data_dir: Path, **env: str) -> Settings:
+    """Test settings: config/npllm.toml, a temp data dir, the shared model cache."""
+    environ = {
+        "NPLLM_DATA_DIR": str(data_dir),
+        "NPLLM_MODELS__CACHE_DIR": str(MODEL_CACHE),
+        **env,
+    }
+    return load_settings(environ=environ)
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for running the `npllm` command in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPLLM_")}
+    env.update(NPLLM_DATA_DIR=str(data_dir), NPLLM_MODELS__CACHE_DIR=str(MODEL_CACHE), **extra)
+    return env
+
+
+NPLLM = [sys.executable, "-m", "services.cli"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("npllm-data")
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> Settings:
+    return make_settings(data_dir)
+
+
+@pytest.fixture(scope="session")
+def database(settings: Settings) -> Iterator[Database]:
+    """The real embedded PostgreSQL + pgvector, migrated, for the whole session."""
+    db = Database(settings)
+    db.open()
+    yield db
+    db.close(stop_server=True)
+
+
+_db_names = itertools.count()
+
+
+@pytest.fixture
+def fresh_conn(database: Database) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to a brand-new, empty database on the session server."""
+    assert database.embedded is not None
+    name = f"fresh_{os.getpid()}_{next(_db_names)}"
+    admin = database.embedded.uri("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    conn = psycopg.connect(database.embedded.uri(name), autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with psycopg.connect(admin, autocommit=True) as admin_conn:
+            admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def base_llm(settings: Settings) -> Any:
+    from npllm.llm import load_base_llm
+
+    return load_base_llm(settings)
+
+
+@pytest.fixture(scope="session")
+def embedder(settings: Settings) -> Any:
+    from npllm.embeddings import load_embedder
+
+    return load_embedder(settings)

@@ -1,0 +1,91 @@
+"""The embedded PostgreSQL + pgvector, an external DSN, and a cosine top-k over memories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from npllm.config import Settings
+from npllm.db import Database, mask_dsn
+from npllm.errors import StorageError
+
+from .conftest import make_settings
+
+
+def test_embedded_server_has_pgvector(database: Database) -> None:
+    versions = database.versions()
+    assert versions.postgresql.startswith("18")
+    assert versions.pgvector.startswith("0.8")
+    assert database.embedded is not None
+    assert (database.settings.data_path / "pgdata" / "PG_VERSION").exists()
+
+
+def test_pool_connections_know_the_vector_type(database: Database) -> None:
+    with database.pool.connection() as conn:
+        value = conn.execute("SELECT '[1,2,3]'::vector").fetchone()
+    assert value is not None
+    assert value[0].to_list() == [1.0, 2.0, 3.0]  # a pgvector Vector, not a string
+
+
+def test_external_dsn_is_used_as_given(database: Database, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, NPLLM_DATABASE__DSN=database.dsn)
+    external = Database(settings)
+    assert external.open() == []  # already migrated by the session database
+    try:
+        assert external.embedded is None
+        assert not (tmp_path / "pgdata").exists()
+        with external.pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM npllm.schema_migrations").fetchone()
+    finally:
+        external.close()
+
+
+def test_unreachable_dsn_names_the_setting(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        NPLLM_DATABASE__DSN=f"postgresql://npllm:secret@/npllm?host={tmp_path}&port=1",
+        NPLLM_DATABASE__CONNECT_TIMEOUT_S="2",
+    )
+    with pytest.raises(StorageError) as err:
+        Database(settings).open()
+    message = str(err.value)
+    assert "cannot connect to PostgreSQL" in message
+    assert "database.dsn" in message
+    assert "secret" not in message
+
+
+def test_mask_dsn_hides_passwords() -> None:
+    assert mask_dsn("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert mask_dsn("postgresql://u@db/x") == "postgresql://u@db/x"
+
+
+def test_cosine_top_k_returns_the_nearest_memory(
+    database: Database, embedder: Any, settings: Settings
+) -> None:
+    texts = [
+        "The zorblax service listens on port 7311 and is written in Rust.",
+        "Use pytest fixtures with session scope to load heavy models once.",
+        "Bananas are rich in potassium.",
+        "git rebase -i lets you squash commits before pushing.",
+    ]
+    vectors = embedder.embed(texts)
+    with database.pool.connection() as conn:
+        ids = [
+            conn.execute(
+                "INSERT INTO npllm.memories (text, kind, source, embedding) "
+                "VALUES (%(text)s, 'fact', 'test', %(embedding)s) RETURNING id",
+                {"text": t, "embedding": v},
+            ).fetchone()[0]
+            for t, v in zip(texts, vectors, strict=True)
+        ]
+        query = embedder.embed_one("Which port does zorblax use?")
+        rows = conn.execute(
+            "SELECT id, 1 - (embedding <=> %(q)s) AS score FROM npllm.memories "
+            "WHERE source = 'test' ORDER BY embedding <=> %(q)s LIMIT 2",
+            {"q": query},
+        ).fetchall()
+        conn.execute("DELETE FROM npllm.memories WHERE source = 'test'")
+    assert rows[0][0] == ids[0]
+    assert rows[0][1] > rows[1][1]
