@@ -142,6 +142,12 @@ class MemoryConfig(_Section):
     min_similarity: float = Field(
         0.35, ge=-1.0, le=1.0, description="Cosine similarity below which a memory is not used."
     )
+    hnsw_ef_search: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="pgvector hnsw.ef_search for memory search: higher = better recall, slower.",
+    )
     cache_size: int = Field(
         256, ge=0, description="Entries in the short-term (query -> answer) LRU; 0 disables it."
     )

@@ -147,7 +147,7 @@ class Database:
             min_size=cfg.pool_min_size,
             max_size=cfg.pool_max_size,
             timeout=cfg.connect_timeout_s,
-            configure=register_vector,
+            configure=self._configure,
             open=False,
         )
         try:
@@ -155,6 +155,13 @@ class Database:
         except Exception as exc:
             raise StorageError(f"cannot open a connection pool to {self.url}: {exc}") from exc
         return applied
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Once per pooled connection: pgvector types, and the HNSW search breadth."""
+        register_vector(conn)
+        ef_search = int(self.settings.memory.hnsw_ef_search)
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+        conn.commit()
 
     def close(self, stop_server: bool | None = None) -> None:
         """Close the pool; stop the embedded server if asked, or if this process started it."""

@@ -10,6 +10,7 @@ on one line and exits non-zero, never with a traceback.
     ├── ModelError           a model is missing locally or cannot be loaded
     ├── AdapterError         an adapter is missing, misnamed or wrongly shaped
     ├── ConsolidationError   a sleep cycle step failed
+    ├── RequestError         a request cannot be served as asked (names the parameter)
     └── ClientError          the CLI cannot talk to the daemon, or the daemon refused
 """
 
@@ -42,6 +43,14 @@ class AdapterError(NpllmError):
 
 class ConsolidationError(NpllmError):
     """A step of the sleep cycle failed."""
+
+
+class RequestError(NpllmError):
+    """A request is invalid or cannot fit (e.g. a prompt longer than the context)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ClientError(NpllmError):

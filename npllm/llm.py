@@ -13,7 +13,9 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,13 +109,86 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings of one request; greedy when temperature is 0."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
 @dataclass
 class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop" (end of turn or a stop string), "length" or "cancelled"
     seconds: float = 0.0
+
+
+class _TextStream:
+    """A transformers streamer that turns new token ids into text deltas.
+
+    It decodes the whole completion each time (completions are short) so multi-token
+    characters come out whole, holds back text that could be the start of a stop
+    string, and ends the generation when a stop string appears."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], on_text: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the completion already handed to on_text
+        self.text = ""
+        self.stopped = False
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first pushes the prompt itself
+            self._prompt_seen = True
+            return
+        if self.stopped:
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._emit(text[:cut])
+            return
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        hold = max((len(s) - 1 for s in self.stop), default=0)
+        for keep in range(min(hold, len(text)), 0, -1):
+            if any(s.startswith(text[-keep:]) for s in self.stop):
+                self._emit(text[:-keep])
+                return
+        self._emit(text)
+
+    def end(self) -> None:
+        if not self.stopped:
+            self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _emit(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.on_text(text[self.sent :])
+            self.sent = len(text)
+        self.text = text
+
+
+class _Halt:
+    """Stopping criterion: a stop string was seen, or the caller cancelled."""
+
+    def __init__(self, stream: _TextStream, cancel: threading.Event | None):
+        self.stream = stream
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        halt = self.stream.stopped or (self.cancel is not None and self.cancel.is_set())
+        return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -142,40 +217,56 @@ class BaseLLM:
         )
         return list(ids)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
+    def generate(
+        self, messages: list[dict[str, str]], max_new_tokens: int = 64, **params: Any
+    ) -> Generation:
+        """Answer a chat in one piece (see generate_ids for streaming)."""
+        return self.generate_ids(
+            self.encode_chat(messages), GenerationParams(max_new_tokens=max_new_tokens, **params)
+        )
 
     @torch.inference_mode()
-    def generate(
+    def generate_ids(
         self,
-        messages: list[dict[str, str]],
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
-        """Answer a chat; greedy when temperature is 0."""
+        """Generate from token ids, calling on_text with each new piece of text.
+
+        Runs on the calling thread; `cancel` stops it at the next token."""
         started = time.perf_counter()
-        prompt = torch.tensor([self.encode_chat(messages)], device=self.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p)
-            if seed is not None:
-                torch.manual_seed(seed)
-        out = self.model.generate(
+        stream = _TextStream(self.tokenizer, params.stop, on_text or (lambda _: None))
+        prompt = torch.tensor([prompt_ids], device=self.device)  # (1, prompt_len)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": params.temperature > 0,
+        }
+        if params.temperature > 0:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        self.model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            streamer=stream,
+            stopping_criteria=[_Halt(stream, cancel)],
             **kwargs,
         )
-        new = out[0, prompt.shape[1] :]  # (completion_tokens,)
         eos = self.tokenizer.eos_token_id
-        finished = len(new) > 0 and int(new[-1]) == eos
+        if cancel is not None and cancel.is_set():
+            reason = "cancelled"
+        elif stream.stopped or (stream.ids and stream.ids[-1] == eos):
+            reason = "stop"
+        else:
+            reason = "length" if len(stream.ids) >= params.max_new_tokens else "stop"
         return Generation(
-            text=self.tokenizer.decode(new, skip_special_tokens=True),
-            prompt_tokens=int(prompt.shape[1]),
-            completion_tokens=int(len(new)),
-            finish_reason="stop" if finished or len(new) < max_new_tokens else "length",
+            text=stream.text,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=len(stream.ids),
+            finish_reason=reason,
             seconds=time.perf_counter() - started,
         )
 

@@ -92,3 +92,62 @@ def embedder(settings: Settings) -> Any:
     from npllm.embeddings import load_embedder
 
     return load_embedder(settings)
+
+
+class LiveDaemon:
+    """A real `npllm serve` subprocess on a real Unix socket."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        import subprocess
+
+        self.data_dir = data_dir
+        self.socket = data_dir / "run" / "npllm.sock"
+        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+        self.proc = subprocess.Popen(
+            [*NPLLM, "serve"],
+            env=cli_env(data_dir, **env),
+            cwd=REPO,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 240.0) -> LiveDaemon:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"npllm serve exited early:\n{self.log.read_text()}")
+            if self.socket.exists():
+                try:
+                    if self.http().get("/v1/status").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        raise RuntimeError(f"npllm serve not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def http(self, timeout: float = 300.0) -> Any:
+        import httpx
+
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://npllm",
+            timeout=timeout,
+        )
+
+    def stop(self, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
+    live = LiveDaemon(tmp_path_factory.mktemp("daemon") / "data").wait_ready()
+    yield live
+    live.stop()

@@ -1,0 +1,196 @@
+"""The awake path: cache → embed → recall → working memory → base LLM → store.
+
+No training ever happens here. One call answers one chat request and records it
+as an interaction; the caller decides which thread it runs on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from npllm import interactions
+from npllm.cache import ShortTermCache, cache_key
+from npllm.config import Settings
+from npllm.embeddings import Embedder
+from npllm.errors import RequestError
+from npllm.interactions import Interaction
+from npllm.llm import BaseLLM, Generation, GenerationParams
+from npllm.memory import MemoryStore, Recalled
+from npllm.working_memory import assemble
+
+
+@dataclass
+class Answer:
+    """What a chat request produced, with the metadata the API reports."""
+
+    interaction_id: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    memories: list[dict[str, Any]]
+    adapters: list[dict[str, Any]]
+    timings: dict[str, float]
+    cached: bool = False
+    truncated: dict[str, int] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """The `npllm` object of a completion."""
+        return {
+            "interaction_id": self.interaction_id,
+            "memories": self.memories,
+            "adapters": self.adapters,
+            "timings": self.timings,
+            "cached": self.cached,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass
+class _Cached:
+    generation: Generation
+    embedding: np.ndarray
+    recalled: list[Recalled]
+    prompt_tokens: int
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+class AwakePath:
+    """Answers chat requests with the frozen base LLM and the hippocampus."""
+
+    def __init__(self, settings: Settings, pool: Any, llm: BaseLLM, embedder: Embedder) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.llm = llm
+        self.embedder = embedder
+        self.memory = MemoryStore(pool, embedder, settings.memory)
+        self.cache: ShortTermCache[_Cached] = ShortTermCache(settings.memory.cache_size)
+
+    def answer(
+        self,
+        messages: list[dict[str, str]],
+        params: GenerationParams,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Answer the conversation's latest user message; store the interaction.
+
+        `on_start` is called once the request is known to fit (after the prompt is
+        assembled), so a streaming caller can still turn earlier errors into 4xx."""
+        started = time.perf_counter()
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+        if question is None:
+            raise RequestError("messages must contain a user message", param="messages")
+        deterministic = params.temperature == 0 or params.seed is not None
+        key = cache_key(messages, asdict(params)) if deterministic else None
+        hit = self.cache.get(key) if key else None
+        timings: dict[str, float] = {}
+        truncated: dict[str, int] = {}
+        if hit is not None:
+            gen, embedding, recalled = hit.generation, hit.embedding, hit.recalled
+            if on_start:
+                on_start()
+            if on_text and gen.text:
+                on_text(gen.text)
+            prompt_tokens = hit.prompt_tokens
+            timings.update(embed_ms=0.0, retrieve_ms=0.0, prompt_ms=0.0, generate_ms=0.0)
+        else:
+            t = time.perf_counter()
+            embedding = self.embedder.embed_one(question)
+            timings["embed_ms"] = _ms(time.perf_counter() - t)
+            t = time.perf_counter()
+            recalled = self.memory.search(embedding)
+            timings["retrieve_ms"] = _ms(time.perf_counter() - t)
+            t = time.perf_counter()
+            wm = assemble(
+                self.llm,
+                messages,
+                recalled,
+                self.settings.memory.system_prompt,
+                self.settings.memory.recent_turns,
+                params.max_new_tokens,
+            )
+            recalled = wm.memories
+            prompt_tokens = len(wm.prompt_ids)
+            truncated = {"turns": wm.dropped_turns, "memories": wm.dropped_memories}
+            timings["prompt_ms"] = _ms(time.perf_counter() - t)
+            if on_start:
+                on_start()
+            gen = self.llm.generate_ids(wm.prompt_ids, params, on_text=on_text, cancel=cancel)
+            timings["generate_ms"] = _ms(gen.seconds)
+            if key and gen.finish_reason != "cancelled":
+                self.cache.put(key, _Cached(gen, embedding, recalled, prompt_tokens))
+        timings["tokens_per_s"] = (
+            round(gen.completion_tokens / gen.seconds, 2) if gen.seconds > 0 else 0.0
+        )
+        timings["total_ms"] = _ms(time.perf_counter() - started)
+        interaction_id = interactions.record(
+            self.pool,
+            Interaction(
+                messages=messages,
+                question=question,
+                answer=gen.text,
+                base_model=self.llm.model_id,
+                question_embedding=embedding,
+                memory_ids=[m.id for m in recalled],
+                memory_scores=[round(float(m.score), 4) for m in recalled],
+                timings=timings,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+                finish_reason=gen.finish_reason,
+                params=asdict(params),
+            ),
+        )
+        self.memory.mark_used([m.id for m in recalled])
+        if self.settings.memory.store_exchanges and gen.text.strip() and hit is None:
+            self.memory.add(
+                f"Q: {question}\nA: {gen.text.strip()}",
+                source=f"interaction:{interaction_id}",
+                kind="exchange",
+            )
+        return Answer(
+            interaction_id=interaction_id,
+            text=gen.text,
+            finish_reason=gen.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            memories=[{"id": m.id, "score": round(float(m.score), 4)} for m in recalled],
+            adapters=[],
+            timings=timings,
+            cached=hit is not None,
+            truncated=truncated,
+        )
+
+    def remember(self, text: str, source: str, kind: str) -> dict[str, Any]:
+        """Store a memory (chunked if long); cached answers may now be stale."""
+        document_id, chunks = self.memory.add(text, source=source, kind=kind)  # type: ignore[arg-type]
+        self.cache.clear()
+        return {
+            "document_id": str(document_id) if document_id else None,
+            "data": [
+                {"id": c.id, "chunk_index": c.chunk_index, "merged": c.merged} for c in chunks
+            ],
+        }
+
+    def forget(self, memory_id: int) -> bool:
+        deleted = self.memory.delete(memory_id)
+        if deleted:
+            self.cache.clear()
+        return deleted
+
+    def status_counts(self) -> dict[str, int]:
+        return {
+            "memories": self.memory.count(),
+            "interactions": interactions.count(self.pool),
+            "cache_entries": len(self.cache),
+        }

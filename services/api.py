@@ -1,0 +1,527 @@
+"""The socket API: OpenAI-compatible chat completions plus npllm's own endpoints.
+
+Every error is JSON in the OpenAI shape ``{"error": {"message", "type", "param",
+"code"}}`` and never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import npllm
+from npllm.awake import Answer, AwakePath
+from npllm.config import Settings
+from npllm.db import Database, ServerVersions
+from npllm.errors import NpllmError, RequestError, StorageError
+from npllm.llm import GenerationParams
+from services.queue import GenerationQueue, QueueFull
+
+log = logging.getLogger("npllm.api")
+
+
+# ---- request bodies -------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request; unknown fields are ignored, as OpenAI's servers do."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    model: str | None = Field(None, description="Ignored: npllm serves its configured base LLM.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, description="Default: server.default_max_tokens.")
+    max_completion_tokens: int | None = Field(None, description="Newer name of max_tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (the default).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
+    seed: int | None = None
+    stream: bool = False
+
+
+class MemoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(min_length=1, description="A note, fact or whole document (chunked).")
+    source: str = Field("user", min_length=1, max_length=200)
+    kind: Literal["note", "fact", "document"] = "note"
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def error_response(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(err: dict[str, Any]) -> tuple[str, str | None]:
+    if err["type"] == "json_invalid":
+        return f"request body is not valid JSON: {err.get('ctx', {}).get('error', '')}", None
+    loc = [str(p) for p in err["loc"] if p != "body"]
+    param = ".".join(loc) or None
+    got = err.get("input")
+    shown = (
+        f" (got {json.dumps(got)[:80]})" if got is not None and not isinstance(got, dict) else ""
+    )
+    return f"{param or 'body'}: {err['msg']}{shown}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        message, param = _validation_message(errors[0]) if errors else ("invalid request", None)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem(s))"
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), type_=type_)
+
+    @app.exception_handler(RequestError)
+    async def _request(_: Request, exc: RequestError) -> JSONResponse:
+        return error_response(400, str(exc), param=exc.param)
+
+    @app.exception_handler(QueueFull)
+    async def _full(_: Request, exc: QueueFull) -> JSONResponse:
+        return error_response(
+            503,
+            f"npllm is busy: {exc}; retry in a few seconds",
+            type_="server_busy",
+            code="queue_full",
+            headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        return error_response(503, str(exc), type_="storage_error")
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, f"internal error: {exc}", type_="server_error")
+
+
+# ---- body guard and request log -------------------------------------------------------------
+
+
+class BodyGuard:
+    """ASGI middleware: refuse bodies over the size limit (413) and JSON that is not UTF-8
+    (400) before they reach a route, and log one JSON line per request with its timings."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope.setdefault("state", {})
+        status = {"code": 0}
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._log(scope, status["code"], started)
+
+        refusal = None
+        body = b""
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body, refusal = await self._read(scope, receive)
+            # Every body here is JSON; accept it even when the client did not say so
+            # (plain `curl -d` sends application/x-www-form-urlencoded).
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        if refusal is not None:
+            await refusal(scope, receive, send_logged)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(
+            scope, replay if scope["method"] in ("POST", "PUT", "PATCH") else receive, send_logged
+        )
+
+    async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = error_response(
+            413,
+            f"request body is larger than server.max_body_bytes ({self.max_bytes} bytes)",
+            code="body_too_large",
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return b"", too_big
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return b"", too_big
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return b"", error_response(
+                400, f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_utf8"
+            )
+        return body, None
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float) -> None:
+        entry = {
+            "event": "request",
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        entry.update(scope["state"].get("npllm_log", {}))
+        log.info(json.dumps(entry))
+
+
+# ---- the service ----------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """What the routes need: config, the awake path, the queue, and facts for /v1/status."""
+
+    settings: Settings
+    database: Database
+    awake: AwakePath
+    queue: GenerationQueue
+    versions: ServerVersions
+    started_at: float = field(default_factory=time.time)
+    state: str = "awake"
+    in_flight: dict[str, threading.Event] = field(default_factory=dict)
+
+    def cancel_all(self) -> None:
+        for event in self.in_flight.values():
+            event.set()
+
+
+def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams:
+    cap = settings.server.max_tokens_cap
+    given = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
+    param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
+    max_tokens = settings.server.default_max_tokens if given is None else given
+    if max_tokens <= 0:
+        raise RequestError(f"{param} must be at least 1, got {max_tokens}", param=param)
+    if max_tokens > cap:
+        raise RequestError(
+            f"{param} is {max_tokens}, above this server's cap of {cap} (server.max_tokens_cap)",
+            param=param,
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise RequestError("stop takes up to 4 non-empty strings", param="stop")
+    return GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(stop),
+        seed=body.seed,
+    )
+
+
+def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if messages[-1]["role"] != "user":
+        raise RequestError(
+            "the last message must come from the user", param=f"messages.{len(messages) - 1}.role"
+        )
+    if not messages[-1]["content"].strip():
+        raise RequestError(
+            "the last user message is empty", param=f"messages.{len(messages) - 1}.content"
+        )
+    return messages
+
+
+def _completion(answer: Answer, response_id: str, model: str, created: int) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": _usage(answer),
+        "npllm": answer.metadata(),
+    }
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _chunk(response_id: str, model: str, created: int, delta: dict[str, str], **extra: Any) -> str:
+    finish = extra.pop("finish_reason", None)
+    payload = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application over one Service."""
+    app = FastAPI(
+        title="npllm",
+        version=npllm.__version__,
+        description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
+        "with retrieval over pgvector, plus memories and status.",
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyGuard, max_bytes=service.settings.server.max_body_bytes)
+    model_id = service.awake.llm.model_id
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        messages = _messages(body)
+        params = _params(body, service.settings)
+        response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(kind: str, text: str = "") -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, text))
+
+        def work() -> Answer:
+            try:
+                return service.awake.answer(
+                    messages,
+                    params,
+                    on_text=(lambda t: emit("text", t)) if body.stream else None,
+                    cancel=cancel,
+                    on_start=lambda: emit("start"),
+                )
+            finally:
+                emit("done")
+
+        service.in_flight[response_id] = cancel
+        try:
+            future = asyncio.wrap_future(service.queue.submit(work))
+        except QueueFull:
+            service.in_flight.pop(response_id, None)
+            raise
+        if not body.stream:
+            try:
+                answer = await future
+            finally:
+                service.in_flight.pop(response_id, None)
+            request.scope["state"]["npllm_log"] = _log_fields(answer)
+            return JSONResponse(_completion(answer, response_id, model_id, created))
+        # Streaming: wait until the prompt is assembled so that errors up to then are 4xx.
+        first, _ = await events.get()
+        if first == "done":
+            service.in_flight.pop(response_id, None)
+            await future  # raises the RequestError (or other) as a proper JSON error
+        return StreamingResponse(
+            _stream(service, request, response_id, created, model_id, events, future, cancel),
+            media_type="text/event-stream",
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_id,
+                    "object": "model",
+                    "created": int(service.started_at),
+                    "owned_by": "npllm",
+                }
+            ],
+        }
+
+    @app.get("/v1/status")
+    def status() -> dict[str, Any]:
+        s = service.settings
+        return {
+            "status": "ok",
+            "version": npllm.__version__,
+            "state": service.state,
+            "uptime_s": round(time.time() - service.started_at, 1),
+            "base_model": model_id,
+            "embedder": service.awake.embedder.model_id,
+            "database": {
+                "url": service.database.url,
+                "embedded": service.database.embedded is not None,
+                "postgresql": service.versions.postgresql,
+                "pgvector": service.versions.pgvector,
+            },
+            "counts": service.awake.status_counts(),
+            "queue": {
+                "size": s.server.queue_size,
+                "running": service.queue.running,
+                "waiting": service.queue.waiting,
+            },
+            "socket": str(s.socket_path),
+        }
+
+    @app.post("/v1/memories", status_code=201)
+    def add_memory(body: MemoryIn) -> dict[str, Any]:
+        if not body.text.strip():
+            raise RequestError("text is only whitespace", param="text")
+        return service.awake.remember(body.text, body.source, body.kind)
+
+    @app.get("/v1/memories")
+    def search_memories(
+        query: Annotated[str, Query(min_length=1, description="What to look for.")],
+        k: Annotated[int, Query(ge=1, le=100)] = 5,
+        min_score: Annotated[float, Query(ge=-1.0, le=1.0)] = -1.0,
+    ) -> dict[str, Any]:
+        found = service.awake.memory.search(
+            service.awake.embedder.embed_one(query), k=k, min_score=min_score
+        )
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": m.id,
+                    "text": m.text,
+                    "score": round(float(m.score), 4),
+                    "kind": m.kind,
+                    "source": m.source,
+                    "created_at": m.created_at.isoformat(),
+                    "use_count": m.use_count,
+                }
+                for m in found
+            ],
+        }
+
+    @app.delete("/v1/memories/{memory_id}")
+    def delete_memory(memory_id: int) -> JSONResponse:
+        if not service.awake.forget(memory_id):
+            return error_response(
+                404, f"no memory with id {memory_id}", type_="not_found_error", param="memory_id"
+            )
+        return JSONResponse({"id": memory_id, "deleted": True})
+
+    return app
+
+
+def _log_fields(answer: Answer) -> dict[str, Any]:
+    return {
+        "interaction_id": answer.interaction_id,
+        "tokens": answer.completion_tokens,
+        "memories": len(answer.memories),
+        "cached": answer.cached,
+        **answer.timings,
+    }
+
+
+async def _stream(
+    service: Service,
+    request: Request,
+    response_id: str,
+    created: int,
+    model: str,
+    events: asyncio.Queue[tuple[str, str]],
+    future: Awaitable[Answer],
+    cancel: threading.Event,
+) -> AsyncIterator[str]:
+    try:
+        yield _chunk(response_id, model, created, {"role": "assistant", "content": ""})
+        while True:
+            kind, text = await events.get()
+            if kind == "done":
+                break
+            if kind == "text":
+                yield _chunk(response_id, model, created, {"content": text})
+        try:
+            answer = await future
+        except NpllmError as exc:
+            error = {"error": {"message": str(exc), "type": "server_error"}}
+            yield f"data: {json.dumps(error)}\n\n"
+            return
+        request.scope["state"]["npllm_log"] = _log_fields(answer)
+        yield _chunk(
+            response_id,
+            model,
+            created,
+            {},
+            finish_reason=answer.finish_reason,
+            usage=_usage(answer),
+            npllm=answer.metadata(),
+        )
+        yield "data: [DONE]\n\n"
+    finally:
+        # The client went away or we finished: either way stop generating for it.
+        cancel.set()
+        service.in_flight.pop(response_id, None)

@@ -1,0 +1,68 @@
+"""Talking to the running daemon over its Unix socket (used by the CLI)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from npllm.errors import ClientError
+
+
+class Client:
+    """A small HTTP client for npllm's socket API."""
+
+    def __init__(self, socket_path: Path, timeout: float = 600.0) -> None:
+        self.socket_path = socket_path
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(socket_path)),
+            base_url="http://npllm",
+            timeout=timeout,
+        )
+
+    def _not_running(self, exc: Exception) -> ClientError:
+        return ClientError(
+            f"npllm is not running (nothing answers on {self.socket_path}); start it with "
+            "`npllm serve` or `make run`"
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running(exc) from exc
+        return _checked(response).json()
+
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Yield the parsed server-sent events of a streaming chat completion."""
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _checked(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line.removeprefix("data: ")
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if "error" in event:
+                        message = event["error"]["message"]
+                        raise ClientError(f"the daemon failed mid-answer: {message}")
+                    yield event
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running(exc) from exc
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code < 400:
+        return response
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    raise ClientError(f"the daemon refused ({response.status_code}): {message}")

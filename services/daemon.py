@@ -1,0 +1,248 @@
+"""`npllm serve`: the long-running daemon, shaped like uvicorn's server.
+
+startup()   lock the data dir, open the database (migrations), load the models once,
+            bind the Unix socket (0600 inside a 0700 directory)
+main_loop() uvicorn serves the API on that socket until SIGTERM/SIGINT
+shutdown()  in-flight requests get server.shutdown_timeout_s, then are cancelled;
+            the embedded PostgreSQL is stopped; the socket and lock are removed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import uvicorn
+
+from npllm.config import Settings
+from npllm.errors import NpllmError
+
+log = logging.getLogger("npllm.daemon")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging when shutdown begins and how many requests are in flight."""
+
+    def __init__(self, config: uvicorn.Config, daemon: Daemon) -> None:
+        super().__init__(config)
+        self.daemon = daemon
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM as a graceful stop and restore the old handlers after.
+
+        Unlike uvicorn's own, this does not re-raise the signal on the way out: the
+        daemon still has to stop PostgreSQL and remove its socket (Daemon.shutdown)."""
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        in_flight = len(self.daemon.service.in_flight) if self.daemon.service else 0
+        log.info(json.dumps({"event": "shutting_down", "in_flight": in_flight}))
+        await super().shutdown(sockets)
+
+
+class DaemonError(NpllmError):
+    """The daemon cannot start (another one runs, or the socket cannot be made)."""
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log line, so logs can be grepped and parsed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        try:
+            payload = json.loads(message)
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
+            payload = {"message": message}
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            **payload,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("npllm").setLevel(logging.INFO)
+
+
+class Daemon:
+    """One npllm daemon on one data directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.socket_path = settings.socket_path
+        self.lock_path = settings.data_path / "npllm.lock"
+        self._lock_file: IO[str] | None = None
+        self._sockets: list[socket.socket] = []
+        self.database: Any = None
+        self.service: Any = None
+
+    # ---- startup ----------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        started = time.perf_counter()
+        self._take_lock()
+        from npllm.awake import AwakePath
+        from npllm.db import Database
+        from npllm.embeddings import load_embedder
+        from npllm.llm import load_base_llm
+        from services.api import Service
+        from services.queue import GenerationQueue
+
+        self.database = Database(self.settings)
+        applied = self.database.open(migrate=True)
+        if applied:
+            log.info(json.dumps({"event": "migrated", "applied": applied}))
+        llm = load_base_llm(self.settings)
+        embedder = load_embedder(self.settings)
+        awake = AwakePath(self.settings, self.database.pool, llm, embedder)
+        self.service = Service(
+            settings=self.settings,
+            database=self.database,
+            awake=awake,
+            queue=GenerationQueue(self.settings.server.queue_size),
+            versions=self.database.versions(),
+        )
+        self._bind()
+        log.info(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "socket": str(self.socket_path),
+                    "tcp_port": self.settings.server.tcp_port or None,
+                    "base_model": llm.model_id,
+                    "embedder": embedder.model_id,
+                    "database": self.database.url,
+                    "startup_s": round(time.perf_counter() - started, 2),
+                }
+            )
+        )
+
+    def _take_lock(self) -> None:
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_path.open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise DaemonError(
+                f"another npllm serve (pid {holder}) is already running on data dir "
+                f"{self.settings.data_path}; stop it first, or set data_dir for a second one"
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock_file = lock
+
+    def _bind(self) -> None:
+        path = self.socket_path
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        elif path.parent == self.settings.data_path / "run":
+            path.parent.chmod(0o700)  # our own directory; a user-chosen one is left as it is
+        if path.exists() or path.is_symlink():
+            # We hold the data dir's lock, so no live daemon owns it: a crashed run left it.
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise DaemonError(
+                    f"{path} exists and is not a socket; remove it or set server.socket"
+                )
+            log.info(json.dumps({"event": "stale_socket_removed", "socket": str(path)}))
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise DaemonError(f"cannot bind the socket {path}: {exc}; set server.socket") from exc
+        finally:
+            os.umask(old_umask)
+        path.chmod(0o600)
+        self._sockets.append(sock)
+        if self.settings.server.tcp_port:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", self.settings.server.tcp_port))
+            except OSError as exc:
+                tcp.close()
+                raise DaemonError(
+                    f"cannot listen on 127.0.0.1:{self.settings.server.tcp_port}: {exc}; "
+                    "change server.tcp_port or set it to 0"
+                ) from exc
+            self._sockets.append(tcp)
+
+    # ---- main loop --------------------------------------------------------------------------
+
+    def main_loop(self) -> None:
+        from services.api import create_app
+
+        config = uvicorn.Config(
+            create_app(self.service),
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=self.settings.server.shutdown_timeout_s,
+            lifespan="off",
+        )
+        server = _Server(config, self)
+        server.run(sockets=self._sockets)
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Release everything, whatever state startup reached."""
+        if self.service is not None:
+            self.service.cancel_all()
+            self.service.queue.shutdown()
+        for sock in self._sockets:
+            sock.close()
+        if self._sockets:
+            self.socket_path.unlink(missing_ok=True)
+        if self.database is not None:
+            self.database.close(stop_server=True)
+        if self._lock_file is not None:
+            self.lock_path.unlink(missing_ok=True)
+            self._lock_file.close()
+        log.info(json.dumps({"event": "stopped"}))
+
+    def run(self) -> None:
+        try:
+            self.startup()
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+
+def serve(settings: Settings) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    configure_logging()
+    Daemon(settings).run()

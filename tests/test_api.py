@@ -1,0 +1,264 @@
+"""The socket API against a live `npllm serve` with the real database and default model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import LiveDaemon
+
+
+def _openai(daemon: LiveDaemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://npllm/v1", api_key="unused", http_client=daemon.http())
+
+
+def _ask(http: httpx.Client, question: str, **extra: Any) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
+    return http.post("/v1/chat/completions", json=body)
+
+
+def test_openai_client_non_streaming(daemon: LiveDaemon) -> None:
+    client = _openai(daemon)
+    reply = client.chat.completions.create(
+        model="npllm",
+        messages=[{"role": "user", "content": "Write a Python function that adds two numbers."}],
+        max_tokens=32,
+    )
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    meta = reply.model_extra["npllm"]
+    assert meta["interaction_id"] > 0
+    assert meta["adapters"] == []
+    for key in ("embed_ms", "retrieve_ms", "generate_ms", "total_ms", "tokens_per_s"):
+        assert meta["timings"][key] >= 0
+    assert meta["timings"]["total_ms"] >= meta["timings"]["generate_ms"]
+    assert reply.usage.completion_tokens <= 32
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_openai_client_streaming(daemon: LiveDaemon) -> None:
+    client = _openai(daemon)
+    stream = client.chat.completions.create(
+        model="npllm",
+        messages=[{"role": "user", "content": "Name three sorting algorithms."}],
+        max_tokens=24,
+        stream=True,
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.strip()
+    last = chunks[-1]
+    assert last.choices[0].finish_reason in ("stop", "length")
+    meta = last.model_extra["npllm"]
+    assert meta["interaction_id"] > 0
+    # The stored interaction holds exactly the streamed text.
+    with daemon.http() as http:
+        rows = http.get("/v1/status").json()["counts"]["interactions"]
+    assert rows >= 1
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_models_and_openapi(daemon: LiveDaemon) -> None:
+    assert [m.id for m in _openai(daemon).models.list()] == ["SmolLM2-135M-Instruct.Q4_1"]
+    with daemon.http() as http:
+        schema = http.get("/openapi.json").json()
+    assert "/v1/chat/completions" in schema["paths"]
+    assert "/v1/memories" in schema["paths"]
+
+
+def test_status_reports_models_database_and_counts(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        status = http.get("/v1/status").json()
+    assert status["status"] == "ok"
+    assert status["state"] == "awake"
+    assert status["base_model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert status["database"]["embedded"] is True
+    assert status["database"]["pgvector"].startswith("0.8")
+    assert set(status["counts"]) >= {"memories", "interactions"}
+
+
+def test_stop_sequence_and_seed(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        first = _ask(http, "Count from 1 to 10, separated by commas.", max_tokens=40).json()
+        text = first["choices"][0]["message"]["content"]
+        assert "3" in text
+        stopped = _ask(
+            http, "Count from 1 to 10, separated by commas.", max_tokens=40, stop=["3"]
+        ).json()
+        assert stopped["choices"][0]["message"]["content"] == text[: text.index("3")]
+        assert stopped["choices"][0]["finish_reason"] == "stop"
+        sampled = [
+            _ask(http, "Invent a name for a cat.", temperature=1.0, seed=7).json() for _ in range(2)
+        ]
+    assert sampled[0]["choices"][0]["message"] == sampled[1]["choices"][0]["message"]
+
+
+def test_rag_changes_the_answer(daemon: LiveDaemon) -> None:
+    fact = "The secret launch code of project Quilldrake is PELICAN-4471."
+    question = "What is the secret launch code of project Quilldrake?"
+    with daemon.http() as http:
+        before = _ask(http, question, max_tokens=40).json()
+        assert "PELICAN-4471" not in before["choices"][0]["message"]["content"]
+        stored = http.post("/v1/memories", json={"text": fact, "source": "test"})
+        assert stored.status_code == 201
+        memory_id = stored.json()["data"][0]["id"]
+        found = http.get("/v1/memories", params={"query": "Quilldrake launch code", "k": 3})
+        assert found.json()["data"][0]["id"] == memory_id
+        assert found.json()["data"][0]["text"] == fact
+        after = _ask(http, question, max_tokens=40).json()
+        used = [m["id"] for m in after["npllm"]["memories"]]
+        assert memory_id in used
+        assert "PELICAN-4471" in after["choices"][0]["message"]["content"]
+        assert http.delete(f"/v1/memories/{memory_id}").json() == {
+            "id": memory_id,
+            "deleted": True,
+        }
+        again = http.delete(f"/v1/memories/{memory_id}")
+        assert again.status_code == 404
+        assert again.json()["error"]["message"] == f"no memory with id {memory_id}"
+
+
+def test_long_documents_are_chunked_and_duplicates_merged(daemon: LiveDaemon) -> None:
+    topics = [
+        "Configure the frobnicator's cache with a TTL of ninety seconds.",
+        "Bananas ripen faster next to apples because of ethylene gas.",
+        "The Treaty of Westphalia was signed in 1648 in Osnabrück and Münster.",
+        "Photosynthesis turns carbon dioxide and water into glucose and oxygen.",
+        "A B-tree keeps keys sorted and allows searches in logarithmic time.",
+        "Jazz improvisation often builds on the chord changes of standards.",
+    ]
+    document = "\n\n".join(f"{t} " + t * 3 for t in topics)
+    with daemon.http() as http:
+        first = http.post("/v1/memories", json={"text": document, "kind": "document"}).json()
+        assert len(first["data"]) > 1
+        assert first["document_id"]
+        assert not any(c["merged"] for c in first["data"])
+        second = http.post("/v1/memories", json={"text": document, "kind": "document"}).json()
+    assert all(c["merged"] for c in second["data"])
+    assert [c["id"] for c in second["data"]] == [c["id"] for c in first["data"]]
+
+
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"messages": [', "request body is not valid JSON", None),
+    (
+        "invalid UTF-8",
+        b'{"messages":[{"role":"user","content":"\xff\xfe"}]}',
+        "request body is not valid UTF-8",
+        None,
+    ),
+    ("wrong type", {"messages": "hello"}, "messages: Input should be a valid list", "messages"),
+    (
+        "unknown role",
+        {"messages": [{"role": "robot", "content": "hi"}]},
+        "messages.0.role: Input should be 'system', 'user' or 'assistant'",
+        "messages.0.role",
+    ),
+    ("empty messages", {"messages": []}, "messages: List should have at least 1 item", "messages"),
+    (
+        "max_tokens zero",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
+        "max_tokens must be at least 1, got 0",
+        "max_tokens",
+    ),
+    (
+        "max_tokens above cap",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000},
+        "max_tokens is 100000, above this server's cap of 1024",
+        "max_tokens",
+    ),
+    (
+        "max_tokens not int",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"},
+        "max_tokens: Input should be a valid integer",
+        "max_tokens",
+    ),
+    (
+        "temperature too high",
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": 5},
+        "temperature: Input should be less than or equal to 2",
+        "temperature",
+    ),
+    (
+        "last message not user",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        "the last message must come from the user",
+        "messages.1.role",
+    ),
+    (
+        "prompt too long",
+        {"messages": [{"role": "user", "content": "word " * 9000}]},
+        "but the model's context holds 8192",
+        "messages",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_bad_input_gets_a_clear_4xx_and_the_daemon_stays_up(
+    daemon: LiveDaemon, body: Any, message: str, param: str | None, stream: bool
+) -> None:
+    if isinstance(body, dict):
+        body = json.dumps({**body, "stream": stream}).encode()
+    with daemon.http() as http:
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert message in error["message"]
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] == param
+        assert _ask(http, "Say yes.", max_tokens=2).status_code == 200
+
+
+def test_body_over_the_size_limit_is_413(daemon: LiveDaemon) -> None:
+    body = {"messages": [{"role": "user", "content": "x" * 1_100_000}]}
+    with daemon.http() as http:
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 413
+        assert (
+            "larger than server.max_body_bytes (1000000 bytes)"
+            in (response.json()["error"]["message"])
+        )
+        assert _ask(http, "Say yes.", max_tokens=2).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "message"),
+    [
+        ("POST", "/v1/memories", {"json": {"text": ""}}, 400, "text: String should have at least"),
+        ("POST", "/v1/memories", {"json": {"text": "   "}}, 400, "text is only whitespace"),
+        ("POST", "/v1/memories", {"json": {"text": "x", "colour": 1}}, 400, "colour: Extra"),
+        ("GET", "/v1/memories", {}, 400, "query: Field required"),
+        ("GET", "/v1/memories", {"params": {"query": "x", "k": 0}}, 400, "k: Input should be"),
+        ("DELETE", "/v1/memories/abc", {}, 400, "memory_id: Input should be a valid integer"),
+        ("GET", "/v1/nothing", {}, 404, "Not Found"),
+    ],
+)
+def test_bad_memory_requests(
+    daemon: LiveDaemon, method: str, path: str, kwargs: Any, status: int, message: str
+) -> None:
+    with daemon.http() as http:
+        response = http.request(method, path, **kwargs)
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"]
+
+
+def test_curl_style_form_content_type_is_accepted(daemon: LiveDaemon) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 2})
+    with daemon.http() as http:
+        response = http.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    assert response.status_code == 200
