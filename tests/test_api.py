@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from .conftest import LiveDaemon
+from .conftest import NPLLM, REPO, LiveDaemon, cli_env
 
 
 def _openai(daemon: LiveDaemon) -> openai.OpenAI:
@@ -55,11 +57,24 @@ def test_openai_client_streaming(daemon: LiveDaemon) -> None:
     assert last.choices[0].finish_reason in ("stop", "length")
     meta = last.model_extra["npllm"]
     assert meta["interaction_id"] > 0
-    # The stored interaction holds exactly the streamed text.
-    with daemon.http() as http:
-        rows = http.get("/v1/status").json()["counts"]["interactions"]
-    assert rows >= 1
     assert len({c.id for c in chunks}) == 1
+    # The stored interaction holds exactly the streamed text.
+    stored = subprocess.run(
+        [
+            *NPLLM,
+            "psql",
+            "-At",
+            "-c",
+            f"SELECT md5(answer) FROM npllm.interactions WHERE id = {meta['interaction_id']}",
+        ],
+        env=cli_env(daemon.data_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.strip() == hashlib.md5(text.encode()).hexdigest()
 
 
 def test_models_and_openapi(daemon: LiveDaemon) -> None:
