@@ -6,6 +6,7 @@ as an interaction; the caller decides which thread it runs on.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,15 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from npllm import interactions
+from npllm import interactions, replay
 from npllm.cache import ShortTermCache, cache_key
 from npllm.config import Settings
 from npllm.embeddings import Embedder
 from npllm.errors import RequestError
+from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.llm import BaseLLM, Generation, GenerationParams
 from npllm.memory import MemoryStore, Recalled
+from npllm.replay import TopicTagger
+from npllm.tone import load_tone_scorer
 from npllm.working_memory import assemble
+
+log = logging.getLogger("npllm.awake")
 
 
 @dataclass
@@ -74,6 +80,27 @@ class AwakePath:
         self.embedder = embedder
         self.memory = MemoryStore(pool, embedder, settings.memory)
         self.cache: ShortTermCache[_Cached] = ShortTermCache(settings.memory.cache_size)
+        self.feedback = Feedback(
+            pool, settings.feedback, load_tone_scorer(settings.feedback.tone_scorer)
+        )
+        self.tagger = TopicTagger(embedder, settings.feedback)
+
+    def _learn_from_turn(
+        self,
+        interaction_id: int,
+        messages: list[dict[str, str]],
+        question: str,
+        embedding: np.ndarray,
+        finish_reason: str,
+    ) -> None:
+        """Implicit feedback: what this turn says about the previous answer, and an
+        abandoned stream. A failure here is logged; the answer is already stored."""
+        try:
+            self.feedback.infer(interaction_id, messages, question, embedding)
+            if finish_reason == "cancelled":
+                self.feedback.abandoned(interaction_id)
+        except Exception:
+            log.exception("implicit feedback for interaction %s failed", interaction_id)
 
     def answer(
         self,
@@ -134,23 +161,24 @@ class AwakePath:
             round(gen.completion_tokens / gen.seconds, 2) if gen.seconds > 0 else 0.0
         )
         timings["total_ms"] = _ms(time.perf_counter() - started)
-        interaction_id = interactions.record(
-            self.pool,
-            Interaction(
-                messages=messages,
-                question=question,
-                answer=gen.text,
-                base_model=self.llm.model_id,
-                question_embedding=embedding,
-                memory_ids=[m.id for m in recalled],
-                memory_scores=[round(float(m.score), 4) for m in recalled],
-                timings=timings,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=gen.completion_tokens,
-                finish_reason=gen.finish_reason,
-                params=asdict(params),
-            ),
+        item = Interaction(
+            messages=messages,
+            question=question,
+            answer=gen.text,
+            base_model=self.llm.model_id,
+            question_embedding=embedding,
+            memory_ids=[m.id for m in recalled],
+            memory_scores=[round(float(m.score), 4) for m in recalled],
+            timings=timings,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            finish_reason=gen.finish_reason,
+            params=asdict(params),
         )
+        with self.pool.connection() as conn, conn.transaction():
+            interaction_id = interactions.record(conn, item)
+            replay.admit(conn, interaction_id, embedding, self.tagger.tags(embedding))
+        self._learn_from_turn(interaction_id, messages, question, embedding, gen.finish_reason)
         self.memory.mark_used([m.id for m in recalled])
         if self.settings.memory.store_exchanges and gen.text.strip() and hit is None:
             self.memory.add(

@@ -121,6 +121,11 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="Largest request body accepted, in bytes."
     )
+    max_import_bytes: int = Field(
+        100_000_000,
+        ge=1024,
+        description="Largest dataset file accepted by POST /v1/datasets/NAME, in bytes.",
+    )
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM/SIGINT, seconds in-flight requests get to finish."
     )
@@ -173,6 +178,24 @@ class MemoryConfig(_Section):
     )
 
 
+# Each tag is described by a few example phrases separated by ";" (an interaction's
+# similarity to a tag is its best similarity to one of the phrases).
+DEFAULT_TAGS = {
+    "coding": "write a function that does this; implement a class; how do I do X in Python; "
+    "code example for this task",
+    "debugging": "I get an error; why does my code crash; Traceback exception KeyError "
+    "TypeError; fix this bug; it fails with this message",
+    "explanation": "what is the difference between; explain how this concept works; "
+    "what does this mean",
+    "architecture": "how should I structure this system; design of services and modules; "
+    "which pattern or API design",
+    "optimization": "make this faster; the code is too slow; reduce memory usage; "
+    "performance and complexity",
+    "testing": "write unit tests; mock this in pytest; test fixtures and coverage; "
+    "how do I test this",
+}
+
+
 class FeedbackConfig(_Section):
     """How signals become the integrated reward."""
 
@@ -186,7 +209,11 @@ class FeedbackConfig(_Section):
         0.7, ge=-1.0, le=1.0, description="Quality at or above this is tier 'premium'."
     )
     discard_threshold: float = Field(
-        0.0, ge=-1.0, le=1.0, description="Quality below this is tier 'discard'."
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="Quality at or below this is tier 'discard' (never learned from; "
+        "an answer nobody rated has quality 0).",
     )
     reask_window_minutes: float = Field(
         10.0, gt=0, description="A near-identical question within this window is a re-ask."
@@ -194,6 +221,40 @@ class FeedbackConfig(_Section):
     reask_similarity: float = Field(
         0.9, gt=0.0, le=1.0, description="Cosine similarity at which a question counts as re-asked."
     )
+    tone_scorer: Literal["lexicon", "off"] = Field(
+        "lexicon",
+        description="Emotional scorer: 'lexicon' (VADER for English, LeIA for Portuguese) "
+        "or 'off' (every message neutral).",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_TAGS),
+        description="Topic tags of the replay buffer: name = example phrases separated by "
+        "';'. An interaction gets the tag whose phrases are nearest its question's meaning.",
+    )
+    tag_min_similarity: float = Field(
+        0.15,
+        ge=-1.0,
+        le=1.0,
+        description="Below this cosine similarity to every tag an interaction stays untagged.",
+    )
+    tag_margin: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="A second tag is added when its similarity is within this of the best.",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_names(cls, tags: dict[str, str]) -> dict[str, str]:
+        if not tags:
+            raise ValueError("feedback.tags needs at least one tag")
+        for name, text in tags.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"tag name {name!r} must match [a-z0-9][a-z0-9_-]{{0,62}}")
+            if not text.strip():
+                raise ValueError(f"tag {name!r} needs a description")
+        return tags
 
     @model_validator(mode="after")
     def _weights(self) -> FeedbackConfig:

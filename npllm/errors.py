@@ -11,6 +11,7 @@ on one line and exits non-zero, never with a traceback.
     ├── AdapterError         an adapter is missing, misnamed or wrongly shaped
     ├── ConsolidationError   a sleep cycle step failed
     ├── RequestError         a request cannot be served as asked (names the parameter)
+    ├── NotFoundError        a request names something that does not exist (an id, a name)
     └── ClientError          the CLI cannot talk to the daemon, or the daemon refused
 """
 
@@ -47,6 +48,14 @@ class ConsolidationError(NpllmError):
 
 class RequestError(NpllmError):
     """A request is invalid or cannot fit (e.g. a prompt longer than the context)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NotFoundError(NpllmError):
+    """A request names an interaction, memory or dataset that does not exist."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)

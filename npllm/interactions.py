@@ -39,27 +39,26 @@ class Interaction:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def record(pool: ConnectionPool, item: Interaction) -> int:
-    """Store one interaction; returns its id."""
-    with pool.connection() as conn:
-        row = conn.execute(
-            _INSERT,
-            {
-                "messages": Jsonb(item.messages),
-                "question": item.question,
-                "answer": item.answer,
-                "base_model": item.base_model,
-                "adapters_used": Jsonb(item.adapters_used),
-                "memory_ids": item.memory_ids,
-                "memory_scores": item.memory_scores,
-                "timings": Jsonb(item.timings),
-                "prompt_tokens": item.prompt_tokens,
-                "completion_tokens": item.completion_tokens,
-                "finish_reason": item.finish_reason,
-                "params": Jsonb(item.params),
-                "question_embedding": item.question_embedding,
-            },
-        ).fetchone()
+def record(conn: Any, item: Interaction) -> int:
+    """Store one interaction on `conn` (the caller owns the transaction); returns its id."""
+    row = conn.execute(
+        _INSERT,
+        {
+            "messages": Jsonb(item.messages),
+            "question": item.question,
+            "answer": item.answer,
+            "base_model": item.base_model,
+            "adapters_used": Jsonb(item.adapters_used),
+            "memory_ids": item.memory_ids,
+            "memory_scores": item.memory_scores,
+            "timings": Jsonb(item.timings),
+            "prompt_tokens": item.prompt_tokens,
+            "completion_tokens": item.completion_tokens,
+            "finish_reason": item.finish_reason,
+            "params": Jsonb(item.params),
+            "question_embedding": item.question_embedding,
+        },
+    ).fetchone()
     if row is None:
         raise RuntimeError("INSERT ... RETURNING gave no row")
     return int(row[0])

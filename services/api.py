@@ -18,17 +18,20 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import npllm
+from consolidation import datasets
+from npllm import replay
 from npllm.awake import Answer, AwakePath
 from npllm.config import Settings
 from npllm.db import Database, ServerVersions
-from npllm.errors import NpllmError, RequestError, StorageError
+from npllm.errors import NotFoundError, NpllmError, RequestError, StorageError
 from npllm.llm import GenerationParams
+from npllm.replay import TIERS
 from services.queue import GenerationQueue, QueueFull
 
 log = logging.getLogger("npllm.api")
@@ -76,6 +79,22 @@ class MemoryIn(BaseModel):
     kind: Literal["note", "fact", "document"] = "note"
 
 
+class FeedbackIn(BaseModel):
+    """Explicit feedback on one answer; event, rating and comment may each come alone."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    interaction_id: int = Field(ge=1, description="From the completion's npllm metadata.")
+    event: str | None = Field(
+        None,
+        description="accepted|copied|applied|edited|regenerated|rejected|abandoned",
+    )
+    rating: float | None = Field(None, description="-1 (bad) .. 1 (good).")
+    comment: str | None = Field(None, max_length=10_000, description="Free text; its tone counts.")
+    text: str | None = Field(
+        None, description="With event 'edited': the corrected answer, learned instead."
+    )
+
+
 # ---- errors ---------------------------------------------------------------------------------
 
 
@@ -121,6 +140,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _request(_: Request, exc: RequestError) -> JSONResponse:
         return error_response(400, str(exc), param=exc.param)
 
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return error_response(404, str(exc), type_="not_found_error", param=exc.param)
+
     @app.exception_handler(QueueFull)
     async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         return error_response(
@@ -148,9 +171,10 @@ class BodyGuard:
     """ASGI middleware: refuse bodies over the size limit (413) and JSON that is not UTF-8
     (400) before they reach a route, and log one JSON line per request with its timings."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_import_bytes = max_import_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,12 +218,13 @@ class BodyGuard:
     async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        limit, key = self.max_bytes, "server.max_body_bytes"
+        if scope["path"].startswith("/v1/datasets/"):
+            limit, key = self.max_import_bytes, "server.max_import_bytes"
         too_big = error_response(
-            413,
-            f"request body is larger than server.max_body_bytes ({self.max_bytes} bytes)",
-            code="body_too_large",
+            413, f"request body is larger than {key} ({limit} bytes)", code="body_too_large"
         )
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return b"", too_big
         chunks: list[bytes] = []
         size = 0
@@ -209,7 +234,7 @@ class BodyGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 return b"", too_big
             chunks.append(chunk)
             if not message.get("more_body"):
@@ -342,7 +367,11 @@ def create_app(service: Service) -> FastAPI:
         "with retrieval over pgvector, plus memories and status.",
     )
     install_error_handlers(app)
-    app.add_middleware(BodyGuard, max_bytes=service.settings.server.max_body_bytes)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=service.settings.server.max_body_bytes,
+        max_import_bytes=service.settings.server.max_import_bytes,
+    )
     model_id = service.awake.llm.model_id
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -426,6 +455,7 @@ def create_app(service: Service) -> FastAPI:
                 "pgvector": service.versions.pgvector,
             },
             "counts": service.awake.status_counts(),
+            "replay": replay.tier_counts(service.database.pool),
             "queue": {
                 "size": s.server.queue_size,
                 "running": service.queue.running,
@@ -473,7 +503,59 @@ def create_app(service: Service) -> FastAPI:
             )
         return JSONResponse({"id": memory_id, "deleted": True})
 
+    @app.post("/v1/feedback", status_code=201)
+    def feedback(body: FeedbackIn) -> dict[str, Any]:
+        result = service.awake.feedback.explicit(
+            body.interaction_id, body.event, body.rating, body.comment, body.text
+        )
+        return result.to_dict()
+
+    @app.get("/v1/replay")
+    def replay_overview() -> dict[str, Any]:
+        with service.database.pool.connection() as conn:
+            cur = conn.execute("SELECT * FROM npllm.replay_overview")
+            names = [c.name for c in cur.description or []]
+            rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        for row in rows:
+            for key in ("mean_reward", "mean_quality"):
+                row[key] = None if row[key] is None else float(row[key])
+        return {"object": "list", "data": rows}
+
+    @app.get("/v1/replay/examples")
+    def replay_export(
+        tier: Annotated[list[str] | None, Query(description=f"One of {TIERS}; repeatable.")] = None,
+        tag: Annotated[list[str] | None, Query(description="Topic tag; repeatable.")] = None,
+    ) -> Response:
+        examples = datasets.replay_examples(
+            service.database.pool, tier or ("premium", "standard"), tag or ()
+        )
+        return _jsonl(examples)
+
+    @app.get("/v1/datasets")
+    def list_datasets() -> dict[str, Any]:
+        return {"object": "list", "data": datasets.list_datasets(service.database.pool)}
+
+    # {name:path} so that a name with a slash gets the name rule, not a bare 404.
+    @app.post("/v1/datasets/{name:path}", status_code=201)
+    async def import_dataset(name: str, request: Request) -> dict[str, Any]:
+        data = await request.body()
+        return await asyncio.to_thread(datasets.import_dataset, service.database.pool, name, data)
+
+    @app.get("/v1/datasets/{name}/examples")
+    def dataset_export(name: str) -> Response:
+        return _jsonl(datasets.dataset_examples(service.database.pool, name))
+
+    @app.delete("/v1/datasets/{name:path}")
+    def delete_dataset(name: str) -> dict[str, Any]:
+        datasets.delete_dataset(service.database.pool, name)
+        return {"name": name, "deleted": True}
+
     return app
+
+
+def _jsonl(examples: list[dict[str, Any]]) -> Response:
+    body = "".join(datasets.to_jsonl(e) for e in examples)
+    return Response(body, media_type="application/x-ndjson")
 
 
 def _log_fields(answer: Answer) -> dict[str, Any]:

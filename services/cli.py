@@ -201,6 +201,149 @@ def memories_delete(
 
 
 @app.command()
+def feedback(
+    ctx: typer.Context,
+    interaction_id: Annotated[int, typer.Argument(help="The interaction (shown after `ask`).")],
+    good: Annotated[bool, typer.Option("--good", help="The answer was good (rating 1).")] = False,
+    bad: Annotated[bool, typer.Option("--bad", help="The answer was bad (rating -1).")] = False,
+    rating: Annotated[
+        float | None, typer.Option(help="A rating from -1 (bad) to 1 (good).")
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="What you think, in words.")] = None,
+    event: Annotated[
+        str | None,
+        typer.Option(help="accepted|copied|applied|edited|regenerated|rejected|abandoned"),
+    ] = None,
+    edit: Annotated[
+        Path | None,
+        typer.Option(help="A file with your corrected answer (sends event 'edited')."),
+    ] = None,
+) -> None:
+    """Tell npllm what you thought of an answer; it learns from it while asleep."""
+    if good and bad:
+        raise typer.BadParameter("give --good or --bad, not both")
+    if (good or bad) and rating is not None:
+        raise typer.BadParameter("give --good/--bad or --rating, not both")
+    body: dict[str, Any] = {"interaction_id": interaction_id}
+    if good or bad:
+        body["rating"] = 1.0 if good else -1.0
+    elif rating is not None:
+        body["rating"] = rating
+    if comment is not None:
+        body["comment"] = comment
+    if edit is not None:
+        if event not in (None, "edited"):
+            raise typer.BadParameter("--edit sends event 'edited'; drop --event")
+        body["event"], body["text"] = "edited", _read_text(edit)
+    elif event is not None:
+        body["event"] = event
+    if len(body) == 1:
+        raise typer.BadParameter(
+            "say something: --good, --bad, --rating, --comment, --event or --edit"
+        )
+    r = _client(ctx).request("POST", "/v1/feedback", json=body)
+    implicit = "-" if r["implicit"] is None else f"{r['implicit']:+.2f}"
+    emotional = "-" if r["emotional"] is None else f"{r['emotional']:+.2f}"
+    typer.echo(
+        f"interaction {r['interaction_id']}: reward {r['reward']:+.3f} (implicit {implicit}, "
+        f"emotional {emotional}), tier {r['tier']}, priority {r['priority']:.3f}"
+        + (", learns your corrected answer" if r["corrected"] else "")
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+
+
+dataset_app = typer.Typer(help="Import and export chat-format JSONL datasets.")
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    ctx: typer.Context,
+    tier: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="premium, standard or discard (repeatable; default: premium and standard)."
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only these topic tags (repeatable).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Export an imported dataset instead of the replay buffer.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write the replay buffer (or a dataset) as JSONL: one {"messages": [...]} per line."""
+    from consolidation.datasets import check_name
+
+    client = _client(ctx)
+    if dataset is not None:
+        check_name(dataset)
+        if tier or tag:
+            raise typer.BadParameter("--tier/--tag filter the replay buffer, not --dataset")
+        text = client.request_text("GET", f"/v1/datasets/{dataset}/examples")
+    else:
+        text = client.request_text(
+            "GET", "/v1/replay/examples", params={"tier": tier or [], "tag": tag or []}
+        )
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {text.count(chr(10))} example(s) to {output}", err=True)
+
+
+@dataset_app.command("import")
+def dataset_import(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Dataset name: a-z, 0-9, '_' and '-'.")],
+    file: Annotated[Path, typer.Argument(help='A JSONL file, one {"messages": [...]} per line.')],
+) -> None:
+    """Validate a JSONL file and import it whole as a named dataset (or nothing at all)."""
+    from consolidation.datasets import check_name
+
+    check_name(name)  # before the name goes into a URL path
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {file}: {exc}") from exc
+    r = _client(ctx).request("POST", f"/v1/datasets/{name}", content=data)
+    typer.echo(f"imported {r['examples']} example(s) into dataset {r['name']!r}")
+
+
+@dataset_app.command("list")
+def dataset_list(ctx: typer.Context) -> None:
+    """List imported datasets."""
+    found = _client(ctx).request("GET", "/v1/datasets")["data"]
+    if not found:
+        typer.echo("no datasets; import one with `npllm dataset import NAME FILE.jsonl`")
+    for d in found:
+        typer.echo(
+            f"{d['name']:<24} {d['examples']:>7} example(s)  {d['origin']:<8} {d['created_at']}"
+        )
+
+
+@dataset_app.command("delete")
+def dataset_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The dataset to delete.")]
+) -> None:
+    """Delete an imported dataset."""
+    from consolidation.datasets import check_name
+
+    check_name(name)
+    _client(ctx).request("DELETE", f"/v1/datasets/{name}")
+    typer.echo(f"deleted dataset {name!r}")
+
+
+@app.command()
 def status(ctx: typer.Context) -> None:
     """Show the running daemon's health, models, database and counts."""
     s = _client(ctx).request("GET", "/v1/status")
@@ -213,6 +356,8 @@ def status(ctx: typer.Context) -> None:
     counts = s["counts"]
     typer.echo(f"memories     {counts['memories']}")
     typer.echo(f"interactions {counts['interactions']}")
+    tiers = ", ".join(f"{n} {tier}" for tier, n in s["replay"].items())
+    typer.echo(f"replay       {tiers}")
     q = s["queue"]
     typer.echo(f"queue        {q['running']} running, {q['waiting']} waiting (size {q['size']})")
     typer.echo(f"socket       {s['socket']}")
@@ -238,12 +383,13 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
+    except Exception as exc:  # usage errors carry their own exit code
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.26 vendors click: its usage errors derive from TyperException.
+        if isinstance(exc, click.ClickException | typer.TyperException) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise
     sys.exit(result if isinstance(result, int) else 0)
 

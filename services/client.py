@@ -36,6 +36,14 @@ class Client:
             raise self._not_running(exc) from exc
         return _checked(response).json()
 
+    def request_text(self, method: str, path: str, **kwargs: Any) -> str:
+        """Like request, for endpoints that answer with text (JSONL exports)."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running(exc) from exc
+        return _checked(response).text
+
     def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield the parsed server-sent events of a streaming chat completion."""
         try:

@@ -80,6 +80,20 @@ def fresh_conn(database: Database) -> Iterator[psycopg.Connection[Any]]:
             admin_conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def fresh_database(
+    database: Database, data_dir: Path, fresh_conn: psycopg.Connection[Any]
+) -> Iterator[Database]:
+    """A migrated, empty npllm database reached through `database.dsn`, as an external
+    server would be; for tests that need to know every row."""
+    assert database.embedded is not None
+    name = fresh_conn.info.dbname
+    db = Database(make_settings(data_dir, NPLLM_DATABASE__DSN=database.embedded.uri(name)))
+    db.open()
+    yield db
+    db.close()
+
+
 @pytest.fixture(scope="session")
 def base_llm(settings: Settings) -> Any:
     from npllm.llm import load_base_llm

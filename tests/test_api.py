@@ -277,3 +277,194 @@ def test_curl_style_form_content_type_is_accepted(daemon: LiveDaemon) -> None:
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
     assert response.status_code == 200
+
+
+# ---- feedback, replay buffer and datasets over the socket -----------------------------------
+
+
+def _psql(daemon: LiveDaemon, sql: str) -> str:
+    done = subprocess.run(
+        [*NPLLM, "psql", "-At", "-c", sql],
+        env=cli_env(daemon.data_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _cli(
+    daemon: LiveDaemon, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*NPLLM, *args],
+        env=cli_env(daemon.data_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input=stdin,
+    )
+
+
+def test_feedback_moves_the_reward_and_bad_feedback_is_refused(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        iid = _ask(http, "How do I merge two dicts in Python?").json()["npllm"]["interaction_id"]
+        ok = http.post("/v1/feedback", json={"interaction_id": iid, "event": "applied"})
+        assert ok.status_code == 201
+        assert ok.json()["reward"] == pytest.approx(0.9) and ok.json()["tier"] == "premium"
+        edited = http.post(
+            "/v1/feedback",
+            json={"interaction_id": iid, "event": "edited", "text": "Use {**a, **b} or a | b."},
+        ).json()
+        assert edited["corrected"] is True and edited["quality"] == 1.0
+        refused = {
+            "unknown id": (
+                {"interaction_id": 99_999_999, "event": "accepted"},
+                404,
+                "no interaction with id 99999999",
+            ),
+            "unknown event": (
+                {"interaction_id": iid, "event": "loved"},
+                400,
+                "unknown event 'loved'",
+            ),
+            "rating range": (
+                {"interaction_id": iid, "rating": -2},
+                400,
+                "rating must be between -1 and 1",
+            ),
+            "rating type": (
+                {"interaction_id": iid, "rating": "good"},
+                400,
+                "rating: Input should be a valid number",
+            ),
+            "no id": ({"event": "accepted"}, 400, "interaction_id: Field required"),
+            "extra": (
+                {"interaction_id": iid, "event": "accepted", "mood": 1},
+                400,
+                "mood: Extra inputs",
+            ),
+            "empty": (
+                {"interaction_id": iid},
+                400,
+                "send at least one of event, rating or comment",
+            ),
+        }
+        for case, (body, status, message) in refused.items():
+            r = http.post("/v1/feedback", json=body)
+            assert r.status_code == status, case
+            assert message in r.json()["error"]["message"], (case, r.json())
+    events = _psql(
+        daemon, f"SELECT count(*) FROM npllm.feedback_events WHERE interaction_id = {iid}"
+    )
+    assert events == "2"
+
+
+def test_a_burst_of_concurrent_feedback_loses_no_event(daemon: LiveDaemon) -> None:
+    import concurrent.futures
+
+    with daemon.http() as http:
+        iid = _ask(http, "What is a Python decorator?").json()["npllm"]["interaction_id"]
+
+    def send(n: int) -> list[int]:
+        with daemon.http() as http:
+            return [
+                http.post(
+                    "/v1/feedback", json={"interaction_id": iid, "event": "copied"}
+                ).status_code
+                for _ in range(n)
+            ]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = [s for batch in pool.map(send, [25] * 8) for s in batch]
+    assert statuses == [201] * 200
+    counted = _psql(
+        daemon,
+        "SELECT count(*), max(r.implicit_n) FROM npllm.feedback_events e "
+        f"JOIN npllm.replay_buffer r USING (interaction_id) WHERE e.interaction_id = {iid}",
+    )
+    assert counted == "200|200"
+
+
+def test_a_correction_in_the_next_turn_is_recorded_for_the_earlier_answer(
+    daemon: LiveDaemon,
+) -> None:
+    with daemon.http() as http:
+        first = _ask(http, "How do I get the length of a list?").json()
+        answer = first["choices"][0]["message"]["content"]
+        history = [
+            {"role": "user", "content": "How do I get the length of a list?"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "Não funcionou, está errado."},
+        ]
+        http.post("/v1/chat/completions", json={"messages": history, "max_tokens": 8})
+    iid = first["npllm"]["interaction_id"]
+    kinds = _psql(daemon, f"SELECT kind FROM npllm.feedback_events WHERE interaction_id = {iid}")
+    assert kinds == "correction"
+    assert (
+        _psql(daemon, f"SELECT tier FROM npllm.replay_buffer WHERE interaction_id = {iid}")
+        == "discard"
+    )
+
+
+def test_cli_feedback(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        iid = _ask(http, "How do I copy a list?").json()["npllm"]["interaction_id"]
+    good = _cli(daemon, "feedback", str(iid), "--good", "--comment", "thanks, that worked!")
+    assert good.returncode == 0, good.stderr
+    # emotional = mean(rating 1, tone of the comment); no implicit signal: reward = emotional.
+    assert good.stdout.startswith(f"interaction {iid}: reward +0.7"), good.stdout
+    assert "(implicit -, emotional +0.7" in good.stdout and "tier premium" in good.stdout
+    both = _cli(daemon, "feedback", str(iid), "--good", "--bad")
+    assert both.returncode == 2 and "give --good or --bad, not both" in both.stderr
+    missing = _cli(daemon, "feedback", "99999999", "--bad")
+    assert missing.returncode == 1
+    assert "npllm: the daemon refused (404): no interaction with id 99999999" in missing.stderr
+
+
+def test_dataset_export_import_round_trip_and_bad_files(daemon: LiveDaemon, tmp_path: Any) -> None:
+    with daemon.http() as http:
+        iid = _ask(http, "Say hello in Portuguese.").json()["npllm"]["interaction_id"]
+        http.post(
+            "/v1/feedback",
+            json={"interaction_id": iid, "event": "edited", "text": "Olá! Tudo bem? 😀"},
+        )
+    exported = _cli(daemon, "dataset", "export", "--tier", "premium")
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.splitlines()
+    assert lines and all(json.loads(x)["messages"][-1]["role"] == "assistant" for x in lines)
+    assert {"role": "assistant", "content": "Olá! Tudo bem? 😀"} in [
+        json.loads(x)["messages"][-1] for x in lines
+    ]
+    path = tmp_path / "premium.jsonl"
+    path.write_text(exported.stdout, encoding="utf-8")
+    imported = _cli(daemon, "dataset", "import", "premium-set", str(path))
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == f"imported {len(lines)} example(s) into dataset 'premium-set'"
+    again = _cli(daemon, "dataset", "export", "--dataset", "premium-set")
+    assert [json.loads(x) for x in again.stdout.splitlines()] == [json.loads(x) for x in lines]
+    assert "premium-set" in _cli(daemon, "dataset", "list").stdout
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(exported.stdout + '{"messages": [{"role": "user", "content": "x"}]}\n')
+    refused = _cli(daemon, "dataset", "import", "bad-set", str(bad))
+    assert refused.returncode == 1
+    assert (
+        f"line {len(lines) + 1}: the last message must be a non-empty assistant" in refused.stderr
+    )
+    assert "bad-set" not in _cli(daemon, "dataset", "list").stdout
+    for name in ("../up", "Bad/Name"):
+        r = _cli(daemon, "dataset", "import", name, str(path))
+        assert r.returncode == 1 and "invalid dataset name" in r.stderr, r.stderr
+    with daemon.http() as http:
+        assert http.get("/v1/datasets/nope/examples").status_code == 404
+        assert http.get("/v1/replay/examples", params={"tier": "gold"}).status_code == 400
+        overview = http.get("/v1/replay").json()["data"]
+        assert {row["tier"] for row in overview} >= {"premium"}
+        assert http.delete("/v1/datasets/premium-set").json() == {
+            "name": "premium-set",
+            "deleted": True,
+        }

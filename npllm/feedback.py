@@ -1,0 +1,395 @@
+"""Feedback: explicit events and implicit signals, integrated into a reward per interaction.
+
+Each signal becomes one ``npllm.feedback_events`` row holding its implicit and/or
+emotional value in [-1, 1]; the interaction's ``npllm.replay_buffer`` row keeps the
+running sums and the integrated result, updated in the same transaction (row-locked,
+so concurrent events never lose an update):
+
+    implicit  = mean of the implicit values     emotional = mean of the emotional values
+    reward    = (w_i * implicit + w_e * emotional) / (w_i + w_e), over the components
+                that have at least one signal (0 when none has); with both present this
+                is exactly 0.7 * implicit + 0.3 * emotional (feedback.*_weight)
+    quality   = 1 when the user sent a corrected answer (it becomes the training
+                target), else the reward
+    tier      = premium if quality >= premium_threshold, discard if quality <=
+                discard_threshold (never learned from; an unrated answer has quality 0),
+                else standard
+
+Signal values are in :data:`EVENT_VALUES` and :data:`IMPLICIT_VALUES`; ``edited`` is
+graded by the normalised Levenshtein distance d between answer and correction:
+0.6 - 1.6 * d (a near-copy is like ``accepted``, a full rewrite like ``rejected``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from rapidfuzz.distance import Levenshtein
+
+from npllm.config import FeedbackConfig
+from npllm.errors import NotFoundError, RequestError
+from npllm.tone import ToneScorer
+
+Event = Literal["accepted", "copied", "applied", "edited", "regenerated", "rejected", "abandoned"]
+
+# Implicit value of each explicit event ("edited" is graded, see edit_value).
+EVENT_VALUES: dict[str, float] = {
+    "accepted": 0.7,
+    "copied": 0.6,
+    "applied": 0.9,
+    "regenerated": -0.6,
+    "rejected": -1.0,
+    "abandoned": -0.5,
+}
+EVENTS: tuple[str, ...] = (*EVENT_VALUES, "edited")
+# Implicit value of what the next user turn says about the previous answer.
+IMPLICIT_VALUES: dict[str, float] = {"reask": -0.7, "correction": -0.8, "continuation": 0.3}
+# Below this magnitude a message's tone counts as neutral and adds no emotional signal.
+NEUTRAL_TONE = 0.05
+
+# What a user types when the previous answer was wrong, in English and Portuguese, or
+# pastes when it failed. Matched case-insensitively on the next user turn.
+CORRECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(rx, re.IGNORECASE | re.MULTILINE))
+    for name, rx in (
+        ("en_wrong", r"\b(that'?s|this is|it'?s|that is|you'?re|you are)\s+(wrong|incorrect)\b"),
+        ("en_no", r"^\s*(no|nope|wrong)\b[,.!]"),
+        ("en_not_right", r"\b(that'?s|this is|it'?s|that is) not (right|correct|it|true)\b"),
+        ("en_not_work", r"\b(doesn'?t|does not|didn'?t|did not|won'?t|isn'?t) (work|compile|run)"),
+        ("en_not_working", r"\b(not working|still (fails|failing|broken|crashes|errors?))\b"),
+        ("en_not_asked", r"\bnot what i (asked|meant|wanted)\b"),
+        ("pt_not_work", r"\bn[ãa]o (funciona|funcionou|deu certo|compila|roda|rodou)\b"),
+        ("pt_wrong", r"\b(est[áa]|t[áa]|isso [ée]|resposta) (errad[oa]|incorret[oa])\b"),
+        ("pt_no", r"^\s*(n[ãa]o|errado)\b[,.!]"),
+        ("pt_not_asked", r"\bn[ãa]o (era|[ée]) (isso|o que eu)"),
+        ("pt_still", r"\bainda (d[áa]|est[áa] dando|continua|n[ãa]o)\b"),
+        ("trace_python", r"Traceback \(most recent call last\)"),
+        ("trace_error", r"^\s*\w*(Error|Exception)(: |\b$)"),
+        ("trace_rust", r"\berror\[E\d{4}\]|\bpanicked at\b"),
+        ("trace_other", r"\bsegmentation fault\b|\bnpm ERR!|\bcore dumped\b"),
+    )
+)
+
+
+def detect_correction(text: str) -> str | None:
+    """The name of the first correction pattern the text matches, else None."""
+    for name, pattern in CORRECTION_PATTERNS:
+        if pattern.search(text):
+            return name
+    return None
+
+
+def edit_value(answer: str, corrected: str) -> tuple[float, float]:
+    """(implicit value, normalised Levenshtein distance) of a user's edit of an answer."""
+    distance = float(Levenshtein.normalized_distance(answer.strip(), corrected.strip()))
+    return round(max(-1.0, 0.6 - 1.6 * distance), 4), round(distance, 4)
+
+
+@dataclass
+class Signal:
+    """One feedback_events row."""
+
+    origin: Literal["explicit", "implicit"]
+    kind: str
+    implicit: float | None = None
+    emotional: float | None = None
+    rating: float | None = None
+    comment: str | None = None
+    text: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    from_interaction: int | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    implicit: float | None
+    emotional: float | None
+    reward: float
+    quality: float
+    tier: str
+
+
+def integrate(
+    implicit_sum: float,
+    implicit_n: int,
+    emotional_sum: float,
+    emotional_n: int,
+    corrected: bool,
+    config: FeedbackConfig,
+) -> Score:
+    """The reward, quality and tier of an interaction from its component sums."""
+    implicit = implicit_sum / implicit_n if implicit_n else None
+    emotional = emotional_sum / emotional_n if emotional_n else None
+    weighted = [
+        (config.implicit_weight, implicit),
+        (config.emotional_weight, emotional),
+    ]
+    present = [(w, v) for w, v in weighted if v is not None and w > 0]
+    total = sum(w for w, _ in present)
+    reward = sum(w * v for w, v in present) / total if total else 0.0
+    reward = max(-1.0, min(1.0, reward))
+    quality = 1.0 if corrected else reward
+    if quality >= config.premium_threshold:
+        tier = "premium"
+    elif quality <= config.discard_threshold:
+        tier = "discard"
+    else:
+        tier = "standard"
+    return Score(implicit, emotional, round(reward, 6), round(quality, 6), tier)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The state of an interaction's replay row after feedback was applied."""
+
+    interaction_id: int
+    event_ids: list[int]
+    implicit: float | None
+    emotional: float | None
+    reward: float
+    quality: float
+    tier: str
+    priority: float
+    corrected: bool
+    signals: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_LOCK = """
+SELECT r.implicit_sum, r.implicit_n, r.emotional_sum, r.emotional_n,
+       r.corrected_answer IS NOT NULL, i.answer
+FROM npllm.replay_buffer r
+JOIN npllm.interactions i ON i.id = r.interaction_id
+WHERE r.interaction_id = %(id)s
+FOR UPDATE OF r
+"""
+_INSERT_EVENT = """
+INSERT INTO npllm.feedback_events (
+    interaction_id, origin, kind, implicit, emotional, rating, comment, text, detail,
+    from_interaction
+) VALUES (
+    %(interaction_id)s, %(origin)s, %(kind)s, %(implicit)s, %(emotional)s, %(rating)s,
+    %(comment)s, %(text)s, %(detail)s, %(from_interaction)s
+) RETURNING id
+"""
+_UPDATE_REPLAY = """
+UPDATE npllm.replay_buffer
+SET implicit_sum = %(implicit_sum)s, implicit_n = %(implicit_n)s,
+    emotional_sum = %(emotional_sum)s, emotional_n = %(emotional_n)s,
+    implicit = %(implicit)s, emotional = %(emotional)s, reward = %(reward)s,
+    quality = %(quality)s, tier = %(tier)s,
+    corrected_answer = coalesce(%(corrected_answer)s, corrected_answer),
+    updated_at = now()
+WHERE interaction_id = %(id)s
+RETURNING priority
+"""
+_BY_ANSWER = """
+SELECT id, question_embedding, created_at > now() - make_interval(secs => %(window_s)s)
+FROM npllm.interactions
+WHERE md5(btrim(answer)) = md5(btrim(%(answer)s)) AND id < %(id)s
+ORDER BY id DESC
+LIMIT 1
+"""
+_LATEST = """
+SELECT id, question_embedding, true
+FROM npllm.interactions
+WHERE id < %(id)s AND created_at > now() - make_interval(secs => %(window_s)s)
+ORDER BY id DESC
+LIMIT 1
+"""
+
+
+class Feedback:
+    """Records feedback signals and keeps each interaction's reward up to date."""
+
+    def __init__(self, pool: ConnectionPool, config: FeedbackConfig, tone: ToneScorer) -> None:
+        self.pool = pool
+        self.config = config
+        self.tone = tone
+
+    def explicit(
+        self,
+        interaction_id: int,
+        event: str | None = None,
+        rating: float | None = None,
+        comment: str | None = None,
+        text: str | None = None,
+    ) -> Result:
+        """Apply what the user said about an answer (one feedback_events row)."""
+        check_explicit(event, rating, comment, text)
+
+        def build(answer: str) -> list[Signal]:
+            signal = Signal("explicit", event or ("rating" if rating is not None else "comment"))
+            signal.rating, signal.comment, signal.text = rating, comment, text
+            if event == "edited" and text is not None:
+                signal.implicit, distance = edit_value(answer, text)
+                signal.detail["edit_distance"] = distance
+            elif event is not None:
+                signal.implicit = EVENT_VALUES[event]
+            emotions = [] if rating is None else [rating]
+            if comment:
+                tone = self.tone.score(comment)
+                signal.detail["comment_tone"] = round(tone, 4)
+                emotions.append(tone)
+            if emotions:
+                signal.emotional = round(sum(emotions) / len(emotions), 4)
+            return [signal]
+
+        return self._apply(interaction_id, build, corrected_answer=text)
+
+    def abandoned(self, interaction_id: int) -> Result:
+        """The client went away before the answer finished (an implicit 'abandoned')."""
+        signal = Signal("implicit", "abandoned", implicit=EVENT_VALUES["abandoned"])
+        return self._apply(interaction_id, lambda _: [signal])
+
+    def infer(
+        self,
+        interaction_id: int,
+        messages: list[dict[str, str]],
+        question: str,
+        embedding: np.ndarray,
+    ) -> Result | None:
+        """What the new user turn of `interaction_id` says about the answer before it.
+
+        The earlier answer is the assistant turn the conversation carries (matched by its
+        text), or, for a fresh conversation, the latest interaction within
+        feedback.reask_window_minutes. Returns None when there is nothing to record."""
+        previous = self._previous(interaction_id, messages)
+        if previous is None:
+            return None
+        previous_id, previous_embedding, in_window, followed = previous
+        similarity = (
+            float(np.dot(np.asarray(previous_embedding.to_list()), embedding))
+            if previous_embedding is not None
+            else 0.0
+        )
+        tone = self.tone.score(question)
+        pattern = detect_correction(question)
+        detail: dict[str, Any] = {
+            "similarity": round(similarity, 4),
+            "tone": round(tone, 4),
+            "linked_by": "conversation" if followed else "time",
+        }
+        if similarity >= self.config.reask_similarity and in_window:
+            kind: str | None = "reask"
+        elif pattern is not None:
+            kind = "correction"
+            detail["pattern"] = pattern
+        elif followed:
+            kind = "continuation"
+        else:
+            kind = "tone" if _is_reaction(question) and abs(tone) >= NEUTRAL_TONE else None
+        if kind is None:
+            return None
+        signal = Signal(
+            "implicit",
+            kind,
+            implicit=IMPLICIT_VALUES.get(kind),
+            emotional=round(tone, 4) if abs(tone) >= NEUTRAL_TONE else None,
+            detail=detail,
+            from_interaction=interaction_id,
+        )
+        return self._apply(previous_id, lambda _: [signal])
+
+    def _previous(
+        self, interaction_id: int, messages: list[dict[str, str]]
+    ) -> tuple[int, Any, bool, bool] | None:
+        window_s = self.config.reask_window_minutes * 60
+        earlier = [m for m in messages[:-1] if m["role"] == "assistant" and m["content"].strip()]
+        with self.pool.connection() as conn:
+            if earlier:
+                args = {
+                    "answer": earlier[-1]["content"],
+                    "id": interaction_id,
+                    "window_s": window_s,
+                }
+                row = conn.execute(_BY_ANSWER, args).fetchone()
+                return None if row is None else (row[0], row[1], bool(row[2]), True)
+            row = conn.execute(_LATEST, {"id": interaction_id, "window_s": window_s}).fetchone()
+        return None if row is None else (row[0], row[1], True, False)
+
+    def _apply(
+        self,
+        interaction_id: int,
+        build: Callable[[str], list[Signal]],
+        corrected_answer: str | None = None,
+    ) -> Result:
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(_LOCK, {"id": interaction_id}).fetchone()
+            if row is None:
+                raise NotFoundError(
+                    f"no interaction with id {interaction_id} (ids are in the `npllm` metadata "
+                    "of each completion)",
+                    param="interaction_id",
+                )
+            implicit_sum, implicit_n, emotional_sum, emotional_n, corrected, answer = row
+            signals = build(answer)
+            event_ids = []
+            for s in signals:
+                values = asdict(s) | {"interaction_id": interaction_id, "detail": Jsonb(s.detail)}
+                event_ids.append(conn.execute(_INSERT_EVENT, values).fetchone()[0])  # type: ignore[index]
+                if s.implicit is not None:
+                    implicit_sum, implicit_n = implicit_sum + s.implicit, implicit_n + 1
+                if s.emotional is not None:
+                    emotional_sum, emotional_n = emotional_sum + s.emotional, emotional_n + 1
+            corrected = corrected or corrected_answer is not None
+            score = integrate(
+                implicit_sum, implicit_n, emotional_sum, emotional_n, corrected, self.config
+            )
+            updated = conn.execute(
+                _UPDATE_REPLAY,
+                {
+                    "id": interaction_id,
+                    "implicit_sum": implicit_sum,
+                    "implicit_n": implicit_n,
+                    "emotional_sum": emotional_sum,
+                    "emotional_n": emotional_n,
+                    "implicit": score.implicit,
+                    "emotional": score.emotional,
+                    "reward": score.reward,
+                    "quality": score.quality,
+                    "tier": score.tier,
+                    "corrected_answer": corrected_answer,
+                },
+            ).fetchone()
+        return Result(
+            interaction_id=interaction_id,
+            event_ids=event_ids,
+            implicit=score.implicit,
+            emotional=score.emotional,
+            reward=score.reward,
+            quality=score.quality,
+            tier=score.tier,
+            priority=round(float(updated[0]), 6) if updated else 0.0,
+            corrected=corrected,
+            signals=implicit_n + emotional_n,
+        )
+
+
+def check_explicit(
+    event: str | None, rating: float | None, comment: str | None, text: str | None
+) -> None:
+    """Refuse explicit feedback that says nothing or mixes fields wrongly."""
+    if event is None and rating is None and not comment:
+        raise RequestError("send at least one of event, rating or comment", param="event")
+    if event is not None and event not in EVENTS:
+        raise RequestError(f"unknown event {event!r}; events are {', '.join(EVENTS)}", "event")
+    if rating is not None and not -1.0 <= rating <= 1.0:
+        raise RequestError(f"rating must be between -1 and 1, got {rating}", param="rating")
+    if event == "edited" and (text is None or not text.strip()):
+        raise RequestError("event 'edited' needs text: the corrected answer", param="text")
+    if text is not None and event != "edited":
+        raise RequestError("text (a corrected answer) goes only with event 'edited'", "text")
+
+
+def _is_reaction(text: str) -> bool:
+    """A short remark, not a new question (e.g. "thanks, that worked")."""
+    return "?" not in text and len(text.split()) <= 12

@@ -1,0 +1,240 @@
+"""The replay buffer: what the sleep cycle learns from, in ``npllm.replay_buffer``.
+
+Every interaction joins the buffer when it is answered (:func:`admit`), with its
+novelty and topic tags; feedback (npllm/feedback.py) then moves its reward, tier and
+priority. The sleep cycle draws from it with :func:`sample` and marks what it used
+with :func:`mark_sampled`.
+
+Priority (a generated column, so psql shows the same number the sampler uses)::
+
+    priority = 0                                          if tier = 'discard'
+             = (0.1 + 0.9 * ((quality + 1) / 2) ** 2)     satisfaction, 0.1 .. 1
+               * (0.75 + 0.25 * novelty)                  novelty, 0.75 .. 1
+               / (1 + times_sampled)                      each replay lowers it
+
+Satisfaction dominates: an unrated answer (quality 0) weighs 0.325, a corrected or
+well-rated one (quality 1) 1.0; novelty (1 - similarity to the nearest earlier
+question) breaks ties among equally satisfying ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from psycopg_pool import ConnectionPool
+
+from npllm.config import FeedbackConfig
+from npllm.embeddings import Embedder
+
+TIERS = ("premium", "standard", "discard")
+
+_NOVELTY = """
+SELECT 1 - (question_embedding <=> %(embedding)s) AS similarity
+FROM npllm.interactions
+WHERE id < %(id)s AND question_embedding IS NOT NULL
+ORDER BY question_embedding <=> %(embedding)s
+LIMIT 1
+"""
+_ADMIT = """
+INSERT INTO npllm.replay_buffer (interaction_id, novelty, tags)
+VALUES (%(id)s, %(novelty)s, %(tags)s)
+ON CONFLICT (interaction_id) DO NOTHING
+"""
+_CANDIDATES = """
+SELECT r.interaction_id, r.priority
+FROM npllm.replay_buffer r
+WHERE r.tier = ANY(%(tiers)s) AND r.priority > 0
+  AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
+  AND (%(min_quality)s::real IS NULL OR r.quality >= %(min_quality)s::real)
+ORDER BY r.interaction_id
+"""
+_DETAILS = """
+SELECT r.interaction_id, i.messages, i.question, i.answer, r.corrected_answer, r.reward,
+       r.quality, r.tier, r.tags, r.priority, r.times_sampled, i.question_embedding
+FROM npllm.replay_buffer r
+JOIN npllm.interactions i ON i.id = r.interaction_id
+WHERE r.interaction_id = ANY(%(ids)s)
+"""
+_MARK = """
+UPDATE npllm.replay_buffer
+SET times_sampled = times_sampled + 1, last_sleep_cycle = %(cycle)s, updated_at = now()
+WHERE interaction_id = ANY(%(ids)s)
+"""
+
+
+class TopicTagger:
+    """Tags a question with the configured topics nearest its meaning."""
+
+    def __init__(self, embedder: Embedder, config: FeedbackConfig) -> None:
+        self.names = list(config.tags)
+        phrases = [
+            (i, phrase.strip())
+            for i, text in enumerate(config.tags.values())
+            for phrase in text.split(";")
+            if phrase.strip()
+        ]
+        self._owner = np.array([i for i, _ in phrases])
+        self._phrases = embedder.embed([p for _, p in phrases])  # (phrases, dim), normalised
+        self.min_similarity = config.tag_min_similarity
+        self.margin = config.tag_margin
+
+    def similarities(self, embedding: np.ndarray) -> np.ndarray:
+        """Best similarity to each tag's phrases, shape (tags,)."""
+        per_phrase = self._phrases @ embedding  # (phrases,)
+        best = np.full(len(self.names), -1.0)
+        np.maximum.at(best, self._owner, per_phrase)
+        return best
+
+    def tags(self, embedding: np.ndarray) -> list[str]:
+        """The best tag, plus a second one within `tag_margin` of it (none if all are far)."""
+        sims = self.similarities(embedding)
+        order = np.argsort(-sims)
+        top = float(sims[order[0]])
+        if top < self.min_similarity:
+            return []
+        chosen = [self.names[order[0]]]
+        if len(order) > 1 and top - float(sims[order[1]]) <= self.margin:
+            chosen.append(self.names[order[1]])
+        return chosen
+
+
+def admit(conn: Any, interaction_id: int, embedding: np.ndarray, tags: list[str]) -> float:
+    """Add a just-recorded interaction to the buffer, unrated; returns its novelty."""
+    row = conn.execute(_NOVELTY, {"id": interaction_id, "embedding": embedding}).fetchone()
+    novelty = 1.0 if row is None else min(1.0, max(0.0, 1.0 - float(row[0])))
+    conn.execute(_ADMIT, {"id": interaction_id, "novelty": novelty, "tags": tags})
+    return novelty
+
+
+@dataclass(frozen=True)
+class ReplayItem:
+    """One sampled interaction, ready to become a training example."""
+
+    interaction_id: int
+    messages: list[dict[str, str]]  # the request's conversation, ending with the user turn
+    question: str
+    answer: str
+    corrected_answer: str | None
+    reward: float
+    quality: float
+    tier: str
+    tags: list[str]
+    priority: float
+    times_sampled: int
+
+    @property
+    def target(self) -> str:
+        """What to learn: the user's correction when there is one, else the answer."""
+        return self.corrected_answer if self.corrected_answer is not None else self.answer
+
+    def chat(self) -> dict[str, list[dict[str, str]]]:
+        """The example in the chat "messages" format."""
+        return {"messages": [*self.messages, {"role": "assistant", "content": self.target}]}
+
+
+def sample(
+    pool: ConnectionPool,
+    n: int,
+    *,
+    seed: int,
+    tiers: Sequence[str] = ("premium", "standard"),
+    tags: Sequence[str] | None = None,
+    min_quality: float | None = None,
+    dedup_similarity: float = 0.97,
+) -> list[ReplayItem]:
+    """Draw up to `n` interactions without replacement, with probability ∝ priority.
+
+    Reproducible: the same buffer and seed give the same sample. Duplicates are skipped
+    (same question and target text, or question embeddings at or above
+    `dedup_similarity`), keeping the higher-priority draw. Uses weighted random keys
+    (Efraimidis & Spirakis 2006): key = log(u) / priority, largest first."""
+    unknown = set(tiers) - set(TIERS)
+    if unknown:
+        raise ValueError(f"unknown tier(s) {sorted(unknown)}; tiers are {', '.join(TIERS)}")
+    if n <= 0:
+        return []
+    with pool.connection() as conn:
+        rows = conn.execute(
+            _CANDIDATES,
+            {
+                "tiers": list(tiers),
+                "tags": list(tags) if tags else None,
+                "min_quality": min_quality,
+            },
+        ).fetchall()
+        if not rows:
+            return []
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        priority = np.array([r[1] for r in rows], dtype=np.float64)
+        keys = np.log(np.random.default_rng(seed).random(len(ids))) / priority
+        order = ids[np.argsort(-keys, kind="stable")]
+        return _distinct(conn, order, n, dedup_similarity)
+
+
+def _distinct(conn: Any, order: np.ndarray, n: int, dedup_similarity: float) -> list[ReplayItem]:
+    chosen: list[ReplayItem] = []
+    seen_text: set[str] = set()
+    kept: list[np.ndarray] = []
+    batch = max(2 * n, 64)
+    for start in range(0, len(order), batch):
+        ids = [int(i) for i in order[start : start + batch]]
+        by_id = {row[0]: row for row in conn.execute(_DETAILS, {"ids": ids}).fetchall()}
+        for interaction_id in ids:
+            row = by_id.get(interaction_id)
+            if row is None:  # deleted meanwhile
+                continue
+            item = _item(row)
+            fingerprint = _fingerprint(item.question, item.target)
+            embedding = None if row[11] is None else np.asarray(row[11].to_list())
+            if fingerprint in seen_text or (
+                embedding is not None
+                and kept
+                and float(np.max(np.stack(kept) @ embedding)) >= dedup_similarity
+            ):
+                continue
+            seen_text.add(fingerprint)
+            if embedding is not None:
+                kept.append(embedding)
+            chosen.append(item)
+            if len(chosen) == n:
+                return chosen
+    return chosen
+
+
+def _item(row: Sequence[Any]) -> ReplayItem:
+    return ReplayItem(
+        interaction_id=row[0],
+        messages=list(row[1]),
+        question=row[2],
+        answer=row[3],
+        corrected_answer=row[4],
+        reward=float(row[5]),
+        quality=float(row[6]),
+        tier=row[7],
+        tags=list(row[8]),
+        priority=float(row[9]),
+        times_sampled=row[10],
+    )
+
+
+def _fingerprint(question: str, target: str) -> str:
+    normal = " ".join(question.lower().split()) + "\x00" + " ".join(target.lower().split())
+    return hashlib.sha256(normal.encode()).hexdigest()
+
+
+def tier_counts(pool: ConnectionPool) -> dict[str, int]:
+    """How many interactions each tier holds (every tier present, zeros included)."""
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT tier, count(*) FROM npllm.replay_buffer GROUP BY tier")
+        found: dict[str, int] = dict(rows.fetchall())
+    return {tier: int(found.get(tier, 0)) for tier in TIERS}
+
+
+def mark_sampled(pool: ConnectionPool, interaction_ids: Iterable[int], cycle: int) -> int:
+    """Record that sleep cycle `cycle` trained on these rows (lowers their priority)."""
+    with pool.connection() as conn:
+        return conn.execute(_MARK, {"ids": list(interaction_ids), "cycle": cycle}).rowcount

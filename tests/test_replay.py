@@ -1,0 +1,145 @@
+"""The replay buffer: admission (novelty, tags), priority, seeded prioritised sampling."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from npllm import interactions, replay
+from npllm.config import Settings
+from npllm.db import Database
+from npllm.feedback import Feedback
+from npllm.interactions import Interaction
+from npllm.replay import TopicTagger
+from npllm.tone import NeutralTone
+
+
+@pytest.fixture(scope="module")
+def tagger(embedder: Any, settings: Settings) -> TopicTagger:
+    return TopicTagger(embedder, settings.feedback)
+
+
+def _add(db: Database, embedder: Any, question: str, answer: str = "An answer.") -> int:
+    embedding = embedder.embed_one(question)
+    with db.pool.connection() as conn, conn.transaction():
+        interaction_id = interactions.record(
+            conn,
+            Interaction([{"role": "user", "content": question}], question, answer, "m", embedding),
+        )
+        replay.admit(conn, interaction_id, embedding, [])
+    return interaction_id
+
+
+def _one(db: Database, sql: str, **params: Any) -> Any:
+    with db.pool.connection() as conn:
+        row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.parametrize(
+    ("question", "tag"),
+    [
+        ("Write a Python function that reverses a linked list", "coding"),
+        ("I get TypeError: 'NoneType' object is not subscriptable, why?", "debugging"),
+        ("What is the difference between a process and a thread?", "explanation"),
+        ("How should I structure a microservice for user accounts?", "architecture"),
+        ("My loop over a million rows is too slow, how can I speed it up?", "optimization"),
+        ("How do I mock a database call in pytest?", "testing"),
+        ("Por que meu código dá erro de índice?", "debugging"),
+    ],
+)
+def test_topic_tags_come_from_the_meaning(
+    tagger: TopicTagger, embedder: Any, question: str, tag: str
+) -> None:
+    assert tagger.tags(embedder.embed_one(question))[0] == tag
+
+
+def test_off_topic_questions_stay_untagged(tagger: TopicTagger, embedder: Any) -> None:
+    assert tagger.tags(embedder.embed_one("What is the capital of France?")) == []
+
+
+def test_novelty_is_one_for_a_new_topic_and_near_zero_for_a_repeat(
+    fresh_database: Database, embedder: Any
+) -> None:
+    first = _add(fresh_database, embedder, "How do I parse JSON in Python?")
+    repeat = _add(fresh_database, embedder, "How do I parse JSON in Python?")
+    other = _add(fresh_database, embedder, "Explain Rust lifetimes")
+    novelty = "SELECT novelty FROM npllm.replay_buffer WHERE interaction_id = %(id)s"
+    assert _one(fresh_database, novelty, id=first) == 1.0
+    assert _one(fresh_database, novelty, id=repeat) < 0.01
+    assert _one(fresh_database, novelty, id=other) > 0.5
+    # Unrated answers are in the buffer but never learned from.
+    assert (
+        _one(fresh_database, "SELECT count(*) FROM npllm.replay_buffer WHERE tier = 'discard'") == 3
+    )
+
+
+def _rated_buffer(db: Database, embedder: Any, settings: Settings) -> dict[str, int]:
+    fb = Feedback(db.pool, settings.feedback, NeutralTone())
+    topics = {
+        "great": ("How do I read a CSV file with pandas?", "applied"),
+        "fine": ("How do I center a div in CSS?", "accepted"),
+        "meh": ("What does git rebase do?", None),
+        "bad": ("How do I free memory in Python?", "rejected"),
+    }
+    ids = {}
+    for key, (question, event) in topics.items():
+        ids[key] = _add(db, embedder, question)
+        if event:
+            fb.explicit(ids[key], event=event)
+    fb.explicit(ids["meh"], rating=0.2)
+    return ids
+
+
+def test_sampling_is_prioritised_tier_filtered_and_reproducible(
+    fresh_database: Database, embedder: Any, settings: Settings
+) -> None:
+    ids = _rated_buffer(fresh_database, embedder, settings)
+    first = replay.sample(fresh_database.pool, 3, seed=11)
+    again = replay.sample(fresh_database.pool, 3, seed=11)
+    assert [i.interaction_id for i in first] == [i.interaction_id for i in again]
+    # The rejected answer is discarded and never sampled.
+    assert ids["bad"] not in {i.interaction_id for i in first}
+    assert {i.interaction_id for i in first} == {ids["great"], ids["fine"], ids["meh"]}
+    # Over many seeds the best-rated interaction is drawn first most often.
+    firsts = Counter(
+        replay.sample(fresh_database.pool, 1, seed=s)[0].interaction_id for s in range(300)
+    )
+    assert firsts[ids["great"]] > firsts[ids["fine"]] > firsts[ids["meh"]] > 0
+    premium = replay.sample(fresh_database.pool, 5, seed=1, tiers=["premium"])
+    assert [i.interaction_id for i in premium] == [ids["great"], ids["fine"]] or [
+        i.interaction_id for i in premium
+    ] == [ids["fine"], ids["great"]]
+    item = premium[0]
+    assert item.chat()["messages"][-1] == {"role": "assistant", "content": item.target}
+    with pytest.raises(ValueError, match="unknown tier"):
+        replay.sample(fresh_database.pool, 1, seed=1, tiers=["gold"])
+
+
+def test_sampling_skips_duplicates_and_marking_lowers_priority(
+    fresh_database: Database, embedder: Any, settings: Settings
+) -> None:
+    fb = Feedback(fresh_database.pool, settings.feedback, NeutralTone())
+    twins = [_add(fresh_database, embedder, "How do I sort a dict by value?") for _ in range(3)]
+    single = _add(fresh_database, embedder, "What is a Python generator?")
+    for i in [*twins, single]:
+        fb.explicit(i, event="accepted")
+    drawn = replay.sample(fresh_database.pool, 10, seed=3)
+    assert len(drawn) == 2
+    assert single in {i.interaction_id for i in drawn}
+    before = _one(
+        fresh_database,
+        "SELECT priority FROM npllm.replay_buffer WHERE interaction_id = %(id)s",
+        id=single,
+    )
+    assert replay.mark_sampled(fresh_database.pool, [single], cycle=7) == 1
+    row = (
+        "SELECT priority, times_sampled, last_sleep_cycle FROM npllm.replay_buffer "
+        "WHERE interaction_id = %(id)s"
+    )
+    with fresh_database.pool.connection() as conn:
+        priority, times, cycle = conn.execute(row, {"id": single}).fetchone()  # type: ignore[misc]
+    assert (times, cycle) == (1, 7)
+    assert priority == pytest.approx(before / 2, rel=1e-4)
