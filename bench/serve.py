@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ sys.path.insert(0, str(REPO))
 from npllm.config import load_settings  # noqa: E402
 from npllm.db import Database  # noqa: E402
 from npllm.memory import _SEARCH  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from live import live_daemon  # noqa: E402
 
 QUESTIONS = [
     "Explain how a hash map handles collisions.",
@@ -60,67 +62,33 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_latency(requests: int, model_cache: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    import httpx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        env = {
-            "NPLLM_DATA_DIR": str(data),
-            "NPLLM_MODELS__CACHE_DIR": str(model_cache),
-            "PATH": "/usr/bin:/bin",
-        }
-        log = Path(tmp) / "serve.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve"],
-            env=env,
-            cwd=REPO,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        sock = data / "run" / "npllm.sock"
-        http = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://npllm", timeout=300
-        )
-        try:
-            deadline = time.monotonic() + 240
-            while True:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(log.read_text())
-                try:
-                    if http.get("/v1/status").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            # A handful of memories so retrieval has something to find.
-            for q in QUESTIONS[:8]:
-                http.post("/v1/memories", json={"text": f"Note about: {q}"})
-            rows = []
-            for i in range(requests + 1):
-                body = {
-                    "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                    "max_tokens": 64,
-                    "seed": i,  # distinct requests: no short-term cache hits
-                    "temperature": 0.0001 if i >= len(QUESTIONS) else 0.0,
+    with live_daemon(model_cache) as live:
+        http = live.http
+        # A handful of memories so retrieval has something to find.
+        for q in QUESTIONS[:8]:
+            http.post("/v1/memories", json={"text": f"Note about: {q}"})
+        rows = []
+        for i in range(requests + 1):
+            body = {
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                "max_tokens": 64,
+                "seed": i,  # distinct requests: no short-term cache hits
+                "temperature": 0.0001 if i >= len(QUESTIONS) else 0.0,
+            }
+            started = time.perf_counter()
+            reply = http.post("/v1/chat/completions", json=body).json()
+            wall = (time.perf_counter() - started) * 1000
+            if i == 0:
+                continue  # warm-up
+            t = reply["npllm"]["timings"]
+            rows.append(
+                {
+                    "wall_ms": wall,
+                    "tokens": reply["usage"]["completion_tokens"],
+                    "memory_path_ms": t["embed_ms"] + t["retrieve_ms"] + t["prompt_ms"],
+                    **t,
                 }
-                started = time.perf_counter()
-                reply = http.post("/v1/chat/completions", json=body).json()
-                wall = (time.perf_counter() - started) * 1000
-                if i == 0:
-                    continue  # warm-up
-                t = reply["npllm"]["timings"]
-                rows.append(
-                    {
-                        "wall_ms": wall,
-                        "tokens": reply["usage"]["completion_tokens"],
-                        "memory_path_ms": t["embed_ms"] + t["retrieve_ms"] + t["prompt_ms"],
-                        **t,
-                    }
-                )
-        finally:
-            proc.terminate()
-            proc.wait(60)
+            )
     walls = [r["wall_ms"] for r in rows]
     shares = [r["memory_path_ms"] / r["total_ms"] for r in rows]
     return {

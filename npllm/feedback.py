@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +34,7 @@ from rapidfuzz.distance import Levenshtein
 
 from npllm.config import FeedbackConfig
 from npllm.errors import NotFoundError, RequestError
+from npllm.replay import priority
 from npllm.tone import ToneScorer
 
 Event = Literal["accepted", "copied", "applied", "edited", "regenerated", "rejected", "abandoned"]
@@ -105,6 +106,21 @@ class Signal:
     detail: dict[str, Any] = field(default_factory=dict)
     from_interaction: int | None = None
 
+    def row(self, interaction_id: int) -> dict[str, Any]:
+        """The feedback_events columns (spelled out: asdict deep-copies, slow in bulk)."""
+        return {
+            "interaction_id": interaction_id,
+            "origin": self.origin,
+            "kind": self.kind,
+            "implicit": self.implicit,
+            "emotional": self.emotional,
+            "rating": self.rating,
+            "comment": self.comment,
+            "text": self.text,
+            "detail": Jsonb(self.detail),
+            "from_interaction": self.from_interaction,
+        }
+
 
 @dataclass(frozen=True)
 class Score:
@@ -160,36 +176,62 @@ class Result:
     signals: int
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, which shows at thousands of events/s.
+        return {
+            "interaction_id": self.interaction_id,
+            "event_ids": list(self.event_ids),
+            "implicit": self.implicit,
+            "emotional": self.emotional,
+            "reward": self.reward,
+            "quality": self.quality,
+            "tier": self.tier,
+            "priority": self.priority,
+            "corrected": self.corrected,
+            "signals": self.signals,
+        }
 
 
 _LOCK = """
-SELECT r.implicit_sum, r.implicit_n, r.emotional_sum, r.emotional_n,
-       r.corrected_answer IS NOT NULL, i.answer
+SELECT r.interaction_id, r.implicit_sum, r.implicit_n, r.emotional_sum, r.emotional_n,
+       r.corrected_answer IS NOT NULL, r.novelty, r.times_sampled, i.answer
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
-WHERE r.interaction_id = %(id)s
+WHERE r.interaction_id = ANY(%(ids)s)
+ORDER BY r.interaction_id
 FOR UPDATE OF r
 """
-_INSERT_EVENT = """
+# Batches are written with one statement each: rows go in as arrays.
+_INSERT_EVENTS = """
 INSERT INTO npllm.feedback_events (
     interaction_id, origin, kind, implicit, emotional, rating, comment, text, detail,
     from_interaction
-) VALUES (
-    %(interaction_id)s, %(origin)s, %(kind)s, %(implicit)s, %(emotional)s, %(rating)s,
-    %(comment)s, %(text)s, %(detail)s, %(from_interaction)s
-) RETURNING id
+)
+SELECT interaction_id, origin, kind, implicit, emotional, rating, comment, text, detail,
+       from_interaction
+FROM unnest(
+    %(interaction_id)s::bigint[], %(origin)s::text[], %(kind)s::text[], %(implicit)s::real[],
+    %(emotional)s::real[], %(rating)s::real[], %(comment)s::text[], %(text)s::text[],
+    %(detail)s::jsonb[], %(from_interaction)s::bigint[]
+) WITH ORDINALITY AS e(interaction_id, origin, kind, implicit, emotional, rating, comment,
+                        text, detail, from_interaction, ord)
+ORDER BY ord
+RETURNING id
 """
 _UPDATE_REPLAY = """
-UPDATE npllm.replay_buffer
-SET implicit_sum = %(implicit_sum)s, implicit_n = %(implicit_n)s,
-    emotional_sum = %(emotional_sum)s, emotional_n = %(emotional_n)s,
-    implicit = %(implicit)s, emotional = %(emotional)s, reward = %(reward)s,
-    quality = %(quality)s, tier = %(tier)s,
-    corrected_answer = coalesce(%(corrected_answer)s, corrected_answer),
+UPDATE npllm.replay_buffer r
+SET implicit_sum = u.implicit_sum, implicit_n = u.implicit_n,
+    emotional_sum = u.emotional_sum, emotional_n = u.emotional_n,
+    implicit = u.implicit, emotional = u.emotional, reward = u.reward,
+    quality = u.quality, tier = u.tier,
+    corrected_answer = coalesce(u.corrected_answer, r.corrected_answer),
     updated_at = now()
-WHERE interaction_id = %(id)s
-RETURNING priority
+FROM unnest(
+    %(id)s::bigint[], %(implicit_sum)s::real[], %(implicit_n)s::int[], %(emotional_sum)s::real[],
+    %(emotional_n)s::int[], %(implicit)s::real[], %(emotional)s::real[], %(reward)s::real[],
+    %(quality)s::real[], %(tier)s::text[], %(corrected_answer)s::text[]
+) AS u(id, implicit_sum, implicit_n, emotional_sum, emotional_n, implicit, emotional, reward,
+       quality, tier, corrected_answer)
+WHERE r.interaction_id = u.id
 """
 _BY_ANSWER = """
 SELECT id, question_embedding, created_at > now() - make_interval(secs => %(window_s)s)
@@ -224,7 +266,20 @@ class Feedback:
         text: str | None = None,
     ) -> Result:
         """Apply what the user said about an answer (one feedback_events row)."""
+        pending = self.explicit_pending(interaction_id, event, rating, comment, text)
+        return self._apply(pending.interaction_id, pending.build, pending.corrected_answer)
+
+    def explicit_pending(
+        self,
+        interaction_id: int,
+        event: str | None = None,
+        rating: float | None = None,
+        comment: str | None = None,
+        text: str | None = None,
+    ) -> Pending:
+        """Check explicit feedback (RequestError if wrong) and prepare it for :meth:`apply`."""
         check_explicit(event, rating, comment, text)
+        tone = self.tone.score(comment) if comment else None
 
         def build(answer: str) -> list[Signal]:
             signal = Signal("explicit", event or ("rating" if rating is not None else "comment"))
@@ -235,15 +290,14 @@ class Feedback:
             elif event is not None:
                 signal.implicit = EVENT_VALUES[event]
             emotions = [] if rating is None else [rating]
-            if comment:
-                tone = self.tone.score(comment)
+            if tone is not None:
                 signal.detail["comment_tone"] = round(tone, 4)
                 emotions.append(tone)
             if emotions:
                 signal.emotional = round(sum(emotions) / len(emotions), 4)
             return [signal]
 
-        return self._apply(interaction_id, build, corrected_answer=text)
+        return Pending(interaction_id, build, corrected_answer=text)
 
     def abandoned(self, interaction_id: int) -> Result:
         """The client went away before the answer finished (an implicit 'abandoned')."""
@@ -322,56 +376,140 @@ class Feedback:
         build: Callable[[str], list[Signal]],
         corrected_answer: str | None = None,
     ) -> Result:
+        outcome = self.apply([Pending(interaction_id, build, corrected_answer)])[0]
+        if isinstance(outcome, NotFoundError):
+            raise outcome
+        return outcome
+
+    def apply(self, batch: list[Pending]) -> list[Result | NotFoundError]:
+        """Apply many pieces of feedback in one transaction (one commit, one fsync).
+
+        Rows are locked in id order, so concurrent batches cannot deadlock and no update
+        is lost; each result is the interaction's state right after its own signals.
+        An unknown interaction id gives a NotFoundError in its place, not for the batch."""
         with self.pool.connection() as conn, conn.transaction():
-            row = conn.execute(_LOCK, {"id": interaction_id}).fetchone()
-            if row is None:
-                raise NotFoundError(
-                    f"no interaction with id {interaction_id} (ids are in the `npllm` metadata "
-                    "of each completion)",
-                    param="interaction_id",
-                )
-            implicit_sum, implicit_n, emotional_sum, emotional_n, corrected, answer = row
-            signals = build(answer)
-            event_ids = []
-            for s in signals:
-                values = asdict(s) | {"interaction_id": interaction_id, "detail": Jsonb(s.detail)}
-                event_ids.append(conn.execute(_INSERT_EVENT, values).fetchone()[0])  # type: ignore[index]
-                if s.implicit is not None:
-                    implicit_sum, implicit_n = implicit_sum + s.implicit, implicit_n + 1
-                if s.emotional is not None:
-                    emotional_sum, emotional_n = emotional_sum + s.emotional, emotional_n + 1
-            corrected = corrected or corrected_answer is not None
-            score = integrate(
-                implicit_sum, implicit_n, emotional_sum, emotional_n, corrected, self.config
-            )
-            updated = conn.execute(
-                _UPDATE_REPLAY,
-                {
-                    "id": interaction_id,
-                    "implicit_sum": implicit_sum,
-                    "implicit_n": implicit_n,
-                    "emotional_sum": emotional_sum,
-                    "emotional_n": emotional_n,
-                    "implicit": score.implicit,
-                    "emotional": score.emotional,
-                    "reward": score.reward,
-                    "quality": score.quality,
-                    "tier": score.tier,
-                    "corrected_answer": corrected_answer,
-                },
-            ).fetchone()
+            ids = sorted({p.interaction_id for p in batch})
+            states = {
+                row[0]: _State(*row[1:]) for row in conn.execute(_LOCK, {"ids": ids}).fetchall()
+            }
+            outcomes: list[Result | NotFoundError] = []
+            events: list[dict[str, Any]] = []
+            owners: list[int] = []  # index into outcomes of each event
+            for p in batch:
+                state = states.get(p.interaction_id)
+                if state is None:
+                    outcomes.append(_not_found(p.interaction_id))
+                    continue
+                signals = p.build(state.answer)
+                for sig in signals:
+                    events.append(sig.row(p.interaction_id))
+                    owners.append(len(outcomes))
+                    state.add(sig)
+                if p.corrected_answer is not None:
+                    state.corrected, state.corrected_answer = True, p.corrected_answer
+                outcomes.append(state.result(p.interaction_id, self.config))
+            if not events:
+                return outcomes
+            inserted = conn.execute(_INSERT_EVENTS, _columns(events)).fetchall()
+            # Identity ids grow in insertion order, which is the batch's order.
+            event_ids = sorted(row[0] for row in inserted)
+            rows = [state.row(i, self.config) for i, state in states.items() if state.touched]
+            conn.execute(_UPDATE_REPLAY, _columns(rows))
+        for owner, event_id in zip(owners, event_ids, strict=True):
+            result = outcomes[owner]
+            if isinstance(result, Result):
+                result.event_ids.append(event_id)
+        return outcomes
+
+
+@dataclass
+class Pending:
+    """Feedback waiting to be applied: `build` turns the answer into signals."""
+
+    interaction_id: int
+    build: Callable[[str], list[Signal]]
+    corrected_answer: str | None = None
+
+
+@dataclass
+class _State:
+    """An interaction's replay row while a batch is applied to it."""
+
+    implicit_sum: float
+    implicit_n: int
+    emotional_sum: float
+    emotional_n: int
+    corrected: bool
+    novelty: float
+    times_sampled: int
+    answer: str
+    corrected_answer: str | None = None
+    touched: bool = False
+
+    def add(self, signal: Signal) -> None:
+        self.touched = True
+        if signal.implicit is not None:
+            self.implicit_sum += signal.implicit
+            self.implicit_n += 1
+        if signal.emotional is not None:
+            self.emotional_sum += signal.emotional
+            self.emotional_n += 1
+
+    def score(self, config: FeedbackConfig) -> Score:
+        return integrate(
+            self.implicit_sum,
+            self.implicit_n,
+            self.emotional_sum,
+            self.emotional_n,
+            self.corrected,
+            config,
+        )
+
+    def result(self, interaction_id: int, config: FeedbackConfig) -> Result:
+        score = self.score(config)
         return Result(
             interaction_id=interaction_id,
-            event_ids=event_ids,
+            event_ids=[],
             implicit=score.implicit,
             emotional=score.emotional,
             reward=score.reward,
             quality=score.quality,
             tier=score.tier,
-            priority=round(float(updated[0]), 6) if updated else 0.0,
-            corrected=corrected,
-            signals=implicit_n + emotional_n,
+            priority=round(
+                priority(score.tier, score.quality, self.novelty, self.times_sampled), 6
+            ),
+            corrected=self.corrected,
+            signals=self.implicit_n + self.emotional_n,
         )
+
+    def row(self, interaction_id: int, config: FeedbackConfig) -> dict[str, Any]:
+        score = self.score(config)
+        return {
+            "id": interaction_id,
+            "implicit_sum": self.implicit_sum,
+            "implicit_n": self.implicit_n,
+            "emotional_sum": self.emotional_sum,
+            "emotional_n": self.emotional_n,
+            "implicit": score.implicit,
+            "emotional": score.emotional,
+            "reward": score.reward,
+            "quality": score.quality,
+            "tier": score.tier,
+            "corrected_answer": self.corrected_answer,
+        }
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows (dicts with the same keys) as one list per key, for unnest()."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _not_found(interaction_id: int) -> NotFoundError:
+    return NotFoundError(
+        f"no interaction with id {interaction_id} (ids are in the `npllm` metadata of each "
+        "completion)",
+        param="interaction_id",
+    )
 
 
 def check_explicit(

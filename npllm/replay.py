@@ -66,6 +66,14 @@ WHERE interaction_id = ANY(%(ids)s)
 """
 
 
+def priority(tier: str, quality: float, novelty: float, times_sampled: int) -> float:
+    """The replay priority; the same formula as replay_buffer.priority (a generated column)."""
+    if tier == "discard":
+        return 0.0
+    satisfaction = 0.1 + 0.9 * ((quality + 1) / 2) ** 2
+    return satisfaction * (0.75 + 0.25 * novelty) / (1 + times_sampled)
+
+
 class TopicTagger:
     """Tags a question with the configured topics nearest its meaning."""
 

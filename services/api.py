@@ -32,6 +32,7 @@ from npllm.db import Database, ServerVersions
 from npllm.errors import NotFoundError, NpllmError, RequestError, StorageError
 from npllm.llm import GenerationParams
 from npllm.replay import TIERS
+from services.feedback_writer import FeedbackWriter
 from services.queue import GenerationQueue, QueueFull
 
 log = logging.getLogger("npllm.api")
@@ -221,11 +222,13 @@ class BodyGuard:
         limit, key = self.max_bytes, "server.max_body_bytes"
         if scope["path"].startswith("/v1/datasets/"):
             limit, key = self.max_import_bytes, "server.max_import_bytes"
-        too_big = error_response(
-            413, f"request body is larger than {key} ({limit} bytes)", code="body_too_large"
-        )
+
+        def too_big() -> JSONResponse:
+            message = f"request body is larger than {key} ({limit} bytes)"
+            return error_response(413, message, code="body_too_large")
+
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return b"", too_big
+            return b"", too_big()
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -235,7 +238,7 @@ class BodyGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return b"", too_big
+                return b"", too_big()
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -273,6 +276,7 @@ class Service:
     awake: AwakePath
     queue: GenerationQueue
     versions: ServerVersions
+    feedback_writer: FeedbackWriter
     started_at: float = field(default_factory=time.time)
     state: str = "awake"
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
@@ -503,12 +507,13 @@ def create_app(service: Service) -> FastAPI:
             )
         return JSONResponse({"id": memory_id, "deleted": True})
 
-    @app.post("/v1/feedback", status_code=201)
-    def feedback(body: FeedbackIn) -> dict[str, Any]:
-        result = service.awake.feedback.explicit(
+    @app.post("/v1/feedback", status_code=201, response_model=None)
+    async def feedback(body: FeedbackIn) -> JSONResponse:
+        pending = service.awake.feedback.explicit_pending(
             body.interaction_id, body.event, body.rating, body.comment, body.text
         )
-        return result.to_dict()
+        result = await service.feedback_writer.submit(pending)
+        return JSONResponse(result.to_dict(), status_code=201)
 
     @app.get("/v1/replay")
     def replay_overview() -> dict[str, Any]:

@@ -113,6 +113,7 @@ class Daemon:
         from npllm.embeddings import load_embedder
         from npllm.llm import load_base_llm
         from services.api import Service
+        from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
 
         self.database = Database(self.settings)
@@ -128,6 +129,7 @@ class Daemon:
             awake=awake,
             queue=GenerationQueue(self.settings.server.queue_size),
             versions=self.database.versions(),
+            feedback_writer=FeedbackWriter(awake.feedback),
         )
         self._bind()
         log.info(
@@ -223,6 +225,7 @@ class Daemon:
         if self.service is not None:
             self.service.cancel_all()
             self.service.queue.shutdown()
+            self.service.feedback_writer.close()
         for sock in self._sockets:
             sock.close()
         if self._sockets:

@@ -59,22 +59,10 @@ def test_openai_client_streaming(daemon: LiveDaemon) -> None:
     assert meta["interaction_id"] > 0
     assert len({c.id for c in chunks}) == 1
     # The stored interaction holds exactly the streamed text.
-    stored = subprocess.run(
-        [
-            *NPLLM,
-            "psql",
-            "-At",
-            "-c",
-            f"SELECT md5(answer) FROM npllm.interactions WHERE id = {meta['interaction_id']}",
-        ],
-        env=cli_env(daemon.data_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    stored = _psql(
+        daemon, f"SELECT md5(answer) FROM npllm.interactions WHERE id = {meta['interaction_id']}"
     )
-    assert stored.returncode == 0, stored.stderr
-    assert stored.stdout.strip() == hashlib.md5(text.encode()).hexdigest()
+    assert stored == hashlib.md5(text.encode()).hexdigest()
 
 
 def test_models_and_openapi(daemon: LiveDaemon) -> None:

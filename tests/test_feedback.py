@@ -284,3 +284,39 @@ def test_a_short_thanks_after_an_answer_counts_as_tone(
     result = feedback.infer(later, messages, reply, embedding)
     assert result is not None and result.interaction_id == earlier
     assert result.implicit is None and result.emotional is not None and result.emotional > 0.5
+
+
+def test_a_batch_applies_in_order_and_an_unknown_id_fails_alone(
+    database: Database, embedder: Any, feedback: Feedback
+) -> None:
+    first, _, _ = _interaction(database, embedder, "How do I read a CSV file?")
+    second, _, _ = _interaction(database, embedder, "How do I write a CSV file?")
+    batch = [
+        feedback.explicit_pending(first, event="accepted"),
+        feedback.explicit_pending(987654321, event="accepted"),
+        feedback.explicit_pending(first, event="rejected"),
+        feedback.explicit_pending(second, rating=0.5),
+    ]
+    outcomes = feedback.apply(batch)
+    assert isinstance(outcomes[1], NotFoundError)
+    after_accept, after_reject, rated = outcomes[0], outcomes[2], outcomes[3]
+    assert not isinstance(after_accept, NotFoundError)
+    assert not isinstance(after_reject, NotFoundError)
+    assert not isinstance(rated, NotFoundError)
+    assert after_accept.reward == pytest.approx(0.7)
+    assert after_reject.reward == pytest.approx((0.7 - 1.0) / 2)
+    assert after_accept.event_ids[0] < after_reject.event_ids[0]
+    assert rated.reward == pytest.approx(0.5)
+    # The priority reported is the one the database computes.
+    for result in (after_reject, rated):
+        row = _row(database, result.interaction_id)
+        assert row["priority"] == pytest.approx(result.priority, rel=1e-5)
+        assert row["reward"] == pytest.approx(result.reward, abs=1e-6)
+
+
+def test_an_abandoned_stream_is_a_negative_implicit_signal(
+    database: Database, embedder: Any, feedback: Feedback
+) -> None:
+    interaction_id, _, _ = _interaction(database, embedder, "Explain monads at length.")
+    result = feedback.abandoned(interaction_id)
+    assert result.implicit == EVENT_VALUES["abandoned"] and result.tier == "discard"
