@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from npllm import adapters
 from npllm.errors import NotFoundError, RequestError, StorageError
 from npllm.replay import TIERS
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20
 
@@ -60,15 +59,9 @@ ORDER BY r.interaction_id
 """
 
 
-def check_name(name: str, what: str = "dataset") -> str:
-    """Refuse names that are not `[a-z0-9][a-z0-9_-]{0,62}` (no paths, no dots)."""
-    if not NAME.fullmatch(name):
-        raise RequestError(
-            f"invalid {what} name {name!r}: use 1-63 characters from a-z, 0-9, '_' and '-', "
-            "starting with a letter or digit",
-            param="name",
-        )
-    return name
+def check_name(name: str) -> str:
+    """Dataset names follow the adapter name rule: `[a-z0-9][a-z0-9_-]{0,62}`."""
+    return adapters.check_name(name, "dataset")
 
 
 def example_problem(obj: Any) -> str | None:
@@ -231,3 +224,15 @@ def replay_examples(
 def to_jsonl(example: dict[str, Any]) -> str:
     """One JSONL line (UTF-8 kept as is, so the file reads naturally)."""
     return json.dumps(example, ensure_ascii=False) + "\n"
+
+
+def dataset_centroid(pool: ConnectionPool, embedder: Any, name: str) -> Any:
+    """The normalised mean embedding of a dataset's user questions (its last user turns)."""
+    import numpy as np
+
+    questions = [
+        next(m["content"] for m in reversed(e["messages"]) if m["role"] == "user")
+        for e in dataset_examples(pool, name)
+    ]
+    mean = np.asarray(embedder.embed(questions)).mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-8)

@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from psycopg.types.json import Jsonb
 
 from npllm import interactions, replay
+from npllm.adapters import AdapterServer, Registry, Version
 from npllm.cache import ShortTermCache, cache_key
 from npllm.config import Settings
 from npllm.embeddings import Embedder
@@ -24,11 +26,17 @@ from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.llm import BaseLLM, Generation, GenerationParams
 from npllm.memory import MemoryStore, Recalled
+from npllm.modulator import NONE, Decision, Modulator
 from npllm.replay import TopicTagger
 from npllm.tone import load_tone_scorer
 from npllm.working_memory import assemble
 
 log = logging.getLogger("npllm.awake")
+
+_DECISION = """
+INSERT INTO npllm.routing_decisions (interaction_id, mode, probabilities, chosen)
+VALUES (%(id)s, %(mode)s, %(probabilities)s, %(chosen)s)
+"""
 
 
 @dataclass
@@ -45,6 +53,7 @@ class Answer:
     timings: dict[str, float]
     cached: bool = False
     truncated: dict[str, int] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """The `npllm` object of a completion."""
@@ -52,6 +61,7 @@ class Answer:
             "interaction_id": self.interaction_id,
             "memories": self.memories,
             "adapters": self.adapters,
+            "routing": self.routing,
             "timings": self.timings,
             "cached": self.cached,
             "truncated": self.truncated,
@@ -64,6 +74,8 @@ class _Cached:
     embedding: np.ndarray
     recalled: list[Recalled]
     prompt_tokens: int
+    decision: Decision
+    used: list[dict[str, Any]]
 
 
 def _ms(seconds: float) -> float:
@@ -84,6 +96,39 @@ class AwakePath:
             pool, settings.feedback, load_tone_scorer(settings.feedback.tone_scorer)
         )
         self.tagger = TopicTagger(embedder, settings.feedback)
+        self.adapters = AdapterServer(llm, settings.modulator.blend_cache)
+        self.modulator = Modulator(settings.modulator)
+
+    def route(self, embedding: np.ndarray, requested: list[str] | None) -> Decision:
+        """Which adapters answer: the request's own choice, or the modulator's."""
+        if requested is None:
+            if not any(self.modulator.names):
+                return Decision("modulator", {NONE: 1.0})
+            return self.modulator.decide(embedding)
+        if not requested:
+            return Decision("disabled")
+        unknown = [name for name in requested if name not in self.adapters.alias]
+        if unknown:
+            served = ", ".join(sorted(self.adapters.alias)) or "none"
+            raise RequestError(
+                f"no served adapter named {unknown[0]!r} (served: {served}; stale adapters "
+                "are not served until rebuilt)",
+                param="npllm.adapters",
+            )
+        if len(requested) > 3:
+            raise RequestError("pin at most 3 adapters", param="npllm.adapters")
+        unique = list(dict.fromkeys(requested))
+        weight = round(1 / len(unique), 3)
+        return Decision("pinned", chosen=[(name, weight) for name in unique])
+
+    def load_adapters(self, registry: Registry) -> list[Version]:
+        """Load every active version for this base and route to them (at start-up)."""
+        active = registry.active()
+        for version, _ in active:
+            self.adapters.load(version)
+            self.adapters.activate(version)
+        self.modulator.set_adapters({v.adapter: c for v, c in active})
+        return [v for v, _ in active]
 
     def _learn_from_turn(
         self,
@@ -109,22 +154,26 @@ class AwakePath:
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         on_start: Callable[[], None] | None = None,
+        adapters: list[str] | None = None,
     ) -> Answer:
         """Answer the conversation's latest user message; store the interaction.
 
         `on_start` is called once the request is known to fit (after the prompt is
-        assembled), so a streaming caller can still turn earlier errors into 4xx."""
+        assembled), so a streaming caller can still turn earlier errors into 4xx.
+        `adapters`: None lets the modulator choose, [] uses none, names pin those."""
         started = time.perf_counter()
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
         if question is None:
             raise RequestError("messages must contain a user message", param="messages")
         deterministic = params.temperature == 0 or params.seed is not None
-        key = cache_key(messages, asdict(params)) if deterministic else None
+        routing_key = {"adapters": adapters, "swaps": self.adapters.changes}
+        key = cache_key(messages, asdict(params) | routing_key) if deterministic else None
         hit = self.cache.get(key) if key else None
         timings: dict[str, float] = {}
         truncated: dict[str, int] = {}
         if hit is not None:
             gen, embedding, recalled = hit.generation, hit.embedding, hit.recalled
+            decision, used = hit.decision, hit.used
             if on_start:
                 on_start()
             if on_text and gen.text:
@@ -138,6 +187,14 @@ class AwakePath:
             t = time.perf_counter()
             recalled = self.memory.search(embedding)
             timings["retrieve_ms"] = _ms(time.perf_counter() - t)
+            t = time.perf_counter()
+            decision = self.route(embedding, adapters)
+            names = self.adapters.adapter_names(decision.chosen)
+            used = [
+                {"name": n, "version": self.adapters.alias[n].version, "weight": w}
+                for n, w in decision.chosen
+            ]
+            timings["route_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             wm = assemble(
                 self.llm,
@@ -153,10 +210,14 @@ class AwakePath:
             timings["prompt_ms"] = _ms(time.perf_counter() - t)
             if on_start:
                 on_start()
-            gen = self.llm.generate_ids(wm.prompt_ids, params, on_text=on_text, cancel=cancel)
+            gen = self.llm.generate_ids(
+                wm.prompt_ids, params, on_text=on_text, cancel=cancel, adapter_names=names
+            )
             timings["generate_ms"] = _ms(gen.seconds)
             if key and gen.finish_reason != "cancelled":
-                self.cache.put(key, _Cached(gen, embedding, recalled, prompt_tokens))
+                self.cache.put(
+                    key, _Cached(gen, embedding, recalled, prompt_tokens, decision, used)
+                )
         timings["tokens_per_s"] = (
             round(gen.completion_tokens / gen.seconds, 2) if gen.seconds > 0 else 0.0
         )
@@ -174,10 +235,20 @@ class AwakePath:
             completion_tokens=gen.completion_tokens,
             finish_reason=gen.finish_reason,
             params=asdict(params),
+            adapters_used=used,
         )
         with self.pool.connection() as conn, conn.transaction():
             interaction_id = interactions.record(conn, item)
             replay.admit(conn, interaction_id, embedding, self.tagger.tags(embedding))
+            conn.execute(
+                _DECISION,
+                {
+                    "id": interaction_id,
+                    "mode": decision.mode,
+                    "probabilities": Jsonb(decision.probabilities),
+                    "chosen": Jsonb(used),
+                },
+            )
         self._learn_from_turn(interaction_id, messages, question, embedding, gen.finish_reason)
         self.memory.mark_used([m.id for m in recalled])
         if self.settings.memory.store_exchanges and gen.text.strip() and hit is None:
@@ -193,7 +264,8 @@ class AwakePath:
             prompt_tokens=prompt_tokens,
             completion_tokens=gen.completion_tokens,
             memories=[{"id": m.id, "score": round(float(m.score), 4)} for m in recalled],
-            adapters=[],
+            adapters=used,
+            routing={"mode": decision.mode, "probabilities": decision.probabilities},
             timings=timings,
             cached=hit is not None,
             truncated=truncated,

@@ -268,6 +268,34 @@ class FeedbackConfig(_Section):
         return self
 
 
+class ModulatorConfig(_Section):
+    """Per-question adapter routing (see npllm/modulator.py)."""
+
+    temperature: float = Field(
+        0.05, gt=0.0, le=10.0, description="Softmax temperature over cosine similarities."
+    )
+    none_similarity: float = Field(
+        0.35,
+        ge=-1.0,
+        le=1.0,
+        description="A question must be at least this similar to an adapter's centroid to "
+        "beat 'no adapter'.",
+    )
+    top_k: int = Field(
+        1, ge=1, le=3, description="Adapters used per question; above 1 they are blended."
+    )
+    min_weight: float = Field(
+        0.1, ge=0.0, le=1.0, description="With top_k > 1, adapters below this weight are left out."
+    )
+    hidden: int = Field(1024, ge=16, le=4096, description="Width of the modulator network.")
+    max_adapters: int = Field(
+        64, ge=1, le=1024, description="Most routable adapters (output slots of the network)."
+    )
+    blend_cache: int = Field(
+        8, ge=1, le=64, description="Blends (weight combinations) kept built in memory."
+    )
+
+
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -309,6 +337,11 @@ class TrainingConfig(_Section):
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank shared by every adapter.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha shared by every adapter.")
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Modules of the base LLM every adapter adapts (names inside its layers).",
+    )
     learning_rate: float = Field(2e-4, gt=0, description="Optimizer learning rate.")
     epochs: int = Field(3, ge=1, description="Passes over a dataset per training run.")
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
@@ -343,6 +376,7 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     memory: MemoryConfig = MemoryConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    modulator: ModulatorConfig = ModulatorConfig()
     sleep: SleepConfig = SleepConfig()
     training: TrainingConfig = TrainingConfig()
 

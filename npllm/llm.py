@@ -53,6 +53,18 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def base_fingerprint(source: ModelSource, directory: Path) -> str:
+    """Identifies the base LLM's weights: adapters trained on another fingerprint are stale."""
+    if source.kind == "gguf":
+        files = [source.path]
+    else:
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(_file_sha256(path).encode())
+    return digest.hexdigest()[:32]
+
+
 def device_for(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -201,6 +213,10 @@ class BaseLLM:
     device: str
     load_seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
+    # The peft wrapper once adapters are loaded (npllm/adapters.py); generation then goes
+    # through it with per-call adapter_names, and the plain model is never called directly.
+    peft: Any = None
+    fingerprint: str = ""
 
     @property
     def model_id(self) -> str:
@@ -232,10 +248,12 @@ class BaseLLM:
         params: GenerationParams,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        adapter_names: list[str] | None = None,
     ) -> Generation:
         """Generate from token ids, calling on_text with each new piece of text.
 
-        Runs on the calling thread; `cancel` stops it at the next token."""
+        Runs on the calling thread; `cancel` stops it at the next token. With adapters
+        loaded, `adapter_names` (one entry: an adapter key or "__base__") picks them."""
         started = time.perf_counter()
         stream = _TextStream(self.tokenizer, params.stop, on_text or (lambda _: None))
         prompt = torch.tensor([prompt_ids], device=self.device)  # (1, prompt_len)
@@ -247,7 +265,11 @@ class BaseLLM:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-        self.model.generate(
+        model = self.model
+        if self.peft is not None:
+            model = self.peft
+            kwargs["adapter_names"] = adapter_names or ["__base__"]
+        model.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
@@ -312,4 +334,5 @@ def load_base_llm(settings: Settings) -> BaseLLM:
         device=device,
         load_seconds=time.perf_counter() - started,
         meta={"directory": str(directory)},
+        fingerprint=base_fingerprint(source, Path(directory)),
     )

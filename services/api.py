@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -26,10 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import npllm
 from consolidation import datasets
 from npllm import replay
+from npllm.adapters import Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
 from npllm.config import Settings
 from npllm.db import Database, ServerVersions
-from npllm.errors import NotFoundError, NpllmError, RequestError, StorageError
+from npllm.errors import AdapterError, NotFoundError, NpllmError, RequestError, StorageError
 from npllm.llm import GenerationParams
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
@@ -71,6 +73,30 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
     seed: int | None = None
     stream: bool = False
+    npllm: NpllmOptions | None = None
+
+
+class NpllmOptions(BaseModel):
+    """npllm's own request options, in the body's "npllm" object."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    adapters: list[str] | None = Field(
+        None,
+        description="Adapters to use (at most 3, blended); [] = none; absent = the "
+        "modulator chooses.",
+    )
+
+
+class PublishIn(BaseModel):
+    """A trained adapter directory to publish as the next version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    path: str = Field(min_length=1, description="Absolute path of a peft adapter directory.")
+    description: str = Field("", max_length=2000, description="What the adapter is for.")
+    tags: list[str] = Field(default_factory=list, description="Topic tags.")
+    dataset: str | None = Field(
+        None, description="Imported dataset it was trained on: its questions set the centroid."
+    )
 
 
 class MemoryIn(BaseModel):
@@ -140,6 +166,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def _request(_: Request, exc: RequestError) -> JSONResponse:
         return error_response(400, str(exc), param=exc.param)
+
+    @app.exception_handler(AdapterError)
+    async def _adapter(_: Request, exc: AdapterError) -> JSONResponse:
+        return error_response(400, str(exc), param="path", code="bad_adapter")
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -277,6 +307,7 @@ class Service:
     queue: GenerationQueue
     versions: ServerVersions
     feedback_writer: FeedbackWriter
+    registry: Registry
     started_at: float = field(default_factory=time.time)
     state: str = "awake"
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
@@ -284,6 +315,31 @@ class Service:
     def cancel_all(self) -> None:
         for event in self.in_flight.values():
             event.set()
+
+    def swap(self, version: Version, reason: str) -> dict[str, Any]:
+        """On the model thread, between requests: load `version` beside the old one, smoke
+        test it, make it active in the database and in memory, unload the old one."""
+        started = time.perf_counter()
+        adapters = self.awake.adapters
+        adapters.load(version)
+        try:
+            smoke = adapters.smoke(version)
+        except Exception as exc:
+            adapters.unload(version.key)
+            self.registry.refuse(version, f"smoke test failed: {exc}", {})
+            raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
+        self.registry.activate(version, reason)
+        old = adapters.activate(version)
+        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
+        self.awake.cache.clear()
+        return {
+            "name": version.adapter,
+            "version": version.version,
+            "path": str(version.path),
+            "replaced": None if old is None else old.version,
+            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+            **smoke,
+        }
 
 
 def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams:
@@ -401,6 +457,7 @@ def create_app(service: Service) -> FastAPI:
                     on_text=(lambda t: emit("text", t)) if body.stream else None,
                     cancel=cancel,
                     on_start=lambda: emit("start"),
+                    adapters=body.npllm.adapters if body.npllm else None,
                 )
             finally:
                 emit("done")
@@ -507,6 +564,47 @@ def create_app(service: Service) -> FastAPI:
             )
         return JSONResponse({"id": memory_id, "deleted": True})
 
+    @app.get("/v1/adapters")
+    def list_adapters() -> dict[str, Any]:
+        awake = service.awake
+        return {
+            "object": "list",
+            "data": service.registry.listing(),
+            "served": {name: v.version for name, v in awake.adapters.alias.items()},
+            "modulator": {
+                "parameters": awake.modulator.parameter_count,
+                "routable": [n for n in awake.modulator.names if n is not None],
+                "top_k": service.settings.modulator.top_k,
+            },
+        }
+
+    @app.post("/v1/adapters/{name}/versions", status_code=201)
+    async def publish_adapter(name: str, body: PublishIn) -> dict[str, Any]:
+        check_name(name)
+        path = Path(body.path)
+        if not path.is_absolute():
+            raise RequestError(f"path must be absolute, got {body.path!r}", param="path")
+        centroid = await asyncio.to_thread(_centroid, service, body.dataset, body.description)
+        version = await asyncio.to_thread(
+            service.registry.add_version,
+            name,
+            path,
+            description=body.description,
+            tags=body.tags,
+            centroid=centroid,
+            dataset=body.dataset,
+        )
+        swap = service.queue.submit(
+            lambda: service.swap(version, "replaced by a newer version"), always=True
+        )
+        return await asyncio.wrap_future(swap)
+
+    @app.post("/v1/adapters/{name}/rollback")
+    async def rollback_adapter(name: str) -> dict[str, Any]:
+        previous = await asyncio.to_thread(service.registry.previous, name)
+        swap = service.queue.submit(lambda: service.swap(previous, "rolled back"), always=True)
+        return await asyncio.wrap_future(swap)
+
     @app.post("/v1/feedback", status_code=201, response_model=None)
     async def feedback(body: FeedbackIn) -> JSONResponse:
         pending = service.awake.feedback.explicit_pending(
@@ -556,6 +654,17 @@ def create_app(service: Service) -> FastAPI:
         return {"name": name, "deleted": True}
 
     return app
+
+
+def _centroid(service: Service, dataset: str | None, description: str) -> Any:
+    """Where the modulator should send questions: the dataset's questions, else the
+    description; None (only pinned use) when neither is given."""
+    embedder = service.awake.embedder
+    if dataset:
+        return datasets.dataset_centroid(service.database.pool, embedder, dataset)
+    if description.strip():
+        return embedder.embed_one(description)
+    return None
 
 
 def _jsonl(examples: list[dict[str, Any]]) -> Response:

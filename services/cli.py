@@ -16,7 +16,7 @@ import typer
 
 import npllm
 from npllm.config import Settings, load_settings
-from npllm.errors import ConfigError, NpllmError
+from npllm.errors import ClientError, ConfigError, NpllmError
 
 app = typer.Typer(
     name="npllm",
@@ -341,6 +341,180 @@ def dataset_delete(
     check_name(name)
     _client(ctx).request("DELETE", f"/v1/datasets/{name}")
     typer.echo(f"deleted dataset {name!r}")
+
+
+adapter_app = typer.Typer(help="Train, publish, roll back and export LoRA adapters.")
+app.add_typer(adapter_app, name="adapter")
+
+
+@adapter_app.command("list")
+def adapter_list(ctx: typer.Context) -> None:
+    """Adapters, their versions and which one is served."""
+    found = _client(ctx).request("GET", "/v1/adapters")
+    if not found["data"]:
+        typer.echo("no adapters; train one with `npllm adapter train NAME --dataset D`")
+    for a in found["data"]:
+        served = found["served"].get(a["name"])
+        note = (
+            f"serving v{served}"
+            if served
+            else ("stale: to be rebuilt at next sleep" if a["status"] == "stale" else "not served")
+        )
+        typer.echo(f"{a['name']:<24} {a['status']:<7} {note}  {a['description'][:40]}")
+        for v in a["versions"]:
+            reason = f" ({v['reason']})" if v.get("reason") else ""
+            typer.echo(f"    v{v['version']:<4} {v['status']:<10}{reason}")
+    m = found["modulator"]
+    typer.echo(
+        f"modulator: {m['parameters']:,} parameters, top_k {m['top_k']}, routes to "
+        f"{', '.join(m['routable']) or 'nothing yet'}"
+    )
+
+
+@adapter_app.command("publish")
+def adapter_publish(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name: a-z, 0-9, '_' and '-'.")],
+    path: Annotated[Path, typer.Argument(help="A peft LoRA adapter directory.")],
+    description: Annotated[str, typer.Option(help="What it is for (routes by meaning).")] = "",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset it was trained on (its questions route to it).")
+    ] = None,
+) -> None:
+    """Publish an adapter directory as the next version (hot swap; the old one retires)."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    body = {"path": str(path.resolve()), "description": description, "dataset": dataset}
+    r = _client(ctx).request("POST", f"/v1/adapters/{name}/versions", json=body)
+    typer.echo(_swapped(r))
+
+
+def _swapped(r: dict[str, Any]) -> str:
+    replaced = f", replacing v{r['replaced']}" if r["replaced"] else ""
+    return f"{r['name']} v{r['version']} is now served{replaced} (swap {r['swap_ms']:.0f} ms)"
+
+
+@adapter_app.command("rollback")
+def adapter_rollback(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter.")]
+) -> None:
+    """Serve the adapter's previous version again."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    typer.echo(_swapped(_client(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
+
+
+@adapter_app.command("train")
+def adapter_train(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name: a-z, 0-9, '_' and '-'.")],
+    dataset: Annotated[str, typer.Option(help="An imported dataset (npllm dataset import).")],
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+) -> None:
+    """Train an adapter on a dataset in this process (not the daemon's), then publish it."""
+    import shutil
+
+    from consolidation.training import record_version, train_from_dataset
+    from npllm.adapters import AdapterShape, Registry, check_name
+    from npllm.db import Database
+    from services.client import Client
+
+    check_name(name)
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=True)
+    try:
+        typer.echo(
+            f"training {name!r} on dataset {dataset!r} (this process, low priority)", err=True
+        )
+
+        def progress(p: Any) -> None:
+            typer.echo(
+                f"  step {p.step}/{p.steps}  loss {p.loss:.4f}  "
+                f"elapsed {p.elapsed_s:.0f} s  eta {p.eta_s:.0f} s",
+                err=True,
+            )
+
+        trained = train_from_dataset(settings, db.pool, name, dataset, on_progress=progress)
+        m = trained.metrics
+        typer.echo(
+            f"trained: {m['steps']} steps, loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}, "
+            f"{m['seconds']:.0f} s; base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
+            err=True,
+        )
+        client = Client(settings.socket_path)
+        body = {"path": str(trained.path), "description": description, "dataset": dataset}
+        try:
+            r = client.request("POST", f"/v1/adapters/{name}/versions", json=body)
+            typer.echo(_swapped(r))
+            version = r["version"]
+        except ClientError as exc:
+            if "not running" not in str(exc):
+                raise
+            # No daemon: register it; the daemon serves it at its next start.
+            registry = Registry(
+                db.pool,
+                settings.data_path / "adapters",
+                AdapterShape.from_config(settings.training),
+                trained.base,
+            )
+            v = registry.add_version(
+                name,
+                trained.path,
+                description=description,
+                centroid=trained.centroid,
+                dataset=dataset,
+                metrics=m,
+            )
+            registry.activate(v)
+            version = v.version
+            typer.echo(f"{name} v{version} registered; the daemon serves it when it starts")
+        record_version(db.pool, trained.run_id, version)
+        shutil.rmtree(trained.path, ignore_errors=True)
+    finally:
+        db.close()
+
+
+@adapter_app.command("export")
+def adapter_export(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter (its active version).")],
+    merged: Annotated[
+        Path, typer.Option("--merged", help="Directory to write the merged model to (new).")
+    ],
+) -> None:
+    """Write base + adapter merged into one standalone transformers model."""
+    from npllm.adapters import AdapterShape, BaseIdentity, Registry, check_name
+    from npllm.db import Database
+    from npllm.llm import load_base_llm
+
+    check_name(name)
+    if merged.exists() and any(merged.iterdir()):
+        raise typer.BadParameter(f"{merged} exists and is not empty")
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=False)
+    try:
+        llm = load_base_llm(settings)  # this process's own copy: the daemon's is untouched
+        registry = Registry(
+            db.pool,
+            settings.data_path / "adapters",
+            AdapterShape.from_config(settings.training),
+            BaseIdentity(llm.model_id, llm.fingerprint),
+        )
+        version = registry.current(name)
+        if version is None:
+            raise ClientError(f"adapter {name!r} has no active version to export")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(llm.model, str(version.path)).merge_and_unload()
+        model.save_pretrained(str(merged), safe_serialization=True)
+        llm.tokenizer.save_pretrained(str(merged))
+        typer.echo(f"wrote {name} v{version.version} merged into the base model to {merged}")
+    finally:
+        db.close()
 
 
 @app.command()

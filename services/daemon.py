@@ -108,6 +108,7 @@ class Daemon:
     def startup(self) -> None:
         started = time.perf_counter()
         self._take_lock()
+        from npllm.adapters import AdapterShape, BaseIdentity, Registry
         from npllm.awake import AwakePath
         from npllm.db import Database
         from npllm.embeddings import load_embedder
@@ -123,6 +124,24 @@ class Daemon:
         llm = load_base_llm(self.settings)
         embedder = load_embedder(self.settings)
         awake = AwakePath(self.settings, self.database.pool, llm, embedder)
+        registry = Registry(
+            self.database.pool,
+            self.settings.data_path / "adapters",
+            AdapterShape.from_config(self.settings.training),
+            BaseIdentity(llm.model_id, llm.fingerprint),
+        )
+        changed = registry.sync_staleness()
+        loaded = awake.load_adapters(registry)
+        log.info(
+            json.dumps(
+                {
+                    "event": "adapters",
+                    "loaded": [v.key for v in loaded],
+                    "status_changed": changed,
+                    "modulator_parameters": awake.modulator.parameter_count,
+                }
+            )
+        )
         self.service = Service(
             settings=self.settings,
             database=self.database,
@@ -130,6 +149,7 @@ class Daemon:
             queue=GenerationQueue(self.settings.server.queue_size),
             versions=self.database.versions(),
             feedback_writer=FeedbackWriter(awake.feedback),
+            registry=registry,
         )
         self._bind()
         log.info(

@@ -31,9 +31,10 @@ class GenerationQueue:
     def waiting(self) -> int:
         return max(0, self._pending - 1)
 
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
+    def submit(self, fn: Callable[[], T], always: bool = False) -> Future[T]:
+        """Run `fn` on the model thread; `always` skips the size limit (adapter swaps)."""
         with self._lock:
-            if self._pending >= self.size + 1:
+            if not always and self._pending >= self.size + 1:
                 raise QueueFull(f"{self.waiting} requests are already waiting (server.queue_size)")
             self._pending += 1
         future = self._executor.submit(fn)

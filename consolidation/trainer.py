@@ -1,0 +1,178 @@
+"""One LoRA trainer for every adapter (and, later, the sleep cycle).
+
+Reads like a training script top to bottom: tokenise chat examples (loss on the
+final assistant turn only), wrap the frozen base in a fresh LoRA adapter of the
+shared shape, AdamW with gradient accumulation, report progress, save the adapter
+(safetensors, fp32). The base model's own weights are hashed before and after to
+prove they were not touched.
+
+Steps: ceil(examples / (batch_size × grad_accumulation)) optimizer steps per epoch,
+times `epochs` (training.* in config).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npllm.adapters import AdapterShape
+from npllm.config import TrainingConfig
+
+IGNORE = -100  # label of tokens the loss skips (prompt and padding)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    steps: int
+    loss: float
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float:
+        return self.elapsed_s / self.step * (self.steps - self.step) if self.step else 0.0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    examples: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    seconds: float = 0.0
+    base_sha256_before: str = ""
+    base_sha256_after: str = ""
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "examples": self.examples,
+            "first_loss": self.losses[0] if self.losses else None,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "losses": [round(x, 5) for x in self.losses],
+            "seconds": round(self.seconds, 2),
+            "base_sha256_before": self.base_sha256_before,
+            "base_sha256_after": self.base_sha256_after,
+        }
+
+
+def plan_steps(examples: int, config: TrainingConfig) -> int:
+    """Optimizer steps for a dataset of `examples` (see the module docstring)."""
+    per_step = config.batch_size * config.grad_accumulation
+    return max(1, math.ceil(examples / per_step)) * config.epochs
+
+
+def encode_example(
+    tokenizer: Any, messages: list[dict[str, str]], system_prompt: str, max_len: int
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one chat example; labels are IGNORE except the answer.
+
+    Without a system message the serving system prompt is used, so the adapter learns
+    in the context it will answer in."""
+    *context, answer = messages
+    if not any(m["role"] == "system" for m in context):
+        context = [{"role": "system", "content": system_prompt}, *context]
+    prompt = list(
+        tokenizer.apply_chat_template(
+            context, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
+    target = tokenizer.encode(answer["content"], add_special_tokens=False)
+    target.append(tokenizer.eos_token_id)
+    ids = (prompt + target)[-max_len:]
+    labels = ([IGNORE] * len(prompt) + target)[-max_len:]
+    return ids, labels
+
+
+def _batch(
+    encoded: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id)  # (batch, seq)
+    labels = torch.full((len(encoded), width), IGNORE)  # (batch, seq)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)  # (batch, seq)
+    for row, (x, y) in enumerate(encoded):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return ids, labels, mask
+
+
+def base_weights_sha256(model: torch.nn.Module) -> str:
+    """Hash of the base model's own parameters (LoRA parameters excluded)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_adapter(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[list[dict[str, str]]],
+    config: TrainingConfig,
+    shape: AdapterShape,
+    out_dir: Path,
+    system_prompt: str,
+    on_progress: Callable[[Progress], None] | None = None,
+    max_len: int = 512,
+    seed: int = 0,
+) -> TrainResult:
+    """Train a new LoRA adapter on chat `examples` and save it to `out_dir`."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
+    steps = plan_steps(len(encoded), config)
+    result = TrainResult(steps=steps, examples=len(encoded))
+    result.base_sha256_before = base_weights_sha256(model)
+    lora = LoraConfig(
+        r=shape.r,
+        lora_alpha=shape.alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(shape.target_modules),
+        task_type="CAUSAL_LM",
+        use_dora=False,
+    )
+    peft_model: Any = get_peft_model(model, lora)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order: list[int] = []
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(config.grad_accumulation):
+            if len(order) < config.batch_size:
+                order += rng.sample(range(len(encoded)), len(encoded))
+            picked, order = order[: config.batch_size], order[config.batch_size :]
+            ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
+            out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
+            (out.loss / config.grad_accumulation).backward()
+            step_loss += out.loss.detach().item() / config.grad_accumulation
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        result.losses.append(step_loss)
+        if on_progress:
+            on_progress(Progress(step, steps, step_loss, time.perf_counter() - started))
+    peft_model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+    result.seconds = time.perf_counter() - started
+    result.base_sha256_after = base_weights_sha256(peft_model)
+    peft_model.unload()  # take the LoRA layers out again: the caller's model is as it was
+    return result

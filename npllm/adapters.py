@@ -1,0 +1,477 @@
+"""LoRA adapters: names, the one shape they all share, the registry, and serving.
+
+Every adapter is a peft LoRA on the frozen base with the same target modules, rank and
+alpha (training.* in config), no DoRA, fp32 — so any of them can be loaded beside the
+others and routed per request. Versions are loaded under ``name@vN``; an alias map
+sends ``name`` to its active version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psycopg.types.json import Jsonb
+
+from npllm.config import TrainingConfig
+from npllm.errors import AdapterError, NotFoundError, RequestError
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_name(name: str, what: str = "adapter") -> str:
+    """Refuse names that are not `[a-z0-9][a-z0-9_-]{0,62}` (no paths, no dots)."""
+    if not NAME.fullmatch(name):
+        raise RequestError(
+            f"invalid {what} name {name!r}: use 1-63 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit",
+            param="name",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """What every adapter must share to be served together."""
+
+    r: int
+    alpha: int
+    target_modules: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: TrainingConfig) -> AdapterShape:
+        return cls(config.lora_r, config.lora_alpha, tuple(sorted(config.lora_target_modules)))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"r": self.r, "alpha": self.alpha, "target_modules": list(self.target_modules)}
+
+
+# ---- artifacts -----------------------------------------------------------------------------
+
+
+def check_artifact(path: Path, shape: AdapterShape) -> dict[str, Any]:
+    """Refuse a directory that is not a LoRA adapter of the shared shape; return its config."""
+    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not path.is_dir() or not config_file.is_file() or not weights.is_file():
+        raise AdapterError(
+            f"{path} is not a peft adapter directory (it needs adapter_config.json and "
+            "adapter_model.safetensors, as written by save_pretrained)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{config_file} is not readable JSON: {exc}") from exc
+    problems = []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {config.get('peft_type')!r}, not 'LORA'")
+    if config.get("r") != shape.r:
+        problems.append(f"rank r is {config.get('r')}, not {shape.r} (training.lora_r)")
+    if config.get("lora_alpha") != shape.alpha:
+        problems.append(
+            f"lora_alpha is {config.get('lora_alpha')}, not {shape.alpha} (training.lora_alpha)"
+        )
+    targets = config.get("target_modules") or []
+    if sorted(targets if isinstance(targets, list) else [targets]) != list(shape.target_modules):
+        problems.append(
+            f"target_modules are {sorted(targets)}, not {list(shape.target_modules)} "
+            "(training.lora_target_modules)"
+        )
+    if config.get("use_dora"):
+        problems.append("it uses DoRA, which cannot be routed per request")
+    if config.get("modules_to_save"):
+        problems.append("it saves whole modules (modules_to_save), not only LoRA weights")
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as tensors:
+        for key in tensors.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+            dtype = tensors.get_slice(key).get_dtype()
+            if dtype != "F32":
+                problems.append(f"tensor {key} is {dtype}, not F32")
+                break
+    if problems:
+        raise AdapterError(
+            f"adapter at {path} does not fit this server: " + "; ".join(problems) + ". All "
+            "adapters share one shape so that they can be served side by side."
+        )
+    return dict(config)
+
+
+def copy_artifact(source: Path, target: Path) -> None:
+    """Copy an adapter directory into place: temp dir, fsync, rename (never half-written)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copyfile(source / name, temp / name)
+            with (temp / name).open("rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- the registry (database) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    adapter: str
+    version: int
+    path: Path
+    status: str
+
+    @property
+    def key(self) -> str:
+        """The name it is loaded under in the serving model."""
+        return f"{self.adapter}@v{self.version}"
+
+
+_UPSERT_ADAPTER = """
+INSERT INTO npllm.adapters (name, description, tags, centroid, base_model, base_fingerprint,
+                            shape, dataset)
+VALUES (%(name)s, %(description)s, %(tags)s, %(centroid)s, %(base_model)s, %(fingerprint)s,
+        %(shape)s, %(dataset)s)
+ON CONFLICT (name) DO UPDATE SET
+    description = CASE WHEN EXCLUDED.description = '' THEN npllm.adapters.description
+                       ELSE EXCLUDED.description END,
+    tags = CASE WHEN cardinality(EXCLUDED.tags) = 0 THEN npllm.adapters.tags
+                ELSE EXCLUDED.tags END,
+    centroid = coalesce(EXCLUDED.centroid, npllm.adapters.centroid),
+    base_model = EXCLUDED.base_model, base_fingerprint = EXCLUDED.base_fingerprint,
+    shape = EXCLUDED.shape, dataset = coalesce(EXCLUDED.dataset, npllm.adapters.dataset),
+    status = 'active', updated_at = now()
+"""
+_NEXT_VERSION = """
+SELECT coalesce(max(version), 0) + 1 FROM npllm.model_versions WHERE adapter = %(name)s
+"""
+_ADD_VERSION = """
+INSERT INTO npllm.model_versions (adapter, version, artifact_path, base_fingerprint, metrics,
+                                  status)
+VALUES (%(name)s, %(version)s, %(path)s, %(fingerprint)s, %(metrics)s, 'candidate')
+"""
+_ACTIVE = """
+SELECT v.adapter, v.version, v.artifact_path, v.status, a.centroid
+FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
+WHERE v.status = 'active' AND a.status = 'active' AND v.base_fingerprint = %(fingerprint)s
+ORDER BY v.adapter
+"""
+_VERSION = """
+SELECT adapter, version, artifact_path, status FROM npllm.model_versions
+WHERE adapter = %(name)s AND version = %(version)s
+"""
+_CURRENT = """
+SELECT adapter, version, artifact_path, status FROM npllm.model_versions
+WHERE adapter = %(name)s AND status = 'active'
+"""
+_PREVIOUS = """
+SELECT adapter, version, artifact_path, status FROM npllm.model_versions
+WHERE adapter = %(name)s AND status = 'retired' AND version < %(version)s
+  AND base_fingerprint = %(fingerprint)s
+ORDER BY version DESC LIMIT 1
+"""
+_RETIRE = """
+UPDATE npllm.model_versions SET status = 'retired', status_reason = %(reason)s
+WHERE adapter = %(name)s AND status = 'active'
+"""
+_ACTIVATE = """
+UPDATE npllm.model_versions SET status = 'active', status_reason = NULL, activated_at = now()
+WHERE adapter = %(name)s AND version = %(version)s
+"""
+_SET_STATUS = """
+UPDATE npllm.model_versions SET status = %(status)s, status_reason = %(reason)s,
+       metrics = metrics || %(metrics)s
+WHERE adapter = %(name)s AND version = %(version)s
+"""
+_STALE = """
+UPDATE npllm.adapters SET status = CASE WHEN base_fingerprint = %(fingerprint)s
+                                        THEN 'active' ELSE 'stale' END, updated_at = now()
+WHERE status <> CASE WHEN base_fingerprint = %(fingerprint)s THEN 'active' ELSE 'stale' END
+RETURNING name, status
+"""
+_LIST = """
+SELECT a.name, a.description, a.tags, a.status, a.base_model, a.dataset, a.centroid IS NOT NULL,
+       coalesce(json_agg(json_build_object(
+           'version', v.version, 'status', v.status, 'reason', v.status_reason,
+           'path', v.artifact_path, 'created_at', v.created_at, 'metrics', v.metrics)
+           ORDER BY v.version) FILTER (WHERE v.id IS NOT NULL), '[]')
+FROM npllm.adapters a LEFT JOIN npllm.model_versions v ON v.adapter = a.name
+GROUP BY a.name ORDER BY a.name
+"""
+
+
+def _version(row: Any) -> Version:
+    return Version(row[0], int(row[1]), Path(row[2]), row[3])
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """Which base LLM adapters are trained for."""
+
+    model_id: str
+    fingerprint: str
+
+
+class Registry:
+    """Adapters and versions in the database; artifacts under <data_dir>/adapters/."""
+
+    def __init__(self, pool: Any, root: Path, shape: AdapterShape, base: BaseIdentity) -> None:
+        self.pool = pool
+        self.root = root
+        self.shape = shape
+        self.base = base
+
+    def add_version(
+        self,
+        name: str,
+        source: Path,
+        *,
+        description: str = "",
+        tags: list[str] | None = None,
+        centroid: np.ndarray | None = None,
+        dataset: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> Version:
+        """Check and copy an adapter into the data dir as a new candidate version."""
+        check_name(name)
+        check_artifact(source, self.shape)
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": name})
+            conn.execute(
+                _UPSERT_ADAPTER,
+                {
+                    "name": name,
+                    "description": description,
+                    "tags": tags or [],
+                    "centroid": centroid,
+                    "base_model": self.base.model_id,
+                    "fingerprint": self.base.fingerprint,
+                    "shape": Jsonb(self.shape.to_dict()),
+                    "dataset": dataset,
+                },
+            )
+            version = int(conn.execute(_NEXT_VERSION, {"name": name}).fetchone()[0])  # type: ignore[index]
+            target = self.root / name / f"v{version}"
+            if target.exists():  # left by a crash before its row was committed
+                shutil.rmtree(target)
+            copy_artifact(source, target)
+            conn.execute(
+                _ADD_VERSION,
+                {
+                    "name": name,
+                    "version": version,
+                    "path": str(target),
+                    "fingerprint": self.base.fingerprint,
+                    "metrics": Jsonb(metrics or {}),
+                },
+            )
+        return Version(name, version, target, "candidate")
+
+    def activate(self, version: Version, reason: str = "replaced by a newer version") -> None:
+        """Make `version` the active one (the previous active one retires), atomically."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(_RETIRE, {"name": version.adapter, "reason": reason})
+            conn.execute(_ACTIVATE, {"name": version.adapter, "version": version.version})
+
+    def refuse(self, version: Version, reason: str, metrics: dict[str, Any]) -> None:
+        """Keep a version as a candidate that was not published, saying why."""
+        with self.pool.connection() as conn:
+            conn.execute(
+                _SET_STATUS,
+                {
+                    "name": version.adapter,
+                    "version": version.version,
+                    "status": "candidate",
+                    "reason": reason,
+                    "metrics": Jsonb(metrics),
+                },
+            )
+
+    def current(self, name: str) -> Version | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(_CURRENT, {"name": name}).fetchone()
+        return None if row is None else _version(row)
+
+    def previous(self, name: str) -> Version:
+        """The version a rollback goes back to."""
+        check_name(name)
+        current = self.current(name)
+        if current is None:
+            raise NotFoundError(f"adapter {name!r} has no active version", param="name")
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                _PREVIOUS,
+                {"name": name, "version": current.version, "fingerprint": self.base.fingerprint},
+            ).fetchone()
+        if row is None:
+            raise RequestError(
+                f"adapter {name!r} has no earlier version to roll back to (v{current.version} "
+                "is its first kept version for this base)",
+                param="name",
+            )
+        return _version(row)
+
+    def active(self) -> list[tuple[Version, np.ndarray | None]]:
+        """Active versions for this base, with their adapters' centroids."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(_ACTIVE, {"fingerprint": self.base.fingerprint}).fetchall()
+        return [
+            (_version(r[:4]), None if r[4] is None else np.asarray(r[4].to_list(), np.float32))
+            for r in rows
+        ]
+
+    def sync_staleness(self) -> dict[str, str]:
+        """Mark adapters trained for another base 'stale' (and back, if the base returns)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(_STALE, {"fingerprint": self.base.fingerprint}).fetchall()
+        return dict(rows)
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(_LIST).fetchall()
+        return [
+            {
+                "name": r[0],
+                "description": r[1],
+                "tags": list(r[2]),
+                "status": r[3],
+                "base_model": r[4],
+                "dataset": r[5],
+                "routable": bool(r[6]),
+                "versions": r[7],
+            }
+            for r in rows
+        ]
+
+
+# ---- serving -------------------------------------------------------------------------------
+
+BASE = "__base__"  # peft's name for "no adapter" in adapter_names
+
+
+class AdapterServer:
+    """The adapters loaded in the serving model, and which version each name means.
+
+    Every method changes or reads the peft model, so all of them run on the generation
+    thread, between requests: a request never sees a half-done swap, and routing goes
+    through peft's per-call ``adapter_names`` rather than a global active adapter.
+    Adapters are never merged into the base weights here."""
+
+    def __init__(self, llm: Any, blend_cache: int = 8) -> None:
+        self.llm = llm
+        self.alias: dict[str, Version] = {}
+        self.blend_cache = blend_cache
+        self._blends: OrderedDict[tuple[tuple[str, float], ...], str] = OrderedDict()
+        self._blend_ids = 0
+        self.changes = 0  # bumped on every swap: answers cached before are stale
+
+    @property
+    def loaded(self) -> list[str]:
+        return [] if self.llm.peft is None else list(self.llm.peft.peft_config)
+
+    def load(self, version: Version) -> None:
+        """Load a version beside the others under its key, name@vN."""
+        from peft import PeftModel
+
+        if version.key in self.loaded:
+            return
+        try:
+            if self.llm.peft is None:
+                self.llm.peft = PeftModel.from_pretrained(
+                    self.llm.model, str(version.path), adapter_name=version.key
+                )
+            else:
+                self.llm.peft.load_adapter(str(version.path), adapter_name=version.key)
+        except Exception as exc:
+            raise AdapterError(
+                f"cannot load adapter {version.key} from {version.path}: {exc}"
+            ) from exc
+        self.llm.peft.eval()
+        for param in self.llm.peft.parameters():
+            param.requires_grad_(False)
+
+    def smoke(self, version: Version) -> dict[str, Any]:
+        """A short generation through the version; refuse it if the output is not finite."""
+        import torch
+
+        ids = torch.tensor([self.llm.encode_chat([{"role": "user", "content": "Say hello."}])])
+        with torch.inference_mode():
+            logits = self.llm.peft(
+                input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=[version.key]
+            ).logits  # (1, seq, vocab)
+        if not bool(torch.isfinite(logits).all()):
+            raise AdapterError(
+                f"adapter {version.key} produces NaN/inf logits; its weights seem to be broken"
+            )
+        from npllm.llm import GenerationParams
+
+        gen = self.llm.generate_ids(
+            ids[0].tolist(), GenerationParams(max_new_tokens=4), adapter_names=[version.key]
+        )
+        return {"smoke_text": gen.text, "smoke_tokens": gen.completion_tokens}
+
+    def activate(self, version: Version) -> Version | None:
+        """Point the name at `version`; unload the version it replaces. Returns that one."""
+        old = self.alias.get(version.adapter)
+        self.alias[version.adapter] = version
+        if old is not None and old.key != version.key:
+            self.unload(old.key)
+        self.changes += 1
+        return old
+
+    def unload(self, key: str) -> None:
+        """Delete a loaded adapter (and every cached blend made from it)."""
+        for combo, blend in list(self._blends.items()):
+            if any(k == key for k, _ in combo):
+                self._drop(blend)
+                del self._blends[combo]
+        self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        if self.llm.peft is None or key not in self.llm.peft.peft_config:
+            return
+        if len(self.llm.peft.peft_config) == 1:
+            self.llm.peft.unload()  # the last adapter: take the LoRA layers out altogether
+            self.llm.peft = None
+        else:
+            self.llm.peft.delete_adapter(key)
+
+    def adapter_names(self, chosen: list[tuple[str, float]]) -> list[str] | None:
+        """peft's adapter_names for one request: its adapter, a cached exact blend, or base."""
+        if self.llm.peft is None:
+            return None
+        if not chosen:
+            return [BASE]
+        if len(chosen) == 1:
+            return [self.alias[chosen[0][0]].key]
+        combo = tuple((self.alias[name].key, round(weight, 3)) for name, weight in chosen)
+        blend = self._blends.get(combo)
+        if blend is None:
+            self._blend_ids += 1
+            blend = f"blend-{self._blend_ids}"
+            self.llm.peft.add_weighted_adapter(
+                adapters=[key for key, _ in combo],
+                weights=[weight for _, weight in combo],
+                adapter_name=blend,
+                combination_type="cat",  # exact: concatenated ranks, no SVD approximation
+            )
+            self._blends[combo] = blend
+            while len(self._blends) > self.blend_cache:
+                _, evicted = self._blends.popitem(last=False)
+                self._drop(evicted)
+        else:
+            self._blends.move_to_end(combo)
+        return [blend]
