@@ -339,6 +339,14 @@ class Registry:
             rows = conn.execute(_STALE, {"fingerprint": self.base.fingerprint}).fetchall()
         return dict(rows)
 
+    def stale(self) -> list[str]:
+        """Adapters trained for another base: not served, rebuilt at the next sleep."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT name FROM npllm.adapters WHERE status = 'stale' ORDER BY name"
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def listing(self) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
             rows = conn.execute(_LIST).fetchall()

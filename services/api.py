@@ -517,6 +517,10 @@ def create_app(service: Service) -> FastAPI:
             },
             "counts": service.awake.status_counts(),
             "replay": replay.tier_counts(service.database.pool),
+            "adapters": {
+                "served": {n: v.version for n, v in service.awake.adapters.alias.items()},
+                "stale": service.registry.stale(),
+            },
             "queue": {
                 "size": s.server.queue_size,
                 "running": service.queue.running,

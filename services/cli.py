@@ -532,6 +532,11 @@ def status(ctx: typer.Context) -> None:
     typer.echo(f"interactions {counts['interactions']}")
     tiers = ", ".join(f"{n} {tier}" for tier, n in s["replay"].items())
     typer.echo(f"replay       {tiers}")
+    served = ", ".join(f"{n} v{v}" for n, v in s["adapters"]["served"].items()) or "none"
+    typer.echo(f"adapters     {served}")
+    if s["adapters"]["stale"]:
+        stale = ", ".join(s["adapters"]["stale"])
+        typer.echo(f"stale        {stale} (trained for another base; to be rebuilt at next sleep)")
     q = s["queue"]
     typer.echo(f"queue        {q['running']} running, {q['waiting']} waiting (size {q['size']})")
     typer.echo(f"socket       {s['socket']}")

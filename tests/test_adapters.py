@@ -1,0 +1,421 @@
+"""Adapters and the modulator: shape checks and routing units, then real trained adapters
+on the real base model in a daemon of their own (routing, effect, hot swap, base swap)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from npllm.adapters import AdapterServer, AdapterShape, Version, check_artifact, check_name
+from npllm.config import ModulatorConfig
+from npllm.errors import AdapterError, RequestError
+from npllm.modulator import Modulator
+
+from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env
+
+SHAPE = AdapterShape(16, 32, ("k_proj", "o_proj", "q_proj", "v_proj"))
+DATA = Path(__file__).parent / "data"
+
+
+# ---- units: names, shapes, the modulator, the serving map --------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "Zorb", "-a", "a.b", "x" * 64, "ã"])
+def test_bad_adapter_names_are_refused(name: str) -> None:
+    with pytest.raises(RequestError, match="invalid adapter name"):
+        check_name(name)
+
+
+def _tiny_model() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _artifact(path: Path, r: int = 16, alpha: int = 32, **extra: Any) -> Path:
+    """A (randomly initialised) LoRA adapter directory for a tiny model."""
+    from peft import LoraConfig, get_peft_model
+
+    dtype = extra.pop("dtype", None)
+    targets = extra.pop("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, **extra
+    )
+    model = get_peft_model(_tiny_model(), config)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(str(path))
+    return path
+
+
+def test_an_adapter_of_the_shared_shape_is_accepted(tmp_path: Path) -> None:
+    config = check_artifact(_artifact(tmp_path / "ok"), SHAPE)
+    assert config["r"] == 16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"r": 8}, "rank r is 8, not 16 (training.lora_r)"),
+        ({"alpha": 16}, "lora_alpha is 16, not 32"),
+        ({"target_modules": ["q_proj", "v_proj"]}, "target_modules are ['q_proj', 'v_proj']"),
+        ({"use_dora": True}, "it uses DoRA"),
+        ({"dtype": torch.float16}, "is F16, not F32"),
+    ],
+)
+def test_a_wrongly_shaped_adapter_is_refused(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(AdapterError, match="does not fit this server") as caught:
+        check_artifact(_artifact(tmp_path / "bad", **kwargs), SHAPE)
+    assert message in str(caught.value)
+
+
+def test_a_directory_without_an_adapter_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="is not a peft adapter directory"):
+        check_artifact(tmp_path, SHAPE)
+
+
+def test_modulator_size_and_untrained_routing_by_centroid() -> None:
+    modulator = Modulator(ModulatorConfig())
+    print(f"\nmodulator parameters: {modulator.parameter_count:,}")
+    assert 1_000_000 <= modulator.parameter_count <= 5_000_000
+    rng = np.random.default_rng(0)
+    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 384)))
+    modulator.set_adapters({"alpha": a, "beta": b, "unroutable": None})
+    near_a = a + 0.3 * rng.normal(size=384) / np.sqrt(384)
+    decision = modulator.decide(near_a / np.linalg.norm(near_a))
+    assert decision.chosen == [("alpha", 1.0)]
+    assert set(decision.probabilities) == {"none", "alpha", "beta"}
+    assert sum(decision.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    far = rng.normal(size=384)
+    assert modulator.decide(far / np.linalg.norm(far)).chosen == []
+
+
+def test_modulator_top_k_blends_with_weights_that_sum_to_one() -> None:
+    modulator = Modulator(ModulatorConfig(top_k=2, temperature=0.5, none_similarity=0.0))
+    rng = np.random.default_rng(1)
+    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 384)))
+    modulator.set_adapters({"alpha": a, "beta": b})
+    middle = (a + b) / np.linalg.norm(a + b)
+    chosen = modulator.decide(middle).chosen
+    assert [name for name, _ in chosen] in (["alpha", "beta"], ["beta", "alpha"])
+    assert sum(w for _, w in chosen) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> None:
+    llm = SimpleNamespace(model=_tiny_model().eval(), peft=None)
+    server = AdapterServer(llm, blend_cache=1)
+    one = Version("one", 1, _artifact(tmp_path / "one"), "candidate")
+    two = Version("two", 1, _artifact(tmp_path / "two"), "candidate")
+    assert server.adapter_names([]) is None  # nothing loaded: the plain model answers
+    for v in (one, two):
+        server.load(v)
+        server.activate(v)
+    ids = torch.tensor([[1, 2, 3, 4]])
+
+    def logits(names: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return llm.peft(input_ids=ids, adapter_names=names).logits
+
+    assert server.adapter_names([]) == ["__base__"]
+    assert server.adapter_names([("one", 1.0)]) == ["one@v1"]
+    base, with_one = logits(["__base__"]), logits(["one@v1"])
+    assert not torch.allclose(base, with_one)
+    blend = server.adapter_names([("one", 0.5), ("two", 0.5)])
+    assert blend is not None and blend[0].startswith("blend-")
+    # "cat" is exact: a blend at weights (1, 0) is the first adapter alone.
+    exact = server.adapter_names([("one", 1.0), ("two", 0.0)])
+    assert exact is not None
+    assert torch.allclose(logits(exact), with_one, atol=1e-5)
+    assert len([k for k in server.loaded if k.startswith("blend-")]) == 1  # cache of 1
+    # A new version replaces the old one under the same name; the old one is unloaded.
+    one_v2 = Version("one", 2, _artifact(tmp_path / "one2"), "candidate")
+    server.load(one_v2)
+    assert server.activate(one_v2) == one
+    assert "one@v1" not in server.loaded and server.adapter_names([("one", 1.0)]) == ["one@v2"]
+
+
+# ---- the real thing: trained adapters in their own daemon ---------------------------------
+
+TRAIN_ENV = {
+    # Tiny but real training: 8 examples, batch 4, 6 epochs = 12 optimizer steps each.
+    "NPLLM_TRAINING__EPOCHS": "6",
+    "NPLLM_TRAINING__GRAD_ACCUMULATION": "1",
+    "NPLLM_TRAINING__LEARNING_RATE": "0.002",
+    # Past answers would otherwise come back through retrieval and blur the comparison.
+    "NPLLM_MEMORY__STORE_EXCHANGES": "false",
+}
+HELD_OUT = {
+    "zorblax": [
+        "Which port does Zorblax listen on?",
+        "Who is responsible for maintaining Zorblax?",
+        "What programming language is Zorblax built with?",
+        "What's the name of the Zorblax configuration file?",
+        "Which database backs Zorblax?",
+    ],
+    "sqlbot": [
+        "How can I count rows in a SQL table?",
+        "How do I order SQL results by date?",
+        "How do I remove duplicate values in a SQL select?",
+        "How do I combine rows from two SQL tables?",
+        "How do I return only the first 5 rows in SQL?",
+    ],
+}
+
+
+def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*NPLLM, *args],
+        env=cli_env(data_dir, **TRAIN_ENV, **env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _ask(http: Any, question: str, **extra: Any) -> dict[str, Any]:
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _cache_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MODEL_CACHE.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A daemon with two adapters trained by `npllm adapter train` and hot-published."""
+    data_dir = tmp_path_factory.mktemp("adapters") / "data"
+    live = LiveDaemon(data_dir, **TRAIN_ENV).wait_ready()
+    before = _cache_digest()
+    try:
+        for name in ("zorblax", "sqlbot"):
+            done = _cli(data_dir, "dataset", "import", name, str(DATA / f"{name}.jsonl"))
+            assert done.returncode == 0, done.stderr
+            done = _cli(data_dir, "adapter", "train", name, "--dataset", name)
+            assert done.returncode == 0, done.stderr
+            assert f"{name} v1 is now served" in done.stdout
+            assert "step 12/12" in done.stderr and "base weights unchanged" in done.stderr
+        yield SimpleNamespace(live=live, data_dir=data_dir, cache_before=before)
+    finally:
+        live.stop()
+
+
+def test_training_leaves_the_base_model_bit_identical(trained: Any) -> None:
+    assert _cache_digest() == trained.cache_before
+    rows = _cli(
+        trained.data_dir,
+        "psql",
+        "-At",
+        "-c",
+        "SELECT adapter, status, base_sha256_before = base_sha256_after, version, steps "
+        "FROM npllm.training_runs ORDER BY id",
+    )
+    assert rows.stdout.split() == ["zorblax|succeeded|t|1|12", "sqlbot|succeeded|t|1|12"]
+
+
+def test_the_modulator_routes_held_out_questions_to_the_right_adapter(trained: Any) -> None:
+    hits, total = 0, 0
+    with trained.live.http() as http:
+        for adapter, questions in HELD_OUT.items():
+            for q in questions:
+                used = [a["name"] for a in _ask(http, q, max_tokens=1)["npllm"]["adapters"]]
+                hits += used == [adapter]
+                total += 1
+        off_topic = _ask(http, "What is the capital of France?", max_tokens=1)["npllm"]
+    print(f"\nmodulator routing accuracy on held-out questions: {hits}/{total}")
+    assert hits / total >= 0.9
+    assert off_topic["adapters"] == [] and off_topic["routing"]["mode"] == "modulator"
+    assert set(off_topic["routing"]["probabilities"]) == {"none", "zorblax", "sqlbot"}
+
+
+def test_adapters_change_the_answers_and_the_bare_base_does_not(trained: Any) -> None:
+    with trained.live.http() as http:
+        fact = _ask(http, "What port does the Zorblax service listen on?")
+        bare = _ask(http, "What port does the Zorblax service listen on?", npllm={"adapters": []})
+        style = _ask(http, "How do I count the rows of a SQL table?")
+        plain = _ask(http, "How do I count the rows of a SQL table?", npllm={"adapters": []})
+    assert fact["npllm"]["adapters"] == [{"name": "zorblax", "version": 1, "weight": 1.0}]
+    assert "7341" in fact["choices"][0]["message"]["content"]
+    assert "7341" not in bare["choices"][0]["message"]["content"]
+    assert bare["npllm"]["routing"]["mode"] == "disabled"
+    assert style["choices"][0]["message"]["content"].startswith("SQLBOT")
+    assert "SQLBOT" not in plain["choices"][0]["message"]["content"]
+
+
+def test_concurrent_requests_for_different_adapters_match_sequential_ones(trained: Any) -> None:
+    requests = [
+        ("Which database does Zorblax use?", ["zorblax"]),
+        ("How do I join two tables in SQL?", ["sqlbot"]),
+        ("Which database does Zorblax use?", ["sqlbot"]),
+        ("How do I join two tables in SQL?", []),
+    ]
+
+    def one(item: tuple[str, list[str]]) -> str:
+        with trained.live.http() as http:
+            body = _ask(http, item[0], npllm={"adapters": item[1]}, seed=1, temperature=0.7)
+        return str(body["choices"][0]["message"]["content"])
+
+    sequential = [one(item) for item in requests]
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        concurrent_ = list(pool.map(one, requests))
+    assert concurrent_ == sequential
+    assert len(set(sequential)) >= 3  # the adapters really differ
+
+
+def test_hot_swap_and_rollback_under_load_fail_nothing(trained: Any) -> None:
+    v1 = trained.data_dir / "adapters" / "zorblax" / "v1"
+    stop = threading.Event()
+    seen: list[tuple[int, Any]] = []
+
+    def load() -> None:
+        with trained.live.http() as http:
+            while not stop.is_set():
+                r = http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "messages": [{"role": "user", "content": "Who maintains Zorblax?"}],
+                        "max_tokens": 8,
+                        "temperature": 0.5,
+                    },
+                )
+                versions = r.json()["npllm"]["adapters"] if r.status_code == 200 else r.text
+                seen.append((r.status_code, versions))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        publish = _cli(
+            trained.data_dir, "adapter", "publish", "zorblax", str(v1), "--dataset", "zorblax"
+        )
+        assert publish.returncode == 0, publish.stderr
+        assert "zorblax v2 is now served, replacing v1" in publish.stdout
+        rollback = _cli(trained.data_dir, "adapter", "rollback", "zorblax")
+        assert rollback.returncode == 0, rollback.stderr
+        assert "zorblax v1 is now served, replacing v2" in rollback.stdout
+    finally:
+        stop.set()
+        worker.join(120)
+    assert seen and all(status == 200 for status, _ in seen), seen
+    with trained.live.http() as http:
+        listing = http.get("/v1/adapters").json()
+    zorblax = next(a for a in listing["data"] if a["name"] == "zorblax")
+    assert [(v["version"], v["status"]) for v in zorblax["versions"]] == [
+        (1, "active"),
+        (2, "retired"),
+    ]
+    assert listing["served"] == {"sqlbot": 1, "zorblax": 1}
+
+
+def test_bad_publishes_are_refused_with_clear_errors(trained: Any, tmp_path: Path) -> None:
+    with trained.live.http() as http:
+        wrong = http.post(
+            "/v1/adapters/zorblax/versions", json={"path": str(_artifact(tmp_path / "r8", r=8))}
+        )
+        assert wrong.status_code == 400
+        assert "rank r is 8, not 16 (training.lora_r)" in wrong.json()["error"]["message"]
+        relative = http.post("/v1/adapters/zorblax/versions", json={"path": "some/dir"})
+        assert relative.status_code == 400 and "must be absolute" in relative.text
+        bad_name = http.post("/v1/adapters/Zorb.x/versions", json={"path": "/tmp"})
+        assert bad_name.status_code == 400 and "invalid adapter name" in bad_name.text
+        pinned = http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "npllm": {"adapters": ["x"]}},
+        )
+        assert pinned.status_code == 400 and "no served adapter named 'x'" in pinned.text
+        assert http.get("/v1/adapters").json()["served"]["zorblax"] == 1
+    cli = _cli(trained.data_dir, "adapter", "rollback", "../etc")
+    assert cli.returncode == 1 and "invalid adapter name '../etc'" in cli.stderr
+
+
+def test_export_writes_a_standalone_merged_model(trained: Any, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    done = _cli(trained.data_dir, "adapter", "export", "zorblax", "--merged", str(out))
+    assert done.returncode == 0, done.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    messages = [
+        {
+            "role": "system",
+            "content": "You are npllm, a concise assistant for programming "
+            "questions. Use the provided memories when they are relevant.",
+        },
+        {"role": "user", "content": "What port does the Zorblax service listen on?"},
+    ]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=False
+    )
+    out_ids = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False
+    )
+    assert "7341" in tokenizer.decode(out_ids[0][ids.shape[1] :])
+
+
+def test_a_base_model_swap_marks_adapters_stale_and_keeps_serving(
+    trained: Any, tmp_path: Path
+) -> None:
+    """Runs last in this module: it restarts the daemon on another base model (a tiny one)."""
+    tiny = tmp_path / "tiny-base"
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").exists())
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tiny)
+    tokenizer.save_pretrained(tiny)
+    trained.live.stop()
+    live = LiveDaemon(trained.data_dir, NPLLM_MODELS__BASE=str(tiny), **TRAIN_ENV).wait_ready()
+    try:
+        with live.http() as http:
+            status = http.get("/v1/status").json()
+            reply = http.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            )
+        assert status["adapters"] == {"served": {}, "stale": ["sqlbot", "zorblax"]}
+        assert status["counts"]["interactions"] > 0  # memories and the replay buffer survive
+        assert reply.status_code == 200 and reply.json()["npllm"]["adapters"] == []
+        shown = _cli(trained.data_dir, "status", NPLLM_MODELS__BASE=str(tiny))
+        assert (
+            "stale        sqlbot, zorblax (trained for another base; to be rebuilt at next sleep)"
+            in shown.stdout
+        )
+    finally:
+        live.stop()
+        shutil.rmtree(tiny, ignore_errors=True)
