@@ -412,10 +412,12 @@ class AdapterServer:
             param.requires_grad_(False)
 
     def smoke(self, version: Version) -> dict[str, Any]:
-        """A short generation through the version; refuse it if the output is not finite."""
+        """One forward pass through the version on a short chat: refuse it unless every
+        logit is finite; report the token it would answer with first."""
         import torch
 
-        ids = torch.tensor([self.llm.encode_chat([{"role": "user", "content": "Say hello."}])])
+        chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+        ids = torch.tensor([self.llm.encode_chat(chat)])  # (1, seq)
         with torch.inference_mode():
             logits = self.llm.peft(
                 input_ids=ids, attention_mask=torch.ones_like(ids), adapter_names=[version.key]
@@ -424,12 +426,11 @@ class AdapterServer:
             raise AdapterError(
                 f"adapter {version.key} produces NaN/inf logits; its weights seem to be broken"
             )
-        from npllm.llm import GenerationParams
-
-        gen = self.llm.generate_ids(
-            ids[0].tolist(), GenerationParams(max_new_tokens=4), adapter_names=[version.key]
-        )
-        return {"smoke_text": gen.text, "smoke_tokens": gen.completion_tokens}
+        first = int(logits[0, -1].argmax())
+        return {
+            "smoke_token": self.llm.tokenizer.decode([first]),
+            "smoke_prompt_tokens": ids.shape[1],
+        }
 
     def activate(self, version: Version) -> Version | None:
         """Point the name at `version`; unload the version it replaces. Returns that one."""
