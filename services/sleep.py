@@ -1,0 +1,181 @@
+"""When npllm sleeps: the state machine awake → drowsy → asleep → waking → awake.
+
+Pure logic with an injected clock, so it is tested with a fake one. The daemon calls
+:meth:`SleepStateMachine.tick` periodically with an idle reading and acts on the
+returned action (start, pause, resume or stop the consolidation worker), and calls
+:meth:`on_request` / :meth:`on_request_done` around every request.
+
+- awake → drowsy: the sleep window is open (``sleep.window_start``–``window_end``, local
+  time; "any" = always), no request for ``sleep.idle_minutes``, system CPU below
+  ``sleep.cpu_threshold_percent`` over the sliding window, on AC power if
+  ``sleep.require_ac_power``, at least ``sleep.min_interval_hours`` since the last cycle
+  and at least ``sleep.min_new_interactions`` new interactions since then.
+- drowsy → asleep after the conditions held for ``DROWSY_S`` more seconds (a request
+  or a busy CPU sends it back to awake): action "start".
+- asleep → waking when a request arrives: action "pause" (training yields at its next
+  step boundary; the request is answered by the active versions).
+- waking → asleep when no request came for ``RESUME_AFTER_S``: action "resume".
+- asleep/waking → awake when the cycle ends (:meth:`on_cycle_done`), or the window
+  closes: action "stop".
+- ``npllm sleep --now`` (:meth:`force`) skips the window, idle and data checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Literal
+
+from npllm.config import SleepConfig
+from services.idle import IdleReading
+
+State = Literal["awake", "drowsy", "asleep", "waking"]
+Action = Literal["start", "pause", "resume", "stop"]
+
+DROWSY_S = 60.0  # the idle conditions must hold this long before a cycle starts
+RESUME_AFTER_S = 30.0  # quiet time after a request before training resumes
+
+
+def _hhmm(text: str) -> time:
+    hour, minute = text.split(":")
+    return time(int(hour), int(minute))
+
+
+@dataclass(frozen=True)
+class SleepWindow:
+    """A daily local-time window; it may wrap past midnight (01:00–06:00, 22:00–06:00)."""
+
+    start: str
+    end: str
+
+    def contains(self, now: datetime) -> bool:
+        if self.start == "any":
+            return True
+        start, end, t = _hhmm(self.start), _hhmm(self.end), now.time()
+        if start <= end:
+            return start <= t < end
+        return t >= start or t < end
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """When the window next opens (APScheduler's cron arithmetic); None if always open."""
+        if self.start == "any":
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        start = _hhmm(self.start)
+        aware = now if now.tzinfo else now.astimezone()  # naive = local time
+        trigger = CronTrigger(hour=start.hour, minute=start.minute, timezone=aware.tzinfo)
+        opening: datetime | None = trigger.get_next_fire_time(None, aware)
+        if opening is None or now.tzinfo:
+            return opening
+        return opening.astimezone().replace(tzinfo=None)
+
+
+class SleepStateMachine:
+    """See the module docstring for the transitions."""
+
+    def __init__(self, config: SleepConfig, clock: Callable[[], datetime]) -> None:
+        self.config = config
+        self.clock = clock
+        self.window = SleepWindow(config.window_start, config.window_end)
+        self.state: State = "awake"
+        self.reason = "just started"
+        self.last_request_at = clock()
+        self.last_cycle_at: datetime | None = None
+        self.in_flight = 0
+        self.new_interactions = 0
+        self._since: datetime = clock()  # when the current state began
+        self._forced = False
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def on_request(self) -> Action | None:
+        self.in_flight += 1
+        self.last_request_at = self.clock()
+        if self.state == "asleep":
+            return self._go("waking", "a request arrived", "pause")
+        if self.state == "drowsy":
+            self._go("awake", "a request arrived")
+        return None
+
+    def on_request_done(self, interactions: int = 1) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        self.new_interactions += interactions
+        self.last_request_at = self.clock()
+
+    def force(self) -> Action | None:
+        """`npllm sleep --now`: start a cycle as soon as no request is running."""
+        self._forced = True
+        return self.tick(None)
+
+    def on_cycle_done(self, reason: str = "the cycle finished") -> None:
+        self.last_cycle_at = self.clock()
+        self.new_interactions = 0
+        self._forced = False
+        self._go("awake", reason)
+
+    # ---- the clock -----------------------------------------------------------------------
+
+    def tick(self, reading: IdleReading | None) -> Action | None:
+        """Advance the state machine; returns what the worker should do, if anything."""
+        now = self.clock()
+        if (
+            self.state in ("asleep", "waking")
+            and not self._forced
+            and not self.window.contains(now)
+        ):
+            return self._go("awake", "the sleep window closed", "stop")
+        if self.state == "waking":
+            quiet = (now - self.last_request_at).total_seconds()
+            if self.in_flight == 0 and quiet >= RESUME_AFTER_S:
+                return self._go("asleep", "quiet again", "resume")
+            return None
+        if self.state == "asleep":
+            return None
+        if self._forced:
+            if self.in_flight:
+                return None
+            return self._go("asleep", "asked to sleep now", "start")
+        blocker = self._blocker(now, reading)
+        if self.state == "awake":
+            if blocker is None:
+                self._go("drowsy", "idle in the sleep window")
+            else:
+                self.reason = blocker
+            return None
+        # drowsy
+        if blocker is not None:
+            self._go("awake", blocker)
+            return None
+        if (now - self._since).total_seconds() >= DROWSY_S:
+            return self._go("asleep", "idle long enough", "start")
+        return None
+
+    def _blocker(self, now: datetime, reading: IdleReading | None) -> str | None:
+        """Why the daemon may not fall asleep now, or None if it may."""
+        c = self.config
+        if not self.window.contains(now):
+            return f"outside the sleep window {c.window_start}-{c.window_end}"
+        if self.in_flight:
+            return "answering a request"
+        idle_s = (now - self.last_request_at).total_seconds()
+        if idle_s < c.idle_minutes * 60:
+            return f"a request {idle_s / 60:.1f} min ago (needs {c.idle_minutes:g} min)"
+        if reading is None:
+            return "no CPU reading yet"
+        if reading.cpu_percent >= c.cpu_threshold_percent:
+            return f"CPU {reading.cpu_percent:.0f}% (needs < {c.cpu_threshold_percent:g}%)"
+        if c.require_ac_power and reading.on_ac is False:
+            return "on battery"
+        if self.last_cycle_at is not None:
+            since = now - self.last_cycle_at
+            if since < timedelta(hours=c.min_interval_hours):
+                return f"last cycle {since.total_seconds() / 3600:.1f} h ago"
+        if self.new_interactions < c.min_new_interactions:
+            return f"{self.new_interactions} new interactions (needs {c.min_new_interactions})"
+        return None
+
+    def _go(self, state: State, reason: str, action: Action | None = None) -> Action | None:
+        self.state, self.reason, self._since = state, reason, self.clock()
+        return action

@@ -1,0 +1,148 @@
+"""The sleep state machine with a fake clock and fake idle readings; the real idle reader."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from npllm.config import SleepConfig
+from services.idle import IdleReading, SystemIdle
+from services.sleep import DROWSY_S, RESUME_AFTER_S, SleepStateMachine, SleepWindow
+
+QUIET = IdleReading(cpu_percent=3.0, on_ac=True, samples=10)
+BUSY = IdleReading(cpu_percent=90.0, on_ac=True, samples=10)
+
+
+class FakeClock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+def _machine(at: str = "2026-11-23 02:00", **config: object) -> tuple[SleepStateMachine, FakeClock]:
+    clock = FakeClock(datetime.fromisoformat(at))
+    settings = SleepConfig(**{"idle_minutes": 15, "min_new_interactions": 1, **config})  # type: ignore[arg-type]
+    machine = SleepStateMachine(settings, clock)
+    machine.on_request()
+    machine.on_request_done(interactions=3)
+    return machine, clock
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "inside", "outside"),
+    [
+        ("01:00", "06:00", ["01:00", "03:30", "05:59"], ["00:59", "06:00", "12:00"]),
+        ("22:00", "06:00", ["22:00", "23:59", "00:00", "05:59"], ["06:00", "21:59", "12:00"]),
+        ("any", "06:00", ["00:00", "12:00", "23:59"], []),
+    ],
+)
+def test_the_window_handles_midnight(
+    start: str, end: str, inside: list[str], outside: list[str]
+) -> None:
+    window = SleepWindow(start, end)
+    day = "2026-11-23 "
+    assert all(window.contains(datetime.fromisoformat(day + t)) for t in inside)
+    assert not any(window.contains(datetime.fromisoformat(day + t)) for t in outside)
+
+
+def test_next_window_opening_comes_from_cron() -> None:
+    window = SleepWindow("01:00", "06:00")
+    assert window.next_opening(
+        datetime.fromisoformat("2026-11-23 12:00")
+    ) == datetime.fromisoformat("2026-11-24 01:00")
+    assert (
+        SleepWindow("any", "06:00").next_opening(datetime.fromisoformat("2026-11-23 12:00")) is None
+    )
+
+
+def test_falls_asleep_only_when_idle_in_the_window_then_wakes_and_resumes() -> None:
+    machine, clock = _machine()
+    assert machine.tick(QUIET) is None and machine.state == "awake"
+    assert "a request 0.0 min ago" in machine.reason
+    clock.advance(minutes=16)
+    assert machine.tick(BUSY) is None and machine.state == "awake"
+    assert machine.reason == "CPU 90% (needs < 25%)"
+    assert machine.tick(QUIET) is None and machine.state == "drowsy"
+    clock.advance(seconds=DROWSY_S)
+    assert machine.tick(QUIET) == "start" and machine.state == "asleep"
+    # A request wakes it: training pauses, the request is served, then training resumes.
+    assert machine.on_request() == "pause" and machine.state == "waking"
+    clock.advance(seconds=RESUME_AFTER_S)
+    assert machine.tick(QUIET) is None  # still answering
+    machine.on_request_done()
+    assert machine.tick(QUIET) is None  # quiet time counts from the end of the request
+    clock.advance(seconds=RESUME_AFTER_S)
+    assert machine.tick(QUIET) == "resume" and machine.state == "asleep"
+    machine.on_cycle_done()
+    assert machine.state == "awake" and machine.new_interactions == 0
+
+
+def test_a_request_while_drowsy_keeps_it_awake() -> None:
+    machine, clock = _machine()
+    clock.advance(minutes=16)
+    machine.tick(QUIET)
+    assert machine.state == "drowsy"
+    assert machine.on_request() is None and machine.state == "awake"
+
+
+@pytest.mark.parametrize(
+    ("at", "config", "reading", "reason"),
+    [
+        ("2026-11-23 12:00", {}, QUIET, "outside the sleep window 01:00-06:00"),
+        ("2026-11-23 02:00", {"require_ac_power": True}, IdleReading(3.0, False, 5), "on battery"),
+        ("2026-11-23 02:00", {"min_new_interactions": 10}, QUIET, "3 new interactions (needs 10)"),
+    ],
+)
+def test_what_keeps_it_awake_is_said(
+    at: str, config: dict[str, object], reading: IdleReading, reason: str
+) -> None:
+    machine, clock = _machine(at, **config)
+    clock.advance(minutes=16)
+    machine.tick(reading)
+    assert machine.state == "awake" and machine.reason == reason
+
+
+def test_minimum_interval_between_cycles() -> None:
+    machine, clock = _machine(min_interval_hours=6)
+    machine.on_cycle_done()
+    machine.on_request_done(interactions=5)
+    clock.advance(minutes=30)
+    machine.tick(QUIET)
+    assert machine.state == "awake" and machine.reason.startswith("last cycle 0.5 h ago")
+
+
+def test_the_window_closing_stops_a_cycle_but_a_forced_one_runs_anyway() -> None:
+    machine, clock = _machine("2026-11-23 05:40")
+    clock.advance(minutes=16)
+    machine.tick(QUIET)
+    clock.advance(seconds=DROWSY_S)
+    assert machine.tick(QUIET) == "start"
+    clock.advance(minutes=10)  # 06:07
+    assert machine.tick(QUIET) == "stop" and machine.reason == "the sleep window closed"
+    forced, clock = _machine("2026-11-23 12:00")
+    assert forced.force() == "start" and forced.state == "asleep"
+    clock.advance(hours=3)
+    assert forced.tick(BUSY) is None and forced.state == "asleep"
+
+
+def test_a_forced_sleep_waits_for_running_requests() -> None:
+    machine, _ = _machine("2026-11-23 12:00")
+    machine.on_request()
+    assert machine.force() is None and machine.state == "awake"
+    machine.on_request_done()
+    assert machine.tick(None) == "start"
+
+
+def test_the_real_idle_reader_gives_sane_values() -> None:
+    ticks = iter(range(0, 1000, 30))
+    reader = SystemIdle(window_s=60, clock=lambda: float(next(ticks)))
+    readings = [reader.sample() for _ in range(5)]
+    assert all(0.0 <= r.cpu_percent <= 100.0 for r in readings)
+    assert readings[-1].samples == 3  # 60 s window, a sample every 30 s
+    assert readings[-1].on_ac in (True, False, None)
