@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from consolidation import mas
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
 
@@ -104,6 +105,27 @@ def _batch(
     return ids, labels, mask
 
 
+@torch.no_grad()
+def chat_loss(
+    model: Any,
+    tokenizer: Any,
+    examples: list[list[dict[str, str]]],
+    system_prompt: str,
+    max_len: int = 512,
+    **forward: Any,
+) -> float:
+    """Mean loss on the answers of `examples` (validation and retention probes)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for messages in examples:
+        ids, labels = encode_example(tokenizer, messages, system_prompt, max_len)
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]), **forward)
+        losses.append(float(out.loss))
+    model.train(was_training)
+    return sum(losses) / max(len(losses), 1)
+
+
 def base_weights_sha256(model: torch.nn.Module) -> str:
     """Hash of the base model's own parameters (LoRA parameters excluded)."""
     import hashlib
@@ -128,9 +150,15 @@ def train_adapter(
     on_progress: Callable[[Progress], None] | None = None,
     max_len: int = 512,
     seed: int = 0,
+    init_from: Path | None = None,
+    omega: mas.Matrices | None = None,
 ) -> TrainResult:
-    """Train a new LoRA adapter on chat `examples` and save it to `out_dir`."""
-    from peft import LoraConfig, get_peft_model
+    """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
+
+    A fresh adapter, or — with `init_from` — the next version of an existing one. With
+    `omega` (accumulated MAS importance of earlier cycles) the loss adds
+    ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -146,8 +174,13 @@ def train_adapter(
         task_type="CAUSAL_LM",
         use_dora=False,
     )
-    peft_model: Any = get_peft_model(model, lora)
+    peft_model: Any
+    if init_from is None:
+        peft_model = get_peft_model(model, lora)
+    else:
+        peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     peft_model.train()
+    theta_star = mas.snapshot(peft_model, "default") if omega else None
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -162,7 +195,12 @@ def train_adapter(
             picked, order = order[: config.batch_size], order[config.batch_size :]
             ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
             out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
-            (out.loss / config.grad_accumulation).backward()
+            loss = out.loss
+            if omega and theta_star is not None:
+                loss = loss + config.mas_lambda * mas.penalty(
+                    peft_model, "default", omega, theta_star
+                )
+            (loss / config.grad_accumulation).backward()
             step_loss += out.loss.detach().item() / config.grad_accumulation
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -1,0 +1,114 @@
+"""The LoRA trainer on a tiny model: loss on answers only, continuation, MAS against forgetting.
+
+The tiny Llama uses SmolLM2's real tokenizer and chat template (from the model cache);
+what is tested is the training logic, not the language model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consolidation import mas
+from consolidation.trainer import IGNORE, chat_loss, encode_example, plan_steps, train_adapter
+from npllm.adapters import AdapterShape
+from npllm.config import TrainingConfig
+
+from .conftest import MODEL_CACHE
+
+SYSTEM = "You are a test."
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "tokenizer_config.json").exists())
+    return AutoTokenizer.from_pretrained(cache)
+
+
+def _chat(q: str, a: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+TASK_A = [
+    _chat(f"Code word for {c}?", f"The code word for {c} is {w}.")
+    for c, w in [("red", "TULIP"), ("blue", "OCEAN"), ("green", "FERN"), ("gold", "SUN")]
+]
+TASK_B = [
+    _chat(f"Code word for {c}?", f"The code word for {c} is {w}.")
+    for c, w in [("red", "BRICK"), ("blue", "JEANS"), ("green", "LIME"), ("gold", "COIN")]
+]
+# 4 examples, batch 4: 1 step per epoch, 8 steps a night; lambda found by trying 0.1-10
+# (10 freezes the adapter: task B is not learned at all).
+CONFIG = TrainingConfig(
+    learning_rate=0.002,
+    epochs=8,
+    batch_size=4,
+    grad_accumulation=1,
+    lora_dropout=0.0,
+    mas_lambda=0.3,
+)
+SHAPE = AdapterShape.from_config(CONFIG)
+
+
+def test_steps_follow_the_documented_formula() -> None:
+    defaults = TrainingConfig()
+    assert plan_steps(100, defaults) == 4 * 3  # ceil(100 / (4 * 8)) * 3
+    assert plan_steps(1, defaults) == 3
+    assert plan_steps(8, CONFIG) == 2 * 8
+
+
+def test_only_the_answer_is_learned(tokenizer: Any) -> None:
+    ids, labels = encode_example(tokenizer, TASK_A[0], SYSTEM, 512)
+    answer = [t for t in labels if t != IGNORE]
+    assert tokenizer.decode(answer) == "The code word for red is TULIP.<|im_end|>"
+    assert labels[: len(ids) - len(answer)] == [IGNORE] * (len(ids) - len(answer))
+    assert SYSTEM in tokenizer.decode(ids)  # the serving system prompt is used when none is given
+
+
+@pytest.fixture(scope="module")
+def own_base(settings: Any) -> Any:
+    """A private copy of the real base model (the trainer wraps and unwraps it)."""
+    from npllm.llm import load_base_llm
+
+    return load_base_llm(settings)
+
+
+def test_mas_keeps_what_the_first_night_learned(own_base: Any, tmp_path: Path) -> None:
+    """Night 1 learns task A; night 2 learns conflicting task B, with and without MAS."""
+    from peft import PeftModel
+
+    model, tokenizer = own_base.model, own_base.tokenizer
+    first = train_adapter(model, tokenizer, TASK_A, CONFIG, SHAPE, tmp_path / "v1", SYSTEM)
+    assert first.losses[-1] < first.losses[0] / 4
+    assert first.base_sha256_before == first.base_sha256_after
+    with_v1 = PeftModel.from_pretrained(model, str(tmp_path / "v1"))
+    learned_a = chat_loss(with_v1, tokenizer, TASK_A, SYSTEM)
+    samples = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in TASK_A]
+    omega = mas.accumulate(None, mas.importance(with_v1, "default", samples))
+    with_v1.unload()
+
+    results = {}
+    for label, o in (("plain", None), ("mas", omega)):
+        out = tmp_path / f"v2-{label}"
+        train_adapter(
+            model, tokenizer, TASK_B, CONFIG, SHAPE, out, SYSTEM, init_from=tmp_path / "v1", omega=o
+        )
+        v2 = PeftModel.from_pretrained(model, str(out))
+        results[label] = (
+            chat_loss(v2, tokenizer, TASK_A, SYSTEM),
+            chat_loss(v2, tokenizer, TASK_B, SYSTEM),
+        )
+        v2.unload()
+    print(
+        f"\ntask A loss after night 1: {learned_a:.3f}; after night 2 without MAS "
+        f"{results['plain'][0]:.3f}, with MAS {results['mas'][0]:.3f}; task B loss without "
+        f"MAS {results['plain'][1]:.3f}, with MAS {results['mas'][1]:.3f}"
+    )
+    # Without MAS night 2 overwrites night 1; with MAS task A is kept far better ...
+    assert results["plain"][0] > 10 * learned_a
+    assert results["mas"][0] < results["plain"][0] / 2
+    # ... and task B is still learned (the penalty does not freeze the adapter).
+    assert results["mas"][1] < first.losses[0] / 4
