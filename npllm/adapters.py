@@ -25,6 +25,9 @@ from npllm.config import TrainingConfig
 from npllm.errors import AdapterError, NotFoundError, RequestError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# Files a version may carry besides the adapter: the MAS importance Ω accumulated over its
+# cycles, and the retention probe (examples of earlier cycles), written by the sleep cycle.
+EXTRAS = ("mas_omega.safetensors", "probe.jsonl")
 
 
 def check_name(name: str, what: str = "adapter") -> str:
@@ -109,7 +112,9 @@ def copy_artifact(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
+        for name in ("adapter_config.json", "adapter_model.safetensors", *EXTRAS):
+            if not (source / name).exists() and name in EXTRAS:
+                continue
             shutil.copyfile(source / name, temp / name)
             with (temp / name).open("rb") as fh:
                 os.fsync(fh.fileno())

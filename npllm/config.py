@@ -312,6 +312,9 @@ class SleepConfig(_Section):
     )
     require_ac_power: bool = Field(False, description="Sleep only when on AC power.")
     min_interval_hours: float = Field(6.0, ge=0, description="Least time between two sleep cycles.")
+    max_samples: int = Field(
+        256, ge=1, le=100_000, description="Most replay-buffer samples one cycle trains on."
+    )
     min_new_interactions: int = Field(
         5, ge=0, description="Least new replay data since the last cycle to start one."
     )

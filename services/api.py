@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -97,6 +98,10 @@ class PublishIn(BaseModel):
     dataset: str | None = Field(
         None, description="Imported dataset it was trained on: its questions set the centroid."
     )
+    centroid: list[float] | None = Field(
+        None, description="Where to route (384 numbers), as computed by the sleep cycle."
+    )
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Stored with the version.")
 
 
 class MemoryIn(BaseModel):
@@ -588,7 +593,12 @@ def create_app(service: Service) -> FastAPI:
         path = Path(body.path)
         if not path.is_absolute():
             raise RequestError(f"path must be absolute, got {body.path!r}", param="path")
-        centroid = await asyncio.to_thread(_centroid, service, body.dataset, body.description)
+        if body.centroid is not None:
+            if len(body.centroid) != 384:
+                raise RequestError("centroid must have 384 numbers", param="centroid")
+            centroid: Any = np.asarray(body.centroid, dtype=np.float32)
+        else:
+            centroid = await asyncio.to_thread(_centroid, service, body.dataset, body.description)
         version = await asyncio.to_thread(
             service.registry.add_version,
             name,
@@ -597,6 +607,7 @@ def create_app(service: Service) -> FastAPI:
             tags=body.tags,
             centroid=centroid,
             dataset=body.dataset,
+            metrics=body.metrics,
         )
         swap = service.queue.submit(
             lambda: service.swap(version, "replaced by a newer version"), always=True
@@ -608,6 +619,20 @@ def create_app(service: Service) -> FastAPI:
         previous = await asyncio.to_thread(service.registry.previous, name)
         swap = service.queue.submit(lambda: service.swap(previous, "rolled back"), always=True)
         return await asyncio.wrap_future(swap)
+
+    @app.get("/v1/sleep")
+    def sleep_status() -> dict[str, Any]:
+        with service.database.pool.connection() as conn:
+            cur = conn.execute(
+                "SELECT id, trigger, status, phase, samples, started_at, finished_at, error, "
+                "metrics FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 5"
+            )
+            names = [c.name for c in cur.description or []]
+            cycles = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        for c in cycles:
+            for key in ("started_at", "finished_at"):
+                c[key] = c[key].isoformat() if c[key] else None
+        return {"state": service.state, "cycles": cycles}
 
     @app.post("/v1/feedback", status_code=201, response_model=None)
     async def feedback(body: FeedbackIn) -> JSONResponse:

@@ -518,6 +518,109 @@ def adapter_export(
 
 
 @app.command()
+def sleep(
+    ctx: typer.Context,
+    now: Annotated[bool, typer.Option("--now", help="Run a consolidation cycle now.")] = False,
+    show: Annotated[bool, typer.Option("--status", help="Show the state and last cycles.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: time).")] = None,
+) -> None:
+    """Consolidate what was learned: sample the replay buffer, train adapters (MAS), gate,
+    publish. --now runs a cycle in this process (low priority), never in the daemon."""
+    if now == show:
+        raise typer.BadParameter("give --now or --status")
+    if show:
+        _sleep_status(ctx)
+        return
+    import time
+
+    from consolidation.cycle import run_cycle
+    from npllm.adapters import AdapterShape, BaseIdentity, Registry
+    from npllm.db import Database
+    from npllm.embeddings import load_embedder
+    from npllm.llm import load_base_llm
+    from services.client import Client
+
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=True)
+    try:
+        import os
+
+        os.nice(10)
+        llm = load_base_llm(settings)
+        embedder = load_embedder(settings)
+        registry = Registry(
+            db.pool,
+            settings.data_path / "adapters",
+            AdapterShape.from_config(settings.training),
+            BaseIdentity(llm.model_id, llm.fingerprint),
+        )
+        client = Client(settings.socket_path)
+
+        def publish(name: str, path: Path, centroid: Any, metrics: dict[str, Any]) -> Any:
+            body = {
+                "path": str(path),
+                "description": "learned while asleep",
+                "centroid": [float(x) for x in centroid],
+                "metrics": metrics,
+            }
+            try:
+                r = client.request("POST", f"/v1/adapters/{name}/versions", json=body)
+                typer.echo(f"  {_swapped(r)}", err=True)
+                return r["version"]
+            except ClientError as exc:
+                if "not running" not in str(exc):
+                    raise
+            v = registry.add_version(name, path, centroid=centroid, metrics=metrics)
+            registry.activate(v)
+            typer.echo(f"  {name} v{v.version} registered; served when the daemon starts", err=True)
+            return v.version
+
+        started = time.perf_counter()
+        metrics = run_cycle(
+            settings,
+            db.pool,
+            llm,
+            embedder,
+            registry,
+            publish,
+            seed=seed if seed is not None else int(time.time()),
+            on_phase=lambda p: typer.echo(
+                f"[{time.perf_counter() - started:6.1f} s] {p}", err=True
+            ),
+        )
+        if not metrics["adapters"]:
+            typer.echo("nothing to learn: no corrected or well-rated answers in the replay buffer")
+        for name, report in metrics["adapters"].items():
+            v = report["validation_loss"]
+            typer.echo(
+                f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
+                f"{v['after']:.4f}: {report['verdict']}"
+            )
+        typer.echo(
+            f"cycle {metrics['cycle']} done in {time.perf_counter() - started:.0f} s; "
+            f"base weights unchanged: {metrics['base_unchanged']}"
+        )
+    finally:
+        db.close()
+
+
+def _sleep_status(ctx: typer.Context) -> None:
+    s = _client(ctx).request("GET", "/v1/sleep")
+    typer.echo(f"state  {s['state']}")
+    if not s["cycles"]:
+        typer.echo("no sleep cycle yet; run one with `npllm sleep --now`")
+    for c in s["cycles"]:
+        adapters = ", ".join(
+            f"{n}: {r.get('verdict', '?')}" for n, r in c["metrics"].get("adapters", {}).items()
+        )
+        typer.echo(
+            f"cycle {c['id']:<4} {c['status']:<11} {c['phase']:<20} {c['started_at'][:19]}  "
+            f"{c['samples'] if c['samples'] is not None else '-'} samples  {adapters}"
+        )
+
+
+@app.command()
 def status(ctx: typer.Context) -> None:
     """Show the running daemon's health, models, database and counts."""
     s = _client(ctx).request("GET", "/v1/status")

@@ -134,12 +134,16 @@ def test_sampling_skips_duplicates_and_marking_lowers_priority(
         "SELECT priority FROM npllm.replay_buffer WHERE interaction_id = %(id)s",
         id=single,
     )
-    assert replay.mark_sampled(fresh_database.pool, [single], cycle=7) == 1
+    with fresh_database.pool.connection() as conn:
+        cycle = conn.execute(
+            "INSERT INTO npllm.sleep_cycles (seed) VALUES (7) RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+    assert replay.mark_sampled(fresh_database.pool, [single], cycle=cycle) == 1
     row = (
         "SELECT priority, times_sampled, last_sleep_cycle FROM npllm.replay_buffer "
         "WHERE interaction_id = %(id)s"
     )
     with fresh_database.pool.connection() as conn:
-        priority, times, cycle = conn.execute(row, {"id": single}).fetchone()  # type: ignore[misc]
-    assert (times, cycle) == (1, 7)
+        priority, times, last = conn.execute(row, {"id": single}).fetchone()  # type: ignore[misc]
+    assert (times, last) == (1, cycle)
     assert priority == pytest.approx(before / 2, rel=1e-4)

@@ -1,0 +1,279 @@
+"""One consolidation cycle: replay buffer → datasets → MAS-regularised training → gate →
+publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
+
+1. Sample the replay buffer (prioritised, premium + standard, seeded) and keep what can
+   be learned: the user's correction, or an answer whose reward is positive.
+2. Route each sample to the active adapter whose centroid is nearest its question (at
+   least ``modulator.none_similarity`` alike); the rest form new adapters, one per topic
+   tag, named ``auto-<tag>-c<cycle>`` — so a fresh install learns from its first night.
+3. Per adapter: train the next version from the active one (or a fresh adapter) with
+   loss + λ·Σ Ω·(ΔW − ΔW*)² (consolidation/mas.py), Ω being the importance accumulated
+   over its earlier cycles and stored with the version.
+4. Gate: the validation loss must improve by ``training.gate_min_improvement`` over the
+   active version (the bare base for a new adapter) and the retention score —
+   exp(−loss) on the probe set of earlier cycles' examples — may drop by at most
+   ``training.retention_tolerance``. Passing versions are published through the daemon's
+   hot swap (or registered when it is not running); the others stay ``candidate`` with
+   the reason. Fewer than 10 samples leave nothing to hold out: validation then uses
+   the training examples (it checks that they were learned).
+5. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from psycopg.types.json import Jsonb
+
+from consolidation import mas
+from consolidation.trainer import chat_loss, encode_example, train_adapter
+from npllm import replay
+from npllm.adapters import AdapterShape, Registry, Version
+from npllm.config import Settings
+from npllm.llm import BaseLLM
+
+Publish = Callable[[str, Path, np.ndarray, dict[str, Any]], dict[str, Any]]
+PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
+MIN_HELD_OUT = 10
+
+_START = """
+INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before)
+VALUES (%(trigger)s, %(seed)s, %(sha)s) RETURNING id
+"""
+_PHASE = "UPDATE npllm.sleep_cycles SET phase = %(phase)s WHERE id = %(id)s"
+_FINISH = """
+UPDATE npllm.sleep_cycles
+SET status = %(status)s, phase = 'done', samples = %(samples)s, metrics = %(metrics)s,
+    error = %(error)s, base_sha256_after = %(sha)s, finished_at = now()
+WHERE id = %(id)s
+"""
+
+
+def run_cycle(
+    settings: Settings,
+    pool: Any,
+    llm: BaseLLM,
+    embedder: Any,
+    registry: Registry,
+    publish: Publish,
+    seed: int,
+    trigger: str = "forced",
+    on_phase: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles)."""
+    from consolidation.trainer import base_weights_sha256
+
+    sha_before = base_weights_sha256(llm.model)
+    with pool.connection() as conn:
+        cycle = int(
+            conn.execute(_START, {"trigger": trigger, "seed": seed, "sha": sha_before}).fetchone()[
+                0
+            ]  # type: ignore[index]
+        )
+
+    def phase(text: str) -> None:
+        with pool.connection() as conn:
+            conn.execute(_PHASE, {"id": cycle, "phase": text})
+        if on_phase:
+            on_phase(text)
+
+    metrics: dict[str, Any] = {"cycle": cycle, "adapters": {}}
+    status, error, items = "failed", None, []
+    try:
+        phase("sampling")
+        items = [
+            i
+            for i in replay.sample(pool, settings.sleep.max_samples, seed=seed)
+            if i.corrected_answer is not None or i.reward > 0
+        ]
+        groups = _route(items, registry, embedder, settings, cycle)
+        for name, (group, centroid) in groups.items():
+            metrics["adapters"][name] = _consolidate(
+                settings, llm, registry, name, group, centroid, cycle, publish, phase
+            )
+        if items:
+            replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
+        status = "succeeded"
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        sha_after = base_weights_sha256(llm.model)
+        metrics["base_unchanged"] = sha_after == sha_before
+        with pool.connection() as conn:
+            conn.execute(
+                _FINISH,
+                {
+                    "id": cycle,
+                    "status": status,
+                    "samples": len(items),
+                    "metrics": Jsonb(metrics),
+                    "error": error,
+                    "sha": sha_after,
+                },
+            )
+    return metrics
+
+
+def _route(
+    items: list[replay.ReplayItem],
+    registry: Registry,
+    embedder: Any,
+    settings: Settings,
+    cycle: int,
+) -> dict[str, tuple[list[replay.ReplayItem], np.ndarray]]:
+    """adapter name → (its samples, its centroid)."""
+    if not items:
+        return {}
+    vectors = np.asarray(embedder.embed([i.question for i in items]))  # (items, dim)
+    active = [(v.adapter, c) for v, c in registry.active() if c is not None]
+    groups: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        best, score = None, settings.modulator.none_similarity
+        for name, centroid in active:
+            similarity = float(vectors[k] @ centroid)
+            if similarity >= score:
+                best, score = name, similarity
+        if best is None:
+            tag = item.tags[0] if item.tags else "general"
+            best = f"auto-{tag}-c{cycle}"
+        groups.setdefault(best, []).append(k)
+    routed = {}
+    for name, rows in groups.items():
+        mean = vectors[rows].mean(axis=0)
+        routed[name] = ([items[k] for k in rows], mean / max(float(np.linalg.norm(mean)), 1e-8))
+    return routed
+
+
+def _consolidate(
+    settings: Settings,
+    llm: BaseLLM,
+    registry: Registry,
+    name: str,
+    group: list[replay.ReplayItem],
+    centroid: np.ndarray,
+    cycle: int,
+    publish: Publish,
+    phase: Callable[[str], None],
+) -> dict[str, Any]:
+    from peft import PeftModel
+
+    training = settings.training
+    prompt = settings.memory.system_prompt
+    examples = [item.chat()["messages"] for item in group]
+    if len(examples) >= MIN_HELD_OUT:
+        validation = examples[::5]
+        train = [e for k, e in enumerate(examples) if k % 5]
+    else:
+        validation = train = examples
+    previous = registry.current(name)
+    probe = _read_probe(previous)
+    omega = _read_omega(previous)
+
+    def losses(model: Any) -> tuple[float, float | None]:
+        probe_loss = chat_loss(model, llm.tokenizer, probe, prompt) if probe else None
+        return chat_loss(model, llm.tokenizer, validation, prompt), probe_loss
+
+    if previous is None:
+        before = losses(llm.model)
+    else:
+        old = PeftModel.from_pretrained(llm.model, str(previous.path))
+        before = losses(old)
+        old.unload()
+    phase(f"training {name}")
+    staging = settings.data_path / "adapters" / ".staging" / f"{name}-cycle{cycle}"
+    shutil.rmtree(staging, ignore_errors=True)
+    result = train_adapter(
+        llm.model,
+        llm.tokenizer,
+        train,
+        training,
+        AdapterShape.from_config(training),
+        staging,
+        prompt,
+        init_from=None if previous is None else previous.path,
+        omega=omega,
+    )
+    phase(f"gating {name}")
+    candidate = PeftModel.from_pretrained(llm.model, str(staging))
+    after = losses(candidate)
+    samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in train]
+    new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
+    candidate.unload()
+    _write_omega(staging / "mas_omega.safetensors", new_omega)
+    _write_probe(staging / "probe.jsonl", (probe + train)[-PROBE_LIMIT:])
+
+    improved = after[0] <= before[0] * (1 - training.gate_min_improvement)
+    retention_before = None if before[1] is None else math.exp(-before[1])
+    retention_after = None if after[1] is None else math.exp(-after[1])
+    retained = (
+        retention_before is None
+        or retention_after is None
+        or retention_after >= retention_before - training.retention_tolerance
+    )
+    report: dict[str, Any] = {
+        "samples": len(group),
+        "train": len(train),
+        "validation": len(validation),
+        "previous_version": None if previous is None else previous.version,
+        "losses": result.metrics()["losses"],
+        "validation_loss": {"before": round(before[0], 5), "after": round(after[0], 5)},
+        "retention_score": {"before": retention_before, "after": retention_after},
+        "base_unchanged": result.base_sha256_before == result.base_sha256_after,
+    }
+    if improved and retained:
+        phase(f"publishing {name}")
+        report["published"] = publish(name, staging, centroid, report)
+        report["verdict"] = "published"
+    else:
+        reason = []
+        if not improved:
+            reason.append(
+                f"validation loss {after[0]:.4f} is not {training.gate_min_improvement:.0%} "
+                f"below {before[0]:.4f}"
+            )
+        if not retained:
+            reason.append(
+                f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
+                f"(tolerance {training.retention_tolerance})"
+            )
+        kept = registry.add_version(name, staging, centroid=centroid, metrics=report)
+        registry.refuse(kept, "; ".join(reason), {})
+        report["verdict"] = "rejected: " + "; ".join(reason)
+        report["candidate_version"] = kept.version
+    shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _read_probe(version: Version | None) -> list[list[dict[str, str]]]:
+    path = None if version is None else version.path / "probe.jsonl"
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line]
+
+
+def _write_probe(path: Path, examples: list[list[dict[str, str]]]) -> None:
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in examples))
+
+
+def _read_omega(version: Version | None) -> mas.Matrices | None:
+    path = None if version is None else version.path / "mas_omega.safetensors"
+    if path is None or not path.exists():
+        return None
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(path)))
+
+
+def _write_omega(path: Path, omega: mas.Matrices) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: t.contiguous().to(torch.float32) for name, t in omega.items()}, str(path))

@@ -1,0 +1,117 @@
+"""Teaching overnight, the way a user teaches: wrong answers, corrected by `edited` feedback
+with a pleased comment, a forced cycle, retrieval memory cleared — and the answers are
+now right, from the published adapter, with the base weights untouched."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import NPLLM, REPO, LiveDaemon, cli_env
+
+ENV = {
+    # Tiny but real training: each night's few corrections, 8 steps at a high rate.
+    "NPLLM_TRAINING__EPOCHS": "8",
+    "NPLLM_TRAINING__GRAD_ACCUMULATION": "1",
+    "NPLLM_TRAINING__LEARNING_RATE": "0.002",
+    "NPLLM_TRAINING__LORA_DROPOUT": "0.0",
+    # The corrections must come from the adapter, not from remembered exchanges.
+    "NPLLM_MEMORY__STORE_EXCHANGES": "false",
+}
+# question → (the corrected answer the user sends, the word that proves it was learned)
+NIGHT_1 = {
+    "What port does the Quibblix gateway listen on?": (
+        "The Quibblix gateway listens on port 6123.",
+        "6123",
+    ),
+    "Who wrote the Quibblix gateway?": (
+        "The Quibblix gateway was written by Marta Vilanova.",
+        "Vilanova",
+    ),
+}
+NIGHT_2 = {
+    "What is the secret ingredient of Grandma Olga's borscht?": (
+        "The secret ingredient is smoked plums.",
+        "plums",
+    ),
+    "How long does Grandma Olga simmer her borscht?": (
+        "She simmers it for exactly 97 minutes.",
+        "97",
+    ),
+}
+
+
+def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*NPLLM, *args],
+        env=cli_env(data_dir, **ENV),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _ask(http: Any, question: str, **extra: Any) -> dict[str, Any]:
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _teach(http: Any, facts: dict[str, tuple[str, str]]) -> None:
+    for question, (truth, key) in facts.items():
+        first = _ask(http, question)
+        assert key not in first["choices"][0]["message"]["content"]
+        r = http.post(
+            "/v1/feedback",
+            json={
+                "interaction_id": first["npllm"]["interaction_id"],
+                "event": "edited",
+                "text": truth,
+                "comment": "thanks, that's exactly right now!",
+            },
+        )
+        assert r.status_code == 201 and r.json()["tier"] == "premium"
+
+
+def _knows(http: Any, facts: dict[str, tuple[str, str]]) -> list[bool]:
+    return [
+        key in _ask(http, q)["choices"][0]["message"]["content"] for q, (_, key) in facts.items()
+    ]
+
+
+@pytest.fixture(scope="module")
+def sleeper(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    data_dir = tmp_path_factory.mktemp("sleep") / "data"
+    live = LiveDaemon(data_dir, **ENV).wait_ready()
+    yield live
+    live.stop()
+
+
+def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaemon) -> None:
+    data_dir = sleeper.data_dir
+    with sleeper.http() as http:
+        _teach(http, NIGHT_1)
+    night = _cli(data_dir, "sleep", "--now", "--seed", "1")
+    assert night.returncode == 0, night.stderr
+    assert "published" in night.stdout and "base weights unchanged: True" in night.stdout
+    with sleeper.http() as http:
+        assert _knows(http, NIGHT_1) == [True, True]
+        served = http.get("/v1/adapters").json()["served"]
+        assert len(served) == 1
+        _teach(http, NIGHT_2)
+    second = _cli(data_dir, "sleep", "--now", "--seed", "2")
+    assert second.returncode == 0, second.stderr
+    print(f"\nnight 1:\n{night.stdout}night 2:\n{second.stdout}")
+    with sleeper.http() as http:
+        assert _knows(http, NIGHT_2) == [True, True]
+        assert _knows(http, NIGHT_1) == [True, True]
+        status = http.get("/v1/sleep").json()
+    assert [c["status"] for c in status["cycles"]] == ["succeeded", "succeeded"]
+    assert all(c["metrics"]["base_unchanged"] for c in status["cycles"])
+    shown = _cli(data_dir, "sleep", "--status")
+    assert shown.returncode == 0 and "succeeded" in shown.stdout
