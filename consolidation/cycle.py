@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +45,15 @@ PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
 MIN_HELD_OUT = 10
 
 _START = """
-INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before)
-VALUES (%(trigger)s, %(seed)s, %(sha)s) RETURNING id
+INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before, pid)
+VALUES (%(trigger)s, %(seed)s, %(sha)s, %(pid)s) RETURNING id
+"""
+_RUNNING = "SELECT id, pid FROM npllm.sleep_cycles WHERE status = 'running'"
+_INTERRUPTED = """
+UPDATE npllm.sleep_cycles
+SET status = 'interrupted', finished_at = now(),
+    error = 'its worker stopped without finishing (killed or crashed)'
+WHERE id = %(id)s AND status = 'running'
 """
 _PHASE = "UPDATE npllm.sleep_cycles SET phase = %(phase)s WHERE id = %(id)s"
 _FINISH = """
@@ -71,12 +79,14 @@ def run_cycle(
     from consolidation.trainer import base_weights_sha256
 
     sha_before = base_weights_sha256(llm.model)
+    mark_interrupted(pool)
+    if not _running(pool):
+        # Staging directories of killed cycles: nothing refers to them.
+        shutil.rmtree(settings.data_path / "adapters" / ".staging", ignore_errors=True)
+    args = {"trigger": trigger, "seed": seed, "sha": sha_before, "pid": os.getpid()}
     with pool.connection() as conn:
-        cycle = int(
-            conn.execute(_START, {"trigger": trigger, "seed": seed, "sha": sha_before}).fetchone()[
-                0
-            ]  # type: ignore[index]
-        )
+        row = conn.execute(_START, args).fetchone()
+    cycle = int(row[0]) if row else 0
 
     def phase(text: str) -> None:
         with pool.connection() as conn:
@@ -121,6 +131,32 @@ def run_cycle(
                 },
             )
     return metrics
+
+
+def _running(pool: Any) -> list[tuple[int, int | None]]:
+    with pool.connection() as conn:
+        return [(int(r[0]), r[1]) for r in conn.execute(_RUNNING).fetchall()]
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_interrupted(pool: Any) -> list[int]:
+    """Mark cycles whose worker died (kill -9, crash, power loss) as interrupted."""
+    dead = [cycle for cycle, pid in _running(pool) if not _alive(pid)]
+    with pool.connection() as conn:
+        for cycle in dead:
+            conn.execute(_INTERRUPTED, {"id": cycle})
+    return dead
 
 
 def _route(

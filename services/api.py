@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import npllm
 from consolidation import datasets
+from consolidation.cycle import mark_interrupted
 from npllm import replay
 from npllm.adapters import Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
@@ -622,6 +623,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/sleep")
     def sleep_status() -> dict[str, Any]:
+        mark_interrupted(service.database.pool)
         with service.database.pool.connection() as conn:
             cur = conn.execute(
                 "SELECT id, trigger, status, phase, samples, started_at, finished_at, error, "

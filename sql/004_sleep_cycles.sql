@@ -10,6 +10,8 @@ CREATE TABLE npllm.sleep_cycles (
     -- sampling | training <adapter> | gating <adapter> | publishing <adapter> | done
     phase              text        NOT NULL DEFAULT 'starting',
     seed               bigint      NOT NULL,
+    -- the worker process running it (a 'running' cycle whose worker is gone was killed).
+    pid                integer,
     samples            integer,
     -- per adapter: examples, losses, validation and retention before/after, verdict
     metrics            jsonb       NOT NULL DEFAULT '{}'::jsonb,

@@ -115,3 +115,74 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaem
     assert all(c["metrics"]["base_unchanged"] for c in status["cycles"])
     shown = _cli(data_dir, "sleep", "--status")
     assert shown.returncode == 0 and "succeeded" in shown.stdout
+
+
+def _served(http: Any) -> dict[str, int]:
+    return dict(http.get("/v1/adapters").json()["served"])
+
+
+def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
+    sleeper: LiveDaemon,
+) -> None:
+    with sleeper.http() as http:
+        before = _served(http)
+    bad = subprocess.run(
+        [*NPLLM, "sleep", "--now", "--seed", "3"],
+        env=cli_env(sleeper.data_dir, **{**ENV, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert bad.returncode == 0, bad.stderr
+    assert "rejected: validation loss" in bad.stdout and "published" not in bad.stdout
+    with sleeper.http() as http:
+        assert _served(http) == before
+        assert _knows(http, NIGHT_1) == [True, True]
+        listing = http.get("/v1/adapters").json()["data"]
+    reasons = [v["reason"] for a in listing for v in a["versions"] if v["status"] == "candidate"]
+    assert reasons and all(r.startswith("validation loss") for r in reasons)
+
+
+def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs(
+    sleeper: LiveDaemon,
+) -> None:
+    import signal
+    import time
+
+    with sleeper.http() as http:
+        before = _served(http)
+        replay_rows = http.get("/v1/status").json()["replay"]
+    worker = subprocess.Popen(
+        [*NPLLM, "sleep", "--now", "--seed", "4"],
+        env=cli_env(sleeper.data_dir, **ENV),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    with sleeper.http() as http:
+        while time.monotonic() < deadline:
+            cycles = http.get("/v1/sleep").json()["cycles"]
+            if (
+                cycles
+                and cycles[0]["status"] == "running"
+                and cycles[0]["phase"].startswith("training")
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the cycle never reached training")
+        killed = cycles[0]["id"]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        after = http.get("/v1/sleep").json()["cycles"]
+        assert after[0]["id"] == killed and after[0]["status"] == "interrupted"
+        assert _served(http) == before
+        assert http.get("/v1/status").json()["replay"] == replay_rows
+        assert _knows(http, NIGHT_1) == [True, True]
+    again = _cli(sleeper.data_dir, "sleep", "--now", "--seed", "5")
+    assert again.returncode == 0, again.stderr
+    with sleeper.http() as http:
+        latest = http.get("/v1/sleep").json()["cycles"][0]
+    assert latest["id"] > killed and latest["status"] == "succeeded"
