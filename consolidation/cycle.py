@@ -74,6 +74,7 @@ def run_cycle(
     seed: int,
     trigger: str = "forced",
     on_phase: Callable[[str], None] | None = None,
+    control: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles)."""
     from consolidation.trainer import base_weights_sha256
@@ -106,7 +107,7 @@ def run_cycle(
         groups = _route(items, registry, embedder, settings, cycle)
         for name, (group, centroid) in groups.items():
             metrics["adapters"][name] = _consolidate(
-                settings, llm, registry, name, group, centroid, cycle, publish, phase
+                settings, llm, registry, name, group, centroid, cycle, publish, phase, control
             )
         if items:
             replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
@@ -199,6 +200,7 @@ def _consolidate(
     cycle: int,
     publish: Publish,
     phase: Callable[[str], None],
+    control: Callable[[], None] | None,
 ) -> dict[str, Any]:
     from peft import PeftModel
 
@@ -237,6 +239,7 @@ def _consolidate(
         prompt,
         init_from=None if previous is None else previous.path,
         omega=omega,
+        control=control,
     )
     phase(f"gating {name}")
     candidate = PeftModel.from_pretrained(llm.model, str(staging))

@@ -152,12 +152,14 @@ def train_adapter(
     seed: int = 0,
     init_from: Path | None = None,
     omega: mas.Matrices | None = None,
+    control: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
     A fresh adapter, or — with `init_from` — the next version of an existing one. With
     `omega` (accumulated MAS importance of earlier cycles) the loss adds
-    ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start."""
+    ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start.
+    `control` is called before every micro-batch (it may wait, or raise to stop)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
@@ -190,6 +192,8 @@ def train_adapter(
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(config.grad_accumulation):
+            if control:
+                control()  # the sleep worker's step boundary: pause or stop here
             if len(order) < config.batch_size:
                 order += rng.sample(range(len(encoded)), len(encoded))
             picked, order = order[: config.batch_size], order[config.batch_size :]

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,7 @@ from npllm.llm import GenerationParams
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
 from services.queue import GenerationQueue, QueueFull
+from services.sleep import Sleeper
 
 log = logging.getLogger("npllm.api")
 
@@ -103,6 +105,12 @@ class PublishIn(BaseModel):
         None, description="Where to route (384 numbers), as computed by the sleep cycle."
     )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Stored with the version.")
+
+
+class SleepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    now: bool = Field(description="Start a consolidation cycle as soon as no request runs.")
+    seed: int | None = Field(None, description="Sampling seed of that cycle (default: time).")
 
 
 class MemoryIn(BaseModel):
@@ -314,8 +322,8 @@ class Service:
     versions: ServerVersions
     feedback_writer: FeedbackWriter
     registry: Registry
+    sleeper: Sleeper
     started_at: float = field(default_factory=time.time)
-    state: str = "awake"
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
 
     def cancel_all(self) -> None:
@@ -469,11 +477,14 @@ def create_app(service: Service) -> FastAPI:
                 emit("done")
 
         service.in_flight[response_id] = cancel
+        service.sleeper.on_request()  # wakes a sleeping daemon: training pauses
         try:
             future = asyncio.wrap_future(service.queue.submit(work))
         except QueueFull:
             service.in_flight.pop(response_id, None)
+            service.sleeper.on_request_done()
             raise
+        future.add_done_callback(lambda _: service.sleeper.on_request_done())
         if not body.stream:
             try:
                 answer = await future
@@ -511,7 +522,7 @@ def create_app(service: Service) -> FastAPI:
         return {
             "status": "ok",
             "version": npllm.__version__,
-            "state": service.state,
+            "state": service.sleeper.state,
             "uptime_s": round(time.time() - service.started_at, 1),
             "base_model": model_id,
             "embedder": service.awake.embedder.model_id,
@@ -634,7 +645,23 @@ def create_app(service: Service) -> FastAPI:
         for c in cycles:
             for key in ("started_at", "finished_at"):
                 c[key] = c[key].isoformat() if c[key] else None
-        return {"state": service.state, "cycles": cycles}
+        machine = service.sleeper.machine
+        opening = machine.window.next_opening(datetime.now())
+        return {
+            "state": machine.state,
+            "reason": machine.reason,
+            "next_window": opening.isoformat() if opening else None,
+            "worker_pid": service.sleeper.worker.pid if service.sleeper.worker else None,
+            "latest_cycle": cycles[0]["id"] if cycles else None,
+            "cycles": cycles,
+        }
+
+    @app.post("/v1/sleep")
+    def sleep_now(body: SleepIn) -> dict[str, Any]:
+        latest = sleep_status()["latest_cycle"]
+        if body.now:
+            service.sleeper.force(body.seed)
+        return {"state": service.sleeper.state, "latest_cycle": latest}
 
     @app.post("/v1/feedback", status_code=201, response_model=None)
     async def feedback(body: FeedbackIn) -> JSONResponse:

@@ -105,6 +105,10 @@ def serve(ctx: typer.Context) -> None:
     """Run the daemon in the foreground on its Unix socket (SIGTERM/SIGINT stop it)."""
     from services.daemon import serve as run_daemon
 
+    if ctx.obj is not None:  # the sleep worker it starts must read the same file
+        import os
+
+        os.environ["NPLLM_CONFIG"] = str(Path(ctx.obj).resolve())
     run_daemon(settings_of(ctx))
 
 
@@ -522,15 +526,83 @@ def sleep(
     ctx: typer.Context,
     now: Annotated[bool, typer.Option("--now", help="Run a consolidation cycle now.")] = False,
     show: Annotated[bool, typer.Option("--status", help="Show the state and last cycles.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="With --now: show progress until the cycle ends.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: time).")] = None,
+    here: Annotated[
+        bool,
+        typer.Option(
+            "--here",
+            help="With --now: run the cycle in this process, not the "
+            "daemon's worker (this shell's environment and config apply).",
+        ),
+    ] = False,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Consolidate what was learned: sample the replay buffer, train adapters (MAS), gate,
-    publish. --now runs a cycle in this process (low priority), never in the daemon."""
+    publish. With the daemon running, --now makes it start its sleep worker (a separate,
+    low-priority process; requests pause it); without, the cycle runs in this process."""
     if now == show:
         raise typer.BadParameter("give --now or --status")
     if show:
         _sleep_status(ctx)
         return
+    if not worker and not here:
+        from services.client import Client
+
+        client = Client(settings_of(ctx).socket_path)
+        try:
+            started = client.request("POST", "/v1/sleep", json={"now": True, "seed": seed})
+        except ClientError as exc:
+            if "not running" not in str(exc):
+                raise
+        else:
+            if not follow:
+                typer.echo(
+                    f"state {started['state']}: the daemon's sleep worker runs the cycle; "
+                    "watch it with `npllm sleep --status` (or use --follow)"
+                )
+                return
+            raise typer.Exit(_follow(client, started["latest_cycle"]))
+    _run_cycle_here(ctx, seed, worker)
+
+
+def _follow(client: Any, after: int | None) -> int:
+    """Print the phases of the cycle after `after` until it ends; its exit code."""
+    import time
+
+    shown = ""
+    while True:
+        status = client.request("GET", "/v1/sleep")
+        cycle = next((c for c in status["cycles"] if after is None or c["id"] > after), None)
+        if cycle is not None:
+            line = f"cycle {cycle['id']}: {cycle['phase']}"
+            if line != shown:
+                typer.echo(line, err=True)
+                shown = line
+            if cycle["status"] != "running":
+                _summary(cycle["metrics"], cycle["status"])
+                return 0 if cycle["status"] == "succeeded" else 1
+        time.sleep(1.0)
+
+
+def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
+    if not metrics.get("adapters"):
+        typer.echo("nothing to learn: no corrected or well-rated answers in the replay buffer")
+    for name, report in metrics.get("adapters", {}).items():
+        v = report["validation_loss"]
+        typer.echo(
+            f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
+            f"{v['after']:.4f}: {report['verdict']}"
+        )
+    typer.echo(
+        f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
+        f"{metrics.get('base_unchanged')}"
+    )
+
+
+def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
     import time
 
     from consolidation.cycle import run_cycle
@@ -576,6 +648,8 @@ def sleep(
             typer.echo(f"  {name} v{v.version} registered; served when the daemon starts", err=True)
             return v.version
 
+        from services.sleep import worker_control
+
         started = time.perf_counter()
         metrics = run_cycle(
             settings,
@@ -588,19 +662,10 @@ def sleep(
             on_phase=lambda p: typer.echo(
                 f"[{time.perf_counter() - started:6.1f} s] {p}", err=True
             ),
+            control=worker_control(settings.data_path / "run") if worker else None,
+            trigger="scheduled" if worker else "forced",
         )
-        if not metrics["adapters"]:
-            typer.echo("nothing to learn: no corrected or well-rated answers in the replay buffer")
-        for name, report in metrics["adapters"].items():
-            v = report["validation_loss"]
-            typer.echo(
-                f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
-                f"{v['after']:.4f}: {report['verdict']}"
-            )
-        typer.echo(
-            f"cycle {metrics['cycle']} done in {time.perf_counter() - started:.0f} s; "
-            f"base weights unchanged: {metrics['base_unchanged']}"
-        )
+        _summary(metrics)
     finally:
         db.close()
 
@@ -608,6 +673,9 @@ def sleep(
 def _sleep_status(ctx: typer.Context) -> None:
     s = _client(ctx).request("GET", "/v1/sleep")
     typer.echo(f"state  {s['state']}")
+    typer.echo(f"why    {s['reason']}")
+    if s.get("next_window"):
+        typer.echo(f"window opens next at {s['next_window'][:16]}")
     if not s["cycles"]:
         typer.echo("no sleep cycle yet; run one with `npllm sleep --now`")
     for c in s["cycles"]:

@@ -50,6 +50,15 @@ class _Server(uvicorn.Server):
             for sig, handler in original.items():
                 signal.signal(sig, handler)
 
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn calls this every 0.1 s; every 5 s the sleep state machine advances."""
+        if counter % 50 == 0 and self.daemon.service is not None:
+            try:
+                self.daemon.service.sleeper.tick()
+            except Exception:
+                log.exception("sleep tick failed")
+        return await super().on_tick(counter)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         in_flight = len(self.daemon.service.in_flight) if self.daemon.service else 0
         log.info(json.dumps({"event": "shutting_down", "in_flight": in_flight}))
@@ -116,6 +125,7 @@ class Daemon:
         from services.api import Service
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
+        from services.sleep import Sleeper
 
         self.database = Database(self.settings)
         applied = self.database.open(migrate=True)
@@ -150,6 +160,7 @@ class Daemon:
             versions=self.database.versions(),
             feedback_writer=FeedbackWriter(awake.feedback),
             registry=registry,
+            sleeper=Sleeper(self.settings),
         )
         self._bind()
         log.info(
@@ -244,6 +255,7 @@ class Daemon:
         """Release everything, whatever state startup reached."""
         if self.service is not None:
             self.service.cancel_all()
+            self.service.sleeper.stop()
             self.service.queue.shutdown()
             self.service.feedback_writer.close()
         for sock in self._sockets:

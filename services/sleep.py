@@ -22,10 +22,14 @@ returned action (start, pause, resume or stop the consolidation worker), and cal
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from npllm.config import SleepConfig
 from services.idle import IdleReading
@@ -34,7 +38,7 @@ State = Literal["awake", "drowsy", "asleep", "waking"]
 Action = Literal["start", "pause", "resume", "stop"]
 
 DROWSY_S = 60.0  # the idle conditions must hold this long before a cycle starts
-RESUME_AFTER_S = 30.0  # quiet time after a request before training resumes
+RESUME_AFTER_S = 10.0  # quiet time after a request before training resumes
 
 
 def _hhmm(text: str) -> time:
@@ -179,3 +183,115 @@ class SleepStateMachine:
     def _go(self, state: State, reason: str, action: Action | None = None) -> Action | None:
         self.state, self.reason, self._since = state, reason, self.clock()
         return action
+
+
+class Sleeper:
+    """The daemon's side of sleep: feeds the state machine, runs the worker process.
+
+    The consolidation worker is ``npllm sleep --now --worker``, a separate process at
+    lower CPU priority. The daemon steers it with two files in ``<data_dir>/run/``:
+    ``sleep.pause`` (training waits at its next step boundary while it exists) and
+    ``sleep.stop`` (training stops at its next step boundary; the cycle is interrupted).
+    Everything here runs on the daemon's event loop."""
+
+    def __init__(self, settings: Any, clock: Callable[[], datetime] = datetime.now) -> None:
+        from services.idle import SystemIdle
+
+        self.settings = settings
+        self.machine = SleepStateMachine(settings.sleep, clock)
+        self.idle = SystemIdle()
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.run_dir = settings.data_path / "run"
+        self.pause_file = self.run_dir / "sleep.pause"
+        self.stop_file = self.run_dir / "sleep.stop"
+        self.last_exit: int | None = None
+        self.seed: int | None = None
+        self.last_reading: IdleReading | None = None
+
+    @property
+    def state(self) -> str:
+        return self.machine.state
+
+    def tick(self) -> None:
+        self.last_reading = self.idle.sample()
+        self._reap()
+        self._act(self.machine.tick(self.last_reading))
+
+    def _reap(self) -> None:
+        """Notice a worker that has exited: the cycle is over, the daemon is awake."""
+        if self.worker is None or self.worker.poll() is None:
+            return
+        self.last_exit = self.worker.returncode
+        self.worker = None
+        self.pause_file.unlink(missing_ok=True)
+        self.stop_file.unlink(missing_ok=True)
+        reason = "the cycle finished" if self.last_exit == 0 else "the cycle failed"
+        self.machine.on_cycle_done(f"{reason} (worker exit {self.last_exit})")
+
+    def on_request(self) -> None:
+        self._reap()
+        self._act(self.machine.on_request())
+
+    def on_request_done(self) -> None:
+        self.machine.on_request_done()
+
+    def force(self, seed: int | None = None) -> None:
+        self._reap()
+        if self.worker is not None:
+            return
+        self.seed = seed
+        self._act(self.machine.force())
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """At daemon shutdown: ask the worker to stop at its next step, then make sure."""
+        if self.worker is None:
+            return
+        self.stop_file.touch()
+        self.pause_file.unlink(missing_ok=True)
+        try:
+            self.worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+            self.worker.wait()
+
+    def _act(self, action: Action | None) -> None:
+        if action == "start" and self.worker is None:
+            self.pause_file.unlink(missing_ok=True)
+            self.stop_file.unlink(missing_ok=True)
+            log_file = (self.settings.data_path / "sleep-worker.log").open("ab")
+            seed = [] if self.seed is None else ["--seed", str(self.seed)]
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "sleep", "--now", "--worker", *seed],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=os.environ.copy(),
+            )
+        elif action == "pause":
+            self.pause_file.touch()
+        elif action == "resume":
+            self.pause_file.unlink(missing_ok=True)
+        elif action == "stop":
+            self.stop_file.touch()
+            self.pause_file.unlink(missing_ok=True)
+
+
+def worker_control(run_dir: Path) -> Callable[[], None]:
+    """For the worker: call at every step boundary; waits while paused, raises on stop."""
+    import time as clock
+
+    pause, stop = run_dir / "sleep.pause", run_dir / "sleep.stop"
+
+    def control() -> None:
+        while True:
+            if stop.exists():
+                raise CycleStopped("the daemon asked the cycle to stop")
+            if not pause.exists():
+                return
+            clock.sleep(0.05)
+
+    return control
+
+
+class CycleStopped(KeyboardInterrupt):
+    """Raised in the worker at a step boundary when the daemon stops the cycle (a
+    KeyboardInterrupt, so the cycle is recorded as interrupted, not failed)."""

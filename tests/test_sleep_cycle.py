@@ -96,15 +96,16 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaem
     data_dir = sleeper.data_dir
     with sleeper.http() as http:
         _teach(http, NIGHT_1)
-    night = _cli(data_dir, "sleep", "--now", "--seed", "1")
+    night = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "1")
     assert night.returncode == 0, night.stderr
     assert "published" in night.stdout and "base weights unchanged: True" in night.stdout
+    assert "cycle 1: training" in night.stderr  # --follow showed the phases
     with sleeper.http() as http:
         assert _knows(http, NIGHT_1) == [True, True]
         served = http.get("/v1/adapters").json()["served"]
         assert len(served) == 1
         _teach(http, NIGHT_2)
-    second = _cli(data_dir, "sleep", "--now", "--seed", "2")
+    second = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "2")
     assert second.returncode == 0, second.stderr
     print(f"\nnight 1:\n{night.stdout}night 2:\n{second.stdout}")
     with sleeper.http() as http:
@@ -127,7 +128,7 @@ def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
     with sleeper.http() as http:
         before = _served(http)
     bad = subprocess.run(
-        [*NPLLM, "sleep", "--now", "--seed", "3"],
+        [*NPLLM, "sleep", "--now", "--here", "--seed", "3"],
         env=cli_env(sleeper.data_dir, **{**ENV, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}),
         cwd=REPO,
         capture_output=True,
@@ -154,7 +155,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         before = _served(http)
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
-        [*NPLLM, "sleep", "--now", "--seed", "4"],
+        [*NPLLM, "sleep", "--now", "--here", "--seed", "4"],
         env=cli_env(sleeper.data_dir, **ENV),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -181,8 +182,42 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert _served(http) == before
         assert http.get("/v1/status").json()["replay"] == replay_rows
         assert _knows(http, NIGHT_1) == [True, True]
-    again = _cli(sleeper.data_dir, "sleep", "--now", "--seed", "5")
+    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5")
     assert again.returncode == 0, again.stderr
     with sleeper.http() as http:
         latest = http.get("/v1/sleep").json()["cycles"][0]
     assert latest["id"] > killed and latest["status"] == "succeeded"
+
+
+def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
+    sleeper: LiveDaemon,
+) -> None:
+    import time
+
+    with sleeper.http() as http:
+        _teach(http, {"Which editor does the Quibblix team use?": ("They all use Helix.", "Helix")})
+        latest = http.get("/v1/sleep").json()["latest_cycle"]
+        assert http.post("/v1/sleep", json={"now": True, "seed": 6}).json()["state"] == "asleep"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = http.get("/v1/sleep").json()
+            cycle = status["cycles"][0]
+            if cycle["id"] > latest and cycle["phase"].startswith("training"):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no cycle reached training: {status}")
+        assert status["worker_pid"] is not None
+        started = time.perf_counter()
+        reply = _ask(http, "Name one sorting algorithm.", max_tokens=8)
+        answered_s = time.perf_counter() - started
+        assert reply["choices"][0]["message"]["content"]
+        print(f"\nanswered mid-cycle in {answered_s:.2f} s")
+        assert answered_s < 2.0
+        while time.monotonic() < deadline:
+            status = http.get("/v1/sleep").json()
+            if status["cycles"][0]["status"] != "running" and status["state"] == "awake":
+                break
+            time.sleep(1.0)
+    assert status["cycles"][0]["id"] > latest
+    assert status["cycles"][0]["status"] == "succeeded", status["cycles"][0]
