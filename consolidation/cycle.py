@@ -3,9 +3,10 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
 
 1. Sample the replay buffer (prioritised, premium + standard, seeded) and keep what can
    be learned: the user's correction, or an answer whose reward is positive.
-2. Route each sample to the active adapter whose centroid is nearest its question (at
-   least ``modulator.none_similarity`` alike); the rest form new adapters, one per topic
-   tag, named ``auto-<tag>-c<cycle>`` — so a fresh install learns from its first night.
+2. Route each sample to the active (or stale: trained for another base, so rebuilt
+   afresh) adapter whose centroid is nearest its question (at least
+   ``modulator.none_similarity`` alike); the rest form new adapters, one per topic tag,
+   named ``auto-<tag>-c<cycle>`` — so a fresh install learns from its first night.
 3. Per adapter: train the next version from the active one (or a fresh adapter) with
    loss + λ·Σ Ω·(ΔW − ΔW*)² (consolidation/mas.py), Ω being the importance accumulated
    over its earlier cycles and stored with the version.
@@ -171,7 +172,10 @@ def _route(
     if not items:
         return {}
     vectors = np.asarray(embedder.embed([i.question for i in items]))  # (items, dim)
+    # Stale adapters (trained for another base) are rebuilt from the samples they attract:
+    # they have no current version for this base, so they are trained afresh.
     active = [(v.adapter, c) for v, c in registry.active() if c is not None]
+    active += registry.stale_centroids()
     groups: dict[str, list[int]] = {}
     for k, item in enumerate(items):
         best, score = None, settings.modulator.none_similarity

@@ -180,7 +180,7 @@ WHERE adapter = %(name)s AND version = %(version)s
 """
 _CURRENT = """
 SELECT adapter, version, artifact_path, status FROM npllm.model_versions
-WHERE adapter = %(name)s AND status = 'active'
+WHERE adapter = %(name)s AND status = 'active' AND base_fingerprint = %(fingerprint)s
 """
 _PREVIOUS = """
 SELECT adapter, version, artifact_path, status FROM npllm.model_versions
@@ -307,7 +307,9 @@ class Registry:
 
     def current(self, name: str) -> Version | None:
         with self.pool.connection() as conn:
-            row = conn.execute(_CURRENT, {"name": name}).fetchone()
+            row = conn.execute(
+                _CURRENT, {"name": name, "fingerprint": self.base.fingerprint}
+            ).fetchone()
         return None if row is None else _version(row)
 
     def previous(self, name: str) -> Version:
@@ -343,6 +345,15 @@ class Registry:
         with self.pool.connection() as conn:
             rows = conn.execute(_STALE, {"fingerprint": self.base.fingerprint}).fetchall()
         return dict(rows)
+
+    def stale_centroids(self) -> list[tuple[str, np.ndarray]]:
+        """Stale adapters (trained for another base) that the sleep cycle can rebuild."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT name, centroid FROM npllm.adapters "
+                "WHERE status = 'stale' AND centroid IS NOT NULL ORDER BY name"
+            ).fetchall()
+        return [(r[0], np.asarray(r[1].to_list(), np.float32)) for r in rows]
 
     def stale(self) -> list[str]:
         """Adapters trained for another base: not served, rebuilt at the next sleep."""
