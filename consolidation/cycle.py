@@ -152,6 +152,12 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
+def cycle_running(pool: Any, cycle: int) -> bool:
+    """Is `cycle` still running, with its worker alive?"""
+    mark_interrupted(pool)
+    return any(c == cycle for c, _ in _running(pool))
+
+
 def mark_interrupted(pool: Any) -> list[int]:
     """Mark cycles whose worker died (kill -9, crash, power loss) as interrupted."""
     dead = [cycle for cycle, pid in _running(pool) if not _alive(pid)]
@@ -271,6 +277,7 @@ def _consolidate(
         "validation_loss": {"before": round(before[0], 5), "after": round(after[0], 5)},
         "retention_score": {"before": retention_before, "after": retention_after},
         "base_unchanged": result.base_sha256_before == result.base_sha256_after,
+        "sleep_cycle": cycle,
     }
     if improved and retained:
         phase(f"publishing {name}")

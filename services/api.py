@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import npllm
 from consolidation import datasets
-from consolidation.cycle import mark_interrupted
+from consolidation.cycle import cycle_running, mark_interrupted
 from npllm import replay
 from npllm.adapters import Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
@@ -105,6 +105,11 @@ class PublishIn(BaseModel):
         None, description="Where to route (384 numbers), as computed by the sleep cycle."
     )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Stored with the version.")
+    sleep_cycle: int | None = Field(
+        None,
+        description="The sleep cycle publishing it: the switch happens only while that "
+        "cycle's worker is still alive.",
+    )
 
 
 class SleepIn(BaseModel):
@@ -330,17 +335,25 @@ class Service:
         for event in self.in_flight.values():
             event.set()
 
-    def swap(self, version: Version, reason: str) -> dict[str, Any]:
+    def swap(self, version: Version, reason: str, sleep_cycle: int | None = None) -> dict[str, Any]:
         """On the model thread, between requests: load `version` beside the old one, smoke
-        test it, make it active in the database and in memory, unload the old one."""
+        test it, make it active in the database and in memory, unload the old one.
+
+        A version published by a sleep cycle is switched to only if that cycle's worker
+        is still alive: a worker killed mid-publish changes nothing."""
         started = time.perf_counter()
         adapters = self.awake.adapters
         adapters.load(version)
         try:
             smoke = adapters.smoke(version)
+            if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
+                raise AdapterError(
+                    f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
+                    "or killed); the active version stays"
+                )
         except Exception as exc:
             adapters.unload(version.key)
-            self.registry.refuse(version, f"smoke test failed: {exc}", {})
+            self.registry.refuse(version, f"not published: {exc}", {})
             raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
         self.registry.activate(version, reason)
         old = adapters.activate(version)
@@ -622,7 +635,8 @@ def create_app(service: Service) -> FastAPI:
             metrics=body.metrics,
         )
         swap = service.queue.submit(
-            lambda: service.swap(version, "replaced by a newer version"), always=True
+            lambda: service.swap(version, "replaced by a newer version", body.sleep_cycle),
+            always=True,
         )
         return await asyncio.wrap_future(swap)
 

@@ -635,6 +635,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                 "description": "learned while asleep",
                 "centroid": [float(x) for x in centroid],
                 "metrics": metrics,
+                "sleep_cycle": metrics.get("sleep_cycle"),
             }
             try:
                 r = client.request("POST", f"/v1/adapters/{name}/versions", json=body)

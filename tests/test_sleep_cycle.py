@@ -221,3 +221,36 @@ def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
             time.sleep(1.0)
     assert status["cycles"][0]["id"] > latest
     assert status["cycles"][0]["status"] == "succeeded", status["cycles"][0]
+
+
+def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> None:
+    """What a worker killed mid-publish leaves behind: its request reaches the daemon after
+    the worker is gone, and the daemon refuses to switch."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    inserted = _cli(
+        sleeper.data_dir,
+        "psql",
+        "-At",
+        "-c",
+        f"INSERT INTO npllm.sleep_cycles (seed, pid) VALUES (0, {dead.pid}) RETURNING id",
+    )
+    cycle = int(inserted.stdout.split()[0])
+    with sleeper.http() as http:
+        before = _served(http)
+        listing = http.get("/v1/adapters").json()["data"]
+        name = next(iter(before))
+        path = next(
+            v["path"]
+            for a in listing
+            if a["name"] == name
+            for v in a["versions"]
+            if v["version"] == before[name]
+        )
+        r = http.post(f"/v1/adapters/{name}/versions", json={"path": path, "sleep_cycle": cycle})
+        assert r.status_code == 400
+        assert f"its sleep cycle {cycle} ended before the switch" in r.json()["error"]["message"]
+        assert _served(http) == before
+        assert _knows(http, NIGHT_1) == [True, True]
+        cycles = {c["id"]: c["status"] for c in http.get("/v1/sleep").json()["cycles"]}
+    assert cycles[cycle] == "interrupted"
