@@ -39,7 +39,7 @@ from consolidation.trainer import chat_loss, encode_example, train_adapter
 from npllm import replay
 from npllm.adapters import AdapterShape, Registry, Version
 from npllm.config import Settings
-from npllm.llm import BaseLLM
+from npllm.llm import BaseLLM, weights_sha256
 
 Publish = Callable[[str, Path, np.ndarray, dict[str, Any]], dict[str, Any]]
 PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
@@ -78,9 +78,7 @@ def run_cycle(
     control: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles)."""
-    from consolidation.trainer import base_weights_sha256
-
-    sha_before = base_weights_sha256(llm.model)
+    sha_before = weights_sha256(llm.model)
     mark_interrupted(pool)
     if not _running(pool):
         # Staging directories of killed cycles: nothing refers to them.
@@ -118,7 +116,7 @@ def run_cycle(
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        sha_after = base_weights_sha256(llm.model)
+        sha_after = weights_sha256(llm.model)
         metrics["base_unchanged"] = sha_after == sha_before
         with pool.connection() as conn:
             conn.execute(

@@ -25,6 +25,7 @@ import torch
 from consolidation import mas
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
+from npllm.llm import weights_sha256
 
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
 
@@ -126,19 +127,6 @@ def chat_loss(
     return sum(losses) / max(len(losses), 1)
 
 
-def base_weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of the base model's own parameters (LoRA parameters excluded)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def train_adapter(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -167,7 +155,7 @@ def train_adapter(
     encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
     steps = plan_steps(len(encoded), config)
     result = TrainResult(steps=steps, examples=len(encoded))
-    result.base_sha256_before = base_weights_sha256(model)
+    result.base_sha256_before = weights_sha256(model)
     lora = LoraConfig(
         r=shape.r,
         lora_alpha=shape.alpha,
@@ -215,6 +203,6 @@ def train_adapter(
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
     result.seconds = time.perf_counter() - started
-    result.base_sha256_after = base_weights_sha256(peft_model)
+    result.base_sha256_after = weights_sha256(peft_model)
     peft_model.unload()  # take the LoRA layers out again: the caller's model is as it was
     return result

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from npllm.config import TrainingConfig
+from npllm.config import Settings, TrainingConfig
 from npllm.errors import AdapterError, NotFoundError, RequestError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -238,6 +238,13 @@ class Registry:
         self.root = root
         self.shape = shape
         self.base = base
+
+    @classmethod
+    def for_settings(cls, pool: Any, settings: Settings, base: BaseIdentity) -> Registry:
+        """The registry of this data dir, with the shape training.* defines."""
+        return cls(
+            pool, settings.data_path / "adapters", AdapterShape.from_config(settings.training), base
+        )
 
     def add_version(
         self,

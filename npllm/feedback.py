@@ -267,7 +267,7 @@ class Feedback:
     ) -> Result:
         """Apply what the user said about an answer (one feedback_events row)."""
         pending = self.explicit_pending(interaction_id, event, rating, comment, text)
-        return self._apply(pending.interaction_id, pending.build, pending.corrected_answer)
+        return self._apply(pending)
 
     def explicit_pending(
         self,
@@ -302,7 +302,7 @@ class Feedback:
     def abandoned(self, interaction_id: int) -> Result:
         """The client went away before the answer finished (an implicit 'abandoned')."""
         signal = Signal("implicit", "abandoned", implicit=EVENT_VALUES["abandoned"])
-        return self._apply(interaction_id, lambda _: [signal])
+        return self._apply(Pending(interaction_id, lambda _: [signal]))
 
     def infer(
         self,
@@ -351,7 +351,7 @@ class Feedback:
             detail=detail,
             from_interaction=interaction_id,
         )
-        return self._apply(previous_id, lambda _: [signal])
+        return self._apply(Pending(previous_id, lambda _: [signal]))
 
     def _previous(
         self, interaction_id: int, messages: list[dict[str, str]]
@@ -370,13 +370,9 @@ class Feedback:
             row = conn.execute(_LATEST, {"id": interaction_id, "window_s": window_s}).fetchone()
         return None if row is None else (row[0], row[1], True, False)
 
-    def _apply(
-        self,
-        interaction_id: int,
-        build: Callable[[str], list[Signal]],
-        corrected_answer: str | None = None,
-    ) -> Result:
-        outcome = self.apply([Pending(interaction_id, build, corrected_answer)])[0]
+    def _apply(self, pending: Pending) -> Result:
+        """Apply one piece of feedback now (a batch of one); NotFoundError if unknown."""
+        outcome = self.apply([pending])[0]
         if isinstance(outcome, NotFoundError):
             raise outcome
         return outcome

@@ -45,10 +45,14 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer, in name order: proves weights did not change."""
+    """Hash of the base model's own parameters and buffers, in name order: proves its
+    weights did not change. LoRA parameters are left out and peft's wrapping is undone
+    in the names, so a model gives the same hash with or without adapters attached."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
+        if "lora_" in name:
+            continue
+        digest.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 

@@ -394,6 +394,47 @@ def adapter_publish(
     typer.echo(_swapped(r))
 
 
+def _publish_or_register(
+    registry: Any,
+    client: Any,
+    name: str,
+    path: Path,
+    body: dict[str, Any],
+    *,
+    centroid: Any,
+    metrics: dict[str, Any],
+    indent: str = "",
+) -> int:
+    """Publish a trained adapter through the running daemon (hot swap); with no daemon,
+    register it as the active version, served from the daemon's next start. Its version."""
+    try:
+        r = client.request(
+            "POST",
+            f"/v1/adapters/{name}/versions",
+            json={**body, "path": str(path), "metrics": metrics},
+        )
+    except ClientError as exc:
+        if "not running" not in str(exc):
+            raise
+    else:
+        typer.echo(indent + _swapped(r), err=bool(indent))
+        return int(r["version"])
+    v = registry.add_version(
+        name,
+        path,
+        description=body.get("description", ""),
+        centroid=centroid,
+        dataset=body.get("dataset"),
+        metrics=metrics,
+    )
+    registry.activate(v)
+    typer.echo(
+        f"{indent}{name} v{v.version} registered; the daemon serves it when it starts",
+        err=bool(indent),
+    )
+    return v.version
+
+
 def _swapped(r: dict[str, Any]) -> str:
     replaced = f", replacing v{r['replaced']}" if r["replaced"] else ""
     return f"{r['name']} v{r['version']} is now served{replaced} (swap {r['swap_ms']:.0f} ms)"
@@ -421,7 +462,7 @@ def adapter_train(
     import shutil
 
     from consolidation.training import record_version, train_from_dataset
-    from npllm.adapters import AdapterShape, Registry, check_name
+    from npllm.adapters import Registry, check_name
     from npllm.db import Database
     from services.client import Client
 
@@ -448,33 +489,15 @@ def adapter_train(
             f"{m['seconds']:.0f} s; base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
             err=True,
         )
-        client = Client(settings.socket_path)
-        body = {"path": str(trained.path), "description": description, "dataset": dataset}
-        try:
-            r = client.request("POST", f"/v1/adapters/{name}/versions", json=body)
-            typer.echo(_swapped(r))
-            version = r["version"]
-        except ClientError as exc:
-            if "not running" not in str(exc):
-                raise
-            # No daemon: register it; the daemon serves it at its next start.
-            registry = Registry(
-                db.pool,
-                settings.data_path / "adapters",
-                AdapterShape.from_config(settings.training),
-                trained.base,
-            )
-            v = registry.add_version(
-                name,
-                trained.path,
-                description=description,
-                centroid=trained.centroid,
-                dataset=dataset,
-                metrics=m,
-            )
-            registry.activate(v)
-            version = v.version
-            typer.echo(f"{name} v{version} registered; the daemon serves it when it starts")
+        version = _publish_or_register(
+            Registry.for_settings(db.pool, settings, trained.base),
+            Client(settings.socket_path),
+            name,
+            trained.path,
+            {"description": description, "dataset": dataset},
+            centroid=trained.centroid,
+            metrics=m,
+        )
         record_version(db.pool, trained.run_id, version)
         shutil.rmtree(trained.path, ignore_errors=True)
     finally:
@@ -490,7 +513,7 @@ def adapter_export(
     ],
 ) -> None:
     """Write base + adapter merged into one standalone transformers model."""
-    from npllm.adapters import AdapterShape, BaseIdentity, Registry, check_name
+    from npllm.adapters import BaseIdentity, Registry, check_name
     from npllm.db import Database
     from npllm.llm import load_base_llm
 
@@ -502,11 +525,8 @@ def adapter_export(
     db.open(migrate=False)
     try:
         llm = load_base_llm(settings)  # this process's own copy: the daemon's is untouched
-        registry = Registry(
-            db.pool,
-            settings.data_path / "adapters",
-            AdapterShape.from_config(settings.training),
-            BaseIdentity(llm.model_id, llm.fingerprint),
+        registry = Registry.for_settings(
+            db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         version = registry.current(name)
         if version is None:
@@ -606,7 +626,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
     import time
 
     from consolidation.cycle import run_cycle
-    from npllm.adapters import AdapterShape, BaseIdentity, Registry
+    from npllm.adapters import BaseIdentity, Registry
     from npllm.db import Database
     from npllm.embeddings import load_embedder
     from npllm.llm import load_base_llm
@@ -621,33 +641,20 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
         os.nice(10)
         llm = load_base_llm(settings)
         embedder = load_embedder(settings)
-        registry = Registry(
-            db.pool,
-            settings.data_path / "adapters",
-            AdapterShape.from_config(settings.training),
-            BaseIdentity(llm.model_id, llm.fingerprint),
+        registry = Registry.for_settings(
+            db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         client = Client(settings.socket_path)
 
-        def publish(name: str, path: Path, centroid: Any, metrics: dict[str, Any]) -> Any:
+        def publish(name: str, path: Path, centroid: Any, metrics: dict[str, Any]) -> int:
             body = {
-                "path": str(path),
                 "description": "learned while asleep",
                 "centroid": [float(x) for x in centroid],
-                "metrics": metrics,
                 "sleep_cycle": metrics.get("sleep_cycle"),
             }
-            try:
-                r = client.request("POST", f"/v1/adapters/{name}/versions", json=body)
-                typer.echo(f"  {_swapped(r)}", err=True)
-                return r["version"]
-            except ClientError as exc:
-                if "not running" not in str(exc):
-                    raise
-            v = registry.add_version(name, path, centroid=centroid, metrics=metrics)
-            registry.activate(v)
-            typer.echo(f"  {name} v{v.version} registered; served when the daemon starts", err=True)
-            return v.version
+            return _publish_or_register(
+                registry, client, name, path, body, centroid=centroid, metrics=metrics, indent="  "
+            )
 
         from services.sleep import worker_control
 

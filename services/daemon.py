@@ -117,7 +117,7 @@ class Daemon:
     def startup(self) -> None:
         started = time.perf_counter()
         self._take_lock()
-        from npllm.adapters import AdapterShape, BaseIdentity, Registry
+        from npllm.adapters import BaseIdentity, Registry
         from npllm.awake import AwakePath
         from npllm.db import Database
         from npllm.embeddings import load_embedder
@@ -134,11 +134,8 @@ class Daemon:
         llm = load_base_llm(self.settings)
         embedder = load_embedder(self.settings)
         awake = AwakePath(self.settings, self.database.pool, llm, embedder)
-        registry = Registry(
-            self.database.pool,
-            self.settings.data_path / "adapters",
-            AdapterShape.from_config(self.settings.training),
-            BaseIdentity(llm.model_id, llm.fingerprint),
+        registry = Registry.for_settings(
+            self.database.pool, self.settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         changed = registry.sync_staleness()
         loaded = awake.load_adapters(registry)

@@ -258,14 +258,15 @@ class Sleeper:
         if action == "start" and self.worker is None:
             self.pause_file.unlink(missing_ok=True)
             self.stop_file.unlink(missing_ok=True)
-            log_file = (self.settings.data_path / "sleep-worker.log").open("ab")
             seed = [] if self.seed is None else ["--seed", str(self.seed)]
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "sleep", "--now", "--worker", *seed],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=os.environ.copy(),
-            )
+            # The worker gets its own copy of the descriptor; the daemon closes its own.
+            with (self.settings.data_path / "sleep-worker.log").open("ab") as log_file:
+                self.worker = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "sleep", "--now", "--worker", *seed],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=os.environ.copy(),
+                )
         elif action == "pause":
             self.pause_file.touch()
         elif action == "resume":

@@ -160,6 +160,14 @@ class LiveDaemon:
         return self.proc.wait(timeout)
 
 
+def ask_ok(http: Any, question: str, **extra: Any) -> dict[str, Any]:
+    """One chat completion (24 tokens unless said otherwise) that must succeed."""
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     live = LiveDaemon(tmp_path_factory.mktemp("daemon") / "data").wait_ready()

@@ -22,6 +22,7 @@ from npllm.errors import AdapterError, RequestError
 from npllm.modulator import Modulator
 
 from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env
+from .conftest import ask_ok as _ask
 
 SHAPE = AdapterShape(16, 32, ("k_proj", "o_proj", "q_proj", "v_proj"))
 DATA = Path(__file__).parent / "data"
@@ -192,13 +193,6 @@ def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
         text=True,
         timeout=600,
     )
-
-
-def _ask(http: Any, question: str, **extra: Any) -> dict[str, Any]:
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
-    reply = http.post("/v1/chat/completions", json=body)
-    assert reply.status_code == 200, reply.text
-    return dict(reply.json())
 
 
 def _cache_digest() -> str:

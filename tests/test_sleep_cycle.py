@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from .conftest import NPLLM, REPO, LiveDaemon, cli_env
+from .conftest import ask_ok as _ask
 
 ENV = {
     # Tiny but real training: each night's few corrections, 8 steps at a high rate.
@@ -53,13 +54,6 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=900,
     )
-
-
-def _ask(http: Any, question: str, **extra: Any) -> dict[str, Any]:
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}
-    reply = http.post("/v1/chat/completions", json=body)
-    assert reply.status_code == 200, reply.text
-    return dict(reply.json())
 
 
 def _teach(http: Any, facts: dict[str, tuple[str, str]]) -> None:
