@@ -17,7 +17,11 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    hot swap (or registered when it is not running); the others stay ``candidate`` with
    the reason. Fewer than 10 samples leave nothing to hold out: validation then uses
    the training examples (it checks that they were learned).
-5. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
+5. The cerebellum (npllm/cerebellum.py; unless ``cerebellum.role = "off"``) is trained,
+   gated and published the same way on the samples of quality at least
+   ``cerebellum.min_quality`` (all topics), on its own model, under the name
+   ``cerebellum``.
+6. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from npllm.adapters import AdapterShape, Registry, Version
 from npllm.config import Settings
 from npllm.llm import BaseLLM, weights_sha256
 
-Publish = Callable[[str, Path, np.ndarray, dict[str, Any]], dict[str, Any]]
+Publish = Callable[[str, Path, "np.ndarray | None", dict[str, Any]], Any]
 PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
 MIN_HELD_OUT = 10
 
@@ -76,8 +80,10 @@ def run_cycle(
     trigger: str = "forced",
     on_phase: Callable[[str], None] | None = None,
     control: Callable[[], None] | None = None,
+    cerebellum: tuple[BaseLLM, Registry] | None = None,
 ) -> dict[str, Any]:
-    """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles)."""
+    """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles).
+    `cerebellum`: its model and registry, to train it too (None: not trained)."""
     sha_before = weights_sha256(llm.model)
     mark_interrupted(pool)
     if not _running(pool):
@@ -107,6 +113,10 @@ def run_cycle(
         for name, (group, centroid) in groups.items():
             metrics["adapters"][name] = _consolidate(
                 settings, llm, registry, name, group, centroid, cycle, publish, phase, control
+            )
+        if cerebellum is not None:
+            metrics["cerebellum"] = _cerebellum(
+                settings, items, cerebellum, cycle, publish, phase, control
             )
         if items:
             replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
@@ -198,13 +208,39 @@ def _route(
     return routed
 
 
+def _cerebellum(
+    settings: Settings,
+    items: list[replay.ReplayItem],
+    cerebellum: tuple[BaseLLM, Registry],
+    cycle: int,
+    publish: Publish,
+    phase: Callable[[str], None],
+    control: Callable[[], None] | None,
+) -> dict[str, Any]:
+    """Train the cerebellum on the well-rated samples of every topic (see the module doc)."""
+    from npllm.adapters import CEREBELLUM
+
+    model, registry = cerebellum
+    chosen = [i for i in items if i.quality >= settings.cerebellum.min_quality]
+    if len(chosen) < settings.cerebellum.min_examples:
+        return {
+            "samples": len(chosen),
+            "verdict": f"skipped: {len(chosen)} samples of quality >= "
+            f"{settings.cerebellum.min_quality}, fewer than cerebellum.min_examples = "
+            f"{settings.cerebellum.min_examples}",
+        }
+    return _consolidate(
+        settings, model, registry, CEREBELLUM, chosen, None, cycle, publish, phase, control
+    )
+
+
 def _consolidate(
     settings: Settings,
     llm: BaseLLM,
     registry: Registry,
     name: str,
     group: list[replay.ReplayItem],
-    centroid: np.ndarray,
+    centroid: np.ndarray | None,
     cycle: int,
     publish: Publish,
     phase: Callable[[str], None],

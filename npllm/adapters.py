@@ -30,12 +30,21 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 EXTRAS = ("mas_omega.safetensors", "probe.jsonl")
 
 
+CEREBELLUM = "cerebellum"  # the registry name of the cerebellum; no adapter may take it
+
+
 def check_name(name: str, what: str = "adapter") -> str:
     """Refuse names that are not `[a-z0-9][a-z0-9_-]{0,62}` (no paths, no dots)."""
     if not NAME.fullmatch(name):
         raise RequestError(
             f"invalid {what} name {name!r}: use 1-63 characters from a-z, 0-9, '_' and '-', "
             "starting with a letter or digit",
+            param="name",
+        )
+    if what == "adapter" and name == CEREBELLUM:
+        raise RequestError(
+            f"the name {CEREBELLUM!r} is reserved for the cerebellum (the draft model); "
+            "pick another adapter name",
             param="name",
         )
     return name
@@ -147,9 +156,9 @@ class Version:
 
 _UPSERT_ADAPTER = """
 INSERT INTO npllm.adapters (name, description, tags, centroid, base_model, base_fingerprint,
-                            shape, dataset)
+                            shape, dataset, kind)
 VALUES (%(name)s, %(description)s, %(tags)s, %(centroid)s, %(base_model)s, %(fingerprint)s,
-        %(shape)s, %(dataset)s)
+        %(shape)s, %(dataset)s, %(kind)s)
 ON CONFLICT (name) DO UPDATE SET
     description = CASE WHEN EXCLUDED.description = '' THEN npllm.adapters.description
                        ELSE EXCLUDED.description END,
@@ -172,6 +181,7 @@ _ACTIVE = """
 SELECT v.adapter, v.version, v.artifact_path, v.status, a.centroid
 FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
 WHERE v.status = 'active' AND a.status = 'active' AND v.base_fingerprint = %(fingerprint)s
+  AND a.kind = %(kind)s
 ORDER BY v.adapter
 """
 _VERSION = """
@@ -196,6 +206,13 @@ _ACTIVATE = """
 UPDATE npllm.model_versions SET status = 'active', status_reason = NULL, activated_at = now()
 WHERE adapter = %(name)s AND version = %(version)s
 """
+_PRUNE = """
+DELETE FROM npllm.model_versions
+WHERE adapter = %(name)s AND status <> 'active' AND version NOT IN (
+    SELECT version FROM npllm.model_versions WHERE adapter = %(name)s AND status <> 'active'
+    ORDER BY version DESC LIMIT %(keep)s)
+RETURNING version, artifact_path
+"""
 _SET_STATUS = """
 UPDATE npllm.model_versions SET status = %(status)s, status_reason = %(reason)s,
        metrics = metrics || %(metrics)s
@@ -205,6 +222,7 @@ _STALE = """
 UPDATE npllm.adapters SET status = CASE WHEN base_fingerprint = %(fingerprint)s
                                         THEN 'active' ELSE 'stale' END, updated_at = now()
 WHERE status <> CASE WHEN base_fingerprint = %(fingerprint)s THEN 'active' ELSE 'stale' END
+  AND kind = %(kind)s
 RETURNING name, status
 """
 _LIST = """
@@ -214,6 +232,7 @@ SELECT a.name, a.description, a.tags, a.status, a.base_model, a.dataset, a.centr
            'path', v.artifact_path, 'created_at', v.created_at, 'metrics', v.metrics)
            ORDER BY v.version) FILTER (WHERE v.id IS NOT NULL), '[]')
 FROM npllm.adapters a LEFT JOIN npllm.model_versions v ON v.adapter = a.name
+WHERE a.kind = %(kind)s
 GROUP BY a.name ORDER BY a.name
 """
 
@@ -233,17 +252,33 @@ class BaseIdentity:
 class Registry:
     """Adapters and versions in the database; artifacts under <data_dir>/adapters/."""
 
-    def __init__(self, pool: Any, root: Path, shape: AdapterShape, base: BaseIdentity) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        root: Path,
+        shape: AdapterShape,
+        base: BaseIdentity,
+        kind: str = "adapter",
+        keep: int = 3,
+    ) -> None:
         self.pool = pool
         self.root = root
         self.shape = shape
         self.base = base
+        # "adapter": the routable LoRA adapters; "cerebellum": the draft model's versions
+        # (one name, CEREBELLUM, on the cerebellum's own model).
+        self.kind = kind
+        self.keep = keep  # versions kept per name besides the active one (for rollback)
 
     @classmethod
     def for_settings(cls, pool: Any, settings: Settings, base: BaseIdentity) -> Registry:
         """The registry of this data dir, with the shape training.* defines."""
         return cls(
-            pool, settings.data_path / "adapters", AdapterShape.from_config(settings.training), base
+            pool,
+            settings.data_path / "adapters",
+            AdapterShape.from_config(settings.training),
+            base,
+            keep=settings.training.keep_versions,
         )
 
     def add_version(
@@ -258,7 +293,7 @@ class Registry:
         metrics: dict[str, Any] | None = None,
     ) -> Version:
         """Check and copy an adapter into the data dir as a new candidate version."""
-        check_name(name)
+        check_name(name, self.kind)
         check_artifact(source, self.shape)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": name})
@@ -273,6 +308,7 @@ class Registry:
                     "fingerprint": self.base.fingerprint,
                     "shape": Jsonb(self.shape.to_dict()),
                     "dataset": dataset,
+                    "kind": self.kind,
                 },
             )
             version = int(conn.execute(_NEXT_VERSION, {"name": name}).fetchone()[0])  # type: ignore[index]
@@ -297,6 +333,16 @@ class Registry:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(_RETIRE, {"name": version.adapter, "reason": reason})
             conn.execute(_ACTIVATE, {"name": version.adapter, "version": version.version})
+        self.prune(version.adapter)
+
+    def prune(self, name: str) -> list[int]:
+        """Delete all but the newest `keep` inactive versions of `name` (rows, then their
+        directories); returns the versions deleted. Rollback reaches only kept ones."""
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(_PRUNE, {"name": name, "keep": self.keep}).fetchall()
+        for _, path in rows:
+            shutil.rmtree(path, ignore_errors=True)
+        return sorted(int(r[0]) for r in rows)
 
     def refuse(self, version: Version, reason: str, metrics: dict[str, Any]) -> None:
         """Keep a version as a candidate that was not published, saying why."""
@@ -321,7 +367,7 @@ class Registry:
 
     def previous(self, name: str) -> Version:
         """The version a rollback goes back to."""
-        check_name(name)
+        check_name(name, self.kind)
         current = self.current(name)
         if current is None:
             raise NotFoundError(f"adapter {name!r} has no active version", param="name")
@@ -341,7 +387,9 @@ class Registry:
     def active(self) -> list[tuple[Version, np.ndarray | None]]:
         """Active versions for this base, with their adapters' centroids."""
         with self.pool.connection() as conn:
-            rows = conn.execute(_ACTIVE, {"fingerprint": self.base.fingerprint}).fetchall()
+            rows = conn.execute(
+                _ACTIVE, {"fingerprint": self.base.fingerprint, "kind": self.kind}
+            ).fetchall()
         return [
             (_version(r[:4]), None if r[4] is None else np.asarray(r[4].to_list(), np.float32))
             for r in rows
@@ -350,7 +398,9 @@ class Registry:
     def sync_staleness(self) -> dict[str, str]:
         """Mark adapters trained for another base 'stale' (and back, if the base returns)."""
         with self.pool.connection() as conn:
-            rows = conn.execute(_STALE, {"fingerprint": self.base.fingerprint}).fetchall()
+            rows = conn.execute(
+                _STALE, {"fingerprint": self.base.fingerprint, "kind": self.kind}
+            ).fetchall()
         return dict(rows)
 
     def stale_centroids(self) -> list[tuple[str, np.ndarray]]:
@@ -358,7 +408,9 @@ class Registry:
         with self.pool.connection() as conn:
             rows = conn.execute(
                 "SELECT name, centroid FROM npllm.adapters "
-                "WHERE status = 'stale' AND centroid IS NOT NULL ORDER BY name"
+                "WHERE status = 'stale' AND centroid IS NOT NULL AND kind = %(kind)s "
+                "ORDER BY name",
+                {"kind": self.kind},
             ).fetchall()
         return [(r[0], np.asarray(r[1].to_list(), np.float32)) for r in rows]
 
@@ -366,13 +418,15 @@ class Registry:
         """Adapters trained for another base: not served, rebuilt at the next sleep."""
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "SELECT name FROM npllm.adapters WHERE status = 'stale' ORDER BY name"
+                "SELECT name FROM npllm.adapters WHERE status = 'stale' AND kind = %(kind)s "
+                "ORDER BY name",
+                {"kind": self.kind},
             ).fetchall()
         return [r[0] for r in rows]
 
     def listing(self) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            rows = conn.execute(_LIST).fetchall()
+            rows = conn.execute(_LIST, {"kind": self.kind}).fetchall()
         return [
             {
                 "name": r[0],

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from npllm import interactions, replay
 from npllm.adapters import AdapterServer, Registry, Version
 from npllm.cache import ShortTermCache, cache_key
+from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.embeddings import Embedder
 from npllm.errors import RequestError
@@ -54,6 +55,8 @@ class Answer:
     cached: bool = False
     truncated: dict[str, int] = field(default_factory=dict)
     routing: dict[str, Any] = field(default_factory=dict)
+    # The cerebellum's drafting in this answer: version, tokens proposed and accepted.
+    cerebellum: dict[str, Any] | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The `npllm` object of a completion."""
@@ -62,6 +65,7 @@ class Answer:
             "memories": self.memories,
             "adapters": self.adapters,
             "routing": self.routing,
+            "cerebellum": self.cerebellum,
             "timings": self.timings,
             "cached": self.cached,
             "truncated": self.truncated,
@@ -98,6 +102,8 @@ class AwakePath:
         self.tagger = TopicTagger(embedder, settings.feedback)
         self.adapters = AdapterServer(llm, settings.modulator.blend_cache)
         self.modulator = Modulator(settings.modulator)
+        # The draft model (npllm/cerebellum.py), set by the daemon; None: no drafting.
+        self.cerebellum: Cerebellum | None = None
 
     def route(self, embedding: np.ndarray, requested: list[str] | None) -> Decision:
         """Which adapters answer: the request's own choice, or the modulator's."""
@@ -210,10 +216,21 @@ class AwakePath:
             timings["prompt_ms"] = _ms(time.perf_counter() - t)
             if on_start:
                 on_start()
+            draft = None if self.cerebellum is None else self.cerebellum.current
             gen = self.llm.generate_ids(
-                wm.prompt_ids, params, on_text=on_text, cancel=cancel, adapter_names=names
+                wm.prompt_ids,
+                params,
+                on_text=on_text,
+                cancel=cancel,
+                adapter_names=names,
+                assistant=None if self.cerebellum is None else self.cerebellum.draft,
+                draft_tokens=self.settings.cerebellum.draft_tokens,
             )
+            if gen.draft is not None and draft is not None:
+                gen.draft = {"version": draft.version.version, **gen.draft}
             timings["generate_ms"] = _ms(gen.seconds)
+            if gen.draft is not None and gen.draft["acceptance_rate"] is not None:
+                timings["draft_acceptance_rate"] = gen.draft["acceptance_rate"]
             if key and gen.finish_reason != "cancelled":
                 self.cache.put(
                     key, _Cached(gen, embedding, recalled, prompt_tokens, decision, used)
@@ -269,6 +286,7 @@ class AwakePath:
             timings=timings,
             cached=hit is not None,
             truncated=truncated,
+            cerebellum=gen.draft,
         )
 
     def remember(self, text: str, source: str, kind: str) -> dict[str, Any]:

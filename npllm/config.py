@@ -359,6 +359,31 @@ class TrainingConfig(_Section):
     keep_versions: int = Field(3, ge=1, description="Old versions kept per adapter for rollback.")
 
 
+class CerebellumConfig(_Section):
+    """The cerebellum: a small causal LM that learns your recurring, well-rated answers
+    while asleep and drafts tokens for the base LLM while awake."""
+
+    role: Literal["draft", "off"] = Field(
+        "draft",
+        description="draft: the trained cerebellum drafts tokens the base LLM verifies; "
+        "off: neither trained nor used.",
+    )
+    model: str = Field(
+        "",
+        description="Its own model (same spec as models.base, 100-500 M parameters, same "
+        "tokenizer as the base); empty: a copy of the base LLM's weights.",
+    )
+    min_quality: float = Field(
+        0.7, ge=-1.0, le=1.0, description="Replay quality an answer needs to be learned."
+    )
+    min_examples: int = Field(
+        2, ge=1, description="Fewest such answers in a cycle for the cerebellum to train."
+    )
+    draft_tokens: int = Field(
+        5, ge=1, le=64, description="Tokens drafted before the base LLM verifies them."
+    )
+
+
 class Settings(BaseSettings):
     """All of npllm's configuration."""
 
@@ -382,6 +407,7 @@ class Settings(BaseSettings):
     modulator: ModulatorConfig = ModulatorConfig()
     sleep: SleepConfig = SleepConfig()
     training: TrainingConfig = TrainingConfig()
+    cerebellum: CerebellumConfig = CerebellumConfig()
 
     # Where the values came from (files and variables), shown by `npllm doctor`.
     _sources: list[str] = PrivateAttr(default_factory=list)

@@ -62,5 +62,9 @@ class NotFoundError(NpllmError):
         self.param = param
 
 
+class ConflictError(NpllmError):
+    """A request that the daemon's current configuration does not allow (HTTP 409)."""
+
+
 class ClientError(NpllmError):
     """The CLI could not talk to the daemon, or the daemon answered with an error."""

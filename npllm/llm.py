@@ -143,6 +143,49 @@ class Generation:
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn or a stop string), "length" or "cancelled"
     seconds: float = 0.0
+    # With a draft model: tokens it proposed and how many of them the base LLM accepted.
+    draft: dict[str, Any] | None = None
+
+
+@dataclass
+class _DraftCount:
+    proposed: int = 0
+    accepted: int = 0
+    pending: int = 0
+
+    def report(self) -> dict[str, Any]:
+        rate = self.accepted / self.proposed if self.proposed else None
+        return {
+            "proposed": self.proposed,
+            "accepted": self.accepted,
+            "acceptance_rate": None if rate is None else round(rate, 4),
+        }
+
+
+def _count_drafts(model: Any, count: _DraftCount) -> Callable[..., Any]:
+    """A `_get_candidate_generator` for `model` whose generator also counts drafted and
+    accepted tokens (transformers reports neither); set on the instance for one call."""
+    original = type(model)._get_candidate_generator
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        generator = original(model, *args, **kwargs)
+        get, update = generator.get_candidates, generator.update_candidate_strategy
+
+        def get_candidates(input_ids: torch.Tensor, *a: Any, **k: Any) -> Any:
+            candidates, logits = get(input_ids, *a, **k)
+            count.pending = int(candidates.shape[1] - input_ids.shape[1])
+            return candidates, logits
+
+        def update_candidate_strategy(input_ids: torch.Tensor, scores: Any, matches: Any) -> Any:
+            count.proposed += count.pending
+            count.accepted += int(matches)
+            return update(input_ids, scores, matches)
+
+        generator.get_candidates = get_candidates
+        generator.update_candidate_strategy = update_candidate_strategy
+        return generator
+
+    return wrapper
 
 
 class _TextStream:
@@ -253,11 +296,16 @@ class BaseLLM:
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         adapter_names: list[str] | None = None,
+        assistant: Any = None,
+        draft_tokens: int = 5,
     ) -> Generation:
         """Generate from token ids, calling on_text with each new piece of text.
 
         Runs on the calling thread; `cancel` stops it at the next token. With adapters
-        loaded, `adapter_names` (one entry: an adapter key or "__base__") picks them."""
+        loaded, `adapter_names` (one entry: an adapter key or "__base__") picks them.
+        `assistant` (the cerebellum) drafts `draft_tokens` tokens at a time that this
+        model verifies (transformers assisted generation): every token is still this
+        model's choice; the result reports how many drafts were accepted."""
         started = time.perf_counter()
         stream = _TextStream(self.tokenizer, params.stop, on_text or (lambda _: None))
         prompt = torch.tensor([prompt_ids], device=self.device)  # (1, prompt_len)
@@ -273,14 +321,24 @@ class BaseLLM:
         if self.peft is not None:
             model = self.peft
             kwargs["adapter_names"] = adapter_names or ["__base__"]
-        model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            streamer=stream,
-            stopping_criteria=[_Halt(stream, cancel)],
-            **kwargs,
-        )
+        count = None
+        if assistant is not None:
+            count = _DraftCount()
+            assistant.generation_config.num_assistant_tokens = draft_tokens
+            assistant.generation_config.num_assistant_tokens_schedule = "constant"
+            kwargs["assistant_model"] = assistant
+            self.model._get_candidate_generator = _count_drafts(self.model, count)
+        try:
+            model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                streamer=stream,
+                stopping_criteria=[_Halt(stream, cancel)],
+                **kwargs,
+            )
+        finally:
+            self.model.__dict__.pop("_get_candidate_generator", None)
         eos = self.tokenizer.eos_token_id
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
@@ -294,6 +352,7 @@ class BaseLLM:
             completion_tokens=len(stream.ids),
             finish_reason=reason,
             seconds=time.perf_counter() - started,
+            draft=None if count is None else count.report(),
         )
 
 

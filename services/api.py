@@ -30,11 +30,18 @@ import npllm
 from consolidation import datasets
 from consolidation.cycle import cycle_running, mark_interrupted
 from npllm import replay
-from npllm.adapters import Registry, Version, check_name
+from npllm.adapters import CEREBELLUM, Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
 from npllm.config import Settings
 from npllm.db import Database, ServerVersions
-from npllm.errors import AdapterError, NotFoundError, NpllmError, RequestError, StorageError
+from npllm.errors import (
+    AdapterError,
+    ConflictError,
+    NotFoundError,
+    NpllmError,
+    RequestError,
+    StorageError,
+)
 from npllm.llm import GenerationParams
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
@@ -194,6 +201,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return error_response(404, str(exc), type_="not_found_error", param=exc.param)
 
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return error_response(409, str(exc), code="conflict")
+
     @app.exception_handler(QueueFull)
     async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         return error_response(
@@ -328,6 +339,8 @@ class Service:
     feedback_writer: FeedbackWriter
     registry: Registry
     sleeper: Sleeper
+    # The cerebellum's versions (None with cerebellum.role = off).
+    cerebellum_registry: Registry | None = None
     started_at: float = field(default_factory=time.time)
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
 
@@ -366,6 +379,39 @@ class Service:
             "replaced": None if old is None else old.version,
             "swap_ms": round((time.perf_counter() - started) * 1000, 1),
             **smoke,
+        }
+
+    def publish_cerebellum(self, version: Version, sleep_cycle: int | None) -> dict[str, Any]:
+        """Build the draft model of `version` (off the model thread: it is a private
+        copy), then switch to it between requests. Like an adapter's swap, a version
+        from a sleep cycle whose worker died is refused; the active one stays."""
+        started = time.perf_counter()
+        cerebellum, registry = self.awake.cerebellum, self.cerebellum_registry
+        assert cerebellum is not None and registry is not None
+        try:
+            draft = cerebellum.build(version)
+            if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
+                raise AdapterError(
+                    f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
+                    "or killed); the active version stays"
+                )
+        except Exception as exc:
+            registry.refuse(version, f"not published: {exc}", {})
+            raise AdapterError(f"cerebellum v{version.version} was not published: {exc}") from exc
+
+        def switch() -> Version | None:
+            registry.activate(version, "replaced by a newer version")
+            self.awake.cache.clear()  # cached answers report the old draft model
+            return cerebellum.activate(draft)
+
+        old = self.queue.submit(switch, always=True).result()
+        return {
+            "name": version.adapter,
+            "version": version.version,
+            "path": str(version.path),
+            "replaced": None if old is None else old.version,
+            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+            "build_ms": draft.load_ms,
         }
 
 
@@ -551,6 +597,11 @@ def create_app(service: Service) -> FastAPI:
                 "served": {n: v.version for n, v in service.awake.adapters.alias.items()},
                 "stale": service.registry.stale(),
             },
+            "cerebellum": (
+                {"role": "off"}
+                if service.awake.cerebellum is None
+                else service.awake.cerebellum.status()
+            ),
             "queue": {
                 "size": s.server.queue_size,
                 "running": service.queue.running,
@@ -640,6 +691,27 @@ def create_app(service: Service) -> FastAPI:
         )
         return await asyncio.wrap_future(swap)
 
+    @app.post("/v1/cerebellum/versions", status_code=201)
+    async def publish_cerebellum(body: PublishIn) -> dict[str, Any]:
+        registry = _cerebellum_registry(service)
+        path = Path(body.path)
+        if not path.is_absolute():
+            raise RequestError(f"path must be absolute, got {body.path!r}", param="path")
+        version = await asyncio.to_thread(
+            registry.add_version,
+            CEREBELLUM,
+            path,
+            description=body.description,
+            metrics=body.metrics,
+        )
+        return await asyncio.to_thread(service.publish_cerebellum, version, body.sleep_cycle)
+
+    @app.get("/v1/cerebellum")
+    def cerebellum_status() -> dict[str, Any]:
+        registry = _cerebellum_registry(service)
+        assert service.awake.cerebellum is not None
+        return {**service.awake.cerebellum.status(), "versions": registry.listing()}
+
     @app.post("/v1/adapters/{name}/rollback")
     async def rollback_adapter(name: str) -> dict[str, Any]:
         previous = await asyncio.to_thread(service.registry.previous, name)
@@ -726,6 +798,15 @@ def create_app(service: Service) -> FastAPI:
         return {"name": name, "deleted": True}
 
     return app
+
+
+def _cerebellum_registry(service: Service) -> Registry:
+    if service.cerebellum_registry is None or service.awake.cerebellum is None:
+        raise ConflictError(
+            'the cerebellum is off (cerebellum.role = "off"); set it to "draft" and '
+            "restart to train and serve it"
+        )
+    return service.cerebellum_registry
 
 
 def _centroid(service: Service, dataset: str | None, description: str) -> Any:

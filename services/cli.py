@@ -404,13 +404,14 @@ def _publish_or_register(
     centroid: Any,
     metrics: dict[str, Any],
     indent: str = "",
+    route: str | None = None,
 ) -> int:
     """Publish a trained adapter through the running daemon (hot swap); with no daemon,
     register it as the active version, served from the daemon's next start. Its version."""
     try:
         r = client.request(
             "POST",
-            f"/v1/adapters/{name}/versions",
+            route or f"/v1/adapters/{name}/versions",
             json={**body, "path": str(path), "metrics": metrics},
         )
     except ClientError as exc:
@@ -610,7 +611,13 @@ def _follow(client: Any, after: int | None) -> int:
 def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
     if not metrics.get("adapters"):
         typer.echo("nothing to learn: no corrected or well-rated answers in the replay buffer")
-    for name, report in metrics.get("adapters", {}).items():
+    reports = list(metrics.get("adapters", {}).items())
+    if metrics.get("cerebellum"):
+        reports.append(("cerebellum", metrics["cerebellum"]))
+    for name, report in reports:
+        if "validation_loss" not in report:
+            typer.echo(f"{name}: {report['verdict']}")
+            continue
         v = report["validation_loss"]
         typer.echo(
             f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
@@ -626,7 +633,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
     import time
 
     from consolidation.cycle import run_cycle
-    from npllm.adapters import BaseIdentity, Registry
+    from npllm.adapters import CEREBELLUM, BaseIdentity, Registry
     from npllm.db import Database
     from npllm.embeddings import load_embedder
     from npllm.llm import load_base_llm
@@ -645,13 +652,31 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
             db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         client = Client(settings.socket_path)
+        cerebellum = None
+        if settings.cerebellum.role == "draft":
+            from npllm import cerebellum as cb
+
+            own = cb.load_model(settings, llm)
+            cerebellum = (own, cb.registry_for(settings, db.pool, own))
 
         def publish(name: str, path: Path, centroid: Any, metrics: dict[str, Any]) -> int:
-            body = {
+            body: dict[str, Any] = {
                 "description": "learned while asleep",
-                "centroid": [float(x) for x in centroid],
                 "sleep_cycle": metrics.get("sleep_cycle"),
             }
+            if cerebellum is not None and name == CEREBELLUM:
+                return _publish_or_register(
+                    cerebellum[1],
+                    client,
+                    name,
+                    path,
+                    body,
+                    centroid=None,
+                    metrics=metrics,
+                    indent="  ",
+                    route="/v1/cerebellum/versions",
+                )
+            body["centroid"] = [float(x) for x in centroid]
             return _publish_or_register(
                 registry, client, name, path, body, centroid=centroid, metrics=metrics, indent="  "
             )
@@ -672,6 +697,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
             ),
             control=worker_control(settings.data_path / "run") if worker else None,
             trigger="scheduled" if worker else "forced",
+            cerebellum=cerebellum,
         )
         _summary(metrics)
     finally:
@@ -716,6 +742,12 @@ def status(ctx: typer.Context) -> None:
     if s["adapters"]["stale"]:
         stale = ", ".join(s["adapters"]["stale"])
         typer.echo(f"stale        {stale} (trained for another base; to be rebuilt at next sleep)")
+    c = s["cerebellum"]
+    if c["role"] == "off":
+        typer.echo("cerebellum   off")
+    else:
+        drafting = f"v{c['version']} drafting" if c["drafting"] else "not trained yet"
+        typer.echo(f"cerebellum   {drafting} ({c['model']})")
     q = s["queue"]
     typer.echo(f"queue        {q['running']} running, {q['waiting']} waiting (size {q['size']})")
     typer.echo(f"socket       {s['socket']}")

@@ -139,6 +139,7 @@ class Daemon:
         )
         changed = registry.sync_staleness()
         loaded = awake.load_adapters(registry)
+        cerebellum_registry = self._load_cerebellum(awake, llm)
         log.info(
             json.dumps(
                 {
@@ -158,6 +159,7 @@ class Daemon:
             feedback_writer=FeedbackWriter(awake.feedback),
             registry=registry,
             sleeper=Sleeper(self.settings),
+            cerebellum_registry=cerebellum_registry,
         )
         self._bind()
         log.info(
@@ -173,6 +175,27 @@ class Daemon:
                 }
             )
         )
+
+    def _load_cerebellum(self, awake: Any, llm: Any) -> Any:
+        """With cerebellum.role = draft: its model, registry and active version (a version
+        that fails to load is logged and skipped: the daemon serves without drafting)."""
+        from npllm import cerebellum
+        from npllm.adapters import CEREBELLUM
+
+        if self.settings.cerebellum.role == "off":
+            return None
+        own = cerebellum.load_model(self.settings, llm)
+        registry = cerebellum.registry_for(self.settings, self.database.pool, own)
+        registry.sync_staleness()
+        awake.cerebellum = cerebellum.Cerebellum(self.settings, own)
+        current = registry.current(CEREBELLUM)
+        if current is not None:
+            try:
+                awake.cerebellum.activate(awake.cerebellum.build(current))
+            except Exception as exc:
+                log.error(json.dumps({"event": "cerebellum_not_loaded", "error": str(exc)}))
+        log.info(json.dumps({"event": "cerebellum", **awake.cerebellum.status()}))
+        return registry
 
     def _take_lock(self) -> None:
         self.settings.data_path.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ ENV = {
     # The corrections must come from the adapter, not from remembered exchanges.
     "NPLLM_MEMORY__STORE_EXCHANGES": "false",
 }
+# For the tests about the adapters' cycle only: keeps them short.
+NO_CEREBELLUM = {"NPLLM_CEREBELLUM__ROLE": "off"}
 # question → (the corrected answer the user sends, the word that proves it was learned)
 NIGHT_1 = {
     "What port does the Quibblix gateway listen on?": (
@@ -45,10 +47,10 @@ NIGHT_2 = {
 }
 
 
-def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*NPLLM, *args],
-        env=cli_env(data_dir, **ENV),
+        env=cli_env(data_dir, **ENV, **env),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -94,10 +96,18 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaem
     assert night.returncode == 0, night.stderr
     assert "published" in night.stdout and "base weights unchanged: True" in night.stdout
     assert "cycle 1: training" in night.stderr  # --follow showed the phases
+    assert "cerebellum: 2 sample(s)" in night.stdout
     with sleeper.http() as http:
         assert _knows(http, NIGHT_1) == [True, True]
         served = http.get("/v1/adapters").json()["served"]
         assert len(served) == 1
+        # The cerebellum learned the same corrections and now drafts them for the base.
+        brain = http.get("/v1/cerebellum").json()
+        assert brain["version"] == 1 and brain["drafting"] is True
+        drafts = [_ask(http, q)["npllm"]["cerebellum"] for q in NIGHT_1]
+        print(f"\ncerebellum drafts after night 1: {drafts}")
+        assert all(d["version"] == 1 and d["proposed"] > 0 for d in drafts)
+        assert all(d["acceptance_rate"] >= 0.5 for d in drafts)
         _teach(http, NIGHT_2)
     second = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "2")
     assert second.returncode == 0, second.stderr
@@ -123,7 +133,9 @@ def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
         before = _served(http)
     bad = subprocess.run(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "3"],
-        env=cli_env(sleeper.data_dir, **{**ENV, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}),
+        env=cli_env(
+            sleeper.data_dir, **{**ENV, **NO_CEREBELLUM, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -150,7 +162,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "4"],
-        env=cli_env(sleeper.data_dir, **ENV),
+        env=cli_env(sleeper.data_dir, **ENV, **NO_CEREBELLUM),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -176,7 +188,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert _served(http) == before
         assert http.get("/v1/status").json()["replay"] == replay_rows
         assert _knows(http, NIGHT_1) == [True, True]
-    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5")
+    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5", **NO_CEREBELLUM)
     assert again.returncode == 0, again.stderr
     with sleeper.http() as http:
         latest = http.get("/v1/sleep").json()["cycles"][0]
