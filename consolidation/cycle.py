@@ -22,6 +22,14 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    ``cerebellum.min_quality`` (all topics), on its own model, under the name
    ``cerebellum``.
 6. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
+
+Crash safety: the cycle's sample and routing are written to
+``<data_dir>/adapters/.staging/cycle<id>/plan.json`` before training, and each adapter's
+trainer checkpoints there every ``training.checkpoint_every`` steps. When the latest cycle
+was interrupted (worker or daemon killed, or stopped by the daemon) the next one resumes
+it: same sample, same routing, the adapters already finished are skipped, the others
+continue from their last checkpoint (``sleep_cycles.resumed_from`` names the cycle it
+continues). A failed or finished cycle removes its staging directory.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from psycopg.types.json import Jsonb
 from consolidation import mas
 from consolidation.trainer import chat_loss, encode_example, train_adapter
 from npllm import replay
-from npllm.adapters import AdapterShape, Registry, Version
+from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
 from npllm.llm import BaseLLM, weights_sha256
 
@@ -50,10 +58,11 @@ PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
 MIN_HELD_OUT = 10
 
 _START = """
-INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before, pid)
-VALUES (%(trigger)s, %(seed)s, %(sha)s, %(pid)s) RETURNING id
+INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before, pid, resumed_from)
+VALUES (%(trigger)s, %(seed)s, %(sha)s, %(pid)s, %(resumed_from)s) RETURNING id
 """
 _RUNNING = "SELECT id, pid FROM npllm.sleep_cycles WHERE status = 'running'"
+_LATEST = "SELECT id, status FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 1"
 _INTERRUPTED = """
 UPDATE npllm.sleep_cycles
 SET status = 'interrupted', finished_at = now(),
@@ -86,13 +95,29 @@ def run_cycle(
     `cerebellum`: its model and registry, to train it too (None: not trained)."""
     sha_before = weights_sha256(llm.model)
     mark_interrupted(pool)
+    staging_root = settings.data_path / "adapters" / ".staging"
+    resume = None
     if not _running(pool):
-        # Staging directories of killed cycles: nothing refers to them.
-        shutil.rmtree(settings.data_path / "adapters" / ".staging", ignore_errors=True)
-    args = {"trigger": trigger, "seed": seed, "sha": sha_before, "pid": os.getpid()}
+        resume = _resumable(pool, staging_root, sha_before)
+        # Staging directories of earlier killed cycles: nothing refers to them.
+        for old in staging_root.glob("*"):
+            if resume is None or old != staging_root / f"cycle{resume[0]}":
+                shutil.rmtree(old, ignore_errors=True)
+    args = {
+        "trigger": trigger,
+        "seed": seed if resume is None else resume[1]["seed"],
+        "sha": sha_before,
+        "pid": os.getpid(),
+        "resumed_from": None if resume is None else resume[0],
+    }
     with pool.connection() as conn:
         row = conn.execute(_START, args).fetchone()
     cycle = int(row[0]) if row else 0
+    staging = staging_root / f"cycle{cycle}"
+    plan: dict[str, Any] = {}
+    if resume is not None:
+        os.replace(staging_root / f"cycle{resume[0]}", staging)
+        plan = resume[1]
 
     def phase(text: str) -> None:
         with pool.connection() as conn:
@@ -103,21 +128,53 @@ def run_cycle(
     metrics: dict[str, Any] = {"cycle": cycle, "adapters": {}}
     status, error, items = "failed", None, []
     try:
-        phase("sampling")
-        items = [
-            i
-            for i in replay.sample(pool, settings.sleep.max_samples, seed=seed)
-            if i.corrected_answer is not None or i.reward > 0
-        ]
-        groups = _route(items, registry, embedder, settings, cycle)
+        if plan:
+            phase(f"resuming cycle {plan['cycle']}")
+            items = replay.fetch(pool, plan["items"])
+            by_id = {i.interaction_id: i for i in items}
+            groups = {
+                name: (
+                    [by_id[k] for k in g["items"] if k in by_id],
+                    np.asarray(g["centroid"], np.float32),
+                )
+                for name, g in plan["groups"].items()
+            }
+            metrics["resumed_from"] = plan["cycle"]
+        else:
+            phase("sampling")
+            items = [
+                i
+                for i in replay.sample(pool, settings.sleep.max_samples, seed=seed)
+                if i.corrected_answer is not None or i.reward > 0
+            ]
+            groups = _route(items, registry, embedder, settings, cycle)
+            plan = {
+                "seed": seed,
+                "base_sha256": sha_before,
+                "items": [i.interaction_id for i in items],
+                "groups": {
+                    name: {"items": [i.interaction_id for i in g], "centroid": c.tolist()}
+                    for name, (g, c) in groups.items()
+                },
+                "done": {},
+            }
+        plan["cycle"] = cycle
+        _write_plan(staging, plan)
         for name, (group, centroid) in groups.items():
+            if name in plan["done"]:  # finished before the cycle it continues was killed
+                metrics["adapters"][name] = plan["done"][name]
+                continue
             metrics["adapters"][name] = _consolidate(
                 settings, llm, registry, name, group, centroid, cycle, publish, phase, control
             )
+            plan["done"][name] = metrics["adapters"][name]
+            _write_plan(staging, plan)
         if cerebellum is not None:
-            metrics["cerebellum"] = _cerebellum(
+            metrics["cerebellum"] = plan["done"].get(CEREBELLUM) or _cerebellum(
                 settings, items, cerebellum, cycle, publish, phase, control
             )
+            plan["done"][CEREBELLUM] = metrics["cerebellum"]
+            _write_plan(staging, plan)
         if items:
             replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
         status = "succeeded"
@@ -126,6 +183,8 @@ def run_cycle(
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if status != "interrupted":  # an interrupted cycle's checkpoints are resumed from
+            shutil.rmtree(staging, ignore_errors=True)
         sha_after = weights_sha256(llm.model)
         metrics["base_unchanged"] = sha_after == sha_before
         with pool.connection() as conn:
@@ -218,8 +277,6 @@ def _cerebellum(
     control: Callable[[], None] | None,
 ) -> dict[str, Any]:
     """Train the cerebellum on the well-rated samples of every topic (see the module doc)."""
-    from npllm.adapters import CEREBELLUM
-
     model, registry = cerebellum
     chosen = [i for i in items if i.quality >= settings.cerebellum.min_quality]
     if len(chosen) < settings.cerebellum.min_examples:
@@ -271,7 +328,7 @@ def _consolidate(
         before = losses(old)
         old.unload()
     phase(f"training {name}")
-    staging = settings.data_path / "adapters" / ".staging" / f"{name}-cycle{cycle}"
+    staging = settings.data_path / "adapters" / ".staging" / f"cycle{cycle}" / name
     shutil.rmtree(staging, ignore_errors=True)
     result = train_adapter(
         llm.model,
@@ -284,6 +341,10 @@ def _consolidate(
         init_from=None if previous is None else previous.path,
         omega=omega,
         control=control,
+        checkpoint=staging.parent / f"{name}.checkpoint",
+        on_progress=lambda p: phase(
+            f"training {name} step {p.step}/{p.steps} (loss {p.loss:.3f}, ETA {p.eta_s:.0f} s)"
+        ),
     )
     phase(f"gating {name}")
     candidate = PeftModel.from_pretrained(llm.model, str(staging))
@@ -307,7 +368,10 @@ def _consolidate(
         "train": len(train),
         "validation": len(validation),
         "previous_version": None if previous is None else previous.version,
-        "losses": result.metrics()["losses"],
+        **{
+            k: result.metrics()[k]
+            for k in ("losses", "seconds", "tokens", "tokens_per_s", "resumed_at_step")
+        },
         "validation_loss": {"before": round(before[0], 5), "after": round(after[0], 5)},
         "retention_score": {"before": retention_before, "after": retention_after},
         "base_unchanged": result.base_sha256_before == result.base_sha256_after,
@@ -334,7 +398,31 @@ def _consolidate(
         report["verdict"] = "rejected: " + "; ".join(reason)
         report["candidate_version"] = kept.version
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging.parent / f"{name}.checkpoint", ignore_errors=True)
     return report
+
+
+def _resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:
+    """The latest cycle, if it was interrupted and left its plan (and checkpoints) for
+    the same base weights: (its id, its plan)."""
+    with pool.connection() as conn:
+        row = conn.execute(_LATEST).fetchone()
+    if row is None or row[1] != "interrupted":
+        return None
+    path = staging_root / f"cycle{row[0]}" / "plan.json"
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (int(row[0]), plan) if plan.get("base_sha256") == sha else None
+
+
+def _write_plan(staging: Path, plan: dict[str, Any]) -> None:
+    """The cycle's sample, routing and finished adapters, written atomically."""
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / "plan.json.tmp"
+    tmp.write_text(json.dumps(plan))
+    os.replace(tmp, staging / "plan.json")
 
 
 def _read_probe(version: Version | None) -> list[list[dict[str, str]]]:

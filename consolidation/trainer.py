@@ -13,7 +13,9 @@ times `epochs` (training.* in config).
 from __future__ import annotations
 
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +38,12 @@ class Progress:
     steps: int
     loss: float
     elapsed_s: float
+    resumed_at: int = 0  # steps done before this process started (from a checkpoint)
 
     @property
     def eta_s(self) -> float:
-        return self.elapsed_s / self.step * (self.steps - self.step) if self.step else 0.0
+        done = self.step - self.resumed_at
+        return self.elapsed_s / done * (self.steps - self.step) if done > 0 else 0.0
 
 
 @dataclass
@@ -50,10 +54,15 @@ class TrainResult:
     seconds: float = 0.0
     base_sha256_before: str = ""
     base_sha256_after: str = ""
+    resumed_at: int = 0  # optimizer steps done before (from a checkpoint), 0 for a fresh run
+    tokens: int = 0  # tokens (prompt + answer, no padding) this process trained on
 
     def metrics(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
+            "resumed_at_step": self.resumed_at,
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None,
             "examples": self.examples,
             "first_loss": self.losses[0] if self.losses else None,
             "final_loss": self.losses[-1] if self.losses else None,
@@ -127,6 +136,49 @@ def chat_loss(
     return sum(losses) / max(len(losses), 1)
 
 
+def latest_checkpoint(root: Path | None) -> Path | None:
+    """The newest complete checkpoint under `root` (step-NNNNNN directories), if any."""
+    if root is None or not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "state.pt").exists())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(
+    root: Path,
+    step: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    order: list[int],
+    result: TrainResult,
+) -> None:
+    """Write step-NNNNNN/ beside the others through a temporary name, then drop the older
+    ones: a kill at any moment leaves at least one complete checkpoint."""
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "order": list(order),
+        "losses": list(result.losses),
+    }
+    torch.save(state, tmp / "state.pt")
+    for path in (tmp / "state.pt", *(tmp / "adapter").iterdir()):
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    for old in root.glob("step-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def train_adapter(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -141,13 +193,18 @@ def train_adapter(
     init_from: Path | None = None,
     omega: mas.Matrices | None = None,
     control: Callable[[], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
     A fresh adapter, or — with `init_from` — the next version of an existing one. With
     `omega` (accumulated MAS importance of earlier cycles) the loss adds
     ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start.
-    `control` is called before every micro-batch (it may wait, or raise to stop)."""
+    `control` is called before every micro-batch (it may wait, or raise to stop).
+    With `checkpoint` (a directory) the run saves its state there every
+    ``training.checkpoint_every`` optimizer steps and, when a checkpoint is already there,
+    continues from it: same examples, same order, same optimizer and random state, so a
+    run killed and resumed ends where an uninterrupted one would."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
@@ -169,36 +226,61 @@ def train_adapter(
         peft_model = get_peft_model(model, lora)
     else:
         peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
-    peft_model.train()
     theta_star = mas.snapshot(peft_model, "default") if omega else None
+    saved = latest_checkpoint(checkpoint)
+    if saved is not None:  # continue the killed run: its adapter replaces the start
+        peft_model.unload()
+        peft_model = PeftModel.from_pretrained(model, str(saved / "adapter"), is_trainable=True)
+    peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order: list[int] = []
+    first = 1
+    if saved is not None:
+        state = torch.load(saved / "state.pt", weights_only=False)  # written by this code
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        order, result.losses = state["order"], state["losses"]
+        result.resumed_at = first = state["step"]
+        first += 1
     started = time.perf_counter()
-    for step in range(1, steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(config.grad_accumulation):
-            if control:
-                control()  # the sleep worker's step boundary: pause or stop here
-            if len(order) < config.batch_size:
-                order += rng.sample(range(len(encoded)), len(encoded))
-            picked, order = order[: config.batch_size], order[config.batch_size :]
-            ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
-            out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
-            loss = out.loss
-            if omega and theta_star is not None:
-                loss = loss + config.mas_lambda * mas.penalty(
-                    peft_model, "default", omega, theta_star
+    try:
+        for step in range(first, steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(config.grad_accumulation):
+                if control:
+                    control()  # the sleep worker's step boundary: pause or stop here
+                if len(order) < config.batch_size:
+                    order += rng.sample(range(len(encoded)), len(encoded))
+                picked, order = order[: config.batch_size], order[config.batch_size :]
+                ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
+                result.tokens += int(mask.sum())
+                out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
+                loss = out.loss
+                if omega and theta_star is not None:
+                    loss = loss + config.mas_lambda * mas.penalty(
+                        peft_model, "default", omega, theta_star
+                    )
+                (loss / config.grad_accumulation).backward()
+                step_loss += out.loss.detach().item() / config.grad_accumulation
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            result.losses.append(step_loss)
+            every = config.checkpoint_every
+            if checkpoint and every and step % every == 0 and step < steps:
+                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result)
+            if on_progress:
+                on_progress(
+                    Progress(
+                        step, steps, step_loss, time.perf_counter() - started, result.resumed_at
+                    )
                 )
-            (loss / config.grad_accumulation).backward()
-            step_loss += out.loss.detach().item() / config.grad_accumulation
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        result.losses.append(step_loss)
-        if on_progress:
-            on_progress(Progress(step, steps, step_loss, time.perf_counter() - started))
+    except BaseException:
+        peft_model.unload()  # stopped or failed: the caller's model is as it was
+        raise
     peft_model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)

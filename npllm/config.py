@@ -339,17 +339,17 @@ class TrainingConfig(_Section):
 
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank shared by every adapter.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha shared by every adapter.")
-    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="LoRA dropout.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
         description="Modules of the base LLM every adapter adapts (names inside its layers).",
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Optimizer learning rate.")
-    epochs: int = Field(3, ge=1, description="Passes over a dataset per training run.")
+    learning_rate: float = Field(2e-3, gt=0, description="Optimizer learning rate.")
+    epochs: int = Field(4, ge=1, description="Passes over a dataset per training run.")
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
-    grad_accumulation: int = Field(8, ge=1, description="Micro-batches per optimizer step.")
-    mas_lambda: float = Field(1.0, ge=0.0, description="Strength of the MAS penalty.")
+    grad_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    mas_lambda: float = Field(0.01, ge=0.0, description="Strength of the MAS penalty.")
     gate_min_improvement: float = Field(
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
     )
@@ -357,6 +357,11 @@ class TrainingConfig(_Section):
         0.02, ge=0.0, lt=1.0, description="Largest allowed drop on the retention probe set."
     )
     keep_versions: int = Field(3, ge=1, description="Old versions kept per adapter for rollback.")
+    checkpoint_every: int = Field(
+        20,
+        ge=0,
+        description="Optimizer steps between checkpoints a killed cycle resumes from; 0: none.",
+    )
 
 
 class CerebellumConfig(_Section):

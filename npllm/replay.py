@@ -183,6 +183,15 @@ def sample(
         return _distinct(conn, order, n, dedup_similarity)
 
 
+def fetch(pool: ConnectionPool, interaction_ids: Sequence[int]) -> list[ReplayItem]:
+    """These interactions as replay items, in the given order (deleted ones left out):
+    how a resumed sleep cycle gets back the sample of the cycle it continues."""
+    with pool.connection() as conn:
+        rows = conn.execute(_DETAILS, {"ids": list(interaction_ids)}).fetchall()
+    by_id = {row[0]: _item(row) for row in rows}
+    return [by_id[i] for i in interaction_ids if i in by_id]
+
+
 def _distinct(conn: Any, order: np.ndarray, n: int, dedup_similarity: float) -> list[ReplayItem]:
     chosen: list[ReplayItem] = []
     seen_text: set[str] = set()

@@ -723,8 +723,8 @@ def create_app(service: Service) -> FastAPI:
         mark_interrupted(service.database.pool)
         with service.database.pool.connection() as conn:
             cur = conn.execute(
-                "SELECT id, trigger, status, phase, samples, started_at, finished_at, error, "
-                "metrics FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 5"
+                "SELECT id, trigger, status, phase, samples, resumed_from, started_at, "
+                "finished_at, error, metrics FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 5"
             )
             names = [c.name for c in cur.description or []]
             cycles = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

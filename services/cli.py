@@ -405,9 +405,12 @@ def _publish_or_register(
     metrics: dict[str, Any],
     indent: str = "",
     route: str | None = None,
+    offline: bool = True,
 ) -> int:
     """Publish a trained adapter through the running daemon (hot swap); with no daemon,
-    register it as the active version, served from the daemon's next start. Its version."""
+    register it as the active version, served from the daemon's next start (unless
+    `offline` is False: a sleep worker whose daemon is gone publishes nothing). Its
+    version."""
     try:
         r = client.request(
             "POST",
@@ -417,6 +420,10 @@ def _publish_or_register(
     except ClientError as exc:
         if "not running" not in str(exc):
             raise
+        if not offline:
+            from services.sleep import CycleStopped
+
+            raise CycleStopped(f"the daemon is not running; {name} was not published") from exc
     else:
         typer.echo(indent + _swapped(r), err=bool(indent))
         return int(r["version"])
@@ -591,18 +598,34 @@ def sleep(
 
 def _follow(client: Any, after: int | None) -> int:
     """Print the phases of the cycle after `after` until it ends; its exit code."""
+    import re
+    import sys
     import time
 
-    shown = ""
+    shown, last = "", ""
+    tty = sys.stderr.isatty()
     while True:
         status = client.request("GET", "/v1/sleep")
         cycle = next((c for c in status["cycles"] if after is None or c["id"] > after), None)
         if cycle is not None:
             line = f"cycle {cycle['id']}: {cycle['phase']}"
-            if line != shown:
-                typer.echo(line, err=True)
+            step = re.search(r"step (\d+)/(\d+)", line)
+            if line != last:
+                last = line
+                if step:  # a progress bar: redrawn in place on a terminal
+                    done, total = int(step[1]), int(step[2])
+                    bar = "#" * (24 * done // total) + "." * (24 - 24 * done // total)
+                    line = f"{line[: step.start()]}[{bar}] {line[step.start() :]}"
+                if not tty:
+                    typer.echo(line, err=True)
+                elif step and shown.startswith(line.split("[")[0]):  # same bar: redraw it
+                    typer.echo("\r" + line.ljust(len(shown)), err=True, nl=False)
+                else:
+                    typer.echo(("\n" if shown else "") + line, err=True, nl=False)
                 shown = line
             if cycle["status"] != "running":
+                if tty:
+                    typer.echo("", err=True)
                 _summary(cycle["metrics"], cycle["status"])
                 return 0 if cycle["status"] == "succeeded" else 1
         time.sleep(1.0)
@@ -652,6 +675,10 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
             db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         client = Client(settings.socket_path)
+        from services.sleep import worker_control
+
+        # The daemon starts the worker: it stops with it (see worker_control).
+        control = worker_control(settings.data_path / "run", os.getppid()) if worker else None
         cerebellum = None
         if settings.cerebellum.role == "draft":
             from npllm import cerebellum as cb
@@ -664,6 +691,8 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                 "description": "learned while asleep",
                 "sleep_cycle": metrics.get("sleep_cycle"),
             }
+            if control is not None:
+                control()  # a worker whose daemon is gone stops here
             if cerebellum is not None and name == CEREBELLUM:
                 return _publish_or_register(
                     cerebellum[1],
@@ -675,13 +704,20 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                     metrics=metrics,
                     indent="  ",
                     route="/v1/cerebellum/versions",
+                    offline=not worker,
                 )
             body["centroid"] = [float(x) for x in centroid]
             return _publish_or_register(
-                registry, client, name, path, body, centroid=centroid, metrics=metrics, indent="  "
+                registry,
+                client,
+                name,
+                path,
+                body,
+                centroid=centroid,
+                metrics=metrics,
+                indent="  ",
+                offline=not worker,
             )
-
-        from services.sleep import worker_control
 
         started = time.perf_counter()
         metrics = run_cycle(
@@ -695,7 +731,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
             on_phase=lambda p: typer.echo(
                 f"[{time.perf_counter() - started:6.1f} s] {p}", err=True
             ),
-            control=worker_control(settings.data_path / "run") if worker else None,
+            control=control,
             trigger="scheduled" if worker else "forced",
             cerebellum=cerebellum,
         )

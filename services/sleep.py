@@ -276,14 +276,18 @@ class Sleeper:
             self.pause_file.unlink(missing_ok=True)
 
 
-def worker_control(run_dir: Path) -> Callable[[], None]:
-    """For the worker: call at every step boundary; waits while paused, raises on stop."""
+def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], None]:
+    """For the worker: call at every step boundary; waits while paused, raises on stop,
+    and raises when `parent` (the daemon that started it) is gone: a daemon killed
+    mid-cycle leaves the cycle interrupted, never half-published."""
     import time as clock
 
     pause, stop = run_dir / "sleep.pause", run_dir / "sleep.stop"
 
     def control() -> None:
         while True:
+            if parent is not None and os.getppid() != parent:
+                raise CycleStopped(f"the daemon that started this cycle (pid {parent}) is gone")
             if stop.exists():
                 raise CycleStopped("the daemon asked the cycle to stop")
             if not pause.exists():

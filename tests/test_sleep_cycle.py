@@ -24,6 +24,7 @@ ENV = {
 }
 # For the tests about the adapters' cycle only: keeps them short.
 NO_CEREBELLUM = {"NPLLM_CEREBELLUM__ROLE": "off"}
+CHECKPOINT_EACH_STEP = {"NPLLM_TRAINING__CHECKPOINT_EVERY": "1"}
 # question → (the corrected answer the user sends, the word that proves it was learned)
 NIGHT_1 = {
     "What port does the Quibblix gateway listen on?": (
@@ -162,7 +163,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "4"],
-        env=cli_env(sleeper.data_dir, **ENV, **NO_CEREBELLUM),
+        env=cli_env(sleeper.data_dir, **ENV, **NO_CEREBELLUM, **CHECKPOINT_EACH_STEP),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -171,15 +172,16 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
     with sleeper.http() as http:
         while time.monotonic() < deadline:
             cycles = http.get("/v1/sleep").json()["cycles"]
+            staging = sleeper.data_dir / "adapters" / ".staging"
             if (
                 cycles
                 and cycles[0]["status"] == "running"
-                and cycles[0]["phase"].startswith("training")
+                and any(staging.glob("cycle*/*.checkpoint/step-*/state.pt"))
             ):
                 break
             time.sleep(0.2)
         else:
-            pytest.fail("the cycle never reached training")
+            pytest.fail("the cycle never wrote a training checkpoint")
         killed = cycles[0]["id"]
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
@@ -188,11 +190,18 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert _served(http) == before
         assert http.get("/v1/status").json()["replay"] == replay_rows
         assert _knows(http, NIGHT_1) == [True, True]
+    # The next cycle continues the killed one: its sample, from its checkpoint.
     again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5", **NO_CEREBELLUM)
     assert again.returncode == 0, again.stderr
+    assert f"resuming cycle {killed}" in again.stderr
     with sleeper.http() as http:
         latest = http.get("/v1/sleep").json()["cycles"][0]
     assert latest["id"] > killed and latest["status"] == "succeeded"
+    assert latest["resumed_from"] == killed and latest["metrics"]["resumed_from"] == killed
+    steps = [a["resumed_at_step"] for a in latest["metrics"]["adapters"].values()]
+    print(f"\nresumed cycle {killed} as {latest['id']}, adapters resumed at steps {steps}")
+    assert any(step >= 1 for step in steps)
+    assert not any((sleeper.data_dir / "adapters" / ".staging").iterdir())
 
 
 def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
@@ -260,3 +269,53 @@ def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> Non
         assert _knows(http, NIGHT_1) == [True, True]
         cycles = {c["id"]: c["status"] for c in http.get("/v1/sleep").json()["cycles"]}
     assert cycles[cycle] == "interrupted"
+
+
+def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
+    sleeper: LiveDaemon,
+) -> None:
+    """Runs last in this module: it kills the module's daemon. Its worker notices at the
+    next step, publishes nothing and marks the cycle interrupted; a restarted daemon
+    serves the same versions."""
+    import signal
+    import time
+
+    import psutil
+
+    with sleeper.http() as http:
+        _teach(http, {"Which shell does the Quibblix team use?": ("They all use fish.", "fish")})
+        before = _served(http)
+        latest = http.get("/v1/sleep").json()["latest_cycle"]
+        assert http.post("/v1/sleep", json={"now": True, "seed": 8}).json()["state"] == "asleep"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = http.get("/v1/sleep").json()
+            cycle = status["cycles"][0]
+            if cycle["id"] > latest and cycle["phase"].startswith("training"):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no cycle reached training: {status}")
+    worker = psutil.Process(status["worker_pid"])
+    sleeper.proc.send_signal(signal.SIGKILL)
+    sleeper.proc.wait(30)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the orphaned worker stops at its next step
+        try:
+            if worker.status() == psutil.STATUS_ZOMBIE:  # exited; nobody reaped it yet
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the worker kept training after its daemon was killed")
+    restarted = LiveDaemon(sleeper.data_dir, **ENV).wait_ready()
+    try:
+        with restarted.http() as http:
+            cycles = http.get("/v1/sleep").json()["cycles"]
+            assert cycles[0]["id"] == cycle["id"] and cycles[0]["status"] == "interrupted"
+            assert "is gone" in cycles[0]["error"] or "worker stopped" in cycles[0]["error"]
+            assert _served(http) == before
+            assert _knows(http, NIGHT_1) == [True, True]
+    finally:
+        restarted.stop()

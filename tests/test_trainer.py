@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from consolidation import mas
 from consolidation.trainer import IGNORE, chat_loss, encode_example, plan_steps, train_adapter
@@ -55,8 +56,8 @@ SHAPE = AdapterShape.from_config(CONFIG)
 
 def test_steps_follow_the_documented_formula() -> None:
     defaults = TrainingConfig()
-    assert plan_steps(100, defaults) == 4 * 3  # ceil(100 / (4 * 8)) * 3
-    assert plan_steps(1, defaults) == 3
+    assert plan_steps(100, defaults) == 25 * 4  # ceil(100 / (4 * 1)) * 4
+    assert plan_steps(1, defaults) == 4
     assert plan_steps(8, CONFIG) == 2 * 8
 
 
@@ -112,3 +113,53 @@ def test_mas_keeps_what_the_first_night_learned(own_base: Any, tmp_path: Path) -
     assert results["mas"][0] < results["plain"][0] / 2
     # ... and task B is still learned (the penalty does not freeze the adapter).
     assert results["mas"][1] < first.losses[0] / 4
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_it_would_have(
+    own_base: Any, tmp_path: Path
+) -> None:
+    """Stopped after 2 of 4 steps (dropout on, so random state matters), resumed: the same
+    losses and the same adapter as an uninterrupted run, with MAS against a previous version."""
+    from safetensors.torch import load_file
+
+    model, tokenizer = own_base.model, own_base.tokenizer
+    config = CONFIG.model_copy(
+        update={"epochs": 2, "batch_size": 1, "lora_dropout": 0.1, "checkpoint_every": 1}
+    )
+    data = TASK_A[:2]  # 2 examples, batch 1: 2 steps per epoch, 4 in all
+    start = tmp_path / "start"
+    train_adapter(model, tokenizer, TASK_B[:1], CONFIG.model_copy(update={"epochs": 1}), SHAPE,
+                  start, SYSTEM)  # fmt: skip
+    from peft import PeftModel
+
+    with_start = PeftModel.from_pretrained(model, str(start))
+    omega = mas.accumulate(
+        None,
+        mas.importance(with_start, "default", [encode_example(tokenizer, data[0], SYSTEM, 64)[0]]),
+    )
+    with_start.unload()
+    kwargs: dict[str, Any] = {"init_from": start, "omega": omega, "seed": 7}
+    whole = train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "whole", SYSTEM,
+                          **kwargs)  # fmt: skip
+    calls = 0
+
+    def stop_at_step_3() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt("stop")
+
+    checkpoint = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "cut", SYSTEM,
+                      control=stop_at_step_3, checkpoint=checkpoint, **kwargs)  # fmt: skip
+    assert "lora_A" not in str(model)  # the stopped run took its LoRA layers out again
+    assert [p.name for p in checkpoint.iterdir()] == ["step-000002"]
+    resumed = train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "resumed", SYSTEM,
+                            checkpoint=checkpoint, **kwargs)  # fmt: skip
+    assert resumed.resumed_at == 2 and resumed.metrics()["resumed_at_step"] == 2
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-4)
+    a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
