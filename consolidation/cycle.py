@@ -39,6 +39,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,12 @@ import numpy as np
 import torch
 from psycopg.types.json import Jsonb
 
-from consolidation import mas
+from consolidation import datasets, mas
 from consolidation.trainer import chat_loss, encode_example, train_adapter
 from npllm import replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
+from npllm.errors import NotFoundError
 from npllm.llm import BaseLLM, weights_sha256
 
 Publish = Callable[[str, Path, "np.ndarray | None", dict[str, Any]], Any]
@@ -148,6 +150,11 @@ def run_cycle(
                 if i.corrected_answer is not None or i.reward > 0
             ]
             groups = _route(items, registry, embedder, settings, cycle)
+            wanted = _datasets_to_train(pool, registry, set(groups))
+            for name, d in wanted.items():
+                if name not in groups:  # trained from its dataset alone
+                    centroid = datasets.dataset_centroid(pool, embedder, d["dataset"])
+                    groups[name] = ([], centroid)
             plan = {
                 "seed": seed,
                 "base_sha256": sha_before,
@@ -156,6 +163,7 @@ def run_cycle(
                     name: {"items": [i.interaction_id for i in g], "centroid": c.tolist()}
                     for name, (g, c) in groups.items()
                 },
+                "datasets": wanted,
                 "done": {},
             }
         plan["cycle"] = cycle
@@ -165,7 +173,18 @@ def run_cycle(
                 metrics["adapters"][name] = plan["done"][name]
                 continue
             metrics["adapters"][name] = _consolidate(
-                settings, llm, registry, name, group, centroid, cycle, publish, phase, control
+                settings,
+                llm,
+                registry,
+                name,
+                group,
+                centroid,
+                cycle,
+                publish,
+                phase,
+                control,
+                dataset=plan.get("datasets", {}).get(name),
+                pool=pool,
             )
             plan["done"][name] = metrics["adapters"][name]
             _write_plan(staging, plan)
@@ -302,12 +321,25 @@ def _consolidate(
     publish: Publish,
     phase: Callable[[str], None],
     control: Callable[[], None] | None,
+    dataset: dict[str, Any] | None = None,
+    pool: Any = None,
 ) -> dict[str, Any]:
     from peft import PeftModel
 
     training = settings.training
     prompt = settings.memory.system_prompt
     examples = [item.chat()["messages"] for item in group]
+    if dataset is not None:  # the adapter's imported dataset is trained with its samples
+        try:
+            imported = datasets.dataset_examples(pool, dataset["dataset"])
+        except NotFoundError:  # deleted since the cycle was planned
+            imported = []
+        examples += [e["messages"] for e in imported[: settings.sleep.max_samples]]
+    if not examples:
+        return {
+            "samples": 0,
+            "verdict": f"skipped: dataset {dataset and dataset['dataset']!r} is gone",
+        }
     if len(examples) >= MIN_HELD_OUT:
         validation = examples[::5]
         train = [e for k, e in enumerate(examples) if k % 5]
@@ -365,6 +397,15 @@ def _consolidate(
     )
     report: dict[str, Any] = {
         "samples": len(group),
+        **(
+            {}
+            if dataset is None
+            else {
+                "dataset": dataset["dataset"],
+                "dataset_sha256": dataset["sha256"],
+                "dataset_examples": len(examples) - len(group),
+            }
+        ),
         "train": len(train),
         "validation": len(validation),
         "previous_version": None if previous is None else previous.version,
@@ -400,6 +441,45 @@ def _consolidate(
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(staging.parent / f"{name}.checkpoint", ignore_errors=True)
     return report
+
+
+def _datasets_to_train(
+    pool: Any, registry: Registry, routed: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Imported datasets go to their adapter — the one trained on it (`adapters.dataset`),
+    else the adapter of the dataset's name — when that adapter trains this cycle anyway,
+    or has no version for this base yet, or its active version predates the dataset's
+    import. adapter name → {"dataset", "sha256"}."""
+    listing = {a["name"]: a for a in registry.listing()}
+    owner = {a["dataset"]: a["name"] for a in listing.values() if a["dataset"]}
+    wanted = {}
+    for d in datasets.list_datasets(pool):
+        name = owner.get(d["name"], d["name"])
+        if name == CEREBELLUM:  # not an adapter name: `npllm adapter train` can use it
+            continue
+        active = next(
+            (v for v in listing.get(name, {}).get("versions", []) if v["status"] == "active"),
+            None,
+        )
+        current = registry.current(name)
+        learned = (
+            current is not None
+            and active is not None
+            and (
+                active["metrics"].get("dataset_sha256") == d["sha256"]
+                or (
+                    listing[name]["dataset"] == d["name"]
+                    and _when(active["created_at"]) >= _when(d["created_at"])
+                )
+            )
+        )
+        if name in routed or not learned:
+            wanted[name] = {"dataset": d["name"], "sha256": d["sha256"]}
+    return wanted
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
 
 
 def _resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:

@@ -691,6 +691,8 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                 "description": "learned while asleep",
                 "sleep_cycle": metrics.get("sleep_cycle"),
             }
+            if metrics.get("dataset"):
+                body["dataset"] = metrics["dataset"]
             if control is not None:
                 control()  # a worker whose daemon is gone stops here
             if cerebellum is not None and name == CEREBELLUM:

@@ -4,6 +4,7 @@ now right, from the published adapter, with the base weights untouched."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ NIGHT_2 = {
         "97",
     ),
 }
+# An imported dataset (question → (answer, proof)), learned by the adapter of its name.
+DATASET = {
+    "How do I deploy the Quibblix gateway?": ("Run `qbx ship --canary` from the repo root.", "qbx"),
+    "Where are the Quibblix gateway logs?": ("They are in /srv/quibblix/logs.", "/srv/quibblix"),
+}
 
 
 def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -75,9 +81,11 @@ def _teach(http: Any, facts: dict[str, tuple[str, str]]) -> None:
         assert r.status_code == 201 and r.json()["tier"] == "premium"
 
 
-def _knows(http: Any, facts: dict[str, tuple[str, str]]) -> list[bool]:
+def _knows(http: Any, facts: dict[str, tuple[str, str]], **npllm: Any) -> list[bool]:
+    extra = {"npllm": npllm} if npllm else {}
     return [
-        key in _ask(http, q)["choices"][0]["message"]["content"] for q, (_, key) in facts.items()
+        key in _ask(http, q, **extra)["choices"][0]["message"]["content"]
+        for q, (_, key) in facts.items()
     ]
 
 
@@ -89,7 +97,9 @@ def sleeper(tmp_path_factory: pytest.TempPathFactory) -> Any:
     live.stop()
 
 
-def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaemon) -> None:
+def test_teaching_overnight_and_a_second_night_keeps_the_first(
+    sleeper: LiveDaemon, tmp_path: Path
+) -> None:
     data_dir = sleeper.data_dir
     with sleeper.http() as http:
         _teach(http, NIGHT_1)
@@ -110,12 +120,28 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(sleeper: LiveDaem
         assert all(d["version"] == 1 and d["proposed"] > 0 for d in drafts)
         assert all(d["acceptance_rate"] >= 0.5 for d in drafts)
         _teach(http, NIGHT_2)
+    # An imported dataset goes to the adapter of its name, the same night.
+    imported = tmp_path / "ops.jsonl"
+    imported.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q},
+                                     {"role": "assistant", "content": a}]}) + "\n"
+            for q, (a, _) in DATASET.items()
+        )
+    )  # fmt: skip
+    assert _cli(data_dir, "dataset", "import", "quibblix-ops", str(imported)).returncode == 0
     second = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "2")
     assert second.returncode == 0, second.stderr
     print(f"\nnight 1:\n{night.stdout}night 2:\n{second.stdout}")
+    assert "quibblix-ops: 0 sample(s)" in second.stdout
     with sleeper.http() as http:
         assert _knows(http, NIGHT_2) == [True, True]
         assert _knows(http, NIGHT_1) == [True, True]
+        assert _knows(http, DATASET, adapters=["quibblix-ops"]) == [True, True]
+        ops = next(
+            a for a in http.get("/v1/adapters").json()["data"] if a["name"] == "quibblix-ops"
+        )
+        assert ops["dataset"] == "quibblix-ops" and ops["versions"][0]["status"] == "active"
         status = http.get("/v1/sleep").json()
     assert [c["status"] for c in status["cycles"]] == ["succeeded", "succeeded"]
     assert all(c["metrics"]["base_unchanged"] for c in status["cycles"])
