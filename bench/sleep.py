@@ -75,8 +75,8 @@ def main() -> None:
         http.post("/v1/sleep", json={"now": True, "seed": 1}).raise_for_status()
         started = time.perf_counter()
         while True:
-            cycle = http.get("/v1/sleep").json()["cycles"][0]
-            if cycle["id"] != latest and cycle["phase"].startswith("training"):
+            cycles = http.get("/v1/sleep").json()["cycles"]
+            if cycles and cycles[0]["id"] != latest and cycles[0]["phase"].startswith("training"):
                 break
             time.sleep(0.2)
         asleep = []
