@@ -359,11 +359,7 @@ class Service:
         adapters.load(version)
         try:
             smoke = adapters.smoke(version)
-            if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
-                raise AdapterError(
-                    f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
-                    "or killed); the active version stays"
-                )
+            self._check_cycle(sleep_cycle)
         except Exception as exc:
             adapters.unload(version.key)
             self.registry.refuse(version, f"not published: {exc}", {})
@@ -381,6 +377,15 @@ class Service:
             **smoke,
         }
 
+    def _check_cycle(self, sleep_cycle: int | None) -> None:
+        """A version from a sleep cycle is switched to only while that cycle runs with its
+        worker alive: a worker killed mid-publish changes nothing."""
+        if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
+            raise AdapterError(
+                f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
+                "or killed); the active version stays"
+            )
+
     def publish_cerebellum(self, version: Version, sleep_cycle: int | None) -> dict[str, Any]:
         """Build the draft model of `version` (off the model thread: it is a private
         copy), then switch to it between requests. Like an adapter's swap, a version
@@ -390,11 +395,7 @@ class Service:
         assert cerebellum is not None and registry is not None
         try:
             draft = cerebellum.build(version)
-            if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
-                raise AdapterError(
-                    f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
-                    "or killed); the active version stays"
-                )
+            self._check_cycle(sleep_cycle)
         except Exception as exc:
             registry.refuse(version, f"not published: {exc}", {})
             raise AdapterError(f"cerebellum v{version.version} was not published: {exc}") from exc

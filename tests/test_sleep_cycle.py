@@ -149,6 +149,22 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(
     assert shown.returncode == 0 and "succeeded" in shown.stdout
 
 
+def _sleep_until_training(http: Any, seed: int) -> dict[str, Any]:
+    """Ask the daemon to sleep now; its GET /v1/sleep once the new cycle trains."""
+    import time
+
+    latest = http.get("/v1/sleep").json()["latest_cycle"]
+    assert http.post("/v1/sleep", json={"now": True, "seed": seed}).json()["state"] == "asleep"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = http.get("/v1/sleep").json()
+        cycle = status["cycles"][0]
+        if cycle["id"] != latest and cycle["phase"].startswith("training"):
+            return status
+        time.sleep(0.2)
+    pytest.fail(f"no cycle reached training: {status}")
+
+
 def _served(http: Any) -> dict[str, int]:
     return dict(http.get("/v1/adapters").json()["served"])
 
@@ -237,17 +253,9 @@ def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
 
     with sleeper.http() as http:
         _teach(http, {"Which editor does the Quibblix team use?": ("They all use Helix.", "Helix")})
-        latest = http.get("/v1/sleep").json()["latest_cycle"]
-        assert http.post("/v1/sleep", json={"now": True, "seed": 6}).json()["state"] == "asleep"
+        status = _sleep_until_training(http, seed=6)
+        cycle_id = status["cycles"][0]["id"]
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            status = http.get("/v1/sleep").json()
-            cycle = status["cycles"][0]
-            if cycle["id"] > latest and cycle["phase"].startswith("training"):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no cycle reached training: {status}")
         assert status["worker_pid"] is not None
         started = time.perf_counter()
         reply = _ask(http, "Name one sorting algorithm.", max_tokens=8)
@@ -260,7 +268,7 @@ def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
             if status["cycles"][0]["status"] != "running" and status["state"] == "awake":
                 break
             time.sleep(1.0)
-    assert status["cycles"][0]["id"] > latest
+    assert status["cycles"][0]["id"] == cycle_id
     assert status["cycles"][0]["status"] == "succeeded", status["cycles"][0]
 
 
@@ -311,17 +319,8 @@ def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
     with sleeper.http() as http:
         _teach(http, {"Which shell does the Quibblix team use?": ("They all use fish.", "fish")})
         before = _served(http)
-        latest = http.get("/v1/sleep").json()["latest_cycle"]
-        assert http.post("/v1/sleep", json={"now": True, "seed": 8}).json()["state"] == "asleep"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            status = http.get("/v1/sleep").json()
-            cycle = status["cycles"][0]
-            if cycle["id"] > latest and cycle["phase"].startswith("training"):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no cycle reached training: {status}")
+        status = _sleep_until_training(http, seed=8)
+        cycle = status["cycles"][0]
     worker = psutil.Process(status["worker_pid"])
     sleeper.proc.send_signal(signal.SIGKILL)
     sleeper.proc.wait(30)
