@@ -395,6 +395,7 @@ def _consolidate(
         or retention_after is None
         or retention_after >= retention_before - training.retention_tolerance
     )
+    trained = result.metrics()
     report: dict[str, Any] = {
         "samples": len(group),
         **(
@@ -410,7 +411,7 @@ def _consolidate(
         "validation": len(validation),
         "previous_version": None if previous is None else previous.version,
         **{
-            k: result.metrics()[k]
+            k: trained[k]
             for k in ("losses", "seconds", "tokens", "tokens_per_s", "resumed_at_step")
         },
         "validation_loss": {"before": round(before[0], 5), "after": round(after[0], 5)},
@@ -469,17 +470,14 @@ def _datasets_to_train(
                 active["metrics"].get("dataset_sha256") == d["sha256"]
                 or (
                     listing[name]["dataset"] == d["name"]
-                    and _when(active["created_at"]) >= _when(d["created_at"])
+                    and datetime.fromisoformat(active["created_at"])
+                    >= datetime.fromisoformat(d["created_at"])
                 )
             )
         )
         if name in routed or not learned:
             wanted[name] = {"dataset": d["name"], "sha256": d["sha256"]}
     return wanted
-
-
-def _when(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp)
 
 
 def _resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:

@@ -271,13 +271,16 @@ class Registry:
         self.keep = keep  # versions kept per name besides the active one (for rollback)
 
     @classmethod
-    def for_settings(cls, pool: Any, settings: Settings, base: BaseIdentity) -> Registry:
+    def for_settings(
+        cls, pool: Any, settings: Settings, base: BaseIdentity, kind: str = "adapter"
+    ) -> Registry:
         """The registry of this data dir, with the shape training.* defines."""
         return cls(
             pool,
             settings.data_path / "adapters",
             AdapterShape.from_config(settings.training),
             base,
+            kind=kind,
             keep=settings.training.keep_versions,
         )
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
+from npllm.adapters import CEREBELLUM, BaseIdentity, Registry, Version
 from npllm.config import Settings
 from npllm.errors import AdapterError, ModelError
 from npllm.llm import BaseLLM, freeze, load_base_llm
@@ -52,16 +52,8 @@ def load_model(settings: Settings, base: BaseLLM) -> BaseLLM:
 
 def registry_for(settings: Settings, pool: Any, model: BaseLLM) -> Registry:
     """The cerebellum's versions: kind 'cerebellum', keyed to its own model's weights."""
-    from npllm.adapters import BaseIdentity
-
-    return Registry(
-        pool,
-        settings.data_path / "adapters",
-        AdapterShape.from_config(settings.training),
-        BaseIdentity(model.model_id, model.fingerprint),
-        kind=CEREBELLUM,
-        keep=settings.training.keep_versions,
-    )
+    base = BaseIdentity(model.model_id, model.fingerprint)
+    return Registry.for_settings(pool, settings, base, kind=CEREBELLUM)
 
 
 @dataclass

@@ -368,14 +368,7 @@ class Service:
         old = adapters.activate(version)
         self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
         self.awake.cache.clear()
-        return {
-            "name": version.adapter,
-            "version": version.version,
-            "path": str(version.path),
-            "replaced": None if old is None else old.version,
-            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
-            **smoke,
-        }
+        return _swap_answer(version, old, started, **smoke)
 
     def _check_cycle(self, sleep_cycle: int | None) -> None:
         """A version from a sleep cycle is switched to only while that cycle runs with its
@@ -406,14 +399,21 @@ class Service:
             return cerebellum.activate(draft)
 
         old = self.queue.submit(switch, always=True).result()
-        return {
-            "name": version.adapter,
-            "version": version.version,
-            "path": str(version.path),
-            "replaced": None if old is None else old.version,
-            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
-            "build_ms": draft.load_ms,
-        }
+        return _swap_answer(version, old, started, build_ms=draft.load_ms)
+
+
+def _swap_answer(
+    version: Version, old: Version | None, started: float, **extra: Any
+) -> dict[str, Any]:
+    """What a publish or rollback answers: the version now served and the one it replaced."""
+    return {
+        "name": version.adapter,
+        "version": version.version,
+        "path": str(version.path),
+        "replaced": None if old is None else old.version,
+        "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+        **extra,
+    }
 
 
 def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams:

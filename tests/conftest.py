@@ -160,6 +160,28 @@ class LiveDaemon:
         return self.proc.wait(timeout)
 
 
+def save_tiny_llama(path: Path, extra_tokens: tuple[str, ...] = ()) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer (plus `extra_tokens`),
+    saved as a model directory: a loadable "other model" for base and cerebellum tests."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").exists())
+    tokenizer = AutoTokenizer.from_pretrained(cache)
+    if extra_tokens:
+        tokenizer.add_tokens(list(extra_tokens))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def ask_ok(http: Any, question: str, **extra: Any) -> dict[str, Any]:
     """One chat completion (24 tokens unless said otherwise) that must succeed."""
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}

@@ -21,7 +21,7 @@ from npllm.config import ModulatorConfig
 from npllm.errors import AdapterError, RequestError
 from npllm.modulator import Modulator
 
-from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env
+from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env, save_tiny_llama
 from .conftest import ask_ok as _ask
 
 SHAPE = AdapterShape(16, 32, ("k_proj", "o_proj", "q_proj", "v_proj"))
@@ -378,21 +378,7 @@ def test_a_base_model_swap_marks_adapters_stale_and_keeps_serving(
     trained: Any, tmp_path: Path
 ) -> None:
     """Runs last in this module: it restarts the daemon on another base model (a tiny one)."""
-    tiny = tmp_path / "tiny-base"
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").exists())
-    tokenizer = AutoTokenizer.from_pretrained(cache)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(tiny)
-    tokenizer.save_pretrained(tiny)
+    tiny = save_tiny_llama(tmp_path / "tiny-base")
     trained.live.stop()
     live = LiveDaemon(trained.data_dir, NPLLM_MODELS__BASE=str(tiny), **TRAIN_ENV).wait_ready()
     try:

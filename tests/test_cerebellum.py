@@ -17,7 +17,7 @@ from npllm.config import Settings
 from npllm.errors import AdapterError, ConflictError, ModelError, RequestError
 from npllm.llm import GenerationParams
 
-from .conftest import MODEL_CACHE, LiveDaemon, make_settings
+from .conftest import LiveDaemon, make_settings, save_tiny_llama
 from .test_adapters import _artifact
 
 QUESTION = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
@@ -82,25 +82,10 @@ def test_a_cerebellum_version_with_broken_weights_is_refused(
 def test_a_cerebellum_model_must_exist_and_share_the_base_tokenizer(
     base_llm: Any, data_dir: Path, tmp_path: Path
 ) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     missing = make_settings(data_dir, NPLLM_CEREBELLUM__MODEL=str(tmp_path / "absent"))
     with pytest.raises(ModelError, match="cerebellum.model"):
         load_model(missing, base_llm)
-    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").exists())
-    tokenizer = AutoTokenizer.from_pretrained(cache)
-    tokenizer.add_tokens(["<npllm-extra>"])
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    other = tmp_path / "other-tokenizer"
-    LlamaForCausalLM(config).save_pretrained(other)
-    tokenizer.save_pretrained(other)
+    other = save_tiny_llama(tmp_path / "other-tokenizer", extra_tokens=("<npllm-extra>",))
     foreign = make_settings(data_dir, NPLLM_CEREBELLUM__MODEL=str(other))
     with pytest.raises(ModelError, match="has another tokenizer than the base LLM"):
         load_model(foreign, base_llm)
