@@ -21,7 +21,10 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    gated and published the same way on the samples of quality at least
    ``cerebellum.min_quality`` (all topics), on its own model, under the name
    ``cerebellum``.
-6. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
+6. With ``modulator.train`` (off by default) the modulator is trained on the logged
+   routing decisions and their rewards, and published only when an off-policy estimate
+   says it routes better (consolidation/routing.py).
+7. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
 
 Crash safety: the cycle's sample and routing are written to
 ``<data_dir>/adapters/.staging/cycle<id>/plan.json`` before training, and each adapter's
@@ -47,13 +50,14 @@ import numpy as np
 import torch
 from psycopg.types.json import Jsonb
 
-from consolidation import datasets, mas
+from consolidation import datasets, mas, routing
 from consolidation.trainer import chat_loss, encode_example, train_adapter
-from npllm import replay
+from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
-from npllm.errors import NotFoundError
+from npllm.errors import ModelError, NotFoundError
 from npllm.llm import BaseLLM, weights_sha256
+from npllm.modulator import Modulator
 
 Publish = Callable[[str, Path, "np.ndarray | None", dict[str, Any]], Any]
 PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
@@ -92,9 +96,12 @@ def run_cycle(
     on_phase: Callable[[str], None] | None = None,
     control: Callable[[], None] | None = None,
     cerebellum: tuple[BaseLLM, Registry] | None = None,
+    publish_modulator: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Run one cycle; returns its metrics (also stored in npllm.sleep_cycles).
-    `cerebellum`: its model and registry, to train it too (None: not trained)."""
+    `cerebellum`: its model and registry, to train it too (None: not trained).
+    `publish_modulator(version, cycle)`: makes a trained modulator version route (with
+    ``modulator.train``; None: it is only stored)."""
     sha_before = weights_sha256(llm.model)
     mark_interrupted(pool)
     staging_root = settings.data_path / "adapters" / ".staging"
@@ -193,6 +200,14 @@ def run_cycle(
                 settings, items, cerebellum, cycle, publish, phase, control
             )
             plan["done"][CEREBELLUM] = metrics["cerebellum"]
+            _write_plan(staging, plan)
+        if settings.modulator.train:
+            if control:
+                control()
+            metrics["modulator"] = plan.get("modulator") or _modulator(
+                settings, pool, registry, cycle, int(args["seed"] or 0), publish_modulator, phase
+            )
+            plan["modulator"] = metrics["modulator"]
             _write_plan(staging, plan)
         if items:
             replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
@@ -308,6 +323,34 @@ def _cerebellum(
     return _consolidate(
         settings, model, registry, CEREBELLUM, chosen, None, cycle, publish, phase, control
     )
+
+
+def _modulator(
+    settings: Settings,
+    pool: Any,
+    registry: Registry,
+    cycle: int,
+    seed: int,
+    publish: Callable[[int, int], Any] | None,
+    phase: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train the modulator on the logged routing decisions (consolidation/routing.py) and
+    publish it when the off-policy estimate says it routes better."""
+    phase("training the modulator")
+    current = Modulator(settings.modulator)
+    found = modulator.active(pool)
+    if found is not None:
+        try:
+            current.load(found[1])
+        except ModelError as exc:
+            return {"verdict": f"skipped: the active modulator v{found[0]} does not load: {exc}"}
+    current.set_adapters({v.adapter: c for v, c in registry.active()})
+    report = routing.consolidate(settings, pool, current, cycle, seed)
+    if report["verdict"] == "passes" and publish is not None:
+        phase("publishing the modulator")
+        report["published"] = publish(report["version"], cycle)
+        report["verdict"] = "published"
+    return report
 
 
 def _consolidate(

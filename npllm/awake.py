@@ -17,12 +17,13 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from npllm import interactions, replay
+from npllm import modulator as modulator_versions
 from npllm.adapters import AdapterServer, Registry, Version
 from npllm.cache import ShortTermCache, cache_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.embeddings import Embedder
-from npllm.errors import RequestError
+from npllm.errors import ModelError, RequestError
 from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.llm import BaseLLM, Generation, GenerationParams
@@ -102,6 +103,7 @@ class AwakePath:
         self.tagger = TopicTagger(embedder, settings.feedback)
         self.adapters = AdapterServer(llm, settings.modulator.blend_cache)
         self.modulator = Modulator(settings.modulator)
+        self.modulator_version: int | None = None  # the trained version routing, if any
         # The draft model (npllm/cerebellum.py), set by the daemon; None: no drafting.
         self.cerebellum: Cerebellum | None = None
 
@@ -133,6 +135,13 @@ class AwakePath:
         for version, _ in active:
             self.adapters.load(version)
             self.adapters.activate(version)
+        trained = modulator_versions.active(self.pool)
+        if trained is not None:
+            try:
+                self.modulator.load(trained[1])
+                self.modulator_version = trained[0]
+            except ModelError:
+                log.exception("modulator v%s does not load; routing untrained", trained[0])
         self.modulator.set_adapters({v.adapter: c for v, c in active})
         return [v for v, _ in active]
 

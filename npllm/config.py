@@ -294,6 +294,25 @@ class ModulatorConfig(_Section):
     blend_cache: int = Field(
         8, ge=1, le=64, description="Blends (weight combinations) kept built in memory."
     )
+    train: bool = Field(
+        False,
+        description="Train the modulator while asleep on the logged, rated routing decisions "
+        "(used only when an off-policy estimate says it routes better).",
+    )
+    min_decisions: int = Field(
+        40, ge=4, description="Rated routing decisions needed before the modulator trains."
+    )
+    min_improvement: float = Field(
+        0.02,
+        ge=0.0,
+        le=2.0,
+        description="A trained modulator is used when its estimated mean reward beats the "
+        "current one's by this much (reward scale -1..1).",
+    )
+    train_steps: int = Field(200, ge=1, le=10000, description="Optimizer steps per training.")
+    learning_rate: float = Field(
+        1e-3, gt=0.0, le=1.0, description="Learning rate of the modulator's training."
+    )
 
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")

@@ -11,22 +11,37 @@ centroids:
 The network's last layer starts at zero, so an untrained modulator routes purely by
 centroid similarity — a fresh install sends a question to the adapter whose training
 questions it resembles, and to no adapter when none is at least ``none_similarity``
-alike. Training (in the sleep cycle, later) only learns the correction. Top-1 by
+alike. Training (``modulator.train``, in the sleep cycle: consolidation/routing.py)
+only learns the correction, from the logged decisions and their rewards. Top-1 by
 default; with ``modulator.top_k`` > 1 the best k adapters above ``min_weight`` are
 blended with renormalised weights.
+
+Trained versions live in ``npllm.modulator_versions`` with their weights in
+``<data_dir>/modulator/v<N>/modulator.safetensors``; the daemon routes with the active
+one (if any) from its start, and a published one from the next request on.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from psycopg.types.json import Jsonb
 from torch import nn
 
-from npllm.config import ModulatorConfig
+from npllm.config import ModulatorConfig, Settings
+from npllm.errors import ModelError, NotFoundError
 
 NONE = "none"
+FILE = "modulator.safetensors"  # in <data_dir>/modulator/v<N>/
 
 
 @dataclass
@@ -68,32 +83,93 @@ class Modulator(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def set_adapters(self, centroids: dict[str, np.ndarray | None]) -> None:
-        """The routable adapters (those with a centroid), in name order."""
+    def set_adapters(self, centroids: Mapping[str, np.ndarray | None]) -> None:
+        """The routable adapters (those with a centroid). An adapter keeps its output slot
+        while it stays routable (a trained network's corrections stay with their
+        adapter); a new one takes the first free slot, whose trained weights are cleared."""
         routable = sorted(name for name, c in centroids.items() if c is not None)
         if len(routable) > len(self.names):
             raise ValueError(
                 f"{len(routable)} routable adapters, more than modulator.max_adapters "
                 f"({len(self.names)})"
             )
+        keep = {name: slot for slot, name in enumerate(self.names) if name in routable}
         self.centroids.zero_()
         self.present.zero_()
-        self.names = [None] * len(self.names)
-        for slot, name in enumerate(routable):
+        names: list[str | None] = [n if n in keep else None for n in self.names]
+        free = iter(slot for slot, name in enumerate(names) if name is None)
+        for name in routable:
+            slot = keep[name] if name in keep else next(free)
+            if name not in keep:
+                self._clear_slot(slot)
             vector = torch.as_tensor(centroids[name], dtype=torch.float32)
             self.centroids[slot] = vector / vector.norm().clamp_min(1e-8)
             self.present[slot] = True
-            self.names[slot] = name
+            names[slot] = name
+        self.names = names
 
-    @torch.inference_mode()
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
-        """Probabilities over [none, slot 0, slot 1, ...] for (batch, dim) queries."""
+    def routable(self) -> dict[str, np.ndarray]:
+        """Name → centroid of the adapters it routes to (what set_adapters was given)."""
+        return {
+            name: self.centroids[slot].numpy().copy()
+            for slot, name in enumerate(self.names)
+            if name is not None and bool(self.present[slot])
+        }
+
+    @torch.no_grad()
+    def _clear_slot(self, slot: int) -> None:
+        self.head.weight[slot + 1].zero_()
+        self.head.bias[slot + 1].zero_()
+
+    def logits(self, query: torch.Tensor) -> torch.Tensor:
+        """Logits over [none, slot 0, slot 1, ...] for (batch, dim) queries; differentiable
+        in the network's parameters (training, consolidation/routing.py)."""
         t = self.config.temperature
         sims = query @ self.centroids.T  # (batch, slots)
         sims = sims.masked_fill(~self.present, float("-inf"))
         none = torch.full((query.shape[0], 1), self.config.none_similarity)  # (batch, 1)
         prior = torch.cat([none, sims], dim=1) / t  # (batch, slots + 1)
-        return torch.softmax(prior + self.head(self.net(query)), dim=1)
+        return prior + self.head(self.net(query))
+
+    def save(self, path: Path) -> None:
+        """The network's weights and slot names, as one safetensors file."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v for k, v in tensors.items() if k not in ("centroids", "present")}
+        slots = json.dumps(self.names)
+        save_file(tensors, str(path), metadata={"slots": slots, "hidden": str(self.config.hidden)})
+
+    def load(self, path: Path) -> None:
+        """Weights and slot names saved by `save` (call set_adapters afterwards)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+            slots = json.loads(meta["slots"])
+            own = {k: v for k, v in self.state_dict().items() if k not in ("centroids", "present")}
+            wrong = [k for k, v in own.items() if k not in tensors or tensors[k].shape != v.shape]
+            if wrong or len(slots) != len(self.names):
+                raise ValueError(
+                    f"it does not fit modulator.hidden = {self.config.hidden} and "
+                    f"modulator.max_adapters = {len(self.names)} (trained with hidden = "
+                    f"{meta.get('hidden', '?')}, {len(slots)} slots)"
+                )
+            if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+                raise ValueError("it holds NaN or infinite weights")
+        except (OSError, KeyError, ValueError, SafetensorError) as exc:
+            msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            raise ModelError(f"cannot load the modulator from {path}: {msg}") from exc
+        self.load_state_dict(tensors, strict=False)
+        self.names = slots
+        self.present.zero_()  # centroids come with set_adapters
+
+    @torch.inference_mode()
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """Probabilities over [none, slot 0, slot 1, ...] for (batch, dim) queries."""
+        return torch.softmax(self.logits(query), dim=1)
 
     def decide(self, embedding: np.ndarray) -> Decision:
         """Route one query embedding."""
@@ -114,3 +190,138 @@ class Modulator(nn.Module):
         total = sum(p for _, p in top)
         decision.chosen = [(name, round(p / total, 3)) for name, p in top]
         return decision
+
+
+# Trained versions (consolidation/routing.py trains them): npllm.modulator_versions.
+
+
+def store_version(
+    pool: Any,
+    root: Path,
+    mod: Modulator,
+    metrics: dict[str, Any],
+    cycle: int | None,
+    reason: str | None,
+) -> int:
+    """Write `mod` as the next version (temp dir, fsync, rename, then the row)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT coalesce(max(version), 0) + 1 FROM npllm.modulator_versions"
+        ).fetchone()
+        version = int(row[0]) if row else 1
+        target = root / f"v{version}"
+        shutil.rmtree(target, ignore_errors=True)  # left by a crash before its row committed
+        root.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=root))
+        try:
+            mod.save(temp / FILE)
+            with (temp / FILE).open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        conn.execute(
+            "INSERT INTO npllm.modulator_versions (version, path, slots, reason, metrics, "
+            "sleep_cycle) VALUES (%(v)s, %(path)s, %(slots)s, %(reason)s, %(metrics)s, "
+            "%(cycle)s)",
+            {
+                "v": version,
+                "path": str(target / FILE),
+                "slots": [n or "" for n in mod.names],
+                "reason": reason,
+                "metrics": Jsonb({k: v for k, v in metrics.items() if k != "version"}),
+                "cycle": cycle,
+            },
+        )
+    return version
+
+
+def version_path(pool: Any, version: int) -> Path:
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT path FROM npllm.modulator_versions WHERE version = %(v)s", {"v": version}
+        ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no modulator version {version}", param="version")
+    return Path(row[0])
+
+
+def active(pool: Any) -> tuple[int, Path] | None:
+    """The active trained version and its weights file, if any."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT version, path FROM npllm.modulator_versions WHERE status = 'active'"
+        ).fetchone()
+    return None if row is None else (int(row[0]), Path(row[1]))
+
+
+def previous(pool: Any) -> int | None:
+    """What a rollback returns to: the newest retired version older than the active one
+    (None: the untrained modulator)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT max(version) FROM npllm.modulator_versions WHERE status = 'retired' AND "
+            "version < coalesce((SELECT version FROM npllm.modulator_versions "
+            "WHERE status = 'active'), 2147483647)"
+        ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def refuse(pool: Any, version: int, reason: str) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            "UPDATE npllm.modulator_versions SET reason = %(r)s WHERE version = %(v)s",
+            {"v": version, "r": reason},
+        )
+
+
+def activate(pool: Any, version: int | None) -> int | None:
+    """Make `version` the active one (None: back to the untrained modulator); returns the
+    version it replaced."""
+    with pool.connection() as conn, conn.transaction():
+        row = conn.execute(
+            "UPDATE npllm.modulator_versions SET status = 'retired' WHERE status = 'active' "
+            "RETURNING version"
+        ).fetchone()
+        if version is not None:
+            conn.execute(
+                "UPDATE npllm.modulator_versions SET status = 'active', reason = NULL, "
+                "activated_at = now() WHERE version = %(v)s",
+                {"v": version},
+            )
+    return None if row is None else int(row[0])
+
+
+def listing(pool: Any) -> list[dict[str, Any]]:
+    with pool.connection() as conn:
+        cur = conn.execute(
+            "SELECT version, status, reason, metrics, sleep_cycle, created_at "
+            "FROM npllm.modulator_versions ORDER BY version DESC"
+        )
+        names = [c.name for c in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+    return rows
+
+
+def prune(pool: Any, root: Path, keep: int) -> None:
+    """Delete all but the `keep` newest inactive versions (rows and files)."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "DELETE FROM npllm.modulator_versions WHERE status <> 'active' AND version NOT IN "
+            "(SELECT version FROM npllm.modulator_versions WHERE status <> 'active' "
+            "ORDER BY version DESC LIMIT %(keep)s) RETURNING version",
+            {"keep": keep},
+        ).fetchall()
+    for (version,) in rows:
+        shutil.rmtree(root / f"v{version}", ignore_errors=True)
+
+
+def load_version(settings: Settings, path: Path, centroids: dict[str, Any]) -> Modulator:
+    """A modulator with the weights at `path`, routing to `centroids`' adapters."""
+    mod = Modulator(settings.modulator)
+    mod.load(path)
+    mod.set_adapters(centroids)
+    return mod

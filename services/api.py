@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import npllm
 from consolidation import datasets
 from consolidation.cycle import cycle_running, mark_interrupted
-from npllm import replay
+from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
 from npllm.config import Settings
@@ -43,6 +43,7 @@ from npllm.errors import (
     StorageError,
 )
 from npllm.llm import GenerationParams
+from npllm.modulator import Modulator
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
 from services.queue import GenerationQueue, QueueFull
@@ -95,6 +96,16 @@ class NpllmOptions(BaseModel):
         None,
         description="Adapters to use (at most 3, blended); [] = none; absent = the "
         "modulator chooses.",
+    )
+
+
+class ModulatorIn(BaseModel):
+    """A trained modulator version (stored by a sleep cycle) to route with."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: int = Field(ge=1, description="The npllm.modulator_versions version.")
+    sleep_cycle: int | None = Field(
+        None, description="The sleep cycle publishing it (refused if it is no longer running)."
     )
 
 
@@ -401,6 +412,36 @@ class Service:
         old = self.queue.submit(switch, always=True).result()
         return _swap_answer(version, old, started, build_ms=draft.load_ms)
 
+    def publish_modulator(self, version: int | None, sleep_cycle: int | None) -> dict[str, Any]:
+        """Route with trained modulator `version` (None: the untrained one) from the next
+        request on. Loaded and checked off the model thread; switched between requests,
+        keeping the adapters it routes to."""
+        started = time.perf_counter()
+        pool = self.database.pool
+        fresh = Modulator(self.settings.modulator)
+        if version is not None:
+            path = modulator.version_path(pool, version)
+            try:
+                fresh.load(path)
+                self._check_cycle(sleep_cycle)
+            except Exception as exc:
+                modulator.refuse(pool, version, f"not published: {exc}")
+                raise AdapterError(f"modulator v{version} was not published: {exc}") from exc
+
+        def switch() -> int | None:
+            fresh.set_adapters(self.awake.modulator.routable())
+            old = modulator.activate(pool, version)
+            self.awake.modulator, self.awake.modulator_version = fresh, version
+            self.awake.cache.clear()  # cached answers report the old routing
+            return old
+
+        old = self.queue.submit(switch, always=True).result()
+        return {
+            "version": version,
+            "replaced": old,
+            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
 
 def _swap_answer(
     version: Version, old: Version | None, started: float, **extra: Any
@@ -657,12 +698,29 @@ def create_app(service: Service) -> FastAPI:
             "object": "list",
             "data": service.registry.listing(),
             "served": {name: v.version for name, v in awake.adapters.alias.items()},
-            "modulator": {
-                "parameters": awake.modulator.parameter_count,
-                "routable": [n for n in awake.modulator.names if n is not None],
-                "top_k": service.settings.modulator.top_k,
-            },
+            "modulator": _modulator_status(service),
         }
+
+    @app.get("/v1/modulator")
+    def modulator_status() -> dict[str, Any]:
+        return {
+            **_modulator_status(service),
+            "versions": modulator.listing(service.database.pool),
+        }
+
+    @app.post("/v1/modulator/versions", status_code=201)
+    async def publish_modulator(body: ModulatorIn) -> dict[str, Any]:
+        return await asyncio.to_thread(service.publish_modulator, body.version, body.sleep_cycle)
+
+    @app.post("/v1/modulator/rollback")
+    async def rollback_modulator() -> dict[str, Any]:
+        if service.awake.modulator_version is None:
+            raise ConflictError(
+                "no trained modulator is routing (it routes by adapter centroids); nothing "
+                "to roll back"
+            )
+        previous = await asyncio.to_thread(modulator.previous, service.database.pool)
+        return await asyncio.to_thread(service.publish_modulator, previous, None)
 
     @app.post("/v1/adapters/{name}/versions", status_code=201)
     async def publish_adapter(name: str, body: PublishIn) -> dict[str, Any]:
@@ -799,6 +857,17 @@ def create_app(service: Service) -> FastAPI:
         return {"name": name, "deleted": True}
 
     return app
+
+
+def _modulator_status(service: Service) -> dict[str, Any]:
+    awake = service.awake
+    return {
+        "parameters": awake.modulator.parameter_count,
+        "routable": [n for n in awake.modulator.names if n is not None],
+        "top_k": service.settings.modulator.top_k,
+        "version": awake.modulator_version,  # None: untrained (centroid similarity alone)
+        "train": service.settings.modulator.train,
+    }
 
 
 def _cerebellum_registry(service: Service) -> Registry:

@@ -369,8 +369,9 @@ def adapter_list(ctx: typer.Context) -> None:
             reason = f" ({v['reason']})" if v.get("reason") else ""
             typer.echo(f"    v{v['version']:<4} {v['status']:<10}{reason}")
     m = found["modulator"]
+    trained = f"trained v{m['version']}" if m.get("version") else "untrained"
     typer.echo(
-        f"modulator: {m['parameters']:,} parameters, top_k {m['top_k']}, routes to "
+        f"modulator: {m['parameters']:,} parameters ({trained}), top_k {m['top_k']}, routes to "
         f"{', '.join(m['routable']) or 'nothing yet'}"
     )
 
@@ -646,6 +647,14 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
             f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
             f"{v['after']:.4f}: {report['verdict']}"
         )
+    if metrics.get("modulator"):
+        m = metrics["modulator"]
+        estimate = (
+            f", estimated mean reward {m['current']['value']:+.3f} -> {m['trained']['value']:+.3f}"
+            if "trained" in m
+            else ""
+        )
+        typer.echo(f"modulator: {m['decisions']} rated decisions{estimate}: {m['verdict']}")
     typer.echo(
         f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
         f"{metrics.get('base_unchanged')}"
@@ -721,6 +730,32 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                 offline=not worker,
             )
 
+        def publish_modulator(version: int, cycle: int) -> int:
+            if control is not None:
+                control()
+            try:
+                body = {"version": version, "sleep_cycle": cycle}
+                r = client.request("POST", "/v1/modulator/versions", json=body)
+            except ClientError as exc:
+                if "not running" not in str(exc):
+                    raise
+                if worker:
+                    from services.sleep import CycleStopped
+
+                    raise CycleStopped(
+                        f"the daemon is not running; modulator v{version} was not published"
+                    ) from exc
+                from npllm import modulator
+
+                modulator.activate(db.pool, version)
+                typer.echo(
+                    f"  modulator v{version} registered; the daemon routes with it when it starts",
+                    err=True,
+                )
+                return version
+            typer.echo(f"  modulator v{r['version']} now routes questions", err=True)
+            return version
+
         started = time.perf_counter()
         metrics = run_cycle(
             settings,
@@ -736,6 +771,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
             control=control,
             trigger="scheduled" if worker else "forced",
             cerebellum=cerebellum,
+            publish_modulator=publish_modulator,
         )
         _summary(metrics)
     finally:

@@ -1,0 +1,201 @@
+"""Training the modulator while asleep (``modulator.train``; off by default).
+
+The awake path logs every routing decision the modulator makes
+(``npllm.routing_decisions``: the probability of every option and what was used) and the
+feedback integrates into a reward per answer (``npllm.replay_buffer.reward``). Once
+``modulator.min_decisions`` decisions have a rated answer, a cycle:
+
+1. splits them (seeded) into training (75 %) and evaluation (25 %) decisions;
+2. trains a copy of the current modulator, supervised on the logged rewards: a decision
+   that used option a (the top adapter, or "none") with reward r > 0 adds −r·log π(a|q)
+   (choose it again); with r < 0 it adds −|r|·log π(none|q) when a was an adapter (a
+   disliked adapter's questions go back to the bare base, the safe choice — not to another
+   adapter that was never tried on them) and −|r|·log(1 − π(none|q)) when a was none;
+   the centroid prior stays, the network learns the correction;
+3. evaluates the current and the trained modulator off-policy on the held-out decisions
+   with inverse propensity scoring (IPS): V(π) = mean(r·π(a|q) / μ(a|q)), μ being the
+   probability the logging modulator gave the option it used (clipped at 0.01);
+4. uses the trained modulator only when V(trained) ≥ V(current) +
+   ``modulator.min_improvement``; otherwise the version is kept as ``candidate`` with the
+   reason.
+
+Routing is greedy (top-1), so μ is the logging modulator's probability for what it chose,
+not a sampling probability, and the options it did not choose have no reward in the log.
+Plain (not self-normalised) IPS counts the probability a policy moves onto such options as
+reward 0 — unknown, between liked (+1) and disliked (−1) — so moving away from disliked
+answers is a gain, moving away from liked ones a loss, and nothing is credited with
+rewards it was never given. The effective sample size of the weights is reported beside
+each estimate. PPO against a learned reward model is not implemented.
+
+Versions are stored by npllm/modulator.py (``npllm.modulator_versions``).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from npllm.config import Settings
+from npllm.modulator import NONE, Modulator, prune, store_version
+
+MIN_PROPENSITY = 0.01
+EVAL_SHARE = 0.25
+
+_LOGGED = """
+SELECT d.interaction_id, i.question_embedding, d.probabilities, d.chosen, r.reward
+FROM npllm.routing_decisions d
+JOIN npllm.interactions i ON i.id = d.interaction_id
+JOIN npllm.replay_buffer r ON r.interaction_id = d.interaction_id
+WHERE d.mode = 'modulator' AND i.question_embedding IS NOT NULL
+  AND r.implicit_n + r.emotional_n > 0
+ORDER BY d.interaction_id DESC
+LIMIT %(limit)s
+"""
+
+
+@dataclass
+class Logged:
+    """One rated routing decision."""
+
+    interaction_id: int
+    embedding: np.ndarray  # (384,)
+    action: str  # the adapter used (the top one of a blend), or NONE
+    propensity: float  # the logging modulator's probability of `action`
+    reward: float  # -1..1
+
+
+def logged(pool: Any, limit: int = 20000) -> list[Logged]:
+    """The most recent rated decisions the modulator made (pinned ones say nothing
+    about it)."""
+    with pool.connection() as conn:
+        rows = conn.execute(_LOGGED, {"limit": limit}).fetchall()
+    out = []
+    for iid, embedding, probabilities, chosen, reward in rows:
+        action = chosen[0]["name"] if chosen else NONE
+        out.append(
+            Logged(
+                int(iid),
+                np.asarray(embedding.to_list(), np.float32),
+                action,
+                max(float(probabilities.get(action, 0.0)), MIN_PROPENSITY),
+                float(reward),
+            )
+        )
+    return out
+
+
+def _targets(mod: Modulator, data: list[Logged]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings (n, dim), output index of each logged action or -1 when not routable)."""
+    index = {name: slot + 1 for slot, name in enumerate(mod.names) if name is not None}
+    index[NONE] = 0
+    x = torch.as_tensor(np.stack([d.embedding for d in data]))  # (n, dim)
+    a = torch.tensor([index.get(d.action, -1) for d in data])  # (n,)
+    a = torch.where(a > 0, torch.where(mod.present[(a - 1).clamp_min(0)], a, -1), a)
+    return x, a
+
+
+def action_probs(mod: Modulator, data: list[Logged]) -> torch.Tensor:
+    """π(logged action | question) under `mod`, (n,); 0 for options it cannot route to."""
+    x, a = _targets(mod, data)
+    probs = mod(x)  # (n, slots + 1)
+    return torch.where(a >= 0, probs.gather(1, a.clamp_min(0)[:, None])[:, 0], 0.0)
+
+
+def ips(mod: Modulator, data: list[Logged]) -> dict[str, float]:
+    """Inverse-propensity estimate of `mod`'s mean reward on logged decisions (the mass it
+    puts on options the log has no reward for counts as 0: unknown), and the effective
+    sample size of the weights."""
+    pi = action_probs(mod, data).double()
+    mu = torch.tensor([d.propensity for d in data], dtype=torch.float64)
+    r = torch.tensor([d.reward for d in data], dtype=torch.float64)
+    w = pi / mu
+    square = float((w * w).sum())
+    return {
+        "value": round(float((w * r).mean()), 4),
+        "ess": round(float(w.sum()) ** 2 / square, 2) if square > 0 else 0.0,
+    }
+
+
+def fit(
+    current: Modulator, data: list[Logged], steps: int, lr: float, seed: int
+) -> tuple[Modulator, float]:
+    """A copy of `current` trained on the logged rewards (see the module doc); its final
+    training loss."""
+    torch.manual_seed(seed)
+    mod = copy.deepcopy(current)
+    x, a = _targets(mod, data)
+    r = torch.tensor([d.reward for d in data])
+    usable = (a >= 0) & (r != 0)
+    x, a, r = x[usable], a[usable], r[usable]
+    params = [p for name, p in mod.named_parameters() if name.startswith(("net.", "head."))]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    loss = torch.tensor(0.0)
+    mod.train()
+    bad = r < 0
+    for _ in range(steps if len(a) else 0):
+        logp = torch.log_softmax(mod.logits(x), dim=1)  # (n, slots + 1)
+        chosen = logp.gather(1, a[:, None])[:, 0]  # (n,)
+        # Liked: choose it again. A disliked adapter: answer without adapters. Disliked
+        # with no adapter: anything else.
+        target = torch.where(a > 0, logp[:, 0], torch.log1p(-chosen.exp().clamp(max=1 - 1e-6)))
+        loss = torch.where(bad, r * target, -r * chosen).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    mod.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return mod, round(float(loss.detach()), 5)
+
+
+def consolidate(
+    settings: Settings, pool: Any, current: Modulator, cycle: int | None, seed: int
+) -> dict[str, Any]:
+    """Train and evaluate a modulator on the logged decisions (module doc, steps 1-4).
+    Stores the trained version; the report's "verdict" is "passes" when it should be
+    used (the caller publishes report["version"]), else why not."""
+    cfg = settings.modulator
+    data = logged(pool)
+    report: dict[str, Any] = {"decisions": len(data)}
+    if len(data) < cfg.min_decisions:
+        report["verdict"] = (
+            f"skipped: {len(data)} rated routing decisions, fewer than "
+            f"modulator.min_decisions = {cfg.min_decisions}"
+        )
+        return report
+    rng = random.Random(seed)
+    shuffled = data[:]
+    rng.shuffle(shuffled)
+    held = max(2, round(len(shuffled) * EVAL_SHARE))
+    evaluate, train = shuffled[:held], shuffled[held:]
+    trained, loss = fit(current, train, cfg.train_steps, cfg.learning_rate, seed)
+    before, after = ips(current, evaluate), ips(trained, evaluate)
+    report.update(
+        train=len(train),
+        evaluate=len(evaluate),
+        train_loss=loss,
+        logged_mean_reward=round(float(np.mean([d.reward for d in evaluate])), 4),
+        current=before,
+        trained=after,
+    )
+    gain = after["value"] - before["value"]
+    if gain < cfg.min_improvement:
+        reason = (
+            f"estimated mean reward {after['value']:+.3f} vs {before['value']:+.3f} now: "
+            f"below modulator.min_improvement = {cfg.min_improvement}"
+        )
+    else:
+        reason = None
+    report["verdict"] = "passes" if reason is None else f"kept as candidate: {reason}"
+    report["version"] = store_version(
+        pool, settings.data_path / "modulator", trained, report, cycle, reason
+    )
+    prune(pool, settings.data_path / "modulator", settings.training.keep_versions)
+    return report

@@ -1,0 +1,216 @@
+"""Training the modulator (consolidation/routing.py): stable output slots, saved versions,
+supervised training on logged rewards, the off-policy gate, and the version table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from psycopg.types.json import Jsonb
+
+from consolidation import routing
+from consolidation.routing import Logged
+from npllm import interactions, modulator
+from npllm.config import ModulatorConfig
+from npllm.errors import ModelError
+from npllm.modulator import NONE, Modulator
+
+from .conftest import make_settings
+
+SMALL = ModulatorConfig(hidden=32, max_adapters=4)
+E = np.eye(384, dtype=np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _logs(mod: Modulator, rewards: dict[int, float], n: int, seed: int) -> list[Logged]:
+    """`n` greedy decisions of `mod` on questions near axes 0, 1, 2 (in turn), rewarded
+    by axis, the way the awake path logs them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        axis = i % 3
+        q = _unit(E[axis] + 0.03 * rng.standard_normal(384))
+        decision = mod.decide(q)
+        action = decision.chosen[0][0] if decision.chosen else NONE
+        out.append(Logged(i, q, action, decision.probabilities[action], rewards[axis]))
+    return out
+
+
+def _probs(mod: Modulator, q: np.ndarray) -> dict[str, float]:
+    return mod.decide(q).probabilities
+
+
+def test_adapters_keep_their_slot_and_a_reused_slot_starts_untrained() -> None:
+    mod = Modulator(SMALL)
+    mod.set_adapters({"a": E[0], "b": E[1], "c": E[2]})
+    assert mod.names == ["a", "b", "c", None]
+    with torch.no_grad():
+        mod.head.bias[1:4] = torch.tensor([1.0, 2.0, 3.0])  # slots of a, b, c
+    mod.set_adapters({"a": E[0], "c": E[2], "d": E[3]})  # b goes, d comes
+    assert mod.names == ["a", "d", "c", None]
+    assert mod.head.bias[1:4].tolist() == [1.0, 0.0, 3.0]  # d does not inherit b's
+    assert set(mod.routable()) == {"a", "c", "d"}
+    assert np.allclose(mod.routable()["d"], E[3])
+    with pytest.raises(ValueError, match="5 routable adapters, more than modulator.max_adapters"):
+        mod.set_adapters({k: E[i] for i, k in enumerate("vwxyz")})
+
+
+def test_a_saved_modulator_loads_back_identical_and_bad_files_are_refused(
+    tmp_path: Path,
+) -> None:
+    mod = Modulator(SMALL)
+    mod.set_adapters({"a": E[0], "b": E[1]})
+    with torch.no_grad():
+        mod.head.weight.normal_()
+    mod.save(tmp_path / "m.safetensors")
+    back = Modulator(SMALL)
+    back.load(tmp_path / "m.safetensors")
+    back.set_adapters({"b": E[1], "a": E[0]})
+    q = _unit(E[0] + E[1])
+    assert _probs(back, q) == _probs(mod, q)
+
+    with pytest.raises(ModelError, match="does not fit modulator.hidden = 64 .*hidden = 32"):
+        Modulator(ModulatorConfig(hidden=64, max_adapters=4)).load(tmp_path / "m.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match=f"cannot load the modulator from {garbage}"):
+        Modulator(SMALL).load(garbage)
+    with torch.no_grad():
+        mod.head.bias[0] = float("nan")
+    mod.save(tmp_path / "nan.safetensors")
+    with pytest.raises(ModelError, match="NaN or infinite weights"):
+        Modulator(SMALL).load(tmp_path / "nan.safetensors")
+
+
+def test_training_on_logged_rewards_avoids_a_badly_rated_adapter() -> None:
+    mod = Modulator(ModulatorConfig())
+    mod.set_adapters({"x": E[0], "y": E[2]})
+    # Axis 0 goes to x, which users dislike; axis 1 to no adapter, axis 2 to y: both liked.
+    logs = _logs(mod, {0: -0.8, 1: 0.5, 2: 0.6}, 60, seed=0)
+    assert [d.action for d in logs[:3]] == ["x", NONE, "y"]
+    train, held = logs[:45], logs[45:]
+    # On its own greedy log the logging policy's estimate is the mean logged reward.
+    current = routing.ips(mod, held)
+    assert current["value"] == pytest.approx(np.mean([d.reward for d in held]), abs=1e-3)
+    trained, loss = routing.fit(mod, train, steps=150, lr=1e-3, seed=0)
+    better = routing.ips(trained, held)
+    assert better["value"] > current["value"] + 0.2
+    assert loss < 0.05
+    q0 = _unit(E[0] + 0.03 * np.random.default_rng(9).standard_normal(384))
+    assert trained.decide(q0).chosen == []  # no longer sent to x
+    assert trained.decide(E[2]).chosen == [("y", 1.0)]  # what worked still does
+    assert mod.decide(q0).chosen == [("x", 1.0)]  # the current one is untouched
+
+
+def _insert(pool: Any, logs: list[Logged], mode: str = "modulator") -> None:
+    with pool.connection() as conn:
+        for d in logs:
+            iid = interactions.record(
+                conn,
+                interactions.Interaction(
+                    [{"role": "user", "content": "q"}], "q", "a", "test", d.embedding
+                ),
+            )
+            chosen = [] if d.action == NONE else [{"name": d.action, "version": 1, "weight": 1}]
+            conn.execute(
+                "INSERT INTO npllm.routing_decisions (interaction_id, mode, probabilities, chosen)"
+                " VALUES (%s, %s, %s, %s)",
+                (iid, mode, Jsonb({NONE: 1e-3, d.action: d.propensity}), Jsonb(chosen)),
+            )
+            conn.execute(
+                "INSERT INTO npllm.replay_buffer (interaction_id, implicit_sum, implicit_n, "
+                "implicit, reward) VALUES (%s, %s, 1, %s, %s)",
+                (iid, d.reward, d.reward, d.reward),
+            )
+
+
+def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
+    fresh_database: Any, tmp_path: Path
+) -> None:
+    pool = fresh_database.pool
+    settings = make_settings(
+        tmp_path, NPLLM_MODULATOR__MIN_DECISIONS="40", NPLLM_MODULATOR__TRAIN_STEPS="150"
+    )
+    current = Modulator(settings.modulator)
+    current.set_adapters({"x": E[0], "y": E[2]})
+
+    _insert(pool, _logs(current, {0: -0.8, 1: 0.5, 2: 0.6}, 30, seed=1))
+    _insert(pool, _logs(current, {0: 1.0, 1: 1.0, 2: 1.0}, 30, seed=2), mode="pinned")
+    few = routing.consolidate(settings, pool, current, None, seed=0)
+    assert few == {
+        "decisions": 30,
+        "verdict": "skipped: 30 rated routing decisions, fewer than modulator.min_decisions = 40",
+    }
+
+    _insert(pool, _logs(current, {0: -0.8, 1: 0.5, 2: 0.6}, 30, seed=3))
+    good = routing.consolidate(settings, pool, current, None, seed=0)
+    assert good["decisions"] == 60 and (good["train"], good["evaluate"]) == (45, 15)
+    assert good["verdict"] == "passes", good
+    assert good["trained"]["value"] > good["current"]["value"] + 0.2
+    path = modulator.version_path(pool, good["version"])
+    assert path == tmp_path / "modulator" / "v1" / "modulator.safetensors" and path.exists()
+    assert modulator.active(pool) is None  # stored, not yet used: publishing activates
+    assert modulator.activate(pool, good["version"]) is None
+    assert modulator.active(pool) == (1, path)
+    loaded = modulator.load_version(settings, path, current.routable())
+    assert loaded.decide(_unit(E[0] + E[0])).chosen == []
+
+    # Rewards that do not depend on the route: the logging modulator cannot be beaten.
+    with pool.connection() as conn:
+        conn.execute("UPDATE npllm.replay_buffer SET reward = 0.3")
+    flat = routing.consolidate(settings, pool, current, None, seed=0)
+    assert flat["verdict"].startswith("kept as candidate: estimated mean reward +0.3")
+    assert flat["current"]["value"] == pytest.approx(0.3)
+    assert "below modulator.min_improvement = 0.02" in flat["verdict"]
+    rows = {r["version"]: (r["status"], r["reason"]) for r in modulator.listing(pool)}
+    assert rows[1] == ("active", None)
+    assert rows[2][0] == "candidate" and "min_improvement" in rows[2][1]
+    assert modulator.previous(pool) is None  # rolling back means: untrained
+    assert modulator.activate(pool, None) == 1 and modulator.active(pool) is None
+    assert modulator.previous(pool) == 1
+
+
+def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwise(
+    fresh_database: Any, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from consolidation.cycle import _modulator
+
+    pool = fresh_database.pool
+    settings = make_settings(tmp_path, NPLLM_MODULATOR__TRAIN_STEPS="150")
+    registry = SimpleNamespace(
+        active=lambda: [(SimpleNamespace(adapter="x"), E[0]), (SimpleNamespace(adapter="y"), E[2])]
+    )
+    with pool.connection() as conn:
+        row = conn.execute("INSERT INTO npllm.sleep_cycles (seed) VALUES (0) RETURNING id")
+        cycle = int(row.fetchone()[0])  # type: ignore[index]
+    published: list[tuple[int, int]] = []
+    phases: list[str] = []
+
+    def publish(version: int, at: int) -> int:
+        published.append((version, at))
+        return version
+
+    def step() -> dict[str, Any]:
+        return _modulator(settings, pool, registry, cycle, 0, publish, phases.append)  # type: ignore[arg-type]
+
+    assert step()["verdict"].startswith("skipped: 0 rated routing decisions")
+    logger = Modulator(settings.modulator)
+    logger.set_adapters({"x": E[0], "y": E[2]})
+    _insert(pool, _logs(logger, {0: -0.8, 1: 0.5, 2: 0.6}, 60, seed=4))
+    report = step()
+    assert report["verdict"] == "published" and report["published"] == 1
+    assert published == [(1, cycle)]
+    assert phases[-2:] == ["training the modulator", "publishing the modulator"]
+    modulator.activate(pool, 1)
+    modulator.version_path(pool, 1).write_bytes(b"broken")
+    broken = step()
+    assert broken["verdict"].startswith("skipped: the active modulator v1 does not load:")
+    assert published == [(1, cycle)]
