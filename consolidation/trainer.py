@@ -136,6 +136,20 @@ def chat_loss(
     return sum(losses) / max(len(losses), 1)
 
 
+def _anchor(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor
+) -> torch.Tensor:
+    """Mean KL(base ‖ adapted) of the next-token distributions at the prompt positions
+    (system prompt and question: what the adapter is not trained to change)."""
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
+    keep = torch.zeros_like(mask, dtype=torch.bool)  # (batch, seq): predicts a prompt token
+    keep[:, :-1] = (labels[:, 1:] == IGNORE) & mask[:, 1:].bool()
+    log_q = torch.log_softmax(logits[keep], dim=-1)  # (n, vocab)
+    log_p = torch.log_softmax(base[keep], dim=-1)
+    return torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
 def latest_checkpoint(root: Path | None) -> Path | None:
     """The newest complete checkpoint under `root` (step-NNNNNN directories), if any."""
     if root is None or not root.is_dir():
@@ -260,6 +274,10 @@ def train_adapter(
                 result.tokens += int(mask.sum())
                 out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
                 loss = out.loss
+                if config.anchor_weight:
+                    loss = loss + config.anchor_weight * _anchor(
+                        peft_model, ids, mask, labels, out.logits
+                    )
                 if omega and theta_star is not None:
                     loss = loss + config.mas_lambda * mas.penalty(
                         peft_model, "default", omega, theta_star

@@ -369,6 +369,12 @@ class TrainingConfig(_Section):
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     mas_lambda: float = Field(0.01, ge=0.0, description="Strength of the MAS penalty.")
+    anchor_weight: float = Field(
+        3.0,
+        ge=0.0,
+        description="Weight of the anchor: KL divergence from the bare base's predictions on "
+        "the prompt tokens of each batch (keeps the adapter from changing generic text).",
+    )
     gate_min_improvement: float = Field(
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
     )

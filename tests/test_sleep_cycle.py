@@ -23,8 +23,9 @@ ENV = {
     # The corrections must come from the adapter, not from remembered exchanges.
     "NPLLM_MEMORY__STORE_EXCHANGES": "false",
 }
-# For the tests about the adapters' cycle only: keeps them short.
-NO_CEREBELLUM = {"NPLLM_CEREBELLUM__ROLE": "off"}
+# For the tests about the cycle's mechanics (gate, kill, resume): keeps them short —
+# no cerebellum, no anchor pass (what is learned is the teaching test's business).
+MECHANICS_ONLY = {"NPLLM_CEREBELLUM__ROLE": "off", "NPLLM_TRAINING__ANCHOR_WEIGHT": "0"}
 CHECKPOINT_EACH_STEP = {"NPLLM_TRAINING__CHECKPOINT_EVERY": "1"}
 # question → (the corrected answer the user sends, the word that proves it was learned)
 NIGHT_1 = {
@@ -177,7 +178,7 @@ def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
     bad = subprocess.run(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "3"],
         env=cli_env(
-            sleeper.data_dir, **{**ENV, **NO_CEREBELLUM, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}
+            sleeper.data_dir, **{**ENV, **MECHANICS_ONLY, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}
         ),
         cwd=REPO,
         capture_output=True,
@@ -205,7 +206,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "4"],
-        env=cli_env(sleeper.data_dir, **ENV, **NO_CEREBELLUM, **CHECKPOINT_EACH_STEP),
+        env=cli_env(sleeper.data_dir, **ENV, **MECHANICS_ONLY, **CHECKPOINT_EACH_STEP),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -233,7 +234,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert http.get("/v1/status").json()["replay"] == replay_rows
         assert _knows(http, NIGHT_1) == [True, True]
     # The next cycle continues the killed one: its sample, from its checkpoint.
-    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5", **NO_CEREBELLUM)
+    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5", **MECHANICS_ONLY)
     assert again.returncode == 0, again.stderr
     assert f"resuming cycle {killed}" in again.stderr
     with sleeper.http() as http:

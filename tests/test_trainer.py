@@ -50,6 +50,7 @@ CONFIG = TrainingConfig(
     grad_accumulation=1,
     lora_dropout=0.0,
     mas_lambda=0.3,
+    anchor_weight=0.0,  # MAS alone here; the anchor has its own test
 )
 SHAPE = AdapterShape.from_config(CONFIG)
 
@@ -113,6 +114,41 @@ def test_mas_keeps_what_the_first_night_learned(own_base: Any, tmp_path: Path) -
     assert results["mas"][0] < results["plain"][0] / 2
     # ... and task B is still learned (the penalty does not freeze the adapter).
     assert results["mas"][1] < first.losses[0] / 4
+
+
+GENERIC = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A list in Python can hold items of different types.",
+    "She opened the window to let some fresh air into the room.",
+]
+
+
+def test_the_anchor_keeps_generic_text_as_the_base_predicts_it(
+    own_base: Any, tmp_path: Path
+) -> None:
+    """training.anchor_weight: task A is learned as well, plain text drifts far less."""
+    from peft import PeftModel
+
+    model, tokenizer = own_base.model, own_base.tokenizer
+
+    @torch.no_grad()
+    def generic_loss(m: Any) -> float:
+        ids = [torch.tensor([tokenizer.encode(s)]) for s in GENERIC]
+        return sum(float(m(input_ids=x, labels=x).loss) for x in ids) / len(ids)
+
+    base = generic_loss(model)
+    drift, learned = {}, {}
+    for weight in (0.0, 3.0):
+        out = tmp_path / f"anchor-{weight}"
+        config = CONFIG.model_copy(update={"anchor_weight": weight})
+        train_adapter(model, tokenizer, TASK_A, config, SHAPE, out, SYSTEM)
+        adapted = PeftModel.from_pretrained(model, str(out))
+        drift[weight] = generic_loss(adapted) - base
+        learned[weight] = chat_loss(adapted, tokenizer, TASK_A, SYSTEM)
+        adapted.unload()
+    print(f"\ngeneric loss drift without / with anchor: {drift}; task A loss: {learned}")
+    assert drift[0.0] > 0.1 and drift[3.0] < drift[0.0] / 3
+    assert learned[3.0] < 0.1
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_it_would_have(
