@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,15 @@ def check_artifact(path: Path, shape: AdapterShape) -> dict[str, Any]:
     return dict(config)
 
 
-def copy_artifact(source: Path, target: Path) -> None:
-    """Copy an adapter directory into place: temp dir, fsync, rename (never half-written)."""
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Create directory `target` whole or not at all: `write` fills a temp dir beside it,
+    every file is fsynced, the dir renamed into place, and the parent fsynced."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        for name in ("adapter_config.json", "adapter_model.safetensors", *EXTRAS):
-            if not (source / name).exists() and name in EXTRAS:
-                continue
-            shutil.copyfile(source / name, temp / name)
-            with (temp / name).open("rb") as fh:
+        write(temp)
+        for path in temp.iterdir():
+            with path.open("rb") as fh:
                 os.fsync(fh.fileno())
         os.replace(temp, target)
     except BaseException:
@@ -136,6 +136,18 @@ def copy_artifact(source: Path, target: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def copy_artifact(source: Path, target: Path) -> None:
+    """Copy an adapter directory into place (never half-written)."""
+
+    def copy(temp: Path) -> None:
+        for name in ("adapter_config.json", "adapter_model.safetensors", *EXTRAS):
+            if not (source / name).exists() and name in EXTRAS:
+                continue
+            shutil.copyfile(source / name, temp / name)
+
+    write_atomically(target, copy)
 
 
 # ---- the registry (database) ---------------------------------------------------------------

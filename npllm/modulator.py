@@ -24,9 +24,7 @@ one (if any) from its start, and a published one from the next request on.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from torch import nn
 
+from npllm.adapters import write_atomically
 from npllm.config import ModulatorConfig, Settings
 from npllm.errors import ModelError, NotFoundError
 
@@ -211,16 +211,7 @@ def store_version(
         version = int(row[0]) if row else 1
         target = root / f"v{version}"
         shutil.rmtree(target, ignore_errors=True)  # left by a crash before its row committed
-        root.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=root))
-        try:
-            mod.save(temp / FILE)
-            with (temp / FILE).open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
+        write_atomically(target, lambda temp: mod.save(temp / FILE))
         conn.execute(
             "INSERT INTO npllm.modulator_versions (version, path, slots, reason, metrics, "
             "sleep_cycle) VALUES (%(v)s, %(path)s, %(slots)s, %(reason)s, %(metrics)s, "
@@ -294,13 +285,12 @@ def activate(pool: Any, version: int | None) -> int | None:
 
 
 def listing(pool: Any) -> list[dict[str, Any]]:
-    with pool.connection() as conn:
-        cur = conn.execute(
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
             "SELECT version, status, reason, metrics, sleep_cycle, created_at "
             "FROM npllm.modulator_versions ORDER BY version DESC"
         )
-        names = [c.name for c in cur.description or []]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = cur.fetchall()
     for row in rows:
         row["created_at"] = row["created_at"].isoformat()
     return rows

@@ -654,7 +654,8 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
             if "trained" in m
             else ""
         )
-        typer.echo(f"modulator: {m['decisions']} rated decisions{estimate}: {m['verdict']}")
+        decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
+        typer.echo(f"modulator: {decisions}{estimate}: {m['verdict']}")
     typer.echo(
         f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
         f"{metrics.get('base_unchanged')}"

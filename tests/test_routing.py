@@ -214,3 +214,21 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
     broken = step()
     assert broken["verdict"].startswith("skipped: the active modulator v1 does not load:")
     assert published == [(1, cycle)]
+
+
+def test_the_cycle_summary_says_what_happened_to_the_modulator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli import _summary
+
+    trained = {
+        "decisions": 60,
+        "current": {"value": 0.1, "ess": 15.0},
+        "trained": {"value": 0.37, "ess": 9.8},
+        "verdict": "published",
+    }
+    _summary({"cycle": 3, "adapters": {}, "modulator": trained, "base_unchanged": True})
+    _summary({"cycle": 4, "adapters": {}, "modulator": {"verdict": "skipped: v1 does not load"}})
+    out = capsys.readouterr().out
+    assert "modulator: 60 rated decisions, estimated mean reward +0.100 -> +0.370: published" in out
+    assert "modulator: not trained: skipped: v1 does not load" in out
