@@ -106,6 +106,9 @@ class AwakePath:
         self.modulator_version: int | None = None  # the trained version routing, if any
         # The draft model (npllm/cerebellum.py), set by the daemon; None: no drafting.
         self.cerebellum: Cerebellum | None = None
+        # Set by the daemon when it stops: answers cancelled from then on were not
+        # abandoned by their user, so they say nothing about the answer.
+        self.stopping = False
 
     def route(self, embedding: np.ndarray, requested: list[str] | None) -> Decision:
         """Which adapters answer: the request's own choice, or the modulator's."""
@@ -157,7 +160,7 @@ class AwakePath:
         abandoned stream. A failure here is logged; the answer is already stored."""
         try:
             self.feedback.infer(interaction_id, messages, question, embedding)
-            if finish_reason == "cancelled":
+            if finish_reason == "cancelled" and not self.stopping:
                 self.feedback.abandoned(interaction_id)
         except Exception:
             log.exception("implicit feedback for interaction %s failed", interaction_id)

@@ -589,6 +589,11 @@ def create_app(service: Service) -> FastAPI:
         if not body.stream:
             try:
                 answer = await future
+            except asyncio.CancelledError:
+                # Nobody will read this answer (the client left, or the daemon is stopping
+                # and its grace period is over): stop generating it at the next token.
+                cancel.set()
+                raise
             finally:
                 service.in_flight.pop(response_id, None)
             request.scope["state"]["npllm_log"] = _log_fields(answer)

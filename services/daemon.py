@@ -60,7 +60,10 @@ class _Server(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        in_flight = len(self.daemon.service.in_flight) if self.daemon.service else 0
+        service = self.daemon.service
+        if service is not None:  # answers cut short from now on were not abandoned
+            service.awake.stopping = True
+        in_flight = len(service.in_flight) if service else 0
         log.info(json.dumps({"event": "shutting_down", "in_flight": in_flight}))
         await super().shutdown(sockets)
 

@@ -85,7 +85,11 @@ def test_full_queue_answers_503_then_sigterm_cleans_up(tmp_path: Path) -> None:
     stale = socketlib.socket(socketlib.AF_UNIX)
     stale.bind(str(data / "run" / "npllm.sock"))
     stale.close()
-    live = LiveDaemon(data, NPLLM_SERVER__QUEUE_SIZE="1").wait_ready()
+    # In-flight answers get 1 s to finish at SIGTERM, then are cancelled: the clean-up is
+    # under test here, not how long a 200-token story takes.
+    live = LiveDaemon(
+        data, NPLLM_SERVER__QUEUE_SIZE="1", NPLLM_SERVER__SHUTDOWN_TIMEOUT_S="1"
+    ).wait_ready()
     try:
         body = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 200}
         statuses: list[int] = []
@@ -118,3 +122,13 @@ def test_full_queue_answers_503_then_sigterm_cleans_up(tmp_path: Path) -> None:
     log = live.log.read_text()
     assert '"event": "stale_socket_removed"' in log
     assert '"event": "stopped"' in log
+    # The story running at SIGTERM was cut short after the grace period (not generated to
+    # its end while the daemon waited), and that says nothing about what its user thought.
+    stopped = subprocess.run(
+        [*NPLLM, "psql", "-At", "-c",
+         "SELECT i.finish_reason, i.completion_tokens < 200, count(f.id) "
+         "FROM npllm.interactions i LEFT JOIN npllm.feedback_events f "
+         "ON f.interaction_id = i.id GROUP BY i.id"],
+        env=cli_env(data), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert stopped.stdout.split() == ["cancelled|t|0"], stopped.stderr
