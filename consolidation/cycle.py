@@ -37,6 +37,7 @@ continues). A failed or finished cycle removes its staging directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -51,7 +52,7 @@ import torch
 from psycopg.types.json import Jsonb
 
 from consolidation import datasets, mas, routing
-from consolidation.trainer import chat_loss, encode_example, train_adapter
+from consolidation.trainer import chat_loss, encode_example, train_adapter, yielding
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
@@ -102,7 +103,7 @@ def run_cycle(
     `cerebellum`: its model and registry, to train it too (None: not trained).
     `publish_modulator(version, cycle)`: makes a trained modulator version route (with
     ``modulator.train``; None: it is only stored)."""
-    sha_before = weights_sha256(llm.model)
+    sha_before = weights_sha256(llm.model, control)
     mark_interrupted(pool)
     staging_root = settings.data_path / "adapters" / ".staging"
     resume = None
@@ -136,6 +137,11 @@ def run_cycle(
 
     metrics: dict[str, Any] = {"cycle": cycle, "adapters": {}}
     status, error, items = "failed", None, []
+    # A request pauses the cycle within one block of the model's compute, wherever it is.
+    yields = contextlib.ExitStack()
+    models = [llm.model] + ([cerebellum[0].model] if cerebellum is not None else [])
+    for model in {id(m): m for m in models}.values():
+        yields.enter_context(yielding(model, control))
     try:
         if plan:
             phase(f"resuming cycle {plan['cycle']}")
@@ -217,6 +223,7 @@ def run_cycle(
         error = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        yields.close()
         if status != "interrupted":  # an interrupted cycle's checkpoints are resumed from
             shutil.rmtree(staging, ignore_errors=True)
         sha_after = weights_sha256(llm.model)

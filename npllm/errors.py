@@ -12,6 +12,7 @@ on one line and exits non-zero, never with a traceback.
     ├── ConsolidationError   a sleep cycle step failed
     ├── RequestError         a request cannot be served as asked (names the parameter)
     ├── NotFoundError        a request names something that does not exist (an id, a name)
+    ├── ConflictError        a request the daemon's current state does not allow (HTTP 409)
     └── ClientError          the CLI cannot talk to the daemon, or the daemon refused
 """
 
@@ -63,7 +64,8 @@ class NotFoundError(NpllmError):
 
 
 class ConflictError(NpllmError):
-    """A request that the daemon's current configuration does not allow (HTTP 409)."""
+    """A request that the daemon's current configuration or state does not allow (HTTP
+    409), e.g. a second sleep cycle while one runs."""
 
 
 class ClientError(NpllmError):

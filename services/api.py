@@ -47,7 +47,7 @@ from npllm.modulator import Modulator
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
 from services.queue import GenerationQueue, QueueFull
-from services.sleep import Sleeper
+from services.sleep import WORKER_EXIT_S, Sleeper
 
 log = logging.getLogger("npllm.api")
 
@@ -356,6 +356,7 @@ class Service:
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
 
     def cancel_all(self) -> None:
+        """At shutdown: stop every running answer at its next token."""
         for event in self.in_flight.values():
             event.set()
 
@@ -787,7 +788,7 @@ def create_app(service: Service) -> FastAPI:
         mark_interrupted(service.database.pool)
         with service.database.pool.connection() as conn:
             cur = conn.execute(
-                "SELECT id, trigger, status, phase, samples, resumed_from, started_at, "
+                "SELECT id, trigger, status, phase, samples, resumed_from, pid, started_at, "
                 "finished_at, error, metrics FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 5"
             )
             names = [c.name for c in cur.description or []]
@@ -808,10 +809,34 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/sleep")
     def sleep_now(body: SleepIn) -> dict[str, Any]:
-        latest = sleep_status()["latest_cycle"]
+        status = sleep_status()
         if body.now:
+            _refuse_while_a_cycle_runs(status)
             service.sleeper.force(body.seed)
-        return {"state": service.sleeper.state, "latest_cycle": latest}
+        return {"state": service.sleeper.state, "latest_cycle": status["latest_cycle"]}
+
+    def _refuse_while_a_cycle_runs(status: dict[str, Any]) -> None:
+        """One cycle at a time. A worker whose cycle is already finished is only exiting:
+        wait for it (briefly) instead of refusing."""
+        pid = status["worker_pid"]
+        running = next((c for c in status["cycles"] if c["status"] == "running"), None)
+        if running is not None:
+            raise ConflictError(
+                f"sleep cycle {running['id']} is already running ({running['phase']}); "
+                "watch it with `npllm sleep --status`"
+            )
+        if pid is None:
+            return
+        if not any(c["pid"] == pid for c in status["cycles"]):
+            raise ConflictError(
+                f"a sleep cycle is starting (worker pid {pid}); watch it with "
+                "`npllm sleep --status`"
+            )
+        if not service.sleeper.wait_for_worker(WORKER_EXIT_S):
+            raise ConflictError(
+                f"the sleep worker (pid {pid}) finished its cycle but has not exited after "
+                f"{WORKER_EXIT_S:g} s; try again shortly"
+            )
 
     @app.post("/v1/feedback", status_code=201, response_model=None)
     async def feedback(body: FeedbackIn) -> JSONResponse:

@@ -39,6 +39,7 @@ Action = Literal["start", "pause", "resume", "stop"]
 
 DROWSY_S = 60.0  # the idle conditions must hold this long before a cycle starts
 RESUME_AFTER_S = 10.0  # quiet time after a request before training resumes
+WORKER_EXIT_S = 30.0  # how long a new cycle waits for the last one's worker to exit
 
 
 def _hhmm(text: str) -> time:
@@ -234,6 +235,18 @@ class Sleeper:
 
     def on_request_done(self) -> None:
         self.machine.on_request_done()
+
+    def wait_for_worker(self, timeout: float) -> bool:
+        """Wait for the worker to exit (its cycle is recorded as finished; the process is
+        tearing down) and take note of it. False if it is still running after `timeout`."""
+        worker = self.worker
+        if worker is not None:
+            try:
+                worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+        self._reap()
+        return True
 
     def force(self, seed: int | None = None) -> None:
         self._reap()

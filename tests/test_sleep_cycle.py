@@ -23,9 +23,14 @@ ENV = {
     # The corrections must come from the adapter, not from remembered exchanges.
     "NPLLM_MEMORY__STORE_EXCHANGES": "false",
 }
-# For the tests about the cycle's mechanics (gate, kill, resume): keeps them short —
-# no cerebellum, no anchor pass (what is learned is the teaching test's business).
-MECHANICS_ONLY = {"NPLLM_CEREBELLUM__ROLE": "off", "NPLLM_TRAINING__ANCHOR_WEIGHT": "0"}
+# For the tests about the cycle's mechanics (gate, kill, resume), run with `--here`: keeps
+# them short — 4 epochs, no cerebellum, no anchor pass (what is learned is the teaching
+# test's business).
+MECHANICS_ONLY = {
+    "NPLLM_CEREBELLUM__ROLE": "off",
+    "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
+    "NPLLM_TRAINING__EPOCHS": "4",
+}
 CHECKPOINT_EACH_STEP = {"NPLLM_TRAINING__CHECKPOINT_EVERY": "1"}
 # question → (the corrected answer the user sends, the word that proves it was learned)
 NIGHT_1 = {
@@ -38,14 +43,16 @@ NIGHT_1 = {
         "Vilanova",
     ),
 }
+# More about the same gateway: night 2 teaches the adapter night 1 made (it is the nearest),
+# which must learn these and keep night 1's (MAS, and night 1's corrections replayed).
 NIGHT_2 = {
-    "What is the secret ingredient of Grandma Olga's borscht?": (
-        "The secret ingredient is smoked plums.",
-        "plums",
+    "What language is the Quibblix gateway written in?": (
+        "The Quibblix gateway is written in OCaml.",
+        "OCaml",
     ),
-    "How long does Grandma Olga simmer her borscht?": (
-        "She simmers it for exactly 97 minutes.",
-        "97",
+    "When was the Quibblix gateway first released?": (
+        "The Quibblix gateway was first released in 1987.",
+        "1987",
     ),
 }
 # An imported dataset (question → (answer, proof)), learned by the adapter of its name.
@@ -58,7 +65,7 @@ DATASET = {
 def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*NPLLM, *args],
-        env=cli_env(data_dir, **ENV, **env),
+        env=cli_env(data_dir, **{**ENV, **env}),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -98,9 +105,17 @@ def sleeper(tmp_path_factory: pytest.TempPathFactory) -> Any:
     live.stop()
 
 
-def test_teaching_overnight_and_a_second_night_keeps_the_first(
+def test_teaching_overnight_and_a_second_night_woken_by_a_request_keeps_the_first(
     sleeper: LiveDaemon, tmp_path: Path
 ) -> None:
+    """Also the waking test: a question asked while night 2 trains is answered at once by
+    the active versions while the worker stops computing, and the cycle then completes.
+    (How long the answer takes is machine speed: bench/sleep.py measures the extra delay
+    a cycle adds, docs/performance.md has the figures.)"""
+    import time
+
+    import psutil
+
     data_dir = sleeper.data_dir
     with sleeper.http() as http:
         _teach(http, NIGHT_1)
@@ -113,6 +128,7 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(
         assert _knows(http, NIGHT_1) == [True, True]
         served = http.get("/v1/adapters").json()["served"]
         assert len(served) == 1
+        adapter = next(iter(served))
         # The cerebellum learned the same corrections and now drafts them for the base.
         brain = http.get("/v1/cerebellum").json()
         assert brain["version"] == 1 and brain["drafting"] is True
@@ -131,39 +147,77 @@ def test_teaching_overnight_and_a_second_night_keeps_the_first(
         )
     )  # fmt: skip
     assert _cli(data_dir, "dataset", "import", "quibblix-ops", str(imported)).returncode == 0
-    second = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "2")
-    assert second.returncode == 0, second.stderr
-    print(f"\nnight 1:\n{night.stdout}night 2:\n{second.stdout}")
-    assert "quibblix-ops: 0 sample(s)" in second.stdout
+    with sleeper.http() as http:
+        latest = http.get("/v1/sleep").json()["latest_cycle"]
+        follow = subprocess.Popen(
+            [*NPLLM, "sleep", "--now", "--follow", "--seed", "2"],
+            env=cli_env(data_dir, **ENV),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        status = _until_training(http, latest)
+        assert status["state"] == "asleep" and status["worker_pid"] is not None
+        running, worker = status["cycles"][0]["id"], psutil.Process(status["worker_pid"])
+        started = time.perf_counter()
+        reply = _ask(http, "Name one sorting algorithm.", max_tokens=8)
+        answered_s = time.perf_counter() - started
+        assert reply["choices"][0]["message"]["content"]
+        during = http.get("/v1/sleep").json()
+        assert during["state"] == "waking" and during["cycles"][0]["status"] == "running"
+        # Paused: the worker computes nothing while the daemon is awake for its user.
+        cpu = sum(worker.cpu_times()[:2])
+        time.sleep(1.0)
+        paused_cpu_s = sum(worker.cpu_times()[:2]) - cpu
+        # One cycle at a time: asking for another one now is refused, with the reason.
+        again = http.post("/v1/sleep", json={"now": True})
+        assert again.status_code == 409
+        assert f"sleep cycle {running} is already running" in again.json()["error"]["message"]
+    stdout, stderr = follow.communicate(timeout=900)
+    print(f"\nanswered mid-cycle in {answered_s:.2f} s; paused worker: {paused_cpu_s:.3f} CPU-s")
+    print(f"\nnight 1:\n{night.stdout}night 2:\n{stdout}")
+    assert paused_cpu_s < 0.1
+    assert follow.returncode == 0, stderr
+    assert "quibblix-ops: 0 sample(s)" in stdout
+    assert f"{adapter}: 4 sample(s)" in stdout  # night 1's two and night 2's two
     with sleeper.http() as http:
         assert _knows(http, NIGHT_2) == [True, True]
         assert _knows(http, NIGHT_1) == [True, True]
         assert _knows(http, DATASET, adapters=["quibblix-ops"]) == [True, True]
+        assert _served(http) == {adapter: 2, "quibblix-ops": 1}
         ops = next(
             a for a in http.get("/v1/adapters").json()["data"] if a["name"] == "quibblix-ops"
         )
         assert ops["dataset"] == "quibblix-ops" and ops["versions"][0]["status"] == "active"
         status = http.get("/v1/sleep").json()
+    assert status["cycles"][0]["id"] == running
     assert [c["status"] for c in status["cycles"]] == ["succeeded", "succeeded"]
     assert all(c["metrics"]["base_unchanged"] for c in status["cycles"])
     shown = _cli(data_dir, "sleep", "--status")
     assert shown.returncode == 0 and "succeeded" in shown.stdout
 
 
-def _sleep_until_training(http: Any, seed: int) -> dict[str, Any]:
-    """Ask the daemon to sleep now; its GET /v1/sleep once the new cycle trains."""
+def _until_training(http: Any, after: int | None) -> dict[str, Any]:
+    """GET /v1/sleep once a cycle newer than `after` trains."""
     import time
 
-    latest = http.get("/v1/sleep").json()["latest_cycle"]
-    assert http.post("/v1/sleep", json={"now": True, "seed": seed}).json()["state"] == "asleep"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status: dict[str, Any] = http.get("/v1/sleep").json()
-        cycle = status["cycles"][0]
-        if cycle["id"] != latest and cycle["phase"].startswith("training"):
+        cycle = status["cycles"][0] if status["cycles"] else None
+        if cycle and cycle["id"] != after and cycle["phase"].startswith("training"):
             return status
         time.sleep(0.2)
     pytest.fail(f"no cycle reached training: {status}")
+
+
+def _sleep_until_training(http: Any, seed: int) -> dict[str, Any]:
+    """Ask the daemon to sleep now; its GET /v1/sleep once the new cycle trains."""
+    latest = http.get("/v1/sleep").json()["latest_cycle"]
+    asked = http.post("/v1/sleep", json={"now": True, "seed": seed})
+    assert asked.status_code == 200 and asked.json()["state"] == "asleep", asked.text
+    return _until_training(http, latest)
 
 
 def _served(http: Any) -> dict[str, int]:
@@ -178,7 +232,13 @@ def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
     bad = subprocess.run(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "3"],
         env=cli_env(
-            sleeper.data_dir, **{**ENV, **MECHANICS_ONLY, "NPLLM_TRAINING__LEARNING_RATE": "5.0"}
+            sleeper.data_dir,
+            **{
+                **ENV,
+                **MECHANICS_ONLY,
+                "NPLLM_TRAINING__LEARNING_RATE": "5.0",
+                "NPLLM_TRAINING__EPOCHS": "1",
+            },
         ),
         cwd=REPO,
         capture_output=True,
@@ -206,7 +266,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "4"],
-        env=cli_env(sleeper.data_dir, **ENV, **MECHANICS_ONLY, **CHECKPOINT_EACH_STEP),
+        env=cli_env(sleeper.data_dir, **{**ENV, **MECHANICS_ONLY, **CHECKPOINT_EACH_STEP}),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -234,7 +294,16 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert http.get("/v1/status").json()["replay"] == replay_rows
         assert _knows(http, NIGHT_1) == [True, True]
     # The next cycle continues the killed one: its sample, from its checkpoint.
-    again = _cli(sleeper.data_dir, "sleep", "--now", "--follow", "--seed", "5", **MECHANICS_ONLY)
+    again = _cli(
+        sleeper.data_dir,
+        "sleep",
+        "--now",
+        "--here",
+        "--seed",
+        "5",
+        **MECHANICS_ONLY,
+        **CHECKPOINT_EACH_STEP,
+    )
     assert again.returncode == 0, again.stderr
     assert f"resuming cycle {killed}" in again.stderr
     with sleeper.http() as http:
@@ -245,32 +314,6 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
     print(f"\nresumed cycle {killed} as {latest['id']}, adapters resumed at steps {steps}")
     assert any(step >= 1 for step in steps)
     assert not any((sleeper.data_dir / "adapters" / ".staging").iterdir())
-
-
-def test_a_request_wakes_the_daemon_mid_cycle_and_the_cycle_then_completes(
-    sleeper: LiveDaemon,
-) -> None:
-    import time
-
-    with sleeper.http() as http:
-        _teach(http, {"Which editor does the Quibblix team use?": ("They all use Helix.", "Helix")})
-        status = _sleep_until_training(http, seed=6)
-        cycle_id = status["cycles"][0]["id"]
-        deadline = time.monotonic() + 300
-        assert status["worker_pid"] is not None
-        started = time.perf_counter()
-        reply = _ask(http, "Name one sorting algorithm.", max_tokens=8)
-        answered_s = time.perf_counter() - started
-        assert reply["choices"][0]["message"]["content"]
-        print(f"\nanswered mid-cycle in {answered_s:.2f} s")
-        assert answered_s < 2.0
-        while time.monotonic() < deadline:
-            status = http.get("/v1/sleep").json()
-            if status["cycles"][0]["status"] != "running" and status["state"] == "awake":
-                break
-            time.sleep(1.0)
-    assert status["cycles"][0]["id"] == cycle_id
-    assert status["cycles"][0]["status"] == "succeeded", status["cycles"][0]
 
 
 def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> None:

@@ -12,11 +12,18 @@ import pytest
 import torch
 
 from consolidation import mas
-from consolidation.trainer import IGNORE, chat_loss, encode_example, plan_steps, train_adapter
+from consolidation.trainer import (
+    IGNORE,
+    chat_loss,
+    encode_example,
+    plan_steps,
+    train_adapter,
+    yielding,
+)
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
 
-from .conftest import MODEL_CACHE
+from .conftest import MODEL_CACHE, save_tiny_llama
 
 SYSTEM = "You are a test."
 
@@ -78,15 +85,26 @@ def own_base(settings: Any) -> Any:
     return load_base_llm(settings)
 
 
-def test_mas_keeps_what_the_first_night_learned(own_base: Any, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def night_1(own_base: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Task A learned on the real base without MAS or anchor: the first night of the MAS
+    test, and the no-anchor arm of the anchor test."""
+    out = tmp_path_factory.mktemp("night-1") / "v1"
+    result = train_adapter(own_base.model, own_base.tokenizer, TASK_A, CONFIG, SHAPE, out, SYSTEM)
+    return out, result
+
+
+def test_mas_keeps_what_the_first_night_learned(
+    own_base: Any, night_1: Any, tmp_path: Path
+) -> None:
     """Night 1 learns task A; night 2 learns conflicting task B, with and without MAS."""
     from peft import PeftModel
 
     model, tokenizer = own_base.model, own_base.tokenizer
-    first = train_adapter(model, tokenizer, TASK_A, CONFIG, SHAPE, tmp_path / "v1", SYSTEM)
+    v1, first = night_1
     assert first.losses[-1] < first.losses[0] / 4
     assert first.base_sha256_before == first.base_sha256_after
-    with_v1 = PeftModel.from_pretrained(model, str(tmp_path / "v1"))
+    with_v1 = PeftModel.from_pretrained(model, str(v1))
     learned_a = chat_loss(with_v1, tokenizer, TASK_A, SYSTEM)
     samples = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in TASK_A]
     omega = mas.accumulate(None, mas.importance(with_v1, "default", samples))
@@ -95,9 +113,7 @@ def test_mas_keeps_what_the_first_night_learned(own_base: Any, tmp_path: Path) -
     results = {}
     for label, o in (("plain", None), ("mas", omega)):
         out = tmp_path / f"v2-{label}"
-        train_adapter(
-            model, tokenizer, TASK_B, CONFIG, SHAPE, out, SYSTEM, init_from=tmp_path / "v1", omega=o
-        )
+        train_adapter(model, tokenizer, TASK_B, CONFIG, SHAPE, out, SYSTEM, init_from=v1, omega=o)
         v2 = PeftModel.from_pretrained(model, str(out))
         results[label] = (
             chat_loss(v2, tokenizer, TASK_A, SYSTEM),
@@ -124,7 +140,7 @@ GENERIC = [
 
 
 def test_the_anchor_keeps_generic_text_as_the_base_predicts_it(
-    own_base: Any, tmp_path: Path
+    own_base: Any, night_1: Any, tmp_path: Path
 ) -> None:
     """training.anchor_weight: task A is learned as well, plain text drifts far less."""
     from peft import PeftModel
@@ -139,9 +155,10 @@ def test_the_anchor_keeps_generic_text_as_the_base_predicts_it(
     base = generic_loss(model)
     drift, learned = {}, {}
     for weight in (0.0, 3.0):
-        out = tmp_path / f"anchor-{weight}"
-        config = CONFIG.model_copy(update={"anchor_weight": weight})
-        train_adapter(model, tokenizer, TASK_A, config, SHAPE, out, SYSTEM)
+        out = night_1[0] if weight == 0.0 else tmp_path / f"anchor-{weight}"
+        if weight:
+            config = CONFIG.model_copy(update={"anchor_weight": weight})
+            train_adapter(model, tokenizer, TASK_A, config, SHAPE, out, SYSTEM)
         adapted = PeftModel.from_pretrained(model, str(out))
         drift[weight] = generic_loss(adapted) - base
         learned[weight] = chat_loss(adapted, tokenizer, TASK_A, SYSTEM)
@@ -152,13 +169,16 @@ def test_the_anchor_keeps_generic_text_as_the_base_predicts_it(
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_it_would_have(
-    own_base: Any, tmp_path: Path
+    tokenizer: Any, tmp_path: Path
 ) -> None:
     """Stopped after 2 of 4 steps (dropout on, so random state matters), resumed: the same
-    losses and the same adapter as an uninterrupted run, with MAS against a previous version."""
+    losses and the same adapter as an uninterrupted run, with MAS against a previous version.
+    Exactness does not depend on the model: a tiny one with the real tokenizer."""
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
-    model, tokenizer = own_base.model, own_base.tokenizer
+    model = AutoModelForCausalLM.from_pretrained(save_tiny_llama(tmp_path / "tiny"))
+    model.requires_grad_(False)  # frozen, as the base LLM is
     config = CONFIG.model_copy(
         update={"epochs": 2, "batch_size": 1, "lora_dropout": 0.1, "checkpoint_every": 1}
     )
@@ -177,18 +197,15 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_it_would_have(
     kwargs: dict[str, Any] = {"init_from": start, "omega": omega, "seed": 7}
     whole = train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "whole", SYSTEM,
                           **kwargs)  # fmt: skip
-    calls = 0
+    checkpoint = tmp_path / "ckpt"
 
-    def stop_at_step_3() -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
+    def stop_after_step_2() -> None:  # as the daemon does: at the next call after
+        if (checkpoint / "step-000002" / "state.pt").exists():
             raise KeyboardInterrupt("stop")
 
-    checkpoint = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "cut", SYSTEM,
-                      control=stop_at_step_3, checkpoint=checkpoint, **kwargs)  # fmt: skip
+                      control=stop_after_step_2, checkpoint=checkpoint, **kwargs)  # fmt: skip
     assert "lora_A" not in str(model)  # the stopped run took its LoRA layers out again
     assert [p.name for p in checkpoint.iterdir()] == ["step-000002"]
     resumed = train_adapter(model, tokenizer, data, config, SHAPE, tmp_path / "resumed", SYSTEM,
@@ -199,3 +216,40 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_it_would_have(
     b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_cycle_yields_inside_every_block_forward_and_backward() -> None:
+    """The sleep worker's control runs at each block of the model, in the forward and the
+    backward pass: a request waits for one block's compute, not for a whole step; a stop
+    raised there ends the step; outside the context the model is as it was."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                    num_attention_heads=2, num_key_value_heads=1)
+    )  # fmt: skip
+    ids = torch.tensor([[1, 2, 3, 4]])
+    seen: list[str] = []
+    phase = "forward"
+
+    def control() -> None:
+        seen.append(phase)
+        if phase == "backward" and stop_in_backward:
+            raise KeyboardInterrupt("stopped mid-backward")
+
+    stop_in_backward = False
+    with yielding(model, control):
+        loss = model(input_ids=ids, labels=ids).loss
+        phase = "backward"
+        loss.backward()
+        assert seen == ["forward"] * 3 + ["backward"] * 3
+        seen.clear()
+        stop_in_backward, phase = True, "forward"
+        loss = model(input_ids=ids, labels=ids).loss
+        phase = "backward"
+        with pytest.raises(KeyboardInterrupt, match="stopped mid-backward"):
+            loss.backward()
+        assert seen == ["forward"] * 3 + ["backward"]
+    seen.clear()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert seen == []
