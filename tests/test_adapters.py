@@ -159,10 +159,10 @@ def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> N
 # ---- the real thing: trained adapters in their own daemon ---------------------------------
 
 TRAIN_ENV = {
-    # Tiny but real training: 8 examples, batch 4, 6 epochs = 12 optimizer steps each.
-    "NPLLM_TRAINING__EPOCHS": "6",
+    # Tiny but real training: 8 examples, batch 4, 4 epochs = 8 optimizer steps each.
+    "NPLLM_TRAINING__EPOCHS": "4",
     "NPLLM_TRAINING__GRAD_ACCUMULATION": "1",
-    "NPLLM_TRAINING__LEARNING_RATE": "0.002",
+    "NPLLM_TRAINING__LEARNING_RATE": "0.003",
     # Routing, swaps and export are under test here, not drift: skip the anchor's pass.
     "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
     # Past answers would otherwise come back through retrieval and blur the comparison.
@@ -217,7 +217,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
             done = _cli(data_dir, "adapter", "train", name, "--dataset", name)
             assert done.returncode == 0, done.stderr
             assert f"{name} v1 is now served" in done.stdout
-            assert "step 12/12" in done.stderr and "base weights unchanged" in done.stderr
+            assert "step 8/8" in done.stderr and "base weights unchanged" in done.stderr
         yield SimpleNamespace(live=live, data_dir=data_dir, cache_before=before)
     finally:
         live.stop()
@@ -233,7 +233,91 @@ def test_training_leaves_the_base_model_bit_identical(trained: Any) -> None:
         "SELECT adapter, status, base_sha256_before = base_sha256_after, version, steps "
         "FROM npllm.training_runs ORDER BY id",
     )
-    assert rows.stdout.split() == ["zorblax|succeeded|t|1|12", "sqlbot|succeeded|t|1|12"]
+    assert rows.stdout.split() == ["zorblax|succeeded|t|1|8", "sqlbot|succeeded|t|1|8"]
+
+
+def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
+    trained: Any,
+) -> None:
+    """modulator.train, end to end on the daemon's logged decisions: the user likes the
+    zorblax adapter's answers and dislikes sqlbot's; the trained modulator, published
+    through the daemon, stops sending SQL questions to sqlbot; rolling back restores it.
+
+    Runs first on the trained daemon: the other tests ask the same questions again (a
+    re-ask is an implicit dislike), which would put dislikes of zorblax's answers into
+    this story."""
+    import json
+
+    from consolidation import routing
+    from npllm import modulator
+    from npllm.db import Database
+
+    from .conftest import make_settings
+
+    def used(http: Any, question: str) -> list[str]:
+        return [a["name"] for a in _ask(http, question, max_tokens=1)["npllm"]["adapters"]]
+
+    questions = {
+        name: [json.loads(line)["messages"][0]["content"] for line in path.open()]
+        for name, path in ((n, DATA / f"{n}.jsonl") for n in ("zorblax", "sqlbot"))
+    }
+    with trained.live.http() as http:
+        for name, rating in (("zorblax", 1.0), ("sqlbot", -1.0)):
+            for q in questions[name]:
+                answer = _ask(http, q, max_tokens=1)
+                assert [a["name"] for a in answer["npllm"]["adapters"]] == [name]
+                iid = answer["npllm"]["interaction_id"]
+                r = http.post("/v1/feedback", json={"interaction_id": iid, "rating": rating})
+                assert r.status_code == 201, r.text
+    settings = make_settings(trained.data_dir, NPLLM_MODULATOR__MIN_DECISIONS="16")
+    db = Database(settings)
+    db.open()
+    try:
+        with db.pool.connection() as conn:
+            rows = conn.execute("SELECT name, centroid FROM npllm.adapters").fetchall()
+        current = Modulator(settings.modulator)
+        current.set_adapters({name: np.asarray(c.to_list()) for name, c in rows})
+        report = routing.consolidate(settings, db.pool, current, None, seed=0)
+        assert report["decisions"] == 16 and report["verdict"] == "passes", report
+        with trained.live.http() as http:
+            missing = http.post("/v1/modulator/versions", json={"version": 999})
+            assert missing.status_code == 404
+            assert "no modulator version 999" in missing.json()["error"]["message"]
+            typed = http.post("/v1/modulator/versions", json={"version": "1"})
+            assert typed.status_code == 400 and "version" in typed.text
+            published = http.post("/v1/modulator/versions", json={"version": report["version"]})
+            assert published.status_code == 201, published.text
+            assert published.json()["version"] == report["version"]
+            state = http.get("/v1/modulator").json()
+            assert state["version"] == report["version"] and state["train"] is False
+            assert state["versions"][0]["status"] == "active"
+            assert [used(http, q) for q in HELD_OUT["sqlbot"]] == [[]] * 5
+            assert sum(used(http, q) == ["zorblax"] for q in HELD_OUT["zorblax"]) >= 4
+
+            # A broken version file is refused and the trained version keeps routing.
+            broken = modulator.store_version(
+                db.pool, settings.data_path / "modulator", current, {}, None, None
+            )
+            modulator.version_path(db.pool, broken).write_bytes(b"\0" * 64)
+            bad = http.post("/v1/modulator/versions", json={"version": broken})
+            assert bad.status_code == 400
+            assert f"modulator v{broken} was not published: cannot load" in bad.text
+            assert http.get("/v1/modulator").json()["version"] == report["version"]
+            listing = http.get("/v1/adapters").json()["modulator"]
+            assert listing["version"] == report["version"]
+
+            back = http.post("/v1/modulator/rollback")
+            assert back.status_code == 200, back.text
+            assert (back.json()["version"], back.json()["replaced"]) == (None, report["version"])
+            assert sum(used(http, q) == ["sqlbot"] for q in HELD_OUT["sqlbot"]) >= 4
+            again = http.post("/v1/modulator/rollback")
+            assert again.status_code == 409
+            assert "no trained modulator is routing" in again.json()["error"]["message"]
+    finally:
+        with trained.live.http() as http:  # leave the daemon as the other tests expect it
+            if http.get("/v1/modulator").json()["version"] is not None:
+                http.post("/v1/modulator/rollback")
+        db.close()
 
 
 def test_the_modulator_routes_held_out_questions_to_the_right_adapter(trained: Any) -> None:
@@ -348,86 +432,6 @@ def test_bad_publishes_are_refused_with_clear_errors(trained: Any, tmp_path: Pat
         assert http.get("/v1/adapters").json()["served"]["zorblax"] == 1
     cli = _cli(trained.data_dir, "adapter", "rollback", "../etc")
     assert cli.returncode == 1 and "invalid adapter name '../etc'" in cli.stderr
-
-
-def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
-    trained: Any,
-) -> None:
-    """modulator.train, end to end on the daemon's logged decisions: the user likes the
-    zorblax adapter's answers and dislikes sqlbot's; the trained modulator, published
-    through the daemon, stops sending SQL questions to sqlbot; rolling back restores it."""
-    import json
-
-    from consolidation import routing
-    from npllm import modulator
-    from npllm.db import Database
-
-    from .conftest import make_settings
-
-    def used(http: Any, question: str) -> list[str]:
-        return [a["name"] for a in _ask(http, question, max_tokens=1)["npllm"]["adapters"]]
-
-    questions = {
-        name: [json.loads(line)["messages"][0]["content"] for line in path.open()]
-        for name, path in ((n, DATA / f"{n}.jsonl") for n in ("zorblax", "sqlbot"))
-    }
-    with trained.live.http() as http:
-        for name, rating in (("zorblax", 1.0), ("sqlbot", -1.0)):
-            for q in questions[name]:
-                answer = _ask(http, q, max_tokens=1)
-                assert [a["name"] for a in answer["npllm"]["adapters"]] == [name]
-                iid = answer["npllm"]["interaction_id"]
-                r = http.post("/v1/feedback", json={"interaction_id": iid, "rating": rating})
-                assert r.status_code == 201, r.text
-    settings = make_settings(trained.data_dir, NPLLM_MODULATOR__MIN_DECISIONS="16")
-    db = Database(settings)
-    db.open()
-    try:
-        with db.pool.connection() as conn:
-            rows = conn.execute("SELECT name, centroid FROM npllm.adapters").fetchall()
-        current = Modulator(settings.modulator)
-        current.set_adapters({name: np.asarray(c.to_list()) for name, c in rows})
-        report = routing.consolidate(settings, db.pool, current, None, seed=0)
-        assert report["decisions"] >= 16 and report["verdict"] == "passes", report
-        with trained.live.http() as http:
-            missing = http.post("/v1/modulator/versions", json={"version": 999})
-            assert missing.status_code == 404
-            assert "no modulator version 999" in missing.json()["error"]["message"]
-            typed = http.post("/v1/modulator/versions", json={"version": "1"})
-            assert typed.status_code == 400 and "version" in typed.text
-            published = http.post("/v1/modulator/versions", json={"version": report["version"]})
-            assert published.status_code == 201, published.text
-            assert published.json()["version"] == report["version"]
-            state = http.get("/v1/modulator").json()
-            assert state["version"] == report["version"] and state["train"] is False
-            assert state["versions"][0]["status"] == "active"
-            assert [used(http, q) for q in HELD_OUT["sqlbot"]] == [[]] * 5
-            assert sum(used(http, q) == ["zorblax"] for q in HELD_OUT["zorblax"]) >= 4
-
-            # A broken version file is refused and the trained version keeps routing.
-            broken = modulator.store_version(
-                db.pool, settings.data_path / "modulator", current, {}, None, None
-            )
-            modulator.version_path(db.pool, broken).write_bytes(b"\0" * 64)
-            bad = http.post("/v1/modulator/versions", json={"version": broken})
-            assert bad.status_code == 400
-            assert f"modulator v{broken} was not published: cannot load" in bad.text
-            assert http.get("/v1/modulator").json()["version"] == report["version"]
-            listing = http.get("/v1/adapters").json()["modulator"]
-            assert listing["version"] == report["version"]
-
-            back = http.post("/v1/modulator/rollback")
-            assert back.status_code == 200, back.text
-            assert (back.json()["version"], back.json()["replaced"]) == (None, report["version"])
-            assert sum(used(http, q) == ["sqlbot"] for q in HELD_OUT["sqlbot"]) >= 4
-            again = http.post("/v1/modulator/rollback")
-            assert again.status_code == 409
-            assert "no trained modulator is routing" in again.json()["error"]["message"]
-    finally:
-        with trained.live.http() as http:  # leave the daemon as the other tests expect it
-            if http.get("/v1/modulator").json()["version"] is not None:
-                http.post("/v1/modulator/rollback")
-        db.close()
 
 
 def test_export_writes_a_standalone_merged_model(trained: Any, tmp_path: Path) -> None:
