@@ -12,8 +12,8 @@ returned action (start, pause, resume or stop the consolidation worker), and cal
   and at least ``sleep.min_new_interactions`` new interactions since then.
 - drowsy → asleep after the conditions held for ``DROWSY_S`` more seconds (a request
   or a busy CPU sends it back to awake): action "start".
-- asleep → waking when a request arrives: action "pause" (training yields at its next
-  step boundary; the request is answered by the active versions).
+- asleep → waking when a request arrives: action "pause" (the worker stops computing
+  within about 0.1 s; the request is answered by the active versions).
 - waking → asleep when no request came for ``RESUME_AFTER_S``: action "resume".
 - asleep/waking → awake when the cycle ends (:meth:`on_cycle_done`), or the window
   closes: action "stop".
@@ -191,9 +191,11 @@ class Sleeper:
 
     The consolidation worker is ``npllm sleep --now --worker``, a separate process at
     lower CPU priority. The daemon steers it with two files in ``<data_dir>/run/``:
-    ``sleep.pause`` (training waits at its next step boundary while it exists) and
-    ``sleep.stop`` (training stops at its next step boundary; the cycle is interrupted).
-    Everything here runs on the daemon's event loop."""
+    ``sleep.pause`` (the worker waits while it exists) and ``sleep.stop`` (the worker stops;
+    the cycle is interrupted). The worker looks at them between micro-batches and inside
+    the model's compute (consolidation.trainer.yielding), so it reacts within about 0.1 s.
+    Called from the daemon's event loop (ticks, requests) and from the thread that answers
+    POST /v1/sleep."""
 
     def __init__(self, settings: Any, clock: Callable[[], datetime] = datetime.now) -> None:
         from services.idle import SystemIdle
@@ -290,7 +292,8 @@ class Sleeper:
 
 
 def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], None]:
-    """For the worker: call at every step boundary; waits while paused, raises on stop,
+    """For the worker: call it often (every micro-batch, every block of the model; three
+    system calls, a few microseconds); waits while paused, raises on stop,
     and raises when `parent` (the daemon that started it) is gone: a daemon killed
     mid-cycle leaves the cycle interrupted, never half-published."""
     import time as clock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,22 @@ def test_the_real_idle_reader_gives_sane_values() -> None:
     assert all(0.0 <= r.cpu_percent <= 100.0 for r in readings)
     assert readings[-1].samples == 3  # 60 s window, a sample every 30 s
     assert readings[-1].on_ac in (True, False, None)
+
+
+def test_a_new_cycle_waits_for_the_last_worker_to_exit(tmp_path: Path) -> None:
+    """A worker records its cycle as finished a moment before its process exits. Asked to
+    sleep again in that moment, the daemon waits for the exit (and notes the cycle done)
+    instead of finding a worker and doing nothing."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from services.sleep import Sleeper
+
+    sleeper = Sleeper(SimpleNamespace(sleep=SleepConfig(), data_path=tmp_path))
+    assert sleeper.machine.force() == "start"  # asleep, as with a worker running
+    sleeper.worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    assert not sleeper.wait_for_worker(0.05)  # still running: not waited for past its time
+    assert sleeper.state == "asleep" and sleeper.worker is not None
+    assert sleeper.wait_for_worker(30)
+    assert sleeper.state == "awake" and sleeper.worker is None and sleeper.last_exit == 0
