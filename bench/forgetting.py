@@ -1,7 +1,8 @@
 """Benchmark: learning without forgetting, over three "nights" of made-up facts.
 
     .venv/bin/python bench/forgetting.py [--seeds 0 1 2] [--facts 3] [--arms ...]
-        [--lambdas 0.001 0.01 0.1] [--set training.KEY=VALUE ...] [--out bench/results]
+        [--lambdas 0.001 0.01 0.1] [--set training.KEY=VALUE ...] [--jobs 2]
+        [--out bench/results]
 
 Each night brings `--facts` new facts about invented things (seeded: a port, an author, a
 release year, an implementation language), each with 3 training paraphrases of its
@@ -27,6 +28,12 @@ arm's own run). Prints tables, writes JSON and a PNG (R matrices and the λ swee
 Training uses the shipped settings, the anchor included (``training.anchor_weight``: KL
 from the bare base at the prompt tokens); ``--set training.anchor_weight=0`` measures
 without it.
+
+Night 1 is the same for every arm (a fresh adapter on the first night's examples, no
+earlier data, no importance yet), so it is trained once per seed and every arm continues
+from it. The (seed, arm) runs are spread over `--jobs` worker processes, each with its
+own copy of the model and cores / jobs torch threads: on 2 cores, two one-thread workers
+train ~1.45× faster than one two-thread process (small matrices parallelise poorly).
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +267,55 @@ class ArmRun:
         }
 
 
+@dataclass
+class FirstNight:
+    """Night 1, shared by every arm of a seed."""
+
+    path: Path
+    trained: list[float]
+    held: list[float]
+    tokens: int
+    seconds: float
+    ppl_base: float
+    model_id: str
+
+
+def _train_night(
+    llm: Any,
+    config: TrainingConfig,
+    shape: AdapterShape,
+    data: list[list[dict[str, str]]],
+    out: Path,
+    seed: int,
+    init: Path | None,
+    omega: mas.Matrices | None,
+) -> tuple[int, float]:
+    """Train one night into `out`; (tokens trained on, seconds)."""
+    result = train_adapter(
+        llm.model, llm.tokenizer, data, config, shape, out, SYSTEM,
+        seed=seed, init_from=init, omega=omega,
+    )  # fmt: skip
+    encoded = [encode_example(llm.tokenizer, m, SYSTEM, 512)[0] for m in data]
+    return sum(len(x) for x in encoded) * config.epochs, result.seconds
+
+
+def first_night(
+    llm: Any, config: TrainingConfig, shape: AdapterShape, nights: list[list[Fact]],
+    seed: int, work: Path,
+) -> FirstNight:  # fmt: skip
+    from peft import PeftModel
+
+    new = [e for f in nights[0] for e in f.examples()]
+    out = work / f"seed{seed}-night0"
+    tokens, seconds = _train_night(llm, config, shape, new, out, seed * 100, None, None)
+    model = PeftModel.from_pretrained(llm.model, str(out))
+    model.eval()
+    trained, held = recall(model, llm.tokenizer, nights)
+    model.unload()
+    ppl_base = perplexity(llm.model, llm.tokenizer)
+    return FirstNight(out, trained, held, tokens, seconds, ppl_base, llm.model_id)
+
+
 def run_arm(
     llm: Any,
     config: TrainingConfig,
@@ -265,17 +324,27 @@ def run_arm(
     nights: list[list[Fact]],
     seed: int,
     work: Path,
-    ppl_base: float,
+    first: FirstNight,
 ) -> ArmRun:
+    """Nights 2.. of one arm, continuing from the shared night 1."""
     from peft import PeftModel
 
     rng = random.Random(seed)
-    run = ArmRun(ppl_base=ppl_base)
-    previous: Path | None = None
-    omega: mas.Matrices | None = None
     tokenizer = llm.tokenizer
-    for t, night in enumerate(nights):
-        new = [e for f in night for e in f.examples()]
+    run = ArmRun(
+        R=[first.trained], held_out=[first.held], ppl_base=first.ppl_base,
+        train_tokens=first.tokens, train_seconds=first.seconds,
+    )  # fmt: skip
+    previous = first.path
+    omega: mas.Matrices | None = None
+    if arm["mas"]:  # importance of what night 1 learned
+        model = PeftModel.from_pretrained(llm.model, str(previous))
+        night = [encode_example(tokenizer, m, SYSTEM, 512)[0] for f in nights[0]
+                 for m in f.examples()]  # fmt: skip
+        omega = mas.accumulate(None, mas.importance(model, "default", night))
+        model.unload()
+    for t in range(1, len(nights)):
+        new = [e for f in nights[t] for e in f.examples()]
         old = [e for n in nights[:t] for f in n for e in f.examples()]
         if arm.get("joint"):
             data, init = new + old, None
@@ -283,21 +352,11 @@ def run_arm(
             keep = math.ceil(arm["replay"] * len(old))
             data, init = new + rng.sample(old, keep), previous
         out = work / f"night{t}"
-        result = train_adapter(
-            llm.model,
-            tokenizer,
-            data,
-            config,
-            shape,
-            out,
-            SYSTEM,
-            seed=seed * 100 + t,
-            init_from=init,
-            omega=omega if arm["mas"] else None,
+        tokens, seconds = _train_night(
+            llm, config, shape, data, out, seed * 100 + t, init, omega if arm["mas"] else None
         )
-        encoded = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in data]
-        run.train_tokens += sum(len(x) for x in encoded) * config.epochs
-        run.train_seconds += result.seconds
+        run.train_tokens += tokens
+        run.train_seconds += seconds
         model = PeftModel.from_pretrained(llm.model, str(out))
         model.eval()
         if arm["mas"]:
@@ -311,6 +370,49 @@ def run_arm(
         model.unload()
         previous = out
     return run
+
+
+# ---- worker processes: each holds its own copy of the base model ------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(threads: int, training: dict[str, Any]) -> None:
+    torch.set_num_threads(threads)
+    settings = load_settings()
+    config = TrainingConfig.model_validate(training)
+    _WORKER.update(
+        llm=load_base_llm(settings), config=config, shape=AdapterShape.from_config(config)
+    )
+
+
+def _first_job(seed: int, facts: int, work: Path) -> FirstNight:
+    w = _WORKER
+    return first_night(w["llm"], w["config"], w["shape"], make_nights(seed, facts), seed, work)
+
+
+def _arm_job(
+    arm: str, seed: int, facts: int, work: Path, first: FirstNight, lam: float | None = None
+) -> tuple[ArmRun, float]:
+    w = _WORKER
+    config = w["config"] if lam is None else w["config"].model_copy(update={"mas_lambda": lam})
+    started = time.perf_counter()
+    run = run_arm(
+        w["llm"], config, w["shape"], ARMS[arm], make_nights(seed, facts), seed, work, first
+    )
+    return run, time.perf_counter() - started
+
+
+class _Inline:
+    """--jobs 1: the same jobs, in this process."""
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self) -> None:
+        pass
 
 
 def _fmt(values: list[float], pct: bool = True) -> str:
@@ -360,6 +462,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--lambdas", type=float, nargs="*", default=[0.001, 0.01, 0.1])
     parser.add_argument("--set", nargs="*", default=[], metavar="training.KEY=VALUE")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (each a model)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
@@ -371,65 +474,73 @@ def main() -> None:
             parser.error(f"--set takes training.KEY=VALUE, got {item!r}")
         overrides[key.removeprefix("training.")] = value
     config = TrainingConfig.model_validate({**settings.training.model_dump(), **overrides})
-    shape = AdapterShape.from_config(config)
-    llm = load_base_llm(settings)
-    ppl_base = perplexity(llm.model, llm.tokenizer)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    init = (threads, config.model_dump())
+    pool: Any
+    if args.jobs == 1:
+        _start_worker(*init)
+        pool = _Inline()
+    else:
+        pool = ProcessPoolExecutor(
+            args.jobs, multiprocessing.get_context("spawn"), _start_worker, init
+        )
     started = time.perf_counter()
     runs: dict[str, list[ArmRun]] = {arm: [] for arm in args.arms}
+    sweep: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="npllm-forgetting-") as tmp:
-        for seed in args.seeds:
-            nights = make_nights(seed, args.facts)
+        work = Path(tmp)
+        firsts = {pool.submit(_first_job, seed, args.facts, work): seed for seed in args.seeds}
+        first: dict[int, FirstNight] = {}
+        jobs: dict[tuple[str, int], Future[tuple[ArmRun, float]]] = {}
+        swept: dict[float, Future[tuple[ArmRun, float]]] = {}
+        for done in as_completed(firsts):  # a seed's arms start when its night 1 is done
+            seed = firsts[done]
+            first[seed] = done.result()
             for arm in args.arms:
-                t0 = time.perf_counter()
-                run = run_arm(
-                    llm,
-                    config,
-                    shape,
-                    ARMS[arm],
-                    nights,
-                    seed,
-                    Path(tmp) / f"{arm}-{seed}",
-                    ppl_base,
+                work_dir = work / f"{arm}-{seed}"
+                jobs[(arm, seed)] = pool.submit(
+                    _arm_job, arm, seed, args.facts, work_dir, first[seed]
                 )
-                runs[arm].append(run)
-                s = run.scores()
-                print(
-                    f"seed {seed} {arm:17s} ACC {s['acc']:.2f} BWT {s['bwt']:+.2f} "
-                    f"diag {s['just_learned']:.2f} held-out {s['held_out']:.2f} "
-                    f"({time.perf_counter() - t0:.0f} s)",
-                    flush=True,
-                )
-        sweep: dict[str, dict[str, float]] = {}
-        nights = make_nights(args.seeds[0], args.facts)
-        for lam in args.lambdas:
-            if lam == config.mas_lambda and SHIPPED in runs:  # the same run as the arm's
-                sweep[str(lam)] = runs[SHIPPED][0].scores()
-                print(f"λ = {lam:g}: {sweep[str(lam)]} (the {SHIPPED} arm's run)", flush=True)
+            if seed != args.seeds[0]:
                 continue
-            swept = config.model_copy(update={"mas_lambda": lam})
-            run = run_arm(
-                llm,
-                swept,
-                shape,
-                ARMS[SHIPPED],
-                nights,
-                args.seeds[0],
-                Path(tmp) / f"sweep-{lam}",
-                ppl_base,
+            for lam in args.lambdas:  # the λ sweep of the shipped arm, on the first seed
+                if lam == config.mas_lambda and SHIPPED in args.arms:
+                    continue  # that is the arm's own run
+                work_dir = work / f"sweep-{lam}"
+                swept[lam] = pool.submit(
+                    _arm_job, SHIPPED, seed, args.facts, work_dir, first[seed], lam
+                )
+        order = [(arm, seed) for seed in args.seeds for arm in args.arms]
+        for arm, seed in order:
+            run, seconds = jobs[(arm, seed)].result()
+            runs[arm].append(run)
+            s = run.scores()
+            print(
+                f"seed {seed} {arm:17s} ACC {s['acc']:.2f} BWT {s['bwt']:+.2f} "
+                f"diag {s['just_learned']:.2f} held-out {s['held_out']:.2f} "
+                f"drift {s['ppl_drift']:+.3f} ({seconds:.0f} s after night 1)",
+                flush=True,
             )
-            sweep[str(lam)] = run.scores()
+        for lam in args.lambdas:
+            if lam in swept:
+                sweep[str(lam)] = swept[lam].result()[0].scores()
+            else:
+                sweep[str(lam)] = runs[SHIPPED][0].scores()
             print(f"λ = {lam:g}: {sweep[str(lam)]}", flush=True)
+        pool.shutdown()
 
     report: dict[str, Any] = {
         "benchmark": "forgetting",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "base_model": llm.model_id,
+        "machine": f"{platform.machine()}, {args.jobs} workers x {threads} torch threads",
+        "base_model": first[args.seeds[0]].model_id,
         "training": config.model_dump(),
         "facts_per_night": args.facts,
         "seeds": args.seeds,
         "seconds": round(time.perf_counter() - started, 1),
-        "ppl_base": ppl_base,
+        "ppl_base": first[args.seeds[0]].ppl_base,
         "arms": {},
         "lambda_sweep": sweep,
     }
