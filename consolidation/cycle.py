@@ -26,6 +26,9 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    says it routes better (consolidation/routing.py).
 7. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
 
+One cycle runs at a time: a cycle does not start while another one's worker is alive
+(and the database holds at most one 'running' row).
+
 Crash safety: the cycle's sample and routing are written to
 ``<data_dir>/adapters/.staging/cycle<id>/plan.json`` before training, and each adapter's
 trainer checkpoints there every ``training.checkpoint_every`` steps. When the latest cycle
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import torch
 from psycopg.types.json import Jsonb
 
@@ -56,7 +60,7 @@ from consolidation.trainer import chat_loss, encode_example, train_adapter, yiel
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
-from npllm.errors import ModelError, NotFoundError
+from npllm.errors import ConsolidationError, ModelError, NotFoundError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
 
@@ -103,16 +107,15 @@ def run_cycle(
     `cerebellum`: its model and registry, to train it too (None: not trained).
     `publish_modulator(version, cycle)`: makes a trained modulator version route (with
     ``modulator.train``; None: it is only stored)."""
+    refuse_if_running(pool)
+    # Stopped here (control raises), no cycle has started: nothing to record.
     sha_before = weights_sha256(llm.model, control)
-    mark_interrupted(pool)
     staging_root = settings.data_path / "adapters" / ".staging"
-    resume = None
-    if not _running(pool):
-        resume = _resumable(pool, staging_root, sha_before)
-        # Staging directories of earlier killed cycles: nothing refers to them.
-        for old in staging_root.glob("*"):
-            if resume is None or old != staging_root / f"cycle{resume[0]}":
-                shutil.rmtree(old, ignore_errors=True)
+    resume = _resumable(pool, staging_root, sha_before)
+    # Staging directories of earlier killed cycles: nothing refers to them.
+    for old in staging_root.glob("*"):
+        if resume is None or old != staging_root / f"cycle{resume[0]}":
+            shutil.rmtree(old, ignore_errors=True)
     args = {
         "trigger": trigger,
         "seed": seed if resume is None else resume[1]["seed"],
@@ -120,8 +123,12 @@ def run_cycle(
         "pid": os.getpid(),
         "resumed_from": None if resume is None else resume[0],
     }
-    with pool.connection() as conn:
-        row = conn.execute(_START, args).fetchone()
+    try:
+        with pool.connection() as conn:
+            row = conn.execute(_START, args).fetchone()
+    except psycopg.errors.UniqueViolation:  # another cycle started meanwhile
+        refuse_if_running(pool)
+        raise
     cycle = int(row[0]) if row else 0
     staging = staging_root / f"cycle{cycle}"
     plan: dict[str, Any] = {}
@@ -241,6 +248,19 @@ def run_cycle(
                 },
             )
     return metrics
+
+
+def refuse_if_running(pool: Any) -> None:
+    """One cycle at a time (also enforced by the database: sql/007_one_running_cycle.sql).
+    Cycles whose worker died are marked interrupted first."""
+    mark_interrupted(pool)
+    running = _running(pool)
+    if running:
+        cycle, pid = running[0]
+        raise ConsolidationError(
+            f"sleep cycle {cycle} is already running (pid {pid}); one cycle runs at a time: "
+            "wait for it to end (`npllm sleep --status`)"
+        )
 
 
 def _running(pool: Any) -> list[tuple[int, int | None]]:
@@ -407,8 +427,10 @@ def _consolidate(
         before = losses(llm.model)
     else:
         old = PeftModel.from_pretrained(llm.model, str(previous.path))
-        before = losses(old)
-        old.unload()
+        try:  # a stop (raised inside the model's compute) leaves the model as it was
+            before = losses(old)
+        finally:
+            old.unload()
     phase(f"training {name}")
     staging = settings.data_path / "adapters" / ".staging" / f"cycle{cycle}" / name
     shutil.rmtree(staging, ignore_errors=True)
@@ -430,10 +452,12 @@ def _consolidate(
     )
     phase(f"gating {name}")
     candidate = PeftModel.from_pretrained(llm.model, str(staging))
-    after = losses(candidate)
-    samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in train]
-    new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
-    candidate.unload()
+    try:
+        after = losses(candidate)
+        samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in train]
+        new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
+    finally:
+        candidate.unload()
     _write_omega(staging / "mas_omega.safetensors", new_omega)
     _write_probe(staging / "probe.jsonl", (probe + train)[-PROBE_LIMIT:])
 

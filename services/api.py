@@ -47,7 +47,7 @@ from npllm.modulator import Modulator
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
 from services.queue import GenerationQueue, QueueFull
-from services.sleep import WORKER_EXIT_S, Sleeper
+from services.sleep import Sleeper
 
 log = logging.getLogger("npllm.api")
 
@@ -591,8 +591,8 @@ def create_app(service: Service) -> FastAPI:
             try:
                 answer = await future
             except asyncio.CancelledError:
-                # Nobody will read this answer (the client left, or the daemon is stopping
-                # and its grace period is over): stop generating it at the next token.
+                # Nobody will read this answer (the daemon is stopping and its grace period
+                # is over): stop generating it at the next token.
                 cancel.set()
                 raise
             finally:
@@ -796,47 +796,23 @@ def create_app(service: Service) -> FastAPI:
         for c in cycles:
             for key in ("started_at", "finished_at"):
                 c[key] = c[key].isoformat() if c[key] else None
-        machine = service.sleeper.machine
+        machine, worker = service.sleeper.machine, service.sleeper.worker
         opening = machine.window.next_opening(datetime.now())
         return {
             "state": machine.state,
             "reason": machine.reason,
             "next_window": opening.isoformat() if opening else None,
-            "worker_pid": service.sleeper.worker.pid if service.sleeper.worker else None,
+            "worker_pid": worker.pid if worker else None,
             "latest_cycle": cycles[0]["id"] if cycles else None,
             "cycles": cycles,
         }
 
     @app.post("/v1/sleep")
-    def sleep_now(body: SleepIn) -> dict[str, Any]:
-        status = sleep_status()
+    async def sleep_now(body: SleepIn) -> dict[str, Any]:
+        status = await asyncio.to_thread(sleep_status)
         if body.now:
-            _refuse_while_a_cycle_runs(status)
-            service.sleeper.force(body.seed)
+            await service.sleeper.force_when_free(status["cycles"], body.seed)
         return {"state": service.sleeper.state, "latest_cycle": status["latest_cycle"]}
-
-    def _refuse_while_a_cycle_runs(status: dict[str, Any]) -> None:
-        """One cycle at a time. A worker whose cycle is already finished is only exiting:
-        wait for it (briefly) instead of refusing."""
-        pid = status["worker_pid"]
-        running = next((c for c in status["cycles"] if c["status"] == "running"), None)
-        if running is not None:
-            raise ConflictError(
-                f"sleep cycle {running['id']} is already running ({running['phase']}); "
-                "watch it with `npllm sleep --status`"
-            )
-        if pid is None:
-            return
-        if not any(c["pid"] == pid for c in status["cycles"]):
-            raise ConflictError(
-                f"a sleep cycle is starting (worker pid {pid}); watch it with "
-                "`npllm sleep --status`"
-            )
-        if not service.sleeper.wait_for_worker(WORKER_EXIT_S):
-            raise ConflictError(
-                f"the sleep worker (pid {pid}) finished its cycle but has not exited after "
-                f"{WORKER_EXIT_S:g} s; try again shortly"
-            )
 
     @app.post("/v1/feedback", status_code=201, response_model=None)
     async def feedback(body: FeedbackIn) -> JSONResponse:

@@ -665,7 +665,7 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
 def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
     import time
 
-    from consolidation.cycle import run_cycle
+    from consolidation.cycle import refuse_if_running, run_cycle
     from npllm.adapters import CEREBELLUM, BaseIdentity, Registry
     from npllm.db import Database
     from npllm.embeddings import load_embedder
@@ -678,6 +678,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
     try:
         import os
 
+        refuse_if_running(db.pool)  # before loading the models: say it at once
         os.nice(10)
         llm = load_base_llm(settings)
         embedder = load_embedder(settings)

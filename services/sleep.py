@@ -22,6 +22,7 @@ returned action (start, pause, resume or stop the consolidation worker), and cal
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from npllm.config import SleepConfig
+from npllm.errors import ConflictError
 from services.idle import IdleReading
 
 State = Literal["awake", "drowsy", "asleep", "waking"]
@@ -194,8 +196,7 @@ class Sleeper:
     ``sleep.pause`` (the worker waits while it exists) and ``sleep.stop`` (the worker stops;
     the cycle is interrupted). The worker looks at them between micro-batches and inside
     the model's compute (consolidation.trainer.yielding), so it reacts within about 0.1 s.
-    Called from the daemon's event loop (ticks, requests) and from the thread that answers
-    POST /v1/sleep."""
+    Everything here runs on the daemon's event loop."""
 
     def __init__(self, settings: Any, clock: Callable[[], datetime] = datetime.now) -> None:
         from services.idle import SystemIdle
@@ -238,17 +239,33 @@ class Sleeper:
     def on_request_done(self) -> None:
         self.machine.on_request_done()
 
-    def wait_for_worker(self, timeout: float) -> bool:
-        """Wait for the worker to exit (its cycle is recorded as finished; the process is
-        tearing down) and take note of it. False if it is still running after `timeout`."""
+    async def force_when_free(self, cycles: list[dict[str, Any]], seed: int | None) -> None:
+        """`npllm sleep --now` (POST /v1/sleep): one cycle at a time. `cycles` are the latest
+        npllm.sleep_cycles rows (dead workers' cycles already marked interrupted). Refuses
+        while a cycle runs, here or in another process, or while this daemon's worker is
+        starting one; a worker whose cycle is already recorded as finished is only
+        exiting, and is waited for (up to WORKER_EXIT_S) first."""
+        running = next((c for c in cycles if c["status"] == "running"), None)
+        if running is not None:
+            raise ConflictError(
+                f"sleep cycle {running['id']} is already running ({running['phase']}); "
+                "watch it with `npllm sleep --status`"
+            )
         worker = self.worker
-        if worker is not None:
-            try:
-                worker.wait(timeout)
+        if worker is not None and worker.poll() is None:
+            if not any(c["pid"] == worker.pid for c in cycles):
+                raise ConflictError(
+                    f"a sleep cycle is starting (worker pid {worker.pid}); watch it with "
+                    "`npllm sleep --status`"
+                )
+            try:  # off the event loop; the state machine is only touched on it
+                await asyncio.to_thread(worker.wait, WORKER_EXIT_S)
             except subprocess.TimeoutExpired:
-                return False
-        self._reap()
-        return True
+                raise ConflictError(
+                    f"the sleep worker (pid {worker.pid}) finished its cycle but has not "
+                    f"exited after {WORKER_EXIT_S:g} s; try again shortly"
+                ) from None
+        self.force(seed)
 
     def force(self, seed: int | None = None) -> None:
         self._reap()
@@ -258,7 +275,7 @@ class Sleeper:
         self._act(self.machine.force())
 
     def stop(self, timeout: float = 30.0) -> None:
-        """At daemon shutdown: ask the worker to stop at its next step, then make sure."""
+        """At daemon shutdown: ask the worker to stop (it does within ~0.1 s), then make sure."""
         if self.worker is None:
             return
         self.stop_file.touch()
@@ -314,5 +331,5 @@ def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], Non
 
 
 class CycleStopped(KeyboardInterrupt):
-    """Raised in the worker at a step boundary when the daemon stops the cycle (a
+    """Raised in the worker (where it calls its control) when the daemon stops the cycle (a
     KeyboardInterrupt, so the cycle is recorded as interrupted, not failed)."""

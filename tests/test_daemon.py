@@ -91,7 +91,9 @@ def test_full_queue_answers_503_then_sigterm_cleans_up(tmp_path: Path) -> None:
         data, NPLLM_SERVER__QUEUE_SIZE="1", NPLLM_SERVER__SHUTDOWN_TIMEOUT_S="1"
     ).wait_ready()
     try:
-        body = {"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 200}
+        # Long enough to be running at SIGTERM on any machine (cancelled after the grace).
+        story = [{"role": "user", "content": "Tell a long story."}]
+        body = {"messages": story, "max_tokens": 1000}
         statuses: list[int] = []
 
         def send() -> None:
@@ -126,7 +128,7 @@ def test_full_queue_answers_503_then_sigterm_cleans_up(tmp_path: Path) -> None:
     # its end while the daemon waited), and that says nothing about what its user thought.
     stopped = subprocess.run(
         [*NPLLM, "psql", "-At", "-c",
-         "SELECT i.finish_reason, i.completion_tokens < 200, count(f.id) "
+         "SELECT i.finish_reason, i.completion_tokens < 1000, count(f.id) "
          "FROM npllm.interactions i LEFT JOIN npllm.feedback_events f "
          "ON f.interaction_id = i.id GROUP BY i.id"],
         env=cli_env(data), cwd=REPO, capture_output=True, text=True, timeout=120,

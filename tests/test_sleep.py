@@ -149,20 +149,47 @@ def test_the_real_idle_reader_gives_sane_values() -> None:
     assert readings[-1].on_ac in (True, False, None)
 
 
-def test_a_new_cycle_waits_for_the_last_worker_to_exit(tmp_path: Path) -> None:
-    """A worker records its cycle as finished a moment before its process exits. Asked to
-    sleep again in that moment, the daemon waits for the exit (and notes the cycle done)
-    instead of finding a worker and doing nothing."""
+def test_one_cycle_at_a_time_and_a_finished_worker_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`npllm sleep --now` while a cycle runs, or while the daemon's worker starts one, is
+    refused with the reason. A worker records its cycle as finished a moment before its
+    process exits: asked again in that moment, the daemon waits for the exit and starts
+    the new cycle, instead of finding a worker and doing nothing."""
+    import asyncio
     import subprocess
     import sys
     from types import SimpleNamespace
 
+    from npllm.errors import ConflictError
+    from services import sleep
     from services.sleep import Sleeper
 
     sleeper = Sleeper(SimpleNamespace(sleep=SleepConfig(), data_path=tmp_path))
-    assert sleeper.machine.force() == "start"  # asleep, as with a worker running
-    sleeper.worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
-    assert not sleeper.wait_for_worker(0.05)  # still running: not waited for past its time
-    assert sleeper.state == "asleep" and sleeper.worker is not None
-    assert sleeper.wait_for_worker(30)
-    assert sleeper.state == "awake" and sleeper.worker is None and sleeper.last_exit == 0
+    started: list[str | None] = []
+    monkeypatch.setattr(sleeper, "_act", started.append)  # no real worker process
+
+    def worker(seconds: float) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+    def ask(cycles: list[dict[str, object]]) -> None:
+        asyncio.run(sleeper.force_when_free(cycles, seed=1))
+
+    running = {"id": 7, "status": "running", "phase": "training x step 2/8", "pid": 123}
+    with pytest.raises(ConflictError, match=r"sleep cycle 7 is already running \(training x"):
+        ask([running])
+    sleeper.machine.force()  # asleep: the worker below is its cycle's
+    sleeper.worker = worker(1.0)
+    with pytest.raises(ConflictError, match="a sleep cycle is starting"):
+        ask([{"id": 6, "status": "succeeded", "phase": "done", "pid": 1}])
+    finished = {"id": 8, "status": "succeeded", "phase": "done", "pid": sleeper.worker.pid}
+    ask([finished])  # waits for it to exit, then starts the next cycle
+    assert sleeper.last_exit == 0 and started == ["start"] and sleeper.state == "asleep"
+    sleeper.worker = worker(60.0)
+    monkeypatch.setattr(sleep, "WORKER_EXIT_S", 0.1)
+    try:
+        with pytest.raises(ConflictError, match="has not exited after 0.1 s"):
+            ask([{**finished, "pid": sleeper.worker.pid}])
+    finally:
+        sleeper.worker.kill()
+        sleeper.worker.wait()

@@ -349,11 +349,34 @@ def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> Non
     assert cycles[cycle] == "interrupted"
 
 
+def test_one_cycle_runs_at_a_time(sleeper: LiveDaemon) -> None:
+    """While a cycle's process is alive, another cycle does not start: not in this shell
+    (refused before loading the models), not through the daemon, not in the database."""
+    import os
+
+    sql = "INSERT INTO npllm.sleep_cycles (seed, pid) VALUES (0, {pid}) RETURNING id"
+    inserted = _cli(sleeper.data_dir, "psql", "-At", "-c", sql.format(pid=os.getpid()))
+    cycle = int(inserted.stdout.split()[0])  # "running", and its process (this one) lives
+    try:
+        here = _cli(sleeper.data_dir, "sleep", "--now", "--here", "--seed", "9")
+        assert here.returncode == 1
+        assert f"sleep cycle {cycle} is already running (pid {os.getpid()})" in here.stderr
+        with sleeper.http() as http:
+            refused = http.post("/v1/sleep", json={"now": True})
+        assert refused.status_code == 409
+        assert f"sleep cycle {cycle} is already running" in refused.json()["error"]["message"]
+        second = _cli(sleeper.data_dir, "psql", "-At", "-c", sql.format(pid=os.getpid()))
+        assert second.returncode != 0 and "sleep_cycles_one_running" in second.stderr
+    finally:
+        done = f"UPDATE npllm.sleep_cycles SET status = 'failed' WHERE id = {cycle}"
+        assert _cli(sleeper.data_dir, "psql", "-c", done).returncode == 0
+
+
 def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
     sleeper: LiveDaemon,
 ) -> None:
-    """Runs last in this module: it kills the module's daemon. Its worker notices at the
-    next step, publishes nothing and marks the cycle interrupted; a restarted daemon
+    """Runs last in this module: it kills the module's daemon. Its worker notices within
+    about 0.1 s, publishes nothing and marks the cycle interrupted; a restarted daemon
     serves the same versions."""
     import signal
     import time
@@ -369,7 +392,7 @@ def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
     sleeper.proc.send_signal(signal.SIGKILL)
     sleeper.proc.wait(30)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the orphaned worker stops at its next step
+    while time.monotonic() < deadline:  # the orphaned worker stops at once
         try:
             if worker.status() == psutil.STATUS_ZOMBIE:  # exited; nobody reaped it yet
                 break
