@@ -354,10 +354,20 @@ def test_one_cycle_runs_at_a_time(sleeper: LiveDaemon) -> None:
     (refused before loading the models), not through the daemon, not in the database."""
     import os
 
-    sql = "INSERT INTO npllm.sleep_cycles (seed, pid) VALUES (0, {pid}) RETURNING id"
-    inserted = _cli(sleeper.data_dir, "psql", "-At", "-c", sql.format(pid=os.getpid()))
-    cycle = int(inserted.stdout.split()[0])  # "running", and its process (this one) lives
+    import psycopg
+
+    from npllm.db import Database
+
+    from .conftest import make_settings
+
+    db = Database(make_settings(sleeper.data_dir))
+    db.open(migrate=False)
+    insert = "INSERT INTO npllm.sleep_cycles (seed, pid) VALUES (0, %(pid)s) RETURNING id"
     try:
+        with db.pool.connection() as conn:  # "running", and its process (this one) lives
+            row = conn.execute(insert, {"pid": os.getpid()}).fetchone()
+        assert row is not None
+        cycle = row[0]
         here = _cli(sleeper.data_dir, "sleep", "--now", "--here", "--seed", "9")
         assert here.returncode == 1
         assert f"sleep cycle {cycle} is already running (pid {os.getpid()})" in here.stderr
@@ -365,11 +375,17 @@ def test_one_cycle_runs_at_a_time(sleeper: LiveDaemon) -> None:
             refused = http.post("/v1/sleep", json={"now": True})
         assert refused.status_code == 409
         assert f"sleep cycle {cycle} is already running" in refused.json()["error"]["message"]
-        second = _cli(sleeper.data_dir, "psql", "-At", "-c", sql.format(pid=os.getpid()))
-        assert second.returncode != 0 and "sleep_cycles_one_running" in second.stderr
+        with (
+            pytest.raises(psycopg.errors.UniqueViolation, match="sleep_cycles_one_running"),
+            db.pool.connection() as conn,
+        ):
+            conn.execute(insert, {"pid": os.getpid()})
+        with db.pool.connection() as conn:
+            conn.execute(
+                "UPDATE npllm.sleep_cycles SET status = 'failed' WHERE id = %(id)s", {"id": cycle}
+            )
     finally:
-        done = f"UPDATE npllm.sleep_cycles SET status = 'failed' WHERE id = {cycle}"
-        assert _cli(sleeper.data_dir, "psql", "-c", done).returncode == 0
+        db.close()
 
 
 def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
