@@ -316,6 +316,14 @@ def first_night(
     return FirstNight(out, trained, held, tokens, seconds, ppl_base, llm.model_id)
 
 
+def _importance(
+    model: Any, tokenizer: Any, examples: list[list[dict[str, str]]], omega: mas.Matrices | None
+) -> mas.Matrices:
+    """`omega` plus the MAS importance of what `model` learned from `examples`."""
+    encoded = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in examples]
+    return mas.accumulate(omega, mas.importance(model, "default", encoded))
+
+
 def run_arm(
     llm: Any,
     config: TrainingConfig,
@@ -339,9 +347,7 @@ def run_arm(
     omega: mas.Matrices | None = None
     if arm["mas"]:  # importance of what night 1 learned
         model = PeftModel.from_pretrained(llm.model, str(previous))
-        night = [encode_example(tokenizer, m, SYSTEM, 512)[0] for f in nights[0]
-                 for m in f.examples()]  # fmt: skip
-        omega = mas.accumulate(None, mas.importance(model, "default", night))
+        omega = _importance(model, tokenizer, [e for f in nights[0] for e in f.examples()], None)
         model.unload()
     for t in range(1, len(nights)):
         new = [e for f in nights[t] for e in f.examples()]
@@ -352,16 +358,13 @@ def run_arm(
             keep = math.ceil(arm["replay"] * len(old))
             data, init = new + rng.sample(old, keep), previous
         out = work / f"night{t}"
-        tokens, seconds = _train_night(
-            llm, config, shape, data, out, seed * 100 + t, init, omega if arm["mas"] else None
-        )
+        tokens, seconds = _train_night(llm, config, shape, data, out, seed * 100 + t, init, omega)
         run.train_tokens += tokens
         run.train_seconds += seconds
         model = PeftModel.from_pretrained(llm.model, str(out))
         model.eval()
         if arm["mas"]:
-            this_night = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in new]
-            omega = mas.accumulate(omega, mas.importance(model, "default", this_night))
+            omega = _importance(model, tokenizer, new, omega)
         trained, held = recall(model, tokenizer, nights)
         run.R.append(trained)
         run.held_out.append(held)
