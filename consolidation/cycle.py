@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-import torch
 from psycopg.types.json import Jsonb
 
 from consolidation import datasets, mas, routing
@@ -97,7 +96,7 @@ def run_cycle(
     registry: Registry,
     publish: Publish,
     seed: int,
-    trigger: str = "forced",
+    trigger: str = "manual",
     on_phase: Callable[[str], None] | None = None,
     control: Callable[[], None] | None = None,
     cerebellum: tuple[BaseLLM, Registry] | None = None,
@@ -458,7 +457,7 @@ def _consolidate(
         new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
     finally:
         candidate.unload()
-    _write_omega(staging / "mas_omega.safetensors", new_omega)
+    mas.save(new_omega, staging / "mas_omega.safetensors")
     _write_probe(staging / "probe.jsonl", (probe + train)[-PROBE_LIMIT:])
 
     improved = after[0] <= before[0] * (1 - training.gate_min_improvement)
@@ -592,12 +591,4 @@ def _read_omega(version: Version | None) -> mas.Matrices | None:
     path = None if version is None else version.path / "mas_omega.safetensors"
     if path is None or not path.exists():
         return None
-    from safetensors.torch import load_file
-
-    return dict(load_file(str(path)))
-
-
-def _write_omega(path: Path, omega: mas.Matrices) -> None:
-    from safetensors.torch import save_file
-
-    save_file({name: t.contiguous().to(torch.float32) for name, t in omega.items()}, str(path))
+    return mas.load(path)

@@ -98,7 +98,11 @@ class AwakePath:
         self.memory = MemoryStore(pool, embedder, settings.memory)
         self.cache: ShortTermCache[_Cached] = ShortTermCache(settings.memory.cache_size)
         self.feedback = Feedback(
-            pool, settings.feedback, load_tone_scorer(settings.feedback.tone_scorer)
+            pool,
+            settings.feedback,
+            load_tone_scorer(settings.feedback.tone_scorer),
+            memory=self.memory,  # a correction corrects the hippocampus at once
+            on_memory_change=self.cache.clear,  # and answers cached before it are stale
         )
         self.tagger = TopicTagger(embedder, settings.feedback)
         self.adapters = AdapterServer(llm, settings.modulator.blend_cache)
@@ -203,7 +207,7 @@ class AwakePath:
             embedding = self.embedder.embed_one(question)
             timings["embed_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
-            recalled = self.memory.search(embedding)
+            recalled = self.memory.relevant(embedding)
             timings["retrieve_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             decision = self.route(embedding, adapters)
@@ -285,6 +289,7 @@ class AwakePath:
                 f"Q: {question}\nA: {gen.text.strip()}",
                 source=f"interaction:{interaction_id}",
                 kind="exchange",
+                interaction_id=interaction_id,
             )
         return Answer(
             interaction_id=interaction_id,

@@ -145,7 +145,14 @@ class MemoryConfig(_Section):
 
     top_k: int = Field(4, ge=0, le=100, description="Memories retrieved per request.")
     min_similarity: float = Field(
-        0.35, ge=-1.0, le=1.0, description="Cosine similarity below which a memory is not used."
+        0.40, ge=-1.0, le=1.0, description="Cosine similarity below which a memory is not used."
+    )
+    relevance_margin: float = Field(
+        0.20,
+        ge=0.0,
+        le=2.0,
+        description="A retrieved memory must be at most this much less similar to the question "
+        "than the best hit (keeps weakly related notes out of the answer's context).",
     )
     hnsw_ef_search: int = Field(
         100,

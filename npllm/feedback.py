@@ -34,6 +34,7 @@ from rapidfuzz.distance import Levenshtein
 
 from npllm.config import FeedbackConfig
 from npllm.errors import NotFoundError, RequestError
+from npllm.memory import MemoryStore
 from npllm.replay import priority
 from npllm.tone import ToneScorer
 
@@ -174,6 +175,8 @@ class Result:
     priority: float
     corrected: bool
     signals: int
+    # Memories this feedback changed: {"removed": [ids], "added": [ids]} (the fast learner).
+    memories: dict[str, list[int]] = field(default_factory=lambda: {"removed": [], "added": []})
 
     def to_dict(self) -> dict[str, Any]:
         # Spelled out: dataclasses.asdict deep-copies, which shows at thousands of events/s.
@@ -188,12 +191,13 @@ class Result:
             "priority": self.priority,
             "corrected": self.corrected,
             "signals": self.signals,
+            "memories": self.memories,
         }
 
 
 _LOCK = """
 SELECT r.interaction_id, r.implicit_sum, r.implicit_n, r.emotional_sum, r.emotional_n,
-       r.corrected_answer IS NOT NULL, r.novelty, r.times_sampled, i.answer
+       r.corrected_answer IS NOT NULL, r.novelty, r.times_sampled, i.answer, i.question
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
 WHERE r.interaction_id = ANY(%(ids)s)
@@ -250,12 +254,27 @@ LIMIT 1
 
 
 class Feedback:
-    """Records feedback signals and keeps each interaction's reward up to date."""
+    """Records feedback signals and keeps each interaction's reward up to date.
 
-    def __init__(self, pool: ConnectionPool, config: FeedbackConfig, tone: ToneScorer) -> None:
+    With `memory` (the hippocampus), feedback also corrects what is retrieved, in the same
+    transaction: a corrected answer replaces the answer's exchange memory with a fact, and
+    an answer whose reward turns negative loses its exchange memory
+    (npllm/memory.py); `on_memory_change` is called after such a commit (the awake path
+    clears its answer cache)."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        config: FeedbackConfig,
+        tone: ToneScorer,
+        memory: MemoryStore | None = None,
+        on_memory_change: Callable[[], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.config = config
         self.tone = tone
+        self.memory = memory
+        self.on_memory_change = on_memory_change
 
     def explicit(
         self,
@@ -411,11 +430,35 @@ class Feedback:
             event_ids = sorted(row[0] for row in inserted)
             rows = [state.row(i, self.config) for i, state in states.items() if state.touched]
             conn.execute(_UPDATE_REPLAY, _columns(rows))
+            changed = self._correct_memories(conn, states)
         for owner, event_id in zip(owners, event_ids, strict=True):
             result = outcomes[owner]
             if isinstance(result, Result):
                 result.event_ids.append(event_id)
+                result.memories = changed.get(result.interaction_id, result.memories)
+        if changed and self.on_memory_change is not None:
+            self.on_memory_change()
         return outcomes
+
+    def _correct_memories(
+        self, conn: Any, states: dict[int, _State]
+    ) -> dict[int, dict[str, list[int]]]:
+        """The fast learner (see the class docstring): interaction id → memory ids removed
+        and added, for the interactions whose retrievable memories changed."""
+        if self.memory is None:
+            return {}
+        changed: dict[int, dict[str, list[int]]] = {}
+        negative = []
+        for interaction_id, state in states.items():
+            if state.corrected_answer is not None:  # corrected in this batch
+                changed[interaction_id] = self.memory.correct(
+                    conn, interaction_id, state.question, state.corrected_answer
+                )
+            elif state.touched and state.score(self.config).reward < 0:
+                negative.append(interaction_id)
+        for interaction_id, removed in self.memory.forget_exchanges(conn, negative).items():
+            changed[interaction_id] = {"removed": removed, "added": []}
+        return changed
 
 
 @dataclass
@@ -439,6 +482,7 @@ class _State:
     novelty: float
     times_sampled: int
     answer: str
+    question: str
     corrected_answer: str | None = None
     touched: bool = False
 

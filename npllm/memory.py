@@ -3,7 +3,16 @@
 Texts are chunked, embedded and stored; a chunk nearly identical to an existing
 memory (cosine similarity >= ``memory.dedup_similarity``) is merged into it
 instead of being stored twice. Search is a pgvector HNSW cosine top-k with a
-similarity floor.
+similarity floor; what the awake path retrieves (:meth:`MemoryStore.relevant`) must also
+be within ``memory.relevance_margin`` of the best hit, so that a weakly related note
+does not ride along with the memory the question is really about.
+
+The fast learner: a user's correction of an answer corrects the hippocampus at once
+(:meth:`MemoryStore.correct`): the wrong answer's exchange memory goes, and the corrected
+answer is stored as a fact (replacing an earlier correction of the same question), so the
+same question asked a minute later is answered from it. Negative feedback on an answer
+removes its exchange (:meth:`MemoryStore.forget_exchanges`). Both run inside the
+feedback's own transaction; the answer itself stays in ``npllm.interactions``.
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ from psycopg_pool import ConnectionPool
 
 from npllm.config import MemoryConfig
 from npllm.embeddings import Embedder
+from npllm.errors import StorageError
 
 MemoryKind = Literal["note", "fact", "document", "exchange"]
 
 _INSERT = """
-INSERT INTO npllm.memories (text, kind, source, embedding, document_id, chunk_index)
-VALUES (%(text)s, %(kind)s, %(source)s, %(embedding)s, %(document_id)s, %(chunk_index)s)
+INSERT INTO npllm.memories (text, kind, source, embedding, document_id, chunk_index,
+                            interaction_id)
+VALUES (%(text)s, %(kind)s, %(source)s, %(embedding)s, %(document_id)s, %(chunk_index)s,
+        %(interaction_id)s)
 RETURNING id
 """
 _NEAREST = """
@@ -43,6 +55,24 @@ SELECT id, text, kind, source, created_at, use_count, score FROM (
 _MARK_USED = """
 UPDATE npllm.memories SET use_count = use_count + 1, last_used_at = now()
 WHERE id = ANY(%(ids)s)
+"""
+# The exchanges of these interactions: their own, and identical ones merged into an earlier
+# exchange (same question, same answer).
+_FORGET_EXCHANGES = """
+DELETE FROM npllm.memories m
+USING npllm.interactions i
+WHERE i.id = ANY(%(ids)s) AND m.kind = 'exchange'
+  AND (m.interaction_id = i.id
+       OR md5(m.text) = md5('Q: ' || i.question || E'\\nA: '
+                             || regexp_replace(i.answer, '^\\s+|\\s+$', '', 'g')))
+RETURNING i.id, m.id
+"""
+# Earlier corrections of the same question (a second correction replaces the first).
+_EARLIER_CORRECTIONS = """
+DELETE FROM npllm.memories
+WHERE kind = 'fact' AND source LIKE 'correction:%%'
+  AND 1 - (embedding <=> %(embedding)s) >= %(similarity)s
+RETURNING id
 """
 _DELETE = "DELETE FROM npllm.memories WHERE id = %(id)s RETURNING id"
 _COUNT = "SELECT count(*) FROM npllm.memories"
@@ -100,7 +130,11 @@ class MemoryStore:
         self.config = config
 
     def add(
-        self, text: str, source: str = "user", kind: MemoryKind = "note"
+        self,
+        text: str,
+        source: str = "user",
+        kind: MemoryKind = "note",
+        interaction_id: int | None = None,
     ) -> tuple[uuid.UUID | None, list[StoredChunk]]:
         """Store `text` (chunked if long); returns the document id (None for one chunk)."""
         chunks = chunk_text(text, self.config.chunk_chars)
@@ -109,28 +143,80 @@ class MemoryStore:
         vectors = self.embedder.embed(chunks)
         document_id = uuid.uuid4() if len(chunks) > 1 else None
         kind = "document" if document_id and kind == "note" else kind
-        stored = []
         with self.pool.connection() as conn, conn.transaction():
-            for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True)):
-                nearest = conn.execute(_NEAREST, {"embedding": vector}).fetchone()
-                if nearest is not None and nearest[1] >= self.config.dedup_similarity:
-                    conn.execute(_MERGE, {"id": nearest[0]})
-                    stored.append(StoredChunk(int(nearest[0]), index, merged=True))
-                    continue
-                row = conn.execute(
-                    _INSERT,
-                    {
-                        "text": chunk,
-                        "kind": kind,
-                        "source": source,
-                        "embedding": vector,
-                        "document_id": document_id,
-                        "chunk_index": index,
-                    },
-                ).fetchone()
-                assert row is not None  # INSERT ... RETURNING always returns the row
-                stored.append(StoredChunk(int(row[0]), index, merged=False))
+            stored = [
+                self._store(conn, chunk, vector, kind, source, document_id, index, interaction_id)
+                for index, (chunk, vector) in enumerate(zip(chunks, vectors, strict=True))
+            ]
         return document_id, stored
+
+    def _store(
+        self,
+        conn: Any,
+        text: str,
+        vector: np.ndarray,
+        kind: str,
+        source: str,
+        document_id: uuid.UUID | None,
+        index: int,
+        interaction_id: int | None,
+        merge: bool = True,
+    ) -> StoredChunk:
+        """One chunk: merged into a near-duplicate (when `merge`), else inserted."""
+        if merge:
+            nearest = conn.execute(_NEAREST, {"embedding": vector}).fetchone()
+            if nearest is not None and nearest[1] >= self.config.dedup_similarity:
+                conn.execute(_MERGE, {"id": nearest[0]})
+                return StoredChunk(int(nearest[0]), index, merged=True)
+        row = conn.execute(
+            _INSERT,
+            {
+                "text": text,
+                "kind": kind,
+                "source": source,
+                "embedding": vector,
+                "document_id": document_id,
+                "chunk_index": index,
+                "interaction_id": interaction_id,
+            },
+        ).fetchone()
+        if row is None:  # INSERT ... RETURNING returns its row unless the server failed
+            raise StorageError("the database did not return the new memory's id")
+        return StoredChunk(int(row[0]), index, merged=False)
+
+    def correct(
+        self, conn: Any, interaction_id: int, question: str, corrected: str
+    ) -> dict[str, list[int]]:
+        """The user corrected the answer of `interaction_id` (inside the caller's
+        transaction): its exchange memory goes, earlier corrections of the same question go,
+        and "Q: question / A: corrected" is stored as a fact. Ids removed and added."""
+        text = f"Q: {question.strip()}\nA: {corrected.strip()}"
+        vector = self.embedder.embed([text])[0]
+        removed = self.forget_exchanges(conn, [interaction_id]).get(interaction_id, [])
+        rows = conn.execute(
+            _EARLIER_CORRECTIONS,
+            {"embedding": vector, "similarity": self.config.dedup_similarity},
+        ).fetchall()
+        removed += [int(r[0]) for r in rows]
+        fact = self._store(
+            conn, text, vector, "fact", f"correction:{interaction_id}", None, 0,
+            interaction_id, merge=False,
+        )  # fmt: skip
+        return {"removed": removed, "added": [fact.id]}
+
+    @staticmethod
+    def forget_exchanges(conn: Any, interaction_ids: list[int]) -> dict[int, list[int]]:
+        """Remove the exchange memories of these answers (inside the caller's transaction):
+        they are not retrieved any more. interaction id → memory ids removed (only those
+        that had one)."""
+        if not interaction_ids:
+            return {}
+        removed: dict[int, list[int]] = {}
+        for interaction_id, memory_id in conn.execute(
+            _FORGET_EXCHANGES, {"ids": interaction_ids}
+        ).fetchall():
+            removed.setdefault(int(interaction_id), []).append(int(memory_id))
+        return removed
 
     def search(
         self, embedding: np.ndarray, k: int | None = None, min_score: float | None = None
@@ -146,6 +232,15 @@ class MemoryStore:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(_SEARCH, params).fetchall()
         return [Recalled(**row) for row in rows]
+
+    def relevant(self, embedding: np.ndarray) -> list[Recalled]:
+        """What the awake path puts into working memory: the top-k at or above
+        ``memory.min_similarity`` and within ``memory.relevance_margin`` of the best hit."""
+        found = self.search(embedding)
+        if not found:
+            return []
+        floor = found[0].score - self.config.relevance_margin
+        return [m for m in found if m.score >= floor]
 
     def mark_used(self, ids: list[int]) -> None:
         if ids:

@@ -568,6 +568,7 @@ def sleep(
         ),
     ] = False,
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    trigger: Annotated[str, typer.Option("--trigger", hidden=True)] = "manual",
 ) -> None:
     """Consolidate what was learned: sample the replay buffer, train adapters (MAS), gate,
     publish. With the daemon running, --now makes it start its sleep worker (a separate,
@@ -594,7 +595,7 @@ def sleep(
                 )
                 return
             raise typer.Exit(_follow(client, started["latest_cycle"]))
-    _run_cycle_here(ctx, seed, worker)
+    _run_cycle_here(ctx, seed, worker, trigger)
 
 
 def _follow(client: Any, after: int | None) -> int:
@@ -662,7 +663,7 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
     )
 
 
-def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
+def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool, trigger: str) -> None:
     import time
 
     from consolidation.cycle import refuse_if_running, run_cycle
@@ -771,7 +772,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool) -> None:
                 f"[{time.perf_counter() - started:6.1f} s] {p}", err=True
             ),
             control=control,
-            trigger="scheduled" if worker else "forced",
+            trigger=trigger,
             cerebellum=cerebellum,
             publish_modulator=publish_modulator,
         )

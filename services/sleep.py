@@ -38,6 +38,9 @@ from services.idle import IdleReading
 
 State = Literal["awake", "drowsy", "asleep", "waking"]
 Action = Literal["start", "pause", "resume", "stop"]
+# Why a cycle started, as recorded in npllm.sleep_cycles.trigger: `npllm sleep --now`, the
+# configured sleep window with an idle machine, or an idle machine with the window "any".
+Trigger = Literal["manual", "scheduled", "idle"]
 
 DROWSY_S = 60.0  # the idle conditions must hold this long before a cycle starts
 RESUME_AFTER_S = 10.0  # quiet time after a request before training resumes
@@ -94,6 +97,7 @@ class SleepStateMachine:
         self.new_interactions = 0
         self._since: datetime = clock()  # when the current state began
         self._forced = False
+        self.trigger: Trigger = "manual"  # why the current (or last) cycle started
 
     # ---- inputs ------------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class SleepStateMachine:
         if self._forced:
             if self.in_flight:
                 return None
+            self.trigger = "manual"
             return self._go("asleep", "asked to sleep now", "start")
         blocker = self._blocker(now, reading)
         if self.state == "awake":
@@ -156,6 +161,7 @@ class SleepStateMachine:
             self._go("awake", blocker)
             return None
         if (now - self._since).total_seconds() >= DROWSY_S:
+            self.trigger = "idle" if self.config.window_start == "any" else "scheduled"
             return self._go("asleep", "idle long enough", "start")
         return None
 
@@ -229,8 +235,21 @@ class Sleeper:
         self.worker = None
         self.pause_file.unlink(missing_ok=True)
         self.stop_file.unlink(missing_ok=True)
-        reason = "the cycle finished" if self.last_exit == 0 else "the cycle failed"
-        self.machine.on_cycle_done(f"{reason} (worker exit {self.last_exit})")
+        if self.machine.state in ("asleep", "waking"):  # not already seen finished (observe)
+            reason = "the cycle finished" if self.last_exit == 0 else "the cycle failed"
+            self.machine.on_cycle_done(f"{reason} (worker exit {self.last_exit})")
+
+    def observe(self, cycles: list[dict[str, Any]]) -> None:
+        """The latest npllm.sleep_cycles rows, as a status query read them: when the
+        worker's cycle is recorded as finished, the daemon is awake again at once, not only
+        once the worker process has exited and a tick noticed it. (The worker is still
+        reaped later; a new cycle waits for it, see force_when_free.)"""
+        worker = self.worker
+        if worker is None or self.machine.state not in ("asleep", "waking"):
+            return
+        mine = next((c for c in cycles if c.get("pid") == worker.pid), None)
+        if mine is not None and mine["status"] != "running":
+            self.machine.on_cycle_done(f"cycle {mine['id']} {mine['status']}")
 
     def on_request(self) -> None:
         self._reap()
@@ -291,6 +310,7 @@ class Sleeper:
             self.pause_file.unlink(missing_ok=True)
             self.stop_file.unlink(missing_ok=True)
             seed = [] if self.seed is None else ["--seed", str(self.seed)]
+            seed += ["--trigger", self.machine.trigger]
             # The worker gets its own copy of the descriptor; the daemon closes its own.
             with (self.settings.data_path / "sleep-worker.log").open("ab") as log_file:
                 self.worker = subprocess.Popen(
