@@ -54,18 +54,18 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from consolidation import datasets, mas, routing
-from consolidation.trainer import chat_loss, encode_example, train_adapter, yielding
+from consolidation import datasets, mas, routing, topics
+from consolidation.trainer import chat_loss, encode_example, plan_budget, train_adapter, yielding
+from consolidation.training import finish_run, record_version, split_held_out, start_run
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
-from npllm.errors import ConsolidationError, ModelError, NotFoundError
+from npllm.errors import AdapterError, ConsolidationError, ModelError, NotFoundError, NpllmError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
 
 Publish = Callable[[str, Path, "np.ndarray | None", dict[str, Any]], Any]
 PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
-MIN_HELD_OUT = 10
 
 _START = """
 INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before, pid, resumed_from)
@@ -151,43 +151,20 @@ def run_cycle(
     try:
         if plan:
             phase(f"resuming cycle {plan['cycle']}")
-            items = replay.fetch(pool, plan["items"])
-            by_id = {i.interaction_id: i for i in items}
-            groups = {
-                name: (
-                    [by_id[k] for k in g["items"] if k in by_id],
-                    np.asarray(g["centroid"], np.float32),
-                )
-                for name, g in plan["groups"].items()
-            }
             metrics["resumed_from"] = plan["cycle"]
         else:
             phase("sampling")
-            items = [
-                i
-                for i in replay.sample(pool, settings.sleep.max_samples, seed=seed)
-                if i.corrected_answer is not None or i.reward > 0
-            ]
-            groups = _route(items, registry, embedder, settings, cycle)
-            wanted = _datasets_to_train(pool, registry, set(groups))
-            for name, d in wanted.items():
-                if name not in groups:  # trained from its dataset alone
-                    centroid = datasets.dataset_centroid(pool, embedder, d["dataset"])
-                    groups[name] = ([], centroid)
-            plan = {
-                "seed": seed,
-                "base_sha256": sha_before,
-                "items": [i.interaction_id for i in items],
-                "groups": {
-                    name: {"items": [i.interaction_id for i in g], "centroid": c.tolist()}
-                    for name, (g, c) in groups.items()
-                },
-                "datasets": wanted,
-                "done": {},
-            }
+            plan = _plan(settings, pool, embedder, registry, seed, cycle)
+            plan["base_sha256"] = sha_before
         plan["cycle"] = cycle
+        metrics["topics"] = {name: g["why"] for name, g in plan["groups"].items()}
         _write_plan(staging, plan)
-        for name, (group, centroid) in groups.items():
+        everything = replay.fetch(
+            pool, [k for g in plan["groups"].values() for k in g["items"] + g["rehearse"]]
+        )
+        by_id = {i.interaction_id: i for i in everything}
+        items = [by_id[k] for k in plan["items"] if k in by_id]  # tonight's new samples
+        for name, g in plan["groups"].items():
             if name in plan["done"]:  # finished before the cycle it continues was killed
                 metrics["adapters"][name] = plan["done"][name]
                 continue
@@ -196,8 +173,9 @@ def run_cycle(
                 llm,
                 registry,
                 name,
-                group,
-                centroid,
+                [by_id[k] for k in g["items"] if k in by_id],
+                [by_id[k] for k in g["rehearse"] if k in by_id],
+                np.asarray(g["centroid"], np.float32),
                 cycle,
                 publish,
                 phase,
@@ -221,8 +199,11 @@ def run_cycle(
             )
             plan["modulator"] = metrics["modulator"]
             _write_plan(staging, plan)
-        if items:
-            replay.mark_sampled(pool, [i.interaction_id for i in items], cycle)
+        learned = {
+            k: name for name, g in plan["groups"].items() for k in g["items"] + g["rehearse"]
+        }
+        if learned:
+            replay.mark_sampled(pool, list(learned), cycle, learned)
         status = "succeeded"
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -285,6 +266,27 @@ def cycle_running(pool: Any, cycle: int) -> bool:
     return any(c == cycle for c, _ in _running(pool))
 
 
+_RECENT = """
+SELECT id, trigger, status, phase, samples, resumed_from, pid, started_at, finished_at, error,
+       metrics
+FROM npllm.sleep_cycles ORDER BY id DESC LIMIT %(limit)s
+"""
+
+
+def recent_cycles(pool: Any, limit: int = 5) -> list[dict[str, Any]]:
+    """The latest npllm.sleep_cycles rows, newest first (dead workers' cycles are marked
+    interrupted first); timestamps as ISO text."""
+    mark_interrupted(pool)
+    with pool.connection() as conn:
+        cur = conn.execute(_RECENT, {"limit": limit})
+        names = [c.name for c in cur.description or []]
+        cycles = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for c in cycles:
+        for key in ("started_at", "finished_at"):
+            c[key] = c[key].isoformat() if c[key] else None
+    return cycles
+
+
 def mark_interrupted(pool: Any) -> list[int]:
     """Mark cycles whose worker died (kill -9, crash, power loss) as interrupted."""
     dead = [cycle for cycle, pid in _running(pool) if not _alive(pid)]
@@ -294,37 +296,103 @@ def mark_interrupted(pool: Any) -> list[int]:
     return dead
 
 
-def _route(
-    items: list[replay.ReplayItem],
-    registry: Registry,
-    embedder: Any,
-    settings: Settings,
-    cycle: int,
-) -> dict[str, tuple[list[replay.ReplayItem], np.ndarray]]:
-    """adapter name → (its samples, its centroid)."""
-    if not items:
-        return {}
-    vectors = np.asarray(embedder.embed([i.question for i in items]))  # (items, dim)
-    # Stale adapters (trained for another base) are rebuilt from the samples they attract:
-    # they have no current version for this base, so they are trained afresh.
-    active = [(v.adapter, c) for v, c in registry.active() if c is not None]
-    active += registry.stale_centroids()
-    groups: dict[str, list[int]] = {}
-    for k, item in enumerate(items):
-        best, score = None, settings.modulator.none_similarity
-        for name, centroid in active:
-            similarity = float(vectors[k] @ centroid)
-            if similarity >= score:
-                best, score = name, similarity
-        if best is None:
-            tag = item.tags[0] if item.tags else "general"
-            best = f"auto-{tag}-c{cycle}"
-        groups.setdefault(best, []).append(k)
-    routed = {}
-    for name, rows in groups.items():
-        mean = vectors[rows].mean(axis=0)
-        routed[name] = ([items[k] for k in rows], mean / max(float(np.linalg.norm(mean)), 1e-8))
-    return routed
+def learnable(item: replay.ReplayItem) -> bool:
+    """What a night can learn from: the user's correction, or an answer they liked."""
+    return item.corrected_answer is not None or item.reward > 0
+
+
+def _plan(
+    settings: Settings, pool: Any, embedder: Any, registry: Registry, seed: int, cycle: int
+) -> dict[str, Any]:
+    """Tonight's work, written to plan.json before training: the new samples, the adapter
+    each joins (consolidation/topics.py) with what it rehearses, and the datasets to learn."""
+    sleep = settings.sleep
+    new = [i for i in replay.sample(pool, sleep.max_samples, seed=seed, new_only=True)
+           if learnable(i)]  # fmt: skip
+    centroids: dict[str, np.ndarray] = {v.adapter: c for v, c in registry.active() if c is not None}
+    # Stale adapters (trained for another base) are rebuilt from the samples they attract.
+    centroids.update(registry.stale_centroids())
+    router, _ = modulator.routing(settings, pool, centroids)
+    listing = {a["name"]: a for a in registry.listing()}
+    vectors = np.asarray(embedder.embed([i.question for i in new])) if new else None
+    assigned = (
+        topics.assign(
+            new,
+            vectors,
+            router,
+            centroids,
+            cap=registry.cap or len(centroids) + len(new),
+            population=len(registry.population()),
+            min_support=sleep.new_topic_min_samples,
+            similarity=settings.modulator.none_similarity,
+            taken={*listing, CEREBELLUM},
+        )
+        if vectors is not None
+        else {}
+    )
+    groups: dict[str, dict[str, Any]] = {}
+    for name, topic in assigned.items():
+        rehearse: list[replay.ReplayItem] = []
+        budget = min(math.ceil(sleep.rehearsal_ratio * len(topic.items)), sleep.max_rehearsal)
+        if not topic.new and budget:
+            rehearse = [
+                i
+                for i in replay.sample(pool, budget, seed=seed, adapter=name,
+                                       exclude=[t.interaction_id for t in topic.items])
+                if learnable(i)
+            ]  # fmt: skip
+        groups[name] = {
+            "items": [i.interaction_id for i in topic.items],
+            "rehearse": [i.interaction_id for i in rehearse],
+            "centroid": _centroid(pool, topic, centroids.get(name), listing.get(name)).tolist(),
+            "why": topic.why,
+            "new": topic.new,
+        }
+    wanted = _datasets_to_train(pool, registry, set(groups))
+    skipped = {}
+    for name, d in list(wanted.items()):
+        if name in groups:
+            continue
+        try:  # trained from its dataset alone: a new adapter must fit under the cap
+            registry.check_capacity(name)
+        except AdapterError as exc:
+            skipped[name] = f"dataset {d['dataset']!r} not learned: {exc}"
+            del wanted[name]
+            continue
+        groups[name] = {
+            "items": [],
+            "rehearse": [],
+            "centroid": datasets.dataset_centroid(pool, embedder, d["dataset"]).tolist(),
+            "why": f"its dataset {d['dataset']!r} is new or changed",
+            "new": name not in listing,
+        }
+    return {
+        "seed": seed,
+        "items": [i.interaction_id for i in new],
+        "groups": groups,
+        "datasets": wanted,
+        "skipped": skipped,
+        "done": {},
+    }
+
+
+def _centroid(
+    pool: Any,
+    topic: topics.Topic,
+    old: np.ndarray | None,
+    adapter: dict[str, Any] | None,
+) -> np.ndarray:
+    """Where the modulator sends questions from now on: the mean of every question the
+    adapter has learned — its earlier ones (the stored centroid, weighted by how many it
+    stands for) and tonight's."""
+    total = np.sum(topic.vectors, axis=0).astype(np.float64)
+    if old is not None:
+        earlier = replay.learned_count(pool, topic.name)
+        if adapter is not None and adapter.get("dataset"):
+            sizes = {d["name"]: d["examples"] for d in datasets.list_datasets(pool)}
+            earlier += sizes.get(adapter["dataset"], 0)
+        total += max(earlier, 1) * old
+    return np.asarray(total / max(float(np.linalg.norm(total)), 1e-8), np.float32)
 
 
 def _cerebellum(
@@ -336,18 +404,22 @@ def _cerebellum(
     phase: Callable[[str], None],
     control: Callable[[], None] | None,
 ) -> dict[str, Any]:
-    """Train the cerebellum on the well-rated samples of every topic (see the module doc)."""
+    """Train the cerebellum on what it is for: the recurring, well-rated answers of every
+    topic — tonight's samples whose question was asked before (novelty at most
+    ``cerebellum.max_novelty``), of quality at least ``cerebellum.min_quality``. A draft
+    model pays for itself on routines; a one-off correction is the adapters' to learn."""
     model, registry = cerebellum
-    chosen = [i for i in items if i.quality >= settings.cerebellum.min_quality]
-    if len(chosen) < settings.cerebellum.min_examples:
+    c = settings.cerebellum
+    chosen = [i for i in items if i.quality >= c.min_quality and i.novelty <= c.max_novelty]
+    if len(chosen) < c.min_examples:
         return {
             "samples": len(chosen),
-            "verdict": f"skipped: {len(chosen)} samples of quality >= "
-            f"{settings.cerebellum.min_quality}, fewer than cerebellum.min_examples = "
-            f"{settings.cerebellum.min_examples}",
+            "verdict": f"skipped: {len(chosen)} recurring samples (novelty <= {c.max_novelty}, "
+            f"quality >= {c.min_quality}), fewer than cerebellum.min_examples = "
+            f"{c.min_examples}",
         }
     return _consolidate(
-        settings, model, registry, CEREBELLUM, chosen, None, cycle, publish, phase, control
+        settings, model, registry, CEREBELLUM, chosen, [], None, cycle, publish, phase, control
     )
 
 
@@ -385,6 +457,7 @@ def _consolidate(
     registry: Registry,
     name: str,
     group: list[replay.ReplayItem],
+    rehearse: list[replay.ReplayItem],
     centroid: np.ndarray | None,
     cycle: int,
     publish: Publish,
@@ -393,27 +466,29 @@ def _consolidate(
     dataset: dict[str, Any] | None = None,
     pool: Any = None,
 ) -> dict[str, Any]:
+    """Train, gate and publish the next version of adapter `name` on tonight's samples
+    (`group`), the earlier ones it rehearses and its dataset (if new or changed)."""
     from peft import PeftModel
 
     training = settings.training
     prompt = settings.memory.system_prompt
-    examples = [item.chat()["messages"] for item in group]
+    taught = [item.chat()["messages"] for item in group + rehearse]
+    imported: list[list[dict[str, str]]] = []
     if dataset is not None:  # the adapter's imported dataset is trained with its samples
         try:
-            imported = datasets.dataset_examples(pool, dataset["dataset"])
+            rows = datasets.dataset_examples(pool, dataset["dataset"])
         except NotFoundError:  # deleted since the cycle was planned
-            imported = []
-        examples += [e["messages"] for e in imported[: settings.sleep.max_samples]]
-    if not examples:
+            rows = []
+        imported = [e["messages"] for e in rows[: settings.sleep.max_samples]]
+    if not taught and not imported:
         return {
             "samples": 0,
             "verdict": f"skipped: dataset {dataset and dataset['dataset']!r} is gone",
         }
-    if len(examples) >= MIN_HELD_OUT:
-        validation = examples[::5]
-        train = [e for k, e in enumerate(examples) if k % 5]
-    else:
-        validation = train = examples
+    # Every correction is trained on (none is held out); a large dataset holds 1 in 5 out.
+    imported_train, held_out = split_held_out(imported, training)
+    train = taught + imported_train
+    validation = held_out or train
     previous = registry.current(name)
     probe = _read_probe(previous)
     omega = _read_omega(previous)
@@ -433,32 +508,48 @@ def _consolidate(
     phase(f"training {name}")
     staging = settings.data_path / "adapters" / ".staging" / f"cycle{cycle}" / name
     shutil.rmtree(staging, ignore_errors=True)
-    result = train_adapter(
-        llm.model,
-        llm.tokenizer,
-        train,
-        training,
-        AdapterShape.from_config(training),
-        staging,
-        prompt,
-        init_from=None if previous is None else previous.path,
-        omega=omega,
-        control=control,
-        checkpoint=staging.parent / f"{name}.checkpoint",
-        on_progress=lambda p: phase(
-            f"training {name} step {p.step}/{p.steps} (loss {p.loss:.3f}, ETA {p.eta_s:.0f} s)"
-        ),
-    )
+    budget = plan_budget(len(train), training, incremental=previous is not None)
+    run_id = start_run(
+        registry.pool, settings, name, len(train), budget, sleep_cycle=cycle,
+        kind="cerebellum" if name == CEREBELLUM else "adapter",
+        dataset=None if dataset is None else dataset["dataset"],
+    )  # fmt: skip
+    try:
+        result = train_adapter(
+            llm.model,
+            llm.tokenizer,
+            train,
+            training,
+            AdapterShape.from_config(training),
+            staging,
+            prompt,
+            init_from=None if previous is None else previous.path,
+            omega=omega,
+            control=control,
+            checkpoint=staging.parent / f"{name}.checkpoint",
+            on_progress=lambda p: phase(
+                f"training {name} step {p.step}/{p.steps} (loss {p.loss:.3f}, ETA {p.eta_s:.0f} s)"
+            ),
+            held_out=held_out or None,
+            recall=range(len(taught)),  # the corrections and liked answers: exactly
+        )
+    except BaseException as exc:
+        finish_run(registry.pool, run_id, None, exc)
+        raise
+    finish_run(registry.pool, run_id, result)
     phase(f"gating {name}")
     candidate = PeftModel.from_pretrained(llm.model, str(staging))
     try:
         after = losses(candidate)
-        samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in train]
+        # What tonight taught is what the next nights must protect; rehearsed samples were
+        # counted in the nights that taught them.
+        new = [item.chat()["messages"] for item in group] + imported_train
+        samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in new]
         new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
     finally:
         candidate.unload()
     mas.save(new_omega, staging / "mas_omega.safetensors")
-    _write_probe(staging / "probe.jsonl", (probe + train)[-PROBE_LIMIT:])
+    _write_probe(staging / "probe.jsonl", (probe + new)[-PROBE_LIMIT:])
 
     improved = after[0] <= before[0] * (1 - training.gate_min_improvement)
     retention_before = None if before[1] is None else math.exp(-before[1])
@@ -471,13 +562,14 @@ def _consolidate(
     trained = result.metrics()
     report: dict[str, Any] = {
         "samples": len(group),
+        "rehearsed": len(rehearse),
         **(
             {}
             if dataset is None
             else {
                 "dataset": dataset["dataset"],
                 "dataset_sha256": dataset["sha256"],
-                "dataset_examples": len(examples) - len(group),
+                "dataset_examples": len(imported),
             }
         ),
         "train": len(train),
@@ -485,33 +577,51 @@ def _consolidate(
         "previous_version": None if previous is None else previous.version,
         **{
             k: trained[k]
-            for k in ("losses", "seconds", "tokens", "tokens_per_s", "resumed_at_step")
-        },
+            for k in (
+                "steps",
+                "steps_done",
+                "budget",
+                "stopped",
+                "recalled",
+                "losses",
+                "seconds",
+                "tokens",
+                "tokens_per_s",
+                "resumed_at_step",
+            )
+        },  # fmt: skip
         "validation_loss": {"before": round(before[0], 5), "after": round(after[0], 5)},
         "retention_score": {"before": retention_before, "after": retention_after},
         "base_unchanged": result.base_sha256_before == result.base_sha256_after,
         "sleep_cycle": cycle,
     }
-    if improved and retained:
+    phase(f"trained {name}: {result.stop_reason}")
+    reason = []
+    if not improved:
+        reason.append(
+            f"validation loss {after[0]:.4f} is not {training.gate_min_improvement:.0%} "
+            f"below {before[0]:.4f}"
+        )
+    if not retained:
+        reason.append(
+            f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
+            f"(tolerance {training.retention_tolerance})"
+        )
+    if not reason:
         phase(f"publishing {name}")
-        report["published"] = publish(name, staging, centroid, report)
-        report["verdict"] = "published"
+        try:
+            report["published"] = publish(name, staging, centroid, report)
+            report["verdict"] = "published"
+            record_version(registry.pool, run_id, int(report["published"]))
+        except NpllmError as exc:  # refused by the daemon (cap, smoke test, ...): kept as is
+            report["verdict"] = f"not published: {exc}"
     else:
-        reason = []
-        if not improved:
-            reason.append(
-                f"validation loss {after[0]:.4f} is not {training.gate_min_improvement:.0%} "
-                f"below {before[0]:.4f}"
-            )
-        if not retained:
-            reason.append(
-                f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
-                f"(tolerance {training.retention_tolerance})"
-            )
-        kept = registry.add_version(name, staging, centroid=centroid, metrics=report)
+        kept = registry.add_version(name, staging, centroid=centroid, metrics=report,
+                                    check_capacity=False)  # fmt: skip
         registry.refuse(kept, "; ".join(reason), {})
         report["verdict"] = "rejected: " + "; ".join(reason)
         report["candidate_version"] = kept.version
+        record_version(registry.pool, run_id, kept.version)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(staging.parent / f"{name}.checkpoint", ignore_errors=True)
     return report

@@ -235,7 +235,9 @@ def penalty(model: Any, adapter: str, omega: Matrices, theta_star: Factors) -> t
     """Σ Ω·(ΔW − ΔW*)² over every adapted layer (multiply by λ in the loss)."""
     terms = [
         _layer_penalty(
-            omega[name], module.lora_A[adapter].weight, module.lora_B[adapter].weight,
+            omega[name],
+            module.lora_A[adapter].weight,
+            module.lora_B[adapter].weight,
             theta_star[name],
         )  # fmt: skip
         for name, module in lora_modules(model, adapter).items()

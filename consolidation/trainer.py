@@ -1,13 +1,32 @@
-"""One LoRA trainer for every adapter (and, later, the sleep cycle).
+"""One LoRA trainer for every adapter, the cerebellum and `npllm adapter train`.
 
 Reads like a training script top to bottom: tokenise chat examples (loss on the
 final assistant turn only), wrap the frozen base in a fresh LoRA adapter of the
-shared shape, AdamW with gradient accumulation, report progress, save the adapter
-(safetensors, fp32). The base model's own weights are hashed before and after to
-prove they were not touched.
+shared shape (or continue a version), AdamW with gradient accumulation, report progress,
+stop on a measured criterion, save the adapter (safetensors, fp32). The base model's own
+weights are hashed before and after to prove they were not touched.
 
-Steps: ceil(examples / (batch_size × grad_accumulation)) optimizer steps per epoch,
-times `epochs` (training.* in config).
+**The budget** (:func:`plan_budget`) comes from the data: ceil(examples / (batch_size ×
+grad_accumulation)) optimizer steps per pass, times ``training.epochs`` for an adapter
+trained afresh or ``training.incremental_epochs`` for the next version of one (its
+earlier data is rehearsed, not learned anew: seed 003's initial vs incremental), at
+least ``training.min_steps`` (a single correction is one example: it still needs a dozen
+steps to stick) and at most ``training.max_steps``.
+
+**Stopping.** Every ``training.recall_check_every`` steps the taught answers (the
+examples in `recall`; all of them by default) are checked for exact recall: the greedy
+choice at every answer position, teacher-forced, is the answer's own token, end of turn
+included — exactly when greedy decoding would reproduce the answer from that prompt. With
+a held-out set (an imported dataset of ``training.held_out_min_examples`` or more), its
+loss is measured at the same checks and must also have stopped improving for
+``training.patience`` checks (the best weights are kept). Training stops at the first
+check where both hold, else when the budget is spent; :attr:`TrainResult.stop_reason`
+says which.
+
+**The anchor** (``training.anchor_weight``): KL(base ‖ adapted) of the next-token
+distributions at the prompt positions. The base is frozen, so its distributions are
+computed once per example before the first step and reused (up to ``ANCHOR_CACHE_BYTES``;
+past that, recomputed per batch with the adapter disabled).
 """
 
 from __future__ import annotations
@@ -31,36 +50,57 @@ from npllm.config import TrainingConfig
 from npllm.llm import weights_sha256
 
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
+ANCHOR_CACHE_BYTES = 512 * 1024 * 1024  # base distributions kept for the anchor
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The most optimizer steps a run may take, and how that number was reached."""
+
+    steps: int
+    reason: str
 
 
 @dataclass(frozen=True)
 class Progress:
     step: int
-    steps: int
+    steps: int  # the budget: the run may stop before
     loss: float
     elapsed_s: float
     resumed_at: int = 0  # steps done before this process started (from a checkpoint)
 
     @property
     def eta_s(self) -> float:
+        """Time left if the whole budget is spent (an early stop comes sooner)."""
         done = self.step - self.resumed_at
         return self.elapsed_s / done * (self.steps - self.step) if done > 0 else 0.0
 
 
 @dataclass
 class TrainResult:
-    steps: int
+    steps: int  # the budget
     examples: int
-    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    losses: list[float] = field(default_factory=list)  # one per optimizer step taken
     seconds: float = 0.0
     base_sha256_before: str = ""
     base_sha256_after: str = ""
     resumed_at: int = 0  # optimizer steps done before (from a checkpoint), 0 for a fresh run
     tokens: int = 0  # tokens (prompt + answer, no padding) this process trained on
+    budget_reason: str = ""
+    stop_reason: str = ""
+    recalled: int | None = None  # taught answers reproduced exactly at the last check
+    to_recall: int = 0
+    held_out_loss: float | None = None  # best held-out loss, with a held-out set
 
     def metrics(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
+            "steps_done": len(self.losses),
+            "budget": self.budget_reason,
+            "stopped": self.stop_reason,
+            "recalled": self.recalled,
+            "to_recall": self.to_recall,
+            "held_out_loss": self.held_out_loss,
             "resumed_at_step": self.resumed_at,
             "tokens": self.tokens,
             "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None,
@@ -74,10 +114,19 @@ class TrainResult:
         }
 
 
-def plan_steps(examples: int, config: TrainingConfig) -> int:
-    """Optimizer steps for a dataset of `examples` (see the module docstring)."""
+def plan_budget(examples: int, config: TrainingConfig, incremental: bool = False) -> Budget:
+    """The step budget for `examples` training examples (see the module docstring)."""
     per_step = config.batch_size * config.grad_accumulation
-    return max(1, math.ceil(examples / per_step)) * config.epochs
+    epochs = config.incremental_epochs if incremental else config.epochs
+    from_data = max(1, math.ceil(examples / per_step)) * epochs
+    steps = min(max(from_data, config.min_steps), config.max_steps)
+    kind = "incremental" if incremental else "initial"
+    reason = f"{kind}: ceil({examples} / {per_step}) x {epochs} epochs = {from_data}"
+    if steps > from_data:
+        reason += f", raised to training.min_steps = {steps}"
+    elif steps < from_data:
+        reason += f", capped at training.max_steps = {steps}"
+    return Budget(steps, reason)
 
 
 def encode_example(
@@ -137,18 +186,86 @@ def chat_loss(
     return sum(losses) / max(len(losses), 1)
 
 
+def _prompt_positions(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool: the positions that predict a prompt token (the anchor's)."""
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, :-1] = (labels[:, 1:] == IGNORE) & mask[:, 1:].bool()
+    return keep
+
+
+@torch.no_grad()
+def _base_distributions(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> list[torch.Tensor] | None:
+    """The frozen base's log-probabilities at each example's prompt positions, computed once
+    (None when they would not fit in ANCHOR_CACHE_BYTES: then computed per batch)."""
+    vocab = int(model.config.vocab_size)
+    positions = sum(max(0, sum(1 for y in labels[1:] if y == IGNORE)) for _, labels in encoded)
+    if positions * vocab * 2 > ANCHOR_CACHE_BYTES:
+        return None
+    out = []
+    for pair in encoded:
+        ids, labels, mask = _batch([pair], pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (1, seq, vocab)
+        keep = _prompt_positions(labels, mask)
+        out.append(torch.log_softmax(logits[keep], dim=-1).to(torch.bfloat16))  # (n, vocab)
+    return out
+
+
 def _anchor(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    base: list[torch.Tensor] | None,
 ) -> torch.Tensor:
     """Mean KL(base ‖ adapted) of the next-token distributions at the prompt positions
-    (system prompt and question: what the adapter is not trained to change)."""
-    with torch.no_grad(), model.disable_adapter():
-        base = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
-    keep = torch.zeros_like(mask, dtype=torch.bool)  # (batch, seq): predicts a prompt token
-    keep[:, :-1] = (labels[:, 1:] == IGNORE) & mask[:, 1:].bool()
+    (system prompt and question: what the adapter is not trained to change). `base`: the
+    batch's cached base log-probabilities, else they are computed here."""
+    keep = _prompt_positions(labels, mask)
     log_q = torch.log_softmax(logits[keep], dim=-1)  # (n, vocab)
-    log_p = torch.log_softmax(base[keep], dim=-1)
+    if base is None:
+        with torch.no_grad(), model.disable_adapter():
+            full = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
+        log_p = torch.log_softmax(full[keep], dim=-1)
+    else:
+        log_p = torch.cat(base).float()  # row-major, as logits[keep]
     return torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+
+
+@torch.no_grad()
+def reproduced(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, batch: int = 8
+) -> list[bool]:
+    """Per example: is every answer token (end of turn included) the model's greedy choice,
+    teacher-forced? Exactly when greedy decoding reproduces the answer from its prompt."""
+    was_training = model.training
+    model.eval()
+    out: list[bool] = []
+    for start in range(0, len(encoded), batch):
+        ids, labels, mask = _batch(encoded[start : start + batch], pad_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
+        guess = logits[:, :-1].argmax(-1)  # (batch, seq - 1): the prediction of token t + 1
+        target = labels[:, 1:]
+        wrong = (guess != target) & (target != IGNORE)
+        out += [not bool(row.any()) for row in wrong]
+    model.train(was_training)
+    return out
+
+
+def _held_out_loss(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> float:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        losses = []
+        for pair in encoded:
+            ids, labels, mask = _batch([pair], pad_id)
+            losses.append(float(model(input_ids=ids, attention_mask=mask, labels=labels).loss))
+    model.train(was_training)
+    return sum(losses) / max(len(losses), 1)
 
 
 @contextlib.contextmanager
@@ -197,6 +314,7 @@ def _save_checkpoint(
     rng: random.Random,
     order: list[int],
     result: TrainResult,
+    watch: _Watch,
 ) -> None:
     """Write step-NNNNNN/ beside the others through a temporary name, then drop the older
     ones: a kill at any moment leaves at least one complete checkpoint."""
@@ -212,6 +330,7 @@ def _save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "order": list(order),
         "losses": list(result.losses),
+        "watch": watch.state(),
     }
     torch.save(state, tmp / "state.pt")
     for path in (tmp / "state.pt", *(tmp / "adapter").iterdir()):
@@ -222,6 +341,29 @@ def _save_checkpoint(
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class _Watch:
+    """The stopping criterion's memory across checks: the best held-out loss so far, at which
+    step, its weights, and how many checks have not improved on it."""
+
+    best: float = math.inf
+    best_step: int = 0
+    stale: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale,
+                "weights": self.weights}  # fmt: skip
+
+    @classmethod
+    def of(cls, state: dict[str, Any] | None) -> _Watch:
+        return cls(**state) if state else cls()
+
+
+def _trainable(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def train_adapter(
@@ -239,12 +381,18 @@ def train_adapter(
     omega: mas.Matrices | None = None,
     control: Callable[[], None] | None = None,
     checkpoint: Path | None = None,
+    held_out: list[list[dict[str, str]]] | None = None,
+    recall: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
     A fresh adapter, or — with `init_from` — the next version of an existing one. With
     `omega` (accumulated MAS importance of earlier cycles) the loss adds
     ``training.mas_lambda · Σ Ω·(ΔW − ΔW*)²``, ΔW* being the adapter at the start.
+    The budget and the stopping criterion are the module docstring's; `recall` lists the
+    examples that must be reproduced exactly (default: all of them when there is no
+    `held_out` set, none when there is), `held_out` the examples whose loss must stop
+    improving.
     `control` is called before every micro-batch and between the tensors of the base
     weights hash (it may wait, or raise to stop; `yielding` calls it inside the model too).
     With `checkpoint` (a directory) the run saves its state there every
@@ -256,9 +404,15 @@ def train_adapter(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
-    steps = plan_steps(len(encoded), config)
-    result = TrainResult(steps=steps, examples=len(encoded))
+    checked = [encode_example(tokenizer, m, system_prompt, max_len) for m in held_out or []]
+    must = list(range(len(encoded))) if recall is None and not checked else list(recall or [])
+    budget = plan_budget(len(encoded), config, incremental=init_from is not None)
+    steps = budget.steps
+    result = TrainResult(steps=steps, examples=len(encoded), budget_reason=budget.reason)
+    result.to_recall = len(must)
     result.base_sha256_before = weights_sha256(model, control)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    base = _base_distributions(model, encoded, pad_id) if config.anchor_weight else None
     lora = LoraConfig(
         r=shape.r,
         lora_alpha=shape.alpha,
@@ -280,17 +434,22 @@ def train_adapter(
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order: list[int] = []
     first = 1
+    watch = _Watch()
     if saved is not None:
         state = torch.load(saved / "state.pt", weights_only=False)  # written by this code
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         order, result.losses = state["order"], state["losses"]
+        watch = _Watch.of(state.get("watch"))
         result.resumed_at = first = state["step"]
         first += 1
+    # Held-out losses are worth measuring about once a pass; recall is cheap to check.
+    every = config.recall_check_every
+    if checked and every:
+        every = max(every, math.ceil(len(encoded) / (config.batch_size * config.grad_accumulation)))
     started = time.perf_counter()
     try:
         for step in range(first, steps + 1):
@@ -307,8 +466,9 @@ def train_adapter(
                 out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
                 loss = out.loss
                 if config.anchor_weight:
+                    cached = None if base is None else [base[i] for i in picked]
                     loss = loss + config.anchor_weight * _anchor(
-                        peft_model, ids, mask, labels, out.logits
+                        peft_model, ids, mask, labels, out.logits, cached
                     )
                 if omega and theta_star is not None:
                     loss = loss + config.mas_lambda * mas.penalty(
@@ -319,15 +479,26 @@ def train_adapter(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             result.losses.append(step_loss)
-            every = config.checkpoint_every
-            if checkpoint and every and step % every == 0 and step < steps:
-                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result)
+            if every and (step % every == 0 or step == steps):
+                if _should_stop(peft_model, encoded, checked, must, pad_id, config, step,
+                                steps, watch, result):  # fmt: skip
+                    break
+            elif step == steps:
+                result.stop_reason = f"budget spent: {steps} of {steps} steps"
+            every_ckpt = config.checkpoint_every
+            if checkpoint and every_ckpt and step % every_ckpt == 0 and step < steps:
+                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch)
             if on_progress:
                 on_progress(
                     Progress(
                         step, steps, step_loss, time.perf_counter() - started, result.resumed_at
                     )
                 )
+        if watch.weights is not None and checked:  # the best held-out weights are kept
+            with torch.no_grad():
+                for name, param in peft_model.named_parameters():
+                    if name in watch.weights:
+                        param.copy_(watch.weights[name])
         peft_model.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir), safe_serialization=True)
@@ -336,3 +507,49 @@ def train_adapter(
     finally:
         peft_model.unload()  # done, stopped or failed: the caller's model is as it was
     return result
+
+
+def _should_stop(
+    model: Any,
+    encoded: list[tuple[list[int], list[int]]],
+    checked: list[tuple[list[int], list[int]]],
+    must: list[int],
+    pad_id: int,
+    config: TrainingConfig,
+    step: int,
+    steps: int,
+    watch: _Watch,
+    result: TrainResult,
+) -> bool:
+    """One check of the stopping criterion (module docstring); sets result.stop_reason when
+    it says stop or when the budget is spent."""
+    recalled = True
+    if must:
+        exact = reproduced(model, [encoded[i] for i in must], pad_id, config.batch_size * 2)
+        result.recalled = sum(exact)
+        recalled = all(exact)
+    plateau = True
+    if checked:
+        loss = _held_out_loss(model, checked, pad_id)
+        if loss < watch.best:
+            watch.best, watch.best_step, watch.stale = loss, step, 0
+            watch.weights = _trainable(model)
+        else:
+            watch.stale += 1
+        result.held_out_loss = round(watch.best, 5)
+        plateau = watch.stale >= config.patience
+    if recalled and plateau and (must or checked):
+        parts = []
+        if must:
+            parts.append(f"every taught answer ({len(must)}) reproduced exactly")
+        if checked:
+            parts.append(
+                f"held-out loss stopped improving (best {watch.best:.4f} at step "
+                f"{watch.best_step}, kept)"
+            )
+        result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(parts)
+        return True
+    if step == steps:
+        got = f" ({result.recalled} of {len(must)} taught answers reproduced)" if must else ""
+        result.stop_reason = f"budget spent: {steps} of {steps} steps{got}"
+    return False

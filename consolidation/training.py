@@ -19,20 +19,23 @@ from psycopg.types.json import Jsonb
 
 from consolidation.datasets import check_name as check_dataset_name
 from consolidation.datasets import dataset_centroid, dataset_examples
-from consolidation.trainer import Progress, plan_steps, train_adapter
+from consolidation.trainer import Budget, Progress, TrainResult, plan_budget, train_adapter
 from npllm.adapters import AdapterShape, BaseIdentity, check_name
-from npllm.config import Settings
+from npllm.config import Settings, TrainingConfig
 from npllm.errors import ConsolidationError
 
 _START = """
-INSERT INTO npllm.training_runs (kind, adapter, dataset, examples, steps, metrics)
-VALUES ('adapter', %(adapter)s, %(dataset)s, %(examples)s, %(steps)s, %(metrics)s)
+INSERT INTO npllm.training_runs (kind, adapter, dataset, examples, steps, budget, metrics,
+                                 sleep_cycle)
+VALUES (%(kind)s, %(adapter)s, %(dataset)s, %(examples)s, %(steps)s, %(budget)s, %(metrics)s,
+        %(sleep_cycle)s)
 RETURNING id
 """
 _FINISH = """
 UPDATE npllm.training_runs
 SET status = %(status)s, metrics = metrics || %(metrics)s, error = %(error)s,
-    base_sha256_before = %(before)s, base_sha256_after = %(after)s, finished_at = now()
+    base_sha256_before = %(before)s, base_sha256_after = %(after)s, finished_at = now(),
+    steps_done = %(steps_done)s, stopped = %(stopped)s
 WHERE id = %(id)s
 """
 _VERSION = "UPDATE npllm.training_runs SET version = %(version)s WHERE id = %(id)s"
@@ -64,18 +67,10 @@ def train_from_dataset(
     examples = [e["messages"] for e in dataset_examples(pool, dataset)]
     config = settings.training
     shape = AdapterShape.from_config(config)
-    steps = plan_steps(len(examples), config)
-    with pool.connection() as conn:
-        run_id = conn.execute(
-            _START,
-            {
-                "adapter": name,
-                "dataset": dataset,
-                "examples": len(examples),
-                "steps": steps,
-                "metrics": Jsonb({"settings": config.model_dump(), "shape": shape.to_dict()}),
-            },
-        ).fetchone()[0]  # type: ignore[index]
+    train, held_out = split_held_out(examples, config)
+    run_id = start_run(
+        pool, settings, name, len(examples), plan_budget(len(train), config), dataset=dataset
+    )
     if nice:
         os.nice(nice)  # yield the CPU to the daemon answering questions
     staging = settings.data_path / "adapters" / ".staging" / f"{name}-run{run_id}"
@@ -85,31 +80,81 @@ def train_from_dataset(
         result = train_adapter(
             llm.model,
             llm.tokenizer,
-            examples,
+            train,
             config,
             shape,
             staging,
             settings.memory.system_prompt,
             on_progress=on_progress,
+            held_out=held_out or None,
         )
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        _finish(pool, run_id, "failed", {}, f"{type(exc).__name__}: {exc}", None, None)
+        finish_run(pool, run_id, None, exc)
         raise
-    if result.base_sha256_before != result.base_sha256_after:
-        _finish(pool, run_id, "failed", result.metrics(), "base weights changed", None, None)
-        raise ConsolidationError("training changed the base LLM's weights; nothing published")
-    metrics = result.metrics()
-    _finish(
-        pool,
-        run_id,
-        "succeeded",
-        metrics,
-        None,
-        result.base_sha256_before,
-        result.base_sha256_after,
-    )
+    metrics = finish_run(pool, run_id, result)
     return Trained(run_id, staging, centroid, metrics, BaseIdentity(llm.model_id, llm.fingerprint))
+
+
+def start_run(
+    pool: Any,
+    settings: Settings,
+    adapter: str,
+    examples: int,
+    budget: Budget,
+    *,
+    kind: str = "adapter",
+    dataset: str | None = None,
+    sleep_cycle: int | None = None,
+) -> int:
+    """A npllm.training_runs row for a run about to start (its budget and settings)."""
+    shape = AdapterShape.from_config(settings.training)
+    with pool.connection() as conn:
+        row = conn.execute(
+            _START,
+            {
+                "kind": kind,
+                "adapter": adapter,
+                "dataset": dataset,
+                "examples": examples,
+                "steps": budget.steps,
+                "budget": budget.reason,
+                "metrics": Jsonb(
+                    {"settings": settings.training.model_dump(), "shape": shape.to_dict()}
+                ),
+                "sleep_cycle": sleep_cycle,
+            },
+        ).fetchone()
+    if row is None:
+        raise ConsolidationError("the database did not return the training run's id")
+    return int(row[0])
+
+
+def finish_run(
+    pool: Any, run_id: int, result: TrainResult | None, error: BaseException | None = None
+) -> dict[str, Any]:
+    """Record how run `run_id` ended (its metrics, why it stopped, the base hashes); a
+    changed base is a failure. Returns the metrics."""
+    if result is None:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        _finish(pool, run_id, status, {}, f"{type(error).__name__}: {error}", None, None)
+        return {}
+    metrics = result.metrics()
+    if result.base_sha256_before != result.base_sha256_after:
+        _finish(pool, run_id, "failed", metrics, "base weights changed", None, None)
+        raise ConsolidationError("training changed the base LLM's weights; nothing published")
+    _finish(pool, run_id, "succeeded", metrics, None, result.base_sha256_before,
+            result.base_sha256_after)  # fmt: skip
+    return metrics
+
+
+def split_held_out(examples: list[Any], config: TrainingConfig) -> tuple[list[Any], list[Any]]:
+    """(training, held-out) examples: 1 in 5 held out once there are
+    ``training.held_out_min_examples``; a smaller set is trained whole (and must be recalled
+    exactly instead, see consolidation/trainer.py)."""
+    if len(examples) < config.held_out_min_examples:
+        return examples, []
+    return [e for k, e in enumerate(examples) if k % 5], examples[::5]
 
 
 def record_version(pool: Any, run_id: int, version: int) -> None:
@@ -136,5 +181,7 @@ def _finish(
                 "error": error,
                 "before": before,
                 "after": after,
+                "steps_done": metrics.get("steps_done"),
+                "stopped": metrics.get("stopped"),
             },
         )

@@ -218,13 +218,27 @@ _ACTIVATE = """
 UPDATE npllm.model_versions SET status = 'active', status_reason = NULL, activated_at = now()
 WHERE adapter = %(name)s AND version = %(version)s
 """
+# Inactive versions beyond the newest `keep` keep their row (history) and lose their files.
 _PRUNE = """
-DELETE FROM npllm.model_versions
-WHERE adapter = %(name)s AND status <> 'active' AND version NOT IN (
-    SELECT version FROM npllm.model_versions WHERE adapter = %(name)s AND status <> 'active'
+UPDATE npllm.model_versions
+SET status = 'pruned',
+    status_reason = 'files removed, older than the newest ' || %(keep)s || ' inactive '
+                    || 'versions (training.keep_versions); was ' || status
+                    || coalesce(': ' || status_reason, '')
+WHERE adapter = %(name)s AND status NOT IN ('active', 'pruned') AND version NOT IN (
+    SELECT version FROM npllm.model_versions
+    WHERE adapter = %(name)s AND status NOT IN ('active', 'pruned')
     ORDER BY version DESC LIMIT %(keep)s)
 RETURNING version, artifact_path
 """
+# Adapters with an active version for this base: the served population.
+_POPULATION = """
+SELECT v.adapter FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
+WHERE v.status = 'active' AND v.base_fingerprint = %(fingerprint)s AND a.kind = %(kind)s
+"""
+_DELETE_ADAPTER = "DELETE FROM npllm.adapters WHERE name = %(name)s AND kind = %(kind)s"
+# One lock for every change of the population (creating or publishing an adapter).
+_POPULATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('npllm.adapter-population'))"
 _SET_STATUS = """
 UPDATE npllm.model_versions SET status = %(status)s, status_reason = %(reason)s,
        metrics = metrics || %(metrics)s
@@ -272,6 +286,7 @@ class Registry:
         base: BaseIdentity,
         kind: str = "adapter",
         keep: int = 3,
+        cap: int | None = None,
     ) -> None:
         self.pool = pool
         self.root = root
@@ -281,6 +296,7 @@ class Registry:
         # (one name, CEREBELLUM, on the cerebellum's own model).
         self.kind = kind
         self.keep = keep  # versions kept per name besides the active one (for rollback)
+        self.cap = cap  # most adapters served at once (modulator.max_adapters); None: no cap
 
     @classmethod
     def for_settings(
@@ -294,7 +310,31 @@ class Registry:
             base,
             kind=kind,
             keep=settings.training.keep_versions,
+            cap=settings.modulator.max_adapters if kind == "adapter" else None,
         )
+
+    def population(self, conn: Any = None) -> set[str]:
+        """The adapters served now: those with an active version for this base."""
+        if conn is None:
+            with self.pool.connection() as own:
+                return self.population(own)
+        rows = conn.execute(
+            _POPULATION, {"fingerprint": self.base.fingerprint, "kind": self.kind}
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def check_capacity(self, name: str, conn: Any = None) -> None:
+        """Refuse a version that would make one adapter more than the cap can serve
+        (a new version of a served adapter always fits)."""
+        if self.cap is None:
+            return
+        served = self.population(conn)
+        if name not in served and len(served) >= self.cap:
+            raise AdapterError(
+                f"adapter cap reached: {len(served)} adapters are served and "
+                f"modulator.max_adapters is {self.cap}, so {name!r} cannot be added; delete "
+                "one (`npllm adapter delete NAME`) or raise modulator.max_adapters"
+            )
 
     def add_version(
         self,
@@ -306,12 +346,17 @@ class Registry:
         centroid: np.ndarray | None = None,
         dataset: str | None = None,
         metrics: dict[str, Any] | None = None,
+        check_capacity: bool = True,
     ) -> Version:
-        """Check and copy an adapter into the data dir as a new candidate version."""
+        """Check and copy an adapter into the data dir as a new candidate version (refused,
+        with nothing written, when it could never be served under the cap; a candidate that
+        is kept only as a refused one passes `check_capacity=False`)."""
         check_name(name, self.kind)
         check_artifact(source, self.shape)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": name})
+            if check_capacity:
+                self.check_capacity(name, conn)  # before anything is written
             conn.execute(
                 _UPSERT_ADAPTER,
                 {
@@ -344,23 +389,58 @@ class Registry:
         return Version(name, version, target, "candidate")
 
     def activate(self, version: Version, reason: str = "replaced by a newer version") -> None:
-        """Make `version` the active one (the previous active one retires), atomically."""
+        """Make `version` the active one (the previous active one retires), atomically;
+        refused (AdapterError, nothing changed) when it would exceed the cap."""
         with self.pool.connection() as conn, conn.transaction():
+            conn.execute(_POPULATION_LOCK)
+            self.check_capacity(version.adapter, conn)
             conn.execute(_RETIRE, {"name": version.adapter, "reason": reason})
             conn.execute(_ACTIVATE, {"name": version.adapter, "version": version.version})
         self.prune(version.adapter)
 
     def prune(self, name: str) -> list[int]:
-        """Delete all but the newest `keep` inactive versions of `name` (rows, then their
-        directories); returns the versions deleted. Rollback reaches only kept ones."""
+        """Remove the files of all but the newest `keep` inactive versions of `name` (their
+        rows stay, status 'pruned'); returns the versions pruned. Rollback reaches only
+        kept ones."""
         with self.pool.connection() as conn, conn.transaction():
             rows = conn.execute(_PRUNE, {"name": name, "keep": self.keep}).fetchall()
         for _, path in rows:
             shutil.rmtree(path, ignore_errors=True)
         return sorted(int(r[0]) for r in rows)
 
+    def prune_all(self) -> dict[str, list[int]]:
+        """:meth:`prune` every adapter of this kind; name → versions pruned (if any)."""
+        with self.pool.connection() as conn:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM npllm.adapters WHERE kind = %(kind)s ORDER BY name",
+                    {"kind": self.kind},
+                ).fetchall()
+            ]
+        pruned = {name: self.prune(name) for name in names}
+        return {name: versions for name, versions in pruned.items() if versions}
+
+    def delete(self, name: str) -> list[int]:
+        """Delete adapter `name`: its rows (every version) and its files. Returns the
+        versions it had. The caller stops serving it first."""
+        check_name(name, self.kind)
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT version, artifact_path FROM npllm.model_versions "
+                "WHERE adapter = %(name)s ORDER BY version",
+                {"name": name},
+            ).fetchall()
+            if conn.execute(_DELETE_ADAPTER, {"name": name, "kind": self.kind}).rowcount == 0:
+                raise NotFoundError(f"no adapter named {name!r}", param="name")
+        for _, path in rows:
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(self.root / name, ignore_errors=True)
+        return [int(r[0]) for r in rows]
+
     def refuse(self, version: Version, reason: str, metrics: dict[str, Any]) -> None:
-        """Keep a version as a candidate that was not published, saying why."""
+        """Keep a version as a candidate that was not published, saying why (older inactive
+        versions beyond `keep` are pruned)."""
         with self.pool.connection() as conn:
             conn.execute(
                 _SET_STATUS,
@@ -372,6 +452,7 @@ class Registry:
                     "metrics": Jsonb(metrics),
                 },
             )
+        self.prune(version.adapter)
 
     def current(self, name: str) -> Version | None:
         with self.pool.connection() as conn:
@@ -532,6 +613,15 @@ class AdapterServer:
             self.unload(old.key)
         self.changes += 1
         return old
+
+    def remove(self, name: str) -> int | None:
+        """Stop serving adapter `name` (deleted); the version it served, if any."""
+        version = self.alias.pop(name, None)
+        if version is None:
+            return None
+        self.unload(version.key)
+        self.changes += 1
+        return version.version
 
     def unload(self, key: str) -> None:
         """Delete a loaded adapter (and every cached blend made from it)."""

@@ -23,7 +23,7 @@ from npllm.cache import ShortTermCache, cache_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.embeddings import Embedder
-from npllm.errors import ModelError, RequestError
+from npllm.errors import RequestError
 from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.llm import BaseLLM, Generation, GenerationParams
@@ -142,14 +142,9 @@ class AwakePath:
         for version, _ in active:
             self.adapters.load(version)
             self.adapters.activate(version)
-        trained = modulator_versions.active(self.pool)
-        if trained is not None:
-            try:
-                self.modulator.load(trained[1])
-                self.modulator_version = trained[0]
-            except ModelError:
-                log.exception("modulator v%s does not load; routing untrained", trained[0])
-        self.modulator.set_adapters({v.adapter: c for v, c in active})
+        self.modulator, self.modulator_version = modulator_versions.routing(
+            self.settings, self.pool, {v.adapter: c for v, c in active}
+        )
         return [v for v, _ in active]
 
     def _learn_from_turn(

@@ -339,7 +339,27 @@ class SleepConfig(_Section):
     require_ac_power: bool = Field(False, description="Sleep only when on AC power.")
     min_interval_hours: float = Field(6.0, ge=0, description="Least time between two sleep cycles.")
     max_samples: int = Field(
-        256, ge=1, le=100_000, description="Most replay-buffer samples one cycle trains on."
+        256,
+        ge=1,
+        le=100_000,
+        description="Most new replay-buffer samples (never trained, or changed since) one "
+        "cycle learns.",
+    )
+    rehearsal_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="Earlier samples an adapter rehearses per new sample it learns in a night "
+        "(adapters without new samples do not train).",
+    )
+    max_rehearsal: int = Field(
+        32, ge=0, description="Most earlier samples one adapter rehearses in a night."
+    )
+    new_topic_min_samples: int = Field(
+        3,
+        ge=1,
+        description="Samples alike (and routed to no adapter) needed to start a new topic "
+        "adapter; fewer join the nearest adapter.",
     )
     min_new_interactions: int = Field(
         5, ge=0, description="Least new replay data since the last cycle to start one."
@@ -372,7 +392,41 @@ class TrainingConfig(_Section):
         description="Modules of the base LLM every adapter adapts (names inside its layers).",
     )
     learning_rate: float = Field(2e-3, gt=0, description="Optimizer learning rate.")
-    epochs: int = Field(4, ge=1, description="Passes over a dataset per training run.")
+    epochs: int = Field(
+        4, ge=1, description="Passes over the examples when an adapter is trained afresh."
+    )
+    incremental_epochs: int = Field(
+        2,
+        ge=1,
+        description="Passes over the examples when an adapter's active version is trained "
+        "further (its earlier data is rehearsed, not learned anew).",
+    )
+    min_steps: int = Field(
+        12,
+        ge=0,
+        description="Floor of the step budget: a handful of corrections still gets enough "
+        "steps to be learned (training stops earlier once they are recalled).",
+    )
+    max_steps: int = Field(2000, ge=1, description="Ceiling of the step budget.")
+    recall_check_every: int = Field(
+        2,
+        ge=0,
+        description="Optimizer steps between checks that every taught answer is reproduced "
+        "exactly (greedy, teacher-forced); training stops at the first check that passes. "
+        "0: never stop early.",
+    )
+    held_out_min_examples: int = Field(
+        20,
+        ge=2,
+        description="An imported dataset at least this large holds 1 example in 5 out: "
+        "validation loss for the gate, and early stopping when it stops improving.",
+    )
+    patience: int = Field(
+        2,
+        ge=1,
+        description="Held-out checks without improvement before training stops (the best "
+        "weights are kept).",
+    )
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
     grad_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     mas_lambda: float = Field(0.01, ge=0.0, description="Strength of the MAS penalty.")
@@ -415,6 +469,13 @@ class CerebellumConfig(_Section):
     )
     min_examples: int = Field(
         2, ge=1, description="Fewest such answers in a cycle for the cerebellum to train."
+    )
+    max_novelty: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="The cerebellum learns recurring answers: those whose question is at most "
+        "this novel (1 - similarity to the nearest earlier question).",
     )
     draft_tokens: int = Field(
         5, ge=1, le=64, description="Tokens drafted before the base LLM verifies them."

@@ -435,7 +435,8 @@ class Feedback:
             result = outcomes[owner]
             if isinstance(result, Result):
                 result.event_ids.append(event_id)
-                result.memories = changed.get(result.interaction_id, result.memories)
+                if result.interaction_id in changed:
+                    result.memories.update(changed[result.interaction_id])
         if changed and self.on_memory_change is not None:
             self.on_memory_change()
         return outcomes

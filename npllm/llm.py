@@ -73,6 +73,13 @@ def base_fingerprint(source: ModelSource, directory: Path) -> str:
     return digest.hexdigest()[:32]
 
 
+def model_identity(settings: Settings) -> tuple[str, str]:
+    """(model id, fingerprint) of the configured base without loading it (for commands that
+    only touch the registry)."""
+    source = resolve(settings.models.base, "models.base")
+    return source.model_id, base_fingerprint(source, source.path)
+
+
 def device_for(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -24,6 +24,7 @@ one (if any) from its start, and a published one from the next request on.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from torch import nn
 from npllm.adapters import write_atomically
 from npllm.config import ModulatorConfig, Settings
 from npllm.errors import ModelError, NotFoundError
+
+log = logging.getLogger("npllm.modulator")
 
 NONE = "none"
 FILE = "modulator.safetensors"  # in <data_dir>/modulator/v<N>/
@@ -88,12 +91,18 @@ class Modulator(nn.Module):
         while it stays routable (a trained network's corrections stay with their
         adapter); a new one takes the first free slot, whose trained weights are cleared."""
         routable = sorted(name for name, c in centroids.items() if c is not None)
-        if len(routable) > len(self.names):
-            raise ValueError(
-                f"{len(routable)} routable adapters, more than modulator.max_adapters "
-                f"({len(self.names)})"
-            )
         keep = {name: slot for slot, name in enumerate(self.names) if name in routable}
+        if len(routable) > len(self.names):
+            # Publishing keeps the population within modulator.max_adapters (npllm/adapters.py,
+            # Registry.check_capacity); more can only come from lowering the cap. Those that
+            # already had a slot keep it; the others are served pinned, not routed.
+            wanted = len(routable)
+            extra = [name for name in routable if name not in keep]
+            routable = sorted([*keep, *extra[: len(self.names) - len(keep)]])
+            log.warning(
+                "%d routable adapters but modulator.max_adapters = %d: routing to %s only",
+                wanted, len(self.names), ", ".join(routable),
+            )  # fmt: skip
         self.centroids.zero_()
         self.present.zero_()
         names: list[str | None] = [n if n in keep else None for n in self.names]
@@ -309,9 +318,21 @@ def prune(pool: Any, root: Path, keep: int) -> None:
         shutil.rmtree(root / f"v{version}", ignore_errors=True)
 
 
-def load_version(settings: Settings, path: Path, centroids: dict[str, Any]) -> Modulator:
-    """A modulator with the weights at `path`, routing to `centroids`' adapters."""
+def routing(
+    settings: Settings, pool: Any, centroids: Mapping[str, np.ndarray | None]
+) -> tuple[Modulator, int | None]:
+    """The modulator as the daemon routes: its active trained version if there is one (and
+    it loads; else the untrained one, logged), over `centroids`' adapters. With the version
+    it uses (None: untrained)."""
     mod = Modulator(settings.modulator)
-    mod.load(path)
+    version = None
+    found = active(pool)
+    if found is not None:
+        try:
+            mod.load(found[1])
+            version = found[0]
+        except ModelError:
+            log.exception("modulator v%s does not load; routing untrained", found[0])
+            mod = Modulator(settings.modulator)
     mod.set_adapters(centroids)
-    return mod
+    return mod, version

@@ -20,7 +20,7 @@ question) breaks ties among equally satisfying ones.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,19 +50,26 @@ FROM npllm.replay_buffer r
 WHERE r.tier = ANY(%(tiers)s) AND r.priority > 0
   AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
   AND (%(min_quality)s::real IS NULL OR r.quality >= %(min_quality)s::real)
+  AND (NOT %(new_only)s OR r.trained_at IS NULL OR r.updated_at > r.trained_at)
+  AND (%(adapter)s::text IS NULL OR (r.adapter = %(adapter)s::text
+                                     AND r.trained_at IS NOT NULL
+                                     AND r.updated_at <= r.trained_at))
+  AND NOT r.interaction_id = ANY(%(exclude)s::bigint[])
 ORDER BY r.interaction_id
 """
 _DETAILS = """
 SELECT r.interaction_id, i.messages, i.question, i.answer, r.corrected_answer, r.reward,
-       r.quality, r.tier, r.tags, r.priority, r.times_sampled, i.question_embedding
+       r.quality, r.tier, r.tags, r.priority, r.times_sampled, i.question_embedding, r.novelty
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
 WHERE r.interaction_id = ANY(%(ids)s)
 """
 _MARK = """
-UPDATE npllm.replay_buffer
-SET times_sampled = times_sampled + 1, last_sleep_cycle = %(cycle)s, updated_at = now()
-WHERE interaction_id = ANY(%(ids)s)
+UPDATE npllm.replay_buffer r
+SET times_sampled = times_sampled + 1, last_sleep_cycle = %(cycle)s,
+    adapter = coalesce(m.adapter, r.adapter), trained_at = now(), updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(adapters)s::text[]) AS m(id, adapter)
+WHERE r.interaction_id = m.id
 """
 
 
@@ -133,6 +140,7 @@ class ReplayItem:
     tags: list[str]
     priority: float
     times_sampled: int
+    novelty: float = 1.0  # 1 - similarity to the nearest earlier question: low = recurring
 
     @property
     def target(self) -> str:
@@ -153,13 +161,19 @@ def sample(
     tags: Sequence[str] | None = None,
     min_quality: float | None = None,
     dedup_similarity: float = 0.97,
+    new_only: bool = False,
+    adapter: str | None = None,
+    exclude: Sequence[int] = (),
 ) -> list[ReplayItem]:
     """Draw up to `n` interactions without replacement, with probability ∝ priority.
 
     Reproducible: the same buffer and seed give the same sample. Duplicates are skipped
     (same question and target text, or question embeddings at or above
     `dedup_similarity`), keeping the higher-priority draw. Uses weighted random keys
-    (Efraimidis & Spirakis 2006): key = log(u) / priority, largest first."""
+    (Efraimidis & Spirakis 2006): key = log(u) / priority, largest first.
+    `new_only`: rows no night has trained on yet, or changed since (a later correction):
+    what a sleep cycle learns. `adapter`: rows that adapter learned before and that have
+    not changed since: what it rehearses. `exclude`: interaction ids left out."""
     unknown = set(tiers) - set(TIERS)
     if unknown:
         raise ValueError(f"unknown tier(s) {sorted(unknown)}; tiers are {', '.join(TIERS)}")
@@ -172,6 +186,9 @@ def sample(
                 "tiers": list(tiers),
                 "tags": list(tags) if tags else None,
                 "min_quality": min_quality,
+                "new_only": new_only,
+                "adapter": adapter,
+                "exclude": list(exclude),
             },
         ).fetchall()
         if not rows:
@@ -235,12 +252,23 @@ def _item(row: Sequence[Any]) -> ReplayItem:
         tags=list(row[8]),
         priority=float(row[9]),
         times_sampled=row[10],
+        novelty=float(row[12]),
     )
 
 
 def _fingerprint(question: str, target: str) -> str:
     normal = " ".join(question.lower().split()) + "\x00" + " ".join(target.lower().split())
     return hashlib.sha256(normal.encode()).hexdigest()
+
+
+def learned_count(pool: ConnectionPool, adapter: str) -> int:
+    """How many replay rows `adapter` has learned (npllm.replay_buffer.adapter)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM npllm.replay_buffer WHERE adapter = %(adapter)s",
+            {"adapter": adapter},
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def tier_counts(pool: ConnectionPool) -> dict[str, int]:
@@ -251,7 +279,16 @@ def tier_counts(pool: ConnectionPool) -> dict[str, int]:
     return {tier: int(found.get(tier, 0)) for tier in TIERS}
 
 
-def mark_sampled(pool: ConnectionPool, interaction_ids: Iterable[int], cycle: int) -> int:
-    """Record that sleep cycle `cycle` trained on these rows (lowers their priority)."""
+def mark_sampled(
+    pool: ConnectionPool,
+    interaction_ids: Iterable[int],
+    cycle: int,
+    adapters: Mapping[int, str] | None = None,
+) -> int:
+    """Record that sleep cycle `cycle` trained on these rows (lowers their priority; they
+    are no longer new), and which adapter learned each (`adapters`: interaction id → name;
+    rows not in it keep the adapter they had)."""
+    ids = list(interaction_ids)
+    names = [(adapters or {}).get(i) for i in ids]
     with pool.connection() as conn:
-        return conn.execute(_MARK, {"ids": list(interaction_ids), "cycle": cycle}).rowcount
+        return conn.execute(_MARK, {"ids": ids, "adapters": names, "cycle": cycle}).rowcount

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import npllm
 from consolidation import datasets
-from consolidation.cycle import cycle_running, mark_interrupted
+from consolidation.cycle import cycle_running, recent_cycles
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, Registry, Version, check_name
 from npllm.awake import Answer, AwakePath
@@ -372,11 +372,12 @@ class Service:
         try:
             smoke = adapters.smoke(version)
             self._check_cycle(sleep_cycle)
+            # Checks the adapter cap, then flips the database (one transaction).
+            self.registry.activate(version, reason)
         except Exception as exc:
             adapters.unload(version.key)
             self.registry.refuse(version, f"not published: {exc}", {})
             raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
-        self.registry.activate(version, reason)
         old = adapters.activate(version)
         self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
         self.awake.cache.clear()
@@ -390,6 +391,22 @@ class Service:
                 f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
                 "or killed); the active version stays"
             )
+
+    def delete_adapter(self, name: str) -> dict[str, Any]:
+        """On the model thread: delete adapter `name` (rows and files), then stop serving
+        and routing to it. Refused while a sleep cycle runs (it may be training it)."""
+        pool = self.database.pool
+        running = [c for c in recent_cycles(pool) if c["status"] == "running"]
+        if running:
+            raise ConflictError(
+                f"sleep cycle {running[0]['id']} is running and may be training {name!r}; "
+                "delete it after the cycle ends (`npllm sleep --status`)"
+            )
+        versions = self.registry.delete(name)
+        served = self.awake.adapters.remove(name)
+        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
+        self.awake.cache.clear()
+        return {"name": name, "deleted": True, "versions": versions, "was_served": served}
 
     def publish_cerebellum(self, version: Version, sleep_cycle: int | None) -> dict[str, Any]:
         """Build the draft model of `version` (off the model thread: it is a private
@@ -624,39 +641,10 @@ def create_app(service: Service) -> FastAPI:
         }
 
     @app.get("/v1/status")
-    def status() -> dict[str, Any]:
-        s = service.settings
-        return {
-            "status": "ok",
-            "version": npllm.__version__,
-            "state": service.sleeper.state,
-            "uptime_s": round(time.time() - service.started_at, 1),
-            "base_model": model_id,
-            "embedder": service.awake.embedder.model_id,
-            "database": {
-                "url": service.database.url,
-                "embedded": service.database.embedded is not None,
-                "postgresql": service.versions.postgresql,
-                "pgvector": service.versions.pgvector,
-            },
-            "counts": service.awake.status_counts(),
-            "replay": replay.tier_counts(service.database.pool),
-            "adapters": {
-                "served": {n: v.version for n, v in service.awake.adapters.alias.items()},
-                "stale": service.registry.stale(),
-            },
-            "cerebellum": (
-                {"role": "off"}
-                if service.awake.cerebellum is None
-                else service.awake.cerebellum.status()
-            ),
-            "queue": {
-                "size": s.server.queue_size,
-                "running": service.queue.running,
-                "waiting": service.queue.waiting,
-            },
-            "socket": str(s.socket_path),
-        }
+    async def status() -> dict[str, Any]:
+        # The latest cycle as the database records it: the daemon is awake once it ended.
+        service.sleeper.observe(await asyncio.to_thread(recent_cycles, service.database.pool, 1))
+        return await asyncio.to_thread(_status, service)
 
     @app.post("/v1/memories", status_code=201)
     def add_memory(body: MemoryIn) -> dict[str, Any]:
@@ -777,6 +765,21 @@ def create_app(service: Service) -> FastAPI:
         assert service.awake.cerebellum is not None
         return {**service.awake.cerebellum.status(), "versions": registry.listing()}
 
+    @app.delete("/v1/adapters/{name}")
+    async def delete_adapter(name: str) -> dict[str, Any]:
+        check_name(name)
+        work = service.queue.submit(lambda: service.delete_adapter(name), always=True)
+        return await asyncio.wrap_future(work)
+
+    @app.post("/v1/adapters/prune")
+    def prune_adapters() -> dict[str, Any]:
+        """Remove the files of inactive versions beyond training.keep_versions (this also
+        happens at every publish); the rows stay, status 'pruned'."""
+        pruned = service.registry.prune_all()
+        if service.cerebellum_registry is not None:
+            pruned.update(service.cerebellum_registry.prune_all())
+        return {"pruned": pruned}
+
     @app.post("/v1/adapters/{name}/rollback")
     async def rollback_adapter(name: str) -> dict[str, Any]:
         previous = await asyncio.to_thread(service.registry.previous, name)
@@ -784,18 +787,9 @@ def create_app(service: Service) -> FastAPI:
         return await asyncio.wrap_future(swap)
 
     @app.get("/v1/sleep")
-    def sleep_status() -> dict[str, Any]:
-        mark_interrupted(service.database.pool)
-        with service.database.pool.connection() as conn:
-            cur = conn.execute(
-                "SELECT id, trigger, status, phase, samples, resumed_from, pid, started_at, "
-                "finished_at, error, metrics FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 5"
-            )
-            names = [c.name for c in cur.description or []]
-            cycles = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        for c in cycles:
-            for key in ("started_at", "finished_at"):
-                c[key] = c[key].isoformat() if c[key] else None
+    async def sleep_status() -> dict[str, Any]:
+        cycles = await asyncio.to_thread(recent_cycles, service.database.pool)
+        service.sleeper.observe(cycles)  # a finished cycle: awake again at once
         machine, worker = service.sleeper.machine, service.sleeper.worker
         opening = machine.window.next_opening(datetime.now())
         return {
@@ -809,7 +803,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/sleep")
     async def sleep_now(body: SleepIn) -> dict[str, Any]:
-        status = await asyncio.to_thread(sleep_status)
+        status = await sleep_status()
         if body.now:
             await service.sleeper.force_when_free(status["cycles"], body.seed)
         return {"state": service.sleeper.state, "latest_cycle": status["latest_cycle"]}
@@ -863,6 +857,43 @@ def create_app(service: Service) -> FastAPI:
         return {"name": name, "deleted": True}
 
     return app
+
+
+def _status(service: Service) -> dict[str, Any]:
+    """GET /v1/status (blocking: runs in a worker thread)."""
+    s = service.settings
+    model_id = service.awake.llm.model_id
+    return {
+        "status": "ok",
+        "version": npllm.__version__,
+        "state": service.sleeper.state,
+        "uptime_s": round(time.time() - service.started_at, 1),
+        "base_model": model_id,
+        "embedder": service.awake.embedder.model_id,
+        "database": {
+            "url": service.database.url,
+            "embedded": service.database.embedded is not None,
+            "postgresql": service.versions.postgresql,
+            "pgvector": service.versions.pgvector,
+        },
+        "counts": service.awake.status_counts(),
+        "replay": replay.tier_counts(service.database.pool),
+        "adapters": {
+            "served": {n: v.version for n, v in service.awake.adapters.alias.items()},
+            "stale": service.registry.stale(),
+        },
+        "cerebellum": (
+            {"role": "off"}
+            if service.awake.cerebellum is None
+            else service.awake.cerebellum.status()
+        ),
+        "queue": {
+            "size": s.server.queue_size,
+            "running": service.queue.running,
+            "waiting": service.queue.waiting,
+        },
+        "socket": str(s.socket_path),
+    }
 
 
 def _modulator_status(service: Service) -> dict[str, Any]:

@@ -460,6 +460,60 @@ def adapter_rollback(
     typer.echo(_swapped(_client(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
 
 
+@adapter_app.command("delete")
+def adapter_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter to delete.")]
+) -> None:
+    """Delete an adapter: every version, its files, and its place in routing."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    try:
+        r = _client(ctx).request("DELETE", f"/v1/adapters/{name}")
+    except ClientError as exc:
+        if "not running" not in str(exc):
+            raise
+        versions = _offline_registry(ctx, lambda registry: registry.delete(name))
+        r = {"versions": versions, "was_served": None}
+    served = f", it served v{r['was_served']}" if r.get("was_served") else ""
+    typer.echo(f"deleted adapter {name!r}: {len(r['versions'])} version(s){served}")
+
+
+@adapter_app.command("prune")
+def adapter_prune(ctx: typer.Context) -> None:
+    """Remove the files of inactive versions beyond training.keep_versions (rows stay)."""
+    try:
+        pruned = _client(ctx).request("POST", "/v1/adapters/prune")["pruned"]
+    except ClientError as exc:
+        if "not running" not in str(exc):
+            raise
+        pruned = _offline_registry(ctx, lambda registry: registry.prune_all(), kinds=True)
+    if not pruned:
+        typer.echo("nothing to prune: no inactive version beyond training.keep_versions")
+    for name, versions in pruned.items():
+        typer.echo(f"{name}: pruned {', '.join(f'v{v}' for v in versions)}")
+
+
+def _offline_registry(ctx: typer.Context, work: Any, kinds: bool = False) -> Any:
+    """Run `work(registry)` on the database directly (no daemon running); with `kinds`, on
+    the cerebellum's registry too, merging the dict results."""
+    from npllm.adapters import CEREBELLUM, BaseIdentity, Registry
+    from npllm.db import Database
+    from npllm.llm import model_identity
+
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=True)
+    try:
+        base = BaseIdentity(*model_identity(settings))
+        result = work(Registry.for_settings(db.pool, settings, base))
+        if kinds:
+            result.update(work(Registry.for_settings(db.pool, settings, base, kind=CEREBELLUM)))
+        return result
+    finally:
+        db.close()
+
+
 @adapter_app.command("train")
 def adapter_train(
     ctx: typer.Context,
@@ -494,8 +548,9 @@ def adapter_train(
         trained = train_from_dataset(settings, db.pool, name, dataset, on_progress=progress)
         m = trained.metrics
         typer.echo(
-            f"trained: {m['steps']} steps, loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}, "
-            f"{m['seconds']:.0f} s; base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
+            f"trained: {m['steps_done']} of {m['steps']} steps ({m['budget']}); {m['stopped']}; "
+            f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}, {m['seconds']:.0f} s; "
+            f"base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
             err=True,
         )
         version = _publish_or_register(
