@@ -1,30 +1,37 @@
 """One consolidation cycle: replay buffer → datasets → MAS-regularised training → gate →
 publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
 
-1. Sample the replay buffer (prioritised, premium + standard, seeded) and keep what can
-   be learned: the user's correction, or an answer whose reward is positive.
-2. Route each sample to the active (or stale: trained for another base, so rebuilt
-   afresh) adapter whose centroid is nearest its question (at least
-   ``modulator.none_similarity`` alike); the rest form new adapters, one per topic tag,
-   named ``auto-<tag>-c<cycle>`` — so a fresh install learns from its first night.
+1. Sample what is **new** in the replay buffer (rows no night has trained on, or changed
+   since: a correction that came later; prioritised, premium + standard, seeded, at most
+   ``sleep.max_samples``) and keep what can be learned: the user's correction, or an
+   answer whose reward is positive.
+2. Each sample joins the adapter the daemon's own modulator would route its question to;
+   the rest form new **topic** adapters only when enough of them are alike, else join the
+   nearest adapter (consolidation/topics.py), within the cap ``modulator.max_adapters``.
+   Only adapters that received samples train; each also **rehearses** earlier samples it
+   learned (``sleep.rehearsal_ratio`` per new one, at most ``sleep.max_rehearsal``).
+   Imported datasets go to their adapter when they are new or changed.
 3. Per adapter: train the next version from the active one (or a fresh adapter) with
    loss + λ·Σ Ω·(ΔW − ΔW*)² (consolidation/mas.py), Ω being the importance accumulated
-   over its earlier cycles and stored with the version.
+   over its earlier cycles and stored with the version, on a step budget from the data
+   that stops as soon as every taught answer is reproduced exactly
+   (consolidation/trainer.py); each training is a ``npllm.training_runs`` row.
 4. Gate: the validation loss must improve by ``training.gate_min_improvement`` over the
    active version (the bare base for a new adapter) and the retention score —
    exp(−loss) on the probe set of earlier cycles' examples — may drop by at most
    ``training.retention_tolerance``. Passing versions are published through the daemon's
    hot swap (or registered when it is not running); the others stay ``candidate`` with
-   the reason. Fewer than 10 samples leave nothing to hold out: validation then uses
-   the training examples (it checks that they were learned).
+   the reason. Corrections are never held out (each is trained on): validation uses the
+   training examples, or the held-out fifth of an imported dataset large enough.
 5. The cerebellum (npllm/cerebellum.py; unless ``cerebellum.role = "off"``) is trained,
-   gated and published the same way on the samples of quality at least
-   ``cerebellum.min_quality`` (all topics), on its own model, under the name
-   ``cerebellum``.
+   gated and published the same way on the **recurring** samples (a question asked
+   before: novelty at most ``cerebellum.max_novelty``) of quality at least
+   ``cerebellum.min_quality``, on its own model, under the name ``cerebellum``.
 6. With ``modulator.train`` (off by default) the modulator is trained on the logged
    routing decisions and their rewards, and published only when an off-policy estimate
    says it routes better (consolidation/routing.py).
-7. Mark the samples with the cycle; record everything in ``npllm.sleep_cycles``.
+7. Mark the samples with the cycle and the adapter that learned them; record everything
+   in ``npllm.sleep_cycles``.
 
 One cycle runs at a time: a cycle does not start while another one's worker is alive
 (and the database holds at most one 'running' row).
@@ -158,6 +165,7 @@ def run_cycle(
             plan["base_sha256"] = sha_before
         plan["cycle"] = cycle
         metrics["topics"] = {name: g["why"] for name, g in plan["groups"].items()}
+        metrics["skipped"] = plan.get("skipped", {})
         _write_plan(staging, plan)
         everything = replay.fetch(
             pool, [k for g in plan["groups"].values() for k in g["items"] + g["rehearse"]]

@@ -186,11 +186,38 @@ def chat_loss(
     return sum(losses) / max(len(losses), 1)
 
 
-def _prompt_positions(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(batch, seq) bool: the positions that predict a prompt token (the anchor's)."""
-    keep = torch.zeros_like(mask, dtype=torch.bool)
-    keep[:, :-1] = (labels[:, 1:] == IGNORE) & mask[:, 1:].bool()
-    return keep
+class _Heads:
+    """The causal LM as its decoder stack and its output layer, so that the vocabulary
+    projection — the largest matrix of a small model, 49152 × 576 in SmolLM2 — is applied
+    only where a loss needs it: the answer tokens and a sample of the anchor's prompt
+    positions, not every position of every example. Models whose logits are more than
+    ``lm_head(hidden)`` (soft-capping, scaling) take the plain full-logits path."""
+
+    def __init__(self, model: Any) -> None:
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = causal.config
+        plain = not getattr(config, "final_logit_softcapping", None) and getattr(
+            config, "logit_scale", 1.0
+        ) in (None, 1, 1.0)
+        self.decoder = causal.get_decoder() if plain else None
+        self.head = causal.get_output_embeddings()
+        self.model = model
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(batch, seq, d) hidden states, or full (batch, seq, vocab) logits (True)."""
+        if self.decoder is None:
+            return self.model(input_ids=ids, attention_mask=mask).logits, True
+        return self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state, False
+
+    def logits(self, states: torch.Tensor, full: bool) -> torch.Tensor:
+        return states if full else self.head(states)
+
+
+def _predicting(labels: torch.Tensor, mask: torch.Tensor, answer: bool) -> torch.Tensor:
+    """(batch, seq - 1) bool over positions t that predict token t + 1: of the answer, or
+    of the prompt (the anchor's positions)."""
+    target, real = labels[:, 1:], mask[:, 1:].bool()
+    return (target != IGNORE) if answer else (target == IGNORE) & real
 
 
 @torch.no_grad()
@@ -200,38 +227,70 @@ def _base_distributions(
     """The frozen base's log-probabilities at each example's prompt positions, computed once
     (None when they would not fit in ANCHOR_CACHE_BYTES: then computed per batch)."""
     vocab = int(model.config.vocab_size)
-    positions = sum(max(0, sum(1 for y in labels[1:] if y == IGNORE)) for _, labels in encoded)
+    positions = sum(sum(1 for y in labels[1:] if y == IGNORE) for _, labels in encoded)
     if positions * vocab * 2 > ANCHOR_CACHE_BYTES:
         return None
+    heads = _Heads(model)
     out = []
     for pair in encoded:
         ids, labels, mask = _batch([pair], pad_id)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (1, seq, vocab)
-        keep = _prompt_positions(labels, mask)
-        out.append(torch.log_softmax(logits[keep], dim=-1).to(torch.bfloat16))  # (n, vocab)
+        states, full = heads.hidden(ids, mask)
+        logits = heads.logits(states[:, :-1][_predicting(labels, mask, answer=False)], full)
+        out.append(torch.log_softmax(logits.float(), dim=-1).to(torch.bfloat16))  # (n, vocab)
     return out
 
 
-def _anchor(
-    model: Any,
+def _anchor_sample(
+    prompt: torch.Tensor, k: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """Per row, the indices (into that row's prompt positions, in order) of at most `k` of
+    them, drawn without replacement: the anchor's positions this step."""
+    out = []
+    for row in prompt:
+        n = int(row.sum())
+        pick = torch.randperm(n, generator=generator)[:k] if k and n > k else torch.arange(n)
+        out.append(pick.sort().values)
+    return out
+
+
+def _losses(
+    heads: _Heads,
     ids: torch.Tensor,
     mask: torch.Tensor,
     labels: torch.Tensor,
-    logits: torch.Tensor,
     base: list[torch.Tensor] | None,
-) -> torch.Tensor:
-    """Mean KL(base ‖ adapted) of the next-token distributions at the prompt positions
-    (system prompt and question: what the adapter is not trained to change). `base`: the
-    batch's cached base log-probabilities, else they are computed here."""
-    keep = _prompt_positions(labels, mask)
-    log_q = torch.log_softmax(logits[keep], dim=-1)  # (n, vocab)
-    if base is None:
-        with torch.no_grad(), model.disable_adapter():
-            full = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
-        log_p = torch.log_softmax(full[keep], dim=-1)
+    anchor_k: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(task loss on the answers, anchor KL or None) of one micro-batch. The anchor is
+    KL(base ‖ adapted) of the next-token distributions at up to `anchor_k` prompt positions
+    per example (system prompt and question: what the adapter is not trained to change);
+    `base`: the batch's cached base log-probabilities, else computed here with the adapter
+    disabled. `anchor_k` 0: every prompt position; negative: no anchor."""
+    states, full = heads.hidden(ids, mask)
+    states = states[:, :-1]  # position t predicts token t + 1
+    answer = _predicting(labels, mask, answer=True)
+    logits = heads.logits(states[answer], full)  # (answer tokens, vocab)
+    task = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][answer])
+    if anchor_k < 0:
+        return task, None
+    prompt = _predicting(labels, mask, answer=False)  # (batch, seq - 1)
+    picks = _anchor_sample(prompt, anchor_k, generator)
+    if not sum(len(p) for p in picks):
+        return task, None
+    rows = torch.cat([torch.full((len(p),), r) for r, p in enumerate(picks)])
+    cols = torch.cat([prompt[r].nonzero().flatten()[p] for r, p in enumerate(picks)])
+    log_q = torch.log_softmax(heads.logits(states[rows, cols], full).float(), dim=-1)
+    if base is not None:
+        log_p = torch.cat([base[r][p] for r, p in enumerate(picks)]).float()
     else:
-        log_p = torch.cat(base).float()  # row-major, as logits[keep]
-    return torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+        with torch.no_grad(), heads.model.disable_adapter():
+            plain, plain_full = heads.hidden(ids, mask)
+            log_p = torch.log_softmax(
+                heads.logits(plain[:, :-1][rows, cols], plain_full).float(), dim=-1
+            )
+    kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    return task, kl
 
 
 @torch.no_grad()
@@ -242,14 +301,16 @@ def reproduced(
     teacher-forced? Exactly when greedy decoding reproduces the answer from its prompt."""
     was_training = model.training
     model.eval()
+    heads = _Heads(model)
     out: list[bool] = []
     for start in range(0, len(encoded), batch):
         ids, labels, mask = _batch(encoded[start : start + batch], pad_id)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (batch, seq, vocab)
-        guess = logits[:, :-1].argmax(-1)  # (batch, seq - 1): the prediction of token t + 1
-        target = labels[:, 1:]
-        wrong = (guess != target) & (target != IGNORE)
-        out += [not bool(row.any()) for row in wrong]
+        states, full = heads.hidden(ids, mask)
+        answer = _predicting(labels, mask, answer=True)  # (batch, seq - 1)
+        guess = heads.logits(states[:, :-1][answer], full).argmax(-1)  # (answer tokens,)
+        right = torch.zeros_like(answer, dtype=torch.bool)
+        right[answer] = guess == labels[:, 1:][answer]
+        out += [bool(right[r][answer[r]].all()) for r in range(len(answer))]
     model.train(was_training)
     return out
 
@@ -432,6 +493,7 @@ def train_adapter(
         peft_model.unload()
         peft_model = PeftModel.from_pretrained(model, str(saved / "adapter"), is_trainable=True)
     peft_model.train()
+    heads = _Heads(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     order: list[int] = []
@@ -463,19 +525,21 @@ def train_adapter(
                 picked, order = order[: config.batch_size], order[config.batch_size :]
                 ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
                 result.tokens += int(mask.sum())
-                out = peft_model(input_ids=ids, attention_mask=mask, labels=labels)
-                loss = out.loss
-                if config.anchor_weight:
-                    cached = None if base is None else [base[i] for i in picked]
-                    loss = loss + config.anchor_weight * _anchor(
-                        peft_model, ids, mask, labels, out.logits, cached
-                    )
+                task, kl = _losses(
+                    heads, ids, mask, labels,
+                    None if base is None else [base[i] for i in picked],
+                    config.anchor_positions if config.anchor_weight else -1,
+                    torch.Generator().manual_seed(seed * 1_000_003 + step),
+                )  # fmt: skip
+                loss = task
+                if kl is not None:
+                    loss = loss + config.anchor_weight * kl
                 if omega and theta_star is not None:
                     loss = loss + config.mas_lambda * mas.penalty(
                         peft_model, "default", omega, theta_star
                     )
                 (loss / config.grad_accumulation).backward()
-                step_loss += out.loss.detach().item() / config.grad_accumulation
+                step_loss += task.detach().item() / config.grad_accumulation
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             result.losses.append(step_loss)

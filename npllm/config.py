@@ -436,6 +436,13 @@ class TrainingConfig(_Section):
         description="Weight of the anchor: KL divergence from the bare base's predictions on "
         "the prompt tokens of each batch (keeps the adapter from changing generic text).",
     )
+    anchor_positions: int = Field(
+        16,
+        ge=0,
+        description="Prompt positions per example the anchor's KL is taken at, drawn anew "
+        "each step (an unbiased estimate of the mean over all of them, at a fraction of the "
+        "vocabulary projections); 0: every prompt position.",
+    )
     gate_min_improvement: float = Field(
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
     )

@@ -694,15 +694,22 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
     reports = list(metrics.get("adapters", {}).items())
     if metrics.get("cerebellum"):
         reports.append(("cerebellum", metrics["cerebellum"]))
+    topics = metrics.get("topics", {})
     for name, report in reports:
         if "validation_loss" not in report:
             typer.echo(f"{name}: {report['verdict']}")
             continue
         v = report["validation_loss"]
+        rehearsed = f" + {report['rehearsed']} rehearsed" if report.get("rehearsed") else ""
+        why = f" [{topics[name]}]" if name in topics else ""
         typer.echo(
-            f"{name}: {report['samples']} sample(s), validation loss {v['before']:.4f} -> "
+            f"{name}: {report['samples']} sample(s){rehearsed}{why}, "
+            f"{report.get('steps_done', '?')} of {report.get('steps', '?')} steps "
+            f"({report.get('stopped', '')}), validation loss {v['before']:.4f} -> "
             f"{v['after']:.4f}: {report['verdict']}"
         )
+    for name, why in metrics.get("skipped", {}).items():
+        typer.echo(f"{name}: {why}")
     if metrics.get("modulator"):
         m = metrics["modulator"]
         estimate = (

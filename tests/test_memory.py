@@ -1,6 +1,9 @@
-"""Memory chunking and the short-term cache."""
+"""Memory chunking, the short-term cache, and the hippocampus correcting itself (real
+database, real embedder)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from npllm.cache import ShortTermCache, cache_key
 from npllm.memory import chunk_text
@@ -42,3 +45,115 @@ def test_cache_key_depends_on_messages_and_params() -> None:
     m = [{"role": "user", "content": "hi"}]
     assert cache_key(m, {"t": 0}) == cache_key(list(m), {"t": 0})
     assert cache_key(m, {"t": 0}) != cache_key(m, {"t": 1})
+
+
+# ---- the fast learner: a correction corrects the hippocampus at once ---------------------
+
+QUESTION = "What port does the Quibblix gateway listen on?"
+WRONG = "The Quibblix gateway listens on port 8080."
+RIGHT = "The Quibblix gateway listens on port 4471."
+
+
+def _hippocampus(db: Any, settings: Any, embedder: Any) -> tuple[Any, Any, list[int]]:
+    from npllm.feedback import Feedback
+    from npllm.memory import MemoryStore
+    from npllm.tone import LexiconTone
+
+    store = MemoryStore(db.pool, embedder, settings.memory)
+    cleared: list[int] = []
+    feedback = Feedback(db.pool, settings.feedback, LexiconTone(), memory=store,
+                        on_memory_change=lambda: cleared.append(1))  # fmt: skip
+    return store, feedback, cleared
+
+
+def _answered(db: Any, store: Any, embedder: Any, question: str, answer: str) -> int:
+    """An interaction as the awake path records it, with its exchange memory."""
+    from npllm import interactions, replay
+    from npllm.interactions import Interaction
+
+    vector = embedder.embed_one(question)
+    with db.pool.connection() as conn, conn.transaction():
+        iid = interactions.record(conn, Interaction(
+            messages=[{"role": "user", "content": question}], question=question,
+            answer=answer, base_model="test", question_embedding=vector,
+        ))  # fmt: skip
+        replay.admit(conn, iid, vector, [])
+    store.add(f"Q: {question}\nA: {answer}", source=f"interaction:{iid}", kind="exchange",
+              interaction_id=iid)  # fmt: skip
+    return iid
+
+
+def _kinds(store: Any, embedder: Any, question: str) -> list[tuple[str, str]]:
+    return [(m.kind, m.text) for m in store.relevant(embedder.embed_one(question))]
+
+
+def test_a_correction_replaces_the_wrong_exchange_with_a_fact_at_once(
+    fresh_database: Any, settings: Any, embedder: Any
+) -> None:
+    store, feedback, cleared = _hippocampus(fresh_database, settings, embedder)
+    first = _answered(fresh_database, store, embedder, QUESTION, WRONG)
+    # The same wrong answer to the same question again: merged into the first exchange.
+    _answered(fresh_database, store, embedder, QUESTION, WRONG)
+    assert _kinds(store, embedder, QUESTION) == [("exchange", f"Q: {QUESTION}\nA: {WRONG}")]
+    result = feedback.explicit(first, event="edited", text=RIGHT, comment="thanks!")
+    assert result.corrected and len(result.memories["added"]) == 1
+    assert len(result.memories["removed"]) == 1 and cleared == [1]
+    # Asked a minute later: the correction comes back from retrieval, the wrong one never.
+    assert _kinds(store, embedder, QUESTION) == [("fact", f"Q: {QUESTION}\nA: {RIGHT}")]
+    assert _kinds(store, embedder, "Which port is the Quibblix gateway on?")[0][1].endswith(RIGHT)
+    # A second correction of the same question replaces the first.
+    again = _answered(fresh_database, store, embedder, QUESTION, RIGHT.replace("4471", "4444"))
+    feedback.explicit(again, event="edited", text=RIGHT.replace("4471", "4472"))
+    assert _kinds(store, embedder, QUESTION) == [
+        ("fact", f"Q: {QUESTION}\nA: {RIGHT.replace('4471', '4472')}")
+    ]
+    with fresh_database.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT kind, source, interaction_id FROM npllm.memories ORDER BY id"
+        ).fetchall()
+    assert rows == [("fact", f"correction:{again}", again)]
+
+
+def test_negative_feedback_keeps_the_answer_out_of_retrieval(
+    fresh_database: Any, settings: Any, embedder: Any
+) -> None:
+    store, feedback, cleared = _hippocampus(fresh_database, settings, embedder)
+    liked = _answered(fresh_database, store, embedder, "How do I reverse a list in Python?",
+                      "Use my_list.reverse() or my_list[::-1].")  # fmt: skip
+    disliked = _answered(fresh_database, store, embedder, QUESTION, WRONG)
+    assert feedback.explicit(liked, rating=1.0).memories == {"removed": [], "added": []}
+    result = feedback.explicit(disliked, event="rejected")
+    assert result.reward < 0 and len(result.memories["removed"]) == 1 and cleared == [1]
+    assert _kinds(store, embedder, QUESTION) == []
+    assert [k for k, _ in _kinds(store, embedder, "How do I reverse a list in Python?")] == [
+        "exchange"
+    ]
+    with fresh_database.pool.connection() as conn:  # the answer itself is kept
+        row = conn.execute(
+            "SELECT answer FROM npllm.interactions WHERE id = %(id)s", {"id": disliked}
+        ).fetchone()
+    assert row == (WRONG,)
+
+
+def test_retrieval_keeps_unrelated_notes_out_and_taught_facts_in(
+    fresh_database: Any, settings: Any, embedder: Any
+) -> None:
+    """The notes share words with the question ("port", "service") but are about other
+    things: above the old floor of 0.35, below the margin to the fact the question is
+    about."""
+    from npllm.memory import MemoryStore
+
+    store = MemoryStore(fresh_database.pool, embedder, settings.memory)
+    store.add(f"Q: {QUESTION}\nA: {RIGHT}", kind="fact")
+    store.add("The Zorp billing service runs on port 8443.")
+    store.add("Our staging database is called pelican-staging.")
+    vector = embedder.embed_one(QUESTION)
+    every = {m.text: m.score for m in store.search(vector, min_score=-1.0)}
+    assert every["The Zorp billing service runs on port 8443."] > 0.35  # it used to leak
+    assert [m.text for m in store.relevant(vector)] == [f"Q: {QUESTION}\nA: {RIGHT}"]
+    # A question whose best match is itself weak still gets it.
+    deploy = "How do I deploy?"
+    store.add("The deploy script lives in tools/deploy.sh and needs AWS credentials.")
+    assert [m.text for m in store.relevant(embedder.embed_one(deploy))] == [
+        "The deploy script lives in tools/deploy.sh and needs AWS credentials."
+    ]

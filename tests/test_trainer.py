@@ -16,7 +16,8 @@ from consolidation.trainer import (
     IGNORE,
     chat_loss,
     encode_example,
-    plan_steps,
+    plan_budget,
+    reproduced,
     train_adapter,
     yielding,
 )
@@ -48,11 +49,15 @@ TASK_B = [
     _chat(f"Code word for {c}?", f"The code word for {c} is {w}.")
     for c, w in [("red", "BRICK"), ("blue", "JEANS"), ("green", "LIME"), ("gold", "COIN")]
 ]
-# 4 examples, batch 4: 1 step per epoch, 8 steps a night; lambda found by trying 0.1-10
-# (10 freezes the adapter: task B is not learned at all).
+# 4 examples, batch 4: 1 step per epoch, exactly 8 steps a night (no floor, no early stop:
+# these tests compare MAS, the anchor and resuming on equal training); lambda found by
+# trying 0.1-10 (10 freezes the adapter: task B is not learned at all).
 CONFIG = TrainingConfig(
     learning_rate=0.002,
     epochs=8,
+    incremental_epochs=8,
+    min_steps=0,
+    recall_check_every=0,
     batch_size=4,
     grad_accumulation=1,
     lora_dropout=0.0,
@@ -62,11 +67,19 @@ CONFIG = TrainingConfig(
 SHAPE = AdapterShape.from_config(CONFIG)
 
 
-def test_steps_follow_the_documented_formula() -> None:
+def test_the_budget_comes_from_the_data_with_a_floor_and_a_ceiling() -> None:
     defaults = TrainingConfig()
-    assert plan_steps(100, defaults) == 25 * 4  # ceil(100 / (4 * 1)) * 4
-    assert plan_steps(1, defaults) == 4
-    assert plan_steps(8, CONFIG) == 2 * 8
+    big = plan_budget(100, defaults)
+    assert big.steps == 25 * 4  # ceil(100 / (4 * 1)) x 4 epochs
+    assert big.reason == "initial: ceil(100 / 4) x 4 epochs = 100"
+    more = plan_budget(100, defaults, incremental=True)  # the next version: 2 passes
+    assert more.steps == 25 * 2 and more.reason.startswith("incremental:")
+    one = plan_budget(1, defaults)  # a single correction still gets the floor
+    assert one.steps == defaults.min_steps == 12
+    assert one.reason == "initial: ceil(1 / 4) x 4 epochs = 4, raised to training.min_steps = 12"
+    capped = plan_budget(10_000, defaults.model_copy(update={"max_steps": 50}))
+    assert capped.steps == 50 and capped.reason.endswith("capped at training.max_steps = 50")
+    assert plan_budget(8, CONFIG).steps == 2 * 8
 
 
 def test_only_the_answer_is_learned(tokenizer: Any) -> None:
