@@ -1,33 +1,38 @@
-"""Benchmark: learning without forgetting, over three "nights" of made-up facts.
+"""Benchmark: learning without forgetting, over three "nights" of made-up facts, taught the
+way a person teaches: one example per fact.
 
-    .venv/bin/python bench/forgetting.py [--seeds 0 1 2] [--facts 3] [--arms ...]
-        [--lambdas 0.001 0.01 0.1] [--set training.KEY=VALUE ...] [--jobs 2]
-        [--out bench/results]
+    .venv/bin/python bench/forgetting.py [--seeds 0 1 2] [--facts 3] [--examples-per-fact 1]
+        [--arms ...] [--lambdas 0.001 0.01 0.1] [--set training.KEY=VALUE ...]
+        [--set sleep.KEY=VALUE ...] [--jobs 2] [--out bench/results]
 
 Each night brings `--facts` new facts about invented things (seeded: a port, an author, a
-release year, an implementation language), each with 3 training paraphrases of its
-question and 1 held-out paraphrase. One LoRA adapter on the real base LLM is trained
-night after night with the project's own trainer (consolidation/trainer.py) and MAS
-(consolidation/mas.py), with the shipped training.* settings unless `--set` changes
-them. After every night, every night's facts are asked (greedy); a fact is recalled
-when its answer contains the value (exact match of the value's text), which fills the
-3×3 matrix R[after night t][facts of night i].
+release year, an implementation language), each with 4 paraphrases of its question; a
+fact is taught with its first `--examples-per-fact` paraphrases (default 1: a person
+corrects a wrong answer once) and the 4th is never trained (held out). One LoRA adapter on
+the real base LLM is trained night after night with the project's own trainer
+(consolidation/trainer.py: the shipped step budget, stopping once every taught answer is
+reproduced exactly) and MAS (consolidation/mas.py), with the shipped training.* and
+sleep.* settings unless `--set` changes them, and the serving system prompt. After every
+night, every night's facts are asked (greedy); a fact is recalled when its answer contains
+the value (exact match of the value's text), which fills the 3×3 matrix
+R[after night t][facts of night i]. Nothing is retrieved: only the weights answer.
 
-Arms: naive (sequential LoRA), mas, replay (all earlier nights' examples mixed in), mas+
-replay, tight replay (25 % of the earlier examples) with and without MAS, and joint (a
-fresh adapter on everything so far: the upper bound). `mas+replay` is what the sleep
-cycle does (it trains from the active version with MAS, on a sample that mixes earlier
-cycles' data back in). Reported per arm, mean ± sd over seeds: ACC (mean of the last
-row), BWT (Lopez-Paz & Ranzato 2017: mean of R[T,i] − R[i,i] over i < T), forgetting
-(Chaudhry et al. 2018: mean of max_{l<T} R[l,i] − R[T,i]), the diagonal (recall right
-after each night), held-out-paraphrase recall (last row), perplexity drift on fixed
-generic sentences (adapter vs the bare base, after the last night) and training
-throughput (tokens/s). Then a λ sweep of mas+replay (first seed; the shipped λ is the
-arm's own run). Prints tables, writes JSON and a PNG (R matrices and the λ sweep).
-
-Training uses the shipped settings, the anchor included (``training.anchor_weight``: KL
-from the bare base at the prompt tokens); ``--set training.anchor_weight=0`` measures
-without it.
+Arms: naive (sequential LoRA), mas, rehearsal (what the cycle does without MAS: a bounded
+share of earlier examples, sleep.rehearsal_ratio per new one, at most sleep.max_rehearsal,
+the least rehearsed first), **mas+rehearsal (what the sleep cycle does; shipped)**, the
+same with the dense Ω of earlier versions (``mas+rehearsal/dense``: the figure the
+factored Ω is judged against), replay-all (MAS and every earlier example, the previous
+cycle), and joint (a fresh adapter on everything so far). Reported per arm, mean ± sd over
+seeds: ACC (mean of the last row), BWT (Lopez-Paz & Ranzato 2017: mean of R[T,i] − R[i,i]
+over i < T), forgetting (Chaudhry et al. 2018: mean of max_{l<T} R[l,i] − R[T,i]), the
+diagonal (recall right after each night), held-out-paraphrase recall (last row),
+perplexity drift on fixed generic sentences (adapter vs the bare base, after the last
+night), **locality** (CounterFact's: the share of 20 fixed unrelated questions whose greedy
+24-token answer is unchanged from the bare base's after the last night — routed, as the
+daemon serves: the modulator sends a question to the adapter only when it is like the
+adapter's training questions; and always on, the adapter applied to every question),
+training seconds per night and throughput. Then a λ sweep of the shipped arm (first
+seed). Prints tables, writes JSON and a PNG (R matrices and the λ sweep).
 
 Night 1 is the same for every arm (a fresh adapter on the first night's examples, no
 earlier data, no importance yet), so it is trained once per seed and every arm continues
@@ -54,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +68,11 @@ sys.path.insert(0, str(REPO))
 from consolidation import mas  # noqa: E402
 from consolidation.trainer import encode_example, train_adapter  # noqa: E402
 from npllm.adapters import AdapterShape  # noqa: E402
-from npllm.config import TrainingConfig, load_settings  # noqa: E402
+from npllm.config import ModulatorConfig, SleepConfig, TrainingConfig, load_settings  # noqa: E402
+from npllm.embeddings import load_embedder  # noqa: E402
 from npllm.llm import load_base_llm  # noqa: E402
+from npllm.modulator import Modulator  # noqa: E402
 
-SYSTEM = "You are a helpful assistant."
 NIGHTS = 3
 PARAPHRASES = 4  # the last one is held out
 KINDS: list[tuple[list[str], str, str]] = [
@@ -124,16 +131,32 @@ GENERIC = [
     "HTTP status code 404 means that the requested resource was not found.",
     "The train to the city leaves every twenty minutes on weekdays.",
 ]
+# Locality: questions no night teaches, whose greedy answers must not change.
+LOCAL = [
+    "How do I reverse a list in Python?", "What is a Python decorator?",
+    "Explain what a race condition is.", "How do I read a file line by line in Python?",
+    "What does git rebase do?", "What is the difference between a list and a tuple?",
+    "How do I make an HTTP request in Python?", "What is a foreign key in SQL?",
+    "Write a function that checks if a number is prime.", "What is Big O notation?",
+    "How do I install a package with pip?", "What is a segmentation fault?",
+    "How can I merge two dictionaries in Python?", "What is the purpose of a Dockerfile?",
+    "Explain recursion briefly.", "How do I create a virtual environment?",
+    "What is a REST API?", "What does the yield keyword do?",
+    "How do I sort a list of dicts by a key?", "What is the capital of France?",
+]  # fmt: skip
+# mas: MAS on; old: which earlier examples a night trains with ("none", "rehearsal": the
+# cycle's bounded share, "all"); omega: "factored" (shipped) or "dense"; joint: a fresh
+# adapter on everything so far.
 ARMS: dict[str, dict[str, Any]] = {
-    "naive": {"mas": False, "replay": 0.0},
-    "mas": {"mas": True, "replay": 0.0},
-    "replay": {"mas": False, "replay": 1.0},
-    "mas+replay": {"mas": True, "replay": 1.0},
-    "tight-replay": {"mas": False, "replay": 0.25},
-    "mas+tight-replay": {"mas": True, "replay": 0.25},
-    "joint": {"mas": False, "replay": 1.0, "joint": True},
+    "naive": {"mas": False, "old": "none"},
+    "mas": {"mas": True, "old": "none"},
+    "rehearsal": {"mas": False, "old": "rehearsal"},
+    "mas+rehearsal": {"mas": True, "old": "rehearsal"},
+    "mas+rehearsal/dense": {"mas": True, "old": "rehearsal", "omega": "dense"},
+    "replay-all": {"mas": True, "old": "all"},
+    "joint": {"mas": False, "old": "all", "joint": True},
 }
-SHIPPED = "mas+replay"
+SHIPPED = "mas+rehearsal"
 
 
 @dataclass
@@ -142,10 +165,11 @@ class Fact:
     answer: str
     value: str
 
-    def examples(self) -> list[list[dict[str, str]]]:
+    def examples(self, n: int) -> list[list[dict[str, str]]]:
+        """The fact taught with its first `n` paraphrases (1: one correction)."""
         return [
             [{"role": "user", "content": q}, {"role": "assistant", "content": self.answer}]
-            for q in self.questions[:-1]
+            for q in self.questions[:n]
         ]
 
 
@@ -195,12 +219,12 @@ def make_nights(seed: int, facts: int) -> list[list[Fact]]:
 
 @torch.no_grad()
 def answers(
-    model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int = 24
+    model: Any, tokenizer: Any, system: str, questions: list[str], max_new_tokens: int = 24
 ) -> list[str]:
-    """Greedy answers to `questions`, one left-padded batch."""
+    """Greedy answers to `questions` with the serving system prompt, one left-padded batch."""
     prompts = [
         tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+            [{"role": "system", "content": system}, {"role": "user", "content": q}],
             add_generation_prompt=True,
             tokenize=False,
         )
@@ -226,12 +250,15 @@ def perplexity(model: Any, tokenizer: Any) -> float:
     return math.exp(sum(losses) / len(losses))
 
 
-def recall(model: Any, tokenizer: Any, nights: list[list[Fact]]) -> tuple[list[float], list[float]]:
-    """Per night: share of facts recalled on a training paraphrase, and on the held-out one."""
+def recall(
+    model: Any, tokenizer: Any, system: str, nights: list[list[Fact]]
+) -> tuple[list[float], list[float]]:
+    """Per night: share of facts recalled on the taught question, and on the held-out one."""
     facts = [f for night in nights for f in night]
     said = answers(
-        model, tokenizer, [f.questions[0] for f in facts] + [f.questions[-1] for f in facts]
-    )
+        model, tokenizer, system,
+        [f.questions[0] for f in facts] + [f.questions[-1] for f in facts],
+    )  # fmt: skip
     trained, held = said[: len(facts)], said[len(facts) :]
     per, out_trained, out_held = len(nights[0]), [], []
     for i in range(len(nights)):
@@ -239,6 +266,26 @@ def recall(model: Any, tokenizer: Any, nights: list[list[Fact]]) -> tuple[list[f
         out_trained.append(sum(facts[k].value in trained[k] for k in rows) / per)
         out_held.append(sum(facts[k].value in held[k] for k in rows) / per)
     return out_trained, out_held
+
+
+def locality(
+    model: Any, w: dict[str, Any], taught: list[list[dict[str, str]]]
+) -> tuple[float, float]:
+    """(routed, always on): shares of LOCAL whose greedy answer is the bare base's. Routed:
+    the modulator, with the adapter's centroid (the mean of its training questions, as the
+    cycle computes it), decides per question whether the adapter answers."""
+    always = answers(model, w["llm"].tokenizer, w["system"], LOCAL)
+    questions = [m[-2]["content"] for m in taught]
+    mean = np.asarray(w["embedder"].embed(questions)).mean(axis=0)
+    router = Modulator(w["modulator"])
+    router.set_adapters({"adapter": mean / np.linalg.norm(mean)})
+    routed = [
+        a if router.decide(e).chosen else b
+        for a, b, e in zip(always, w["base_local"], w["local_vectors"], strict=True)
+    ]
+    same = [a == b for a, b in zip(always, w["base_local"], strict=True)]
+    routed_same = [a == b for a, b in zip(routed, w["base_local"], strict=True)]
+    return sum(routed_same) / len(LOCAL), sum(same) / len(LOCAL)
 
 
 @dataclass
@@ -249,6 +296,10 @@ class ArmRun:
     ppl_after: float = 0.0
     train_tokens: int = 0
     train_seconds: float = 0.0
+    night_seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    locality_routed: float = 0.0
+    locality_always: float = 0.0
 
     def scores(self) -> dict[str, float]:
         t = len(self.R) - 1
@@ -263,6 +314,10 @@ class ArmRun:
             "just_learned": statistics.mean(self.R[i][i] for i in range(t + 1)),
             "held_out": statistics.mean(self.held_out[t]),
             "ppl_drift": self.ppl_after / self.ppl_base - 1,
+            "locality_routed": self.locality_routed,
+            "locality_always": self.locality_always,
+            "night_s": statistics.mean(self.night_seconds),
+            "steps": statistics.mean(self.steps),
             "tokens_per_s": self.train_tokens / self.train_seconds if self.train_seconds else 0,
         }
 
@@ -276,100 +331,137 @@ class FirstNight:
     held: list[float]
     tokens: int
     seconds: float
+    steps: int
     ppl_base: float
     model_id: str
 
 
 def _train_night(
-    llm: Any,
+    w: dict[str, Any],
     config: TrainingConfig,
-    shape: AdapterShape,
     data: list[list[dict[str, str]]],
     out: Path,
     seed: int,
     init: Path | None,
     omega: mas.Matrices | None,
-) -> tuple[int, float]:
-    """Train one night into `out`; (tokens trained on, seconds)."""
+) -> tuple[int, float, int]:
+    """Train one night into `out` (the shipped budget, stopping once every example is
+    reproduced exactly); (tokens trained on, seconds, steps)."""
+    llm = w["llm"]
     result = train_adapter(
-        llm.model, llm.tokenizer, data, config, shape, out, SYSTEM,
+        llm.model, llm.tokenizer, data, config, w["shape"], out, w["system"],
         seed=seed, init_from=init, omega=omega,
     )  # fmt: skip
-    encoded = [encode_example(llm.tokenizer, m, SYSTEM, 512)[0] for m in data]
-    return sum(len(x) for x in encoded) * config.epochs, result.seconds
+    return result.tokens, result.seconds, len(result.losses)
 
 
 def first_night(
-    llm: Any, config: TrainingConfig, shape: AdapterShape, nights: list[list[Fact]],
-    seed: int, work: Path,
+    w: dict[str, Any], config: TrainingConfig, nights: list[list[Fact]], seed: int,
+    per_fact: int, work: Path,
 ) -> FirstNight:  # fmt: skip
     from peft import PeftModel
 
-    new = [e for f in nights[0] for e in f.examples()]
+    llm = w["llm"]
+    new = [e for f in nights[0] for e in f.examples(per_fact)]
     out = work / f"seed{seed}-night0"
-    tokens, seconds = _train_night(llm, config, shape, new, out, seed * 100, None, None)
+    tokens, seconds, steps = _train_night(w, config, new, out, seed * 100, None, None)
     model = PeftModel.from_pretrained(llm.model, str(out))
     model.eval()
-    trained, held = recall(model, llm.tokenizer, nights)
+    trained, held = recall(model, llm.tokenizer, w["system"], nights)
     model.unload()
     ppl_base = perplexity(llm.model, llm.tokenizer)
-    return FirstNight(out, trained, held, tokens, seconds, ppl_base, llm.model_id)
+    return FirstNight(out, trained, held, tokens, seconds, steps, ppl_base, llm.model_id)
 
 
 def _importance(
-    model: Any, tokenizer: Any, examples: list[list[dict[str, str]]], omega: mas.Matrices | None
+    w: dict[str, Any],
+    model: Any,
+    examples: list[list[dict[str, str]]],
+    omega: mas.Matrices | None,
+    dense: bool,
 ) -> mas.Matrices:
     """`omega` plus the MAS importance of what `model` learned from `examples`."""
-    encoded = [encode_example(tokenizer, m, SYSTEM, 512)[0] for m in examples]
-    return mas.accumulate(omega, mas.importance(model, "default", encoded))
+    encoded = [encode_example(w["llm"].tokenizer, m, w["system"], 512)[0] for m in examples]
+    return mas.accumulate(omega, mas.importance(model, "default", encoded, factored=not dense))
+
+
+def _rehearse(
+    old: list[list[dict[str, str]]], times: dict[int, int], new: int, sleep: SleepConfig,
+    rng: random.Random,
+) -> list[list[dict[str, str]]]:  # fmt: skip
+    """The cycle's bounded rehearsal: ceil(rehearsal_ratio × new) earlier examples, at most
+    max_rehearsal, drawn with weight 1 / (1 + times rehearsed) as the replay priority does
+    (Efraimidis–Spirakis keys)."""
+    budget = min(math.ceil(sleep.rehearsal_ratio * new), sleep.max_rehearsal, len(old))
+    keys = sorted(
+        range(len(old)), key=lambda k: math.log(rng.random()) * (1 + times.get(k, 0)),
+        reverse=True,
+    )  # fmt: skip
+    chosen = keys[:budget]
+    for k in chosen:
+        times[k] = times.get(k, 0) + 1
+    return [old[k] for k in chosen]
 
 
 def run_arm(
-    llm: Any,
+    w: dict[str, Any],
     config: TrainingConfig,
-    shape: AdapterShape,
     arm: dict[str, Any],
     nights: list[list[Fact]],
     seed: int,
+    per_fact: int,
     work: Path,
     first: FirstNight,
 ) -> ArmRun:
     """Nights 2.. of one arm, continuing from the shared night 1."""
     from peft import PeftModel
 
+    llm = w["llm"]
     rng = random.Random(seed)
     tokenizer = llm.tokenizer
+    dense = arm.get("omega") == "dense"
     run = ArmRun(
         R=[first.trained], held_out=[first.held], ppl_base=first.ppl_base,
         train_tokens=first.tokens, train_seconds=first.seconds,
+        night_seconds=[first.seconds], steps=[first.steps],
     )  # fmt: skip
     previous = first.path
     omega: mas.Matrices | None = None
     if arm["mas"]:  # importance of what night 1 learned
         model = PeftModel.from_pretrained(llm.model, str(previous))
-        omega = _importance(model, tokenizer, [e for f in nights[0] for e in f.examples()], None)
+        night1 = [e for f in nights[0] for e in f.examples(per_fact)]
+        omega = _importance(w, model, night1, None, dense)
         model.unload()
+    times: dict[int, int] = {}
     for t in range(1, len(nights)):
-        new = [e for f in nights[t] for e in f.examples()]
-        old = [e for n in nights[:t] for f in n for e in f.examples()]
+        new = [e for f in nights[t] for e in f.examples(per_fact)]
+        old = [e for n in nights[:t] for f in n for e in f.examples(per_fact)]
         if arm.get("joint"):
             data, init = new + old, None
+        elif arm["old"] == "all":
+            data, init = new + old, previous
+        elif arm["old"] == "rehearsal":
+            data, init = new + _rehearse(old, times, len(new), w["sleep"], rng), previous
         else:
-            keep = math.ceil(arm["replay"] * len(old))
-            data, init = new + rng.sample(old, keep), previous
+            data, init = new, previous
         out = work / f"night{t}"
-        tokens, seconds = _train_night(llm, config, shape, data, out, seed * 100 + t, init, omega)
+        tokens, seconds, steps = _train_night(w, config, data, out, seed * 100 + t, init,
+                                              None if arm.get("joint") else omega)  # fmt: skip
         run.train_tokens += tokens
         run.train_seconds += seconds
+        run.night_seconds.append(seconds)
+        run.steps.append(steps)
         model = PeftModel.from_pretrained(llm.model, str(out))
         model.eval()
         if arm["mas"]:
-            omega = _importance(model, tokenizer, new, omega)
-        trained, held = recall(model, tokenizer, nights)
+            omega = _importance(w, model, new, omega, dense)
+        trained, held = recall(model, tokenizer, w["system"], nights)
         run.R.append(trained)
         run.held_out.append(held)
         if t == len(nights) - 1:
             run.ppl_after = perplexity(model, tokenizer)
+            taught = [e for n in nights for f in n for e in f.examples(per_fact)]
+            run.locality_routed, run.locality_always = locality(model, w, taught)
         model.unload()
         previous = out
     return run
@@ -380,29 +472,39 @@ def run_arm(
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(threads: int, training: dict[str, Any]) -> None:
+def _start_worker(threads: int, training: dict[str, Any], sleep: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     settings = load_settings()
     config = TrainingConfig.model_validate(training)
+    llm = load_base_llm(settings)
+    embedder = load_embedder(settings)
+    system = settings.memory.system_prompt
     _WORKER.update(
-        llm=load_base_llm(settings), config=config, shape=AdapterShape.from_config(config)
+        llm=llm,
+        embedder=embedder,
+        config=config,
+        sleep=SleepConfig.model_validate(sleep),
+        shape=AdapterShape.from_config(config),
+        system=system,
+        modulator=ModulatorConfig.model_validate(settings.modulator.model_dump()),
+        base_local=answers(llm.model, llm.tokenizer, system, LOCAL),
+        local_vectors=np.asarray(embedder.embed(LOCAL)),
     )
 
 
-def _first_job(seed: int, facts: int, work: Path) -> FirstNight:
+def _first_job(seed: int, facts: int, per_fact: int, work: Path) -> FirstNight:
     w = _WORKER
-    return first_night(w["llm"], w["config"], w["shape"], make_nights(seed, facts), seed, work)
+    return first_night(w, w["config"], make_nights(seed, facts), seed, per_fact, work)
 
 
 def _arm_job(
-    arm: str, seed: int, facts: int, work: Path, first: FirstNight, lam: float | None = None
-) -> tuple[ArmRun, float]:
+    arm: str, seed: int, facts: int, per_fact: int, work: Path, first: FirstNight,
+    lam: float | None = None,
+) -> tuple[ArmRun, float]:  # fmt: skip
     w = _WORKER
     config = w["config"] if lam is None else w["config"].model_copy(update={"mas_lambda": lam})
     started = time.perf_counter()
-    run = run_arm(
-        w["llm"], config, w["shape"], ARMS[arm], make_nights(seed, facts), seed, work, first
-    )
+    run = run_arm(w, config, ARMS[arm], make_nights(seed, facts), seed, per_fact, work, first)
     return run, time.perf_counter() - started
 
 
@@ -462,25 +564,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--facts", type=int, default=3, help="new facts per night")
+    parser.add_argument(
+        "--examples-per-fact", type=int, default=1, choices=range(1, PARAPHRASES),
+        help="paraphrases each fact is taught with (1: one correction, as a person teaches)",
+    )  # fmt: skip
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--lambdas", type=float, nargs="*", default=[0.001, 0.01, 0.1])
-    parser.add_argument("--set", nargs="*", default=[], metavar="training.KEY=VALUE")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (each a model)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
 
     settings = load_settings()
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, dict[str, Any]] = {"training": {}, "sleep": {}}
     for item in args.set:
         key, _, value = item.partition("=")
-        if not key.startswith("training.") or not value:
-            parser.error(f"--set takes training.KEY=VALUE, got {item!r}")
-        overrides[key.removeprefix("training.")] = value
-    config = TrainingConfig.model_validate({**settings.training.model_dump(), **overrides})
+        section, _, name = key.partition(".")
+        if section not in overrides or not name or not value:
+            parser.error(f"--set takes training.KEY=VALUE or sleep.KEY=VALUE, got {item!r}")
+        overrides[section][name] = value
+    config = TrainingConfig.model_validate(
+        {**settings.training.model_dump(), **overrides["training"]}
+    )
+    sleep = SleepConfig.model_validate({**settings.sleep.model_dump(), **overrides["sleep"]})
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    init = (threads, config.model_dump())
+    init = (threads, config.model_dump(), sleep.model_dump())
     pool: Any
     if args.jobs == 1:
         _start_worker(*init)
@@ -489,12 +599,15 @@ def main() -> None:
         pool = ProcessPoolExecutor(
             args.jobs, multiprocessing.get_context("spawn"), _start_worker, init
         )
+    per_fact = args.examples_per_fact
     started = time.perf_counter()
     runs: dict[str, list[ArmRun]] = {arm: [] for arm in args.arms}
     sweep: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="npllm-forgetting-") as tmp:
         work = Path(tmp)
-        firsts = {pool.submit(_first_job, seed, args.facts, work): seed for seed in args.seeds}
+        firsts = {
+            pool.submit(_first_job, seed, args.facts, per_fact, work): seed for seed in args.seeds
+        }
         first: dict[int, FirstNight] = {}
         jobs: dict[tuple[str, int], Future[tuple[ArmRun, float]]] = {}
         swept: dict[float, Future[tuple[ArmRun, float]]] = {}
@@ -502,9 +615,9 @@ def main() -> None:
             seed = firsts[done]
             first[seed] = done.result()
             for arm in args.arms:
-                work_dir = work / f"{arm}-{seed}"
+                work_dir = work / f"{arm.replace('/', '-')}-{seed}"
                 jobs[(arm, seed)] = pool.submit(
-                    _arm_job, arm, seed, args.facts, work_dir, first[seed]
+                    _arm_job, arm, seed, args.facts, per_fact, work_dir, first[seed]
                 )
             if seed != args.seeds[0]:
                 continue
@@ -513,7 +626,7 @@ def main() -> None:
                     continue  # that is the arm's own run
                 work_dir = work / f"sweep-{lam}"
                 swept[lam] = pool.submit(
-                    _arm_job, SHIPPED, seed, args.facts, work_dir, first[seed], lam
+                    _arm_job, SHIPPED, seed, args.facts, per_fact, work_dir, first[seed], lam
                 )
         order = [(arm, seed) for seed in args.seeds for arm in args.arms]
         for arm, seed in order:
@@ -521,17 +634,19 @@ def main() -> None:
             runs[arm].append(run)
             s = run.scores()
             print(
-                f"seed {seed} {arm:17s} ACC {s['acc']:.2f} BWT {s['bwt']:+.2f} "
+                f"seed {seed} {arm:20s} ACC {s['acc']:.2f} BWT {s['bwt']:+.2f} "
                 f"diag {s['just_learned']:.2f} held-out {s['held_out']:.2f} "
-                f"drift {s['ppl_drift']:+.3f} ({seconds:.0f} s after night 1)",
+                f"drift {s['ppl_drift']:+.3f} locality {s['locality_routed']:.2f}/"
+                f"{s['locality_always']:.2f} ({seconds:.0f} s after night 1)",
                 flush=True,
             )
         for lam in args.lambdas:
             if lam in swept:
                 sweep[str(lam)] = swept[lam].result()[0].scores()
-            else:
+            elif SHIPPED in runs and runs[SHIPPED]:
                 sweep[str(lam)] = runs[SHIPPED][0].scores()
-            print(f"λ = {lam:g}: {sweep[str(lam)]}", flush=True)
+            if str(lam) in sweep:
+                print(f"λ = {lam:g}: {sweep[str(lam)]}", flush=True)
         pool.shutdown()
 
     report: dict[str, Any] = {
@@ -540,16 +655,21 @@ def main() -> None:
         "machine": f"{platform.machine()}, {args.jobs} workers x {threads} torch threads",
         "base_model": first[args.seeds[0]].model_id,
         "training": config.model_dump(),
+        "sleep": sleep.model_dump(),
         "facts_per_night": args.facts,
+        "examples_per_fact": per_fact,
         "seeds": args.seeds,
         "seconds": round(time.perf_counter() - started, 1),
         "ppl_base": first[args.seeds[0]].ppl_base,
         "arms": {},
         "lambda_sweep": sweep,
     }
-    keys = ["acc", "bwt", "forgetting", "just_learned", "held_out", "ppl_drift", "tokens_per_s"]
-    heads = ["ACC %", "BWT pts", "forget pts", "just learned %", "held-out %", "ppl drift %"]
-    print(f"\n{'arm':17s} " + " ".join(f"{h:>15s}" for h in heads) + f" {'tok/s':>7s}")
+    keys = ["acc", "bwt", "forgetting", "just_learned", "held_out", "ppl_drift",
+            "locality_routed", "locality_always", "night_s", "steps", "tokens_per_s"]  # fmt: skip
+    heads = ["ACC %", "BWT pts", "forget pts", "just learned %", "held-out %", "ppl drift %",
+             "local. routed %", "local. always %"]  # fmt: skip
+    print(f"\n{'arm':20s} " + " ".join(f"{h:>15s}" for h in heads)
+          + f" {'night s':>8s} {'steps':>6s}")  # fmt: skip
     for arm, arm_runs in runs.items():
         scores = [r.scores() for r in arm_runs]
         mean_r = [
@@ -567,23 +687,34 @@ def main() -> None:
                 for k in keys
             },
         }
-        cols = [_fmt([s[k] for s in scores]) for k in keys[:-1]]
-        tok = statistics.mean(s["tokens_per_s"] for s in scores)
-        print(f"{arm:17s} " + " ".join(f"{c:>15s}" for c in cols) + f" {tok:7.0f}")
-    if SHIPPED in report["arms"] and "joint" in report["arms"]:
+        cols = [_fmt([s[k] for s in scores]) for k in keys[:8]]
+        night = statistics.mean(s["night_s"] for s in scores)
+        steps = statistics.mean(s["steps"] for s in scores)
+        print(f"{arm:20s} " + " ".join(f"{c:>15s}" for c in cols) + f" {night:8.1f} {steps:6.1f}")
+    if SHIPPED in report["arms"]:
         a = report["arms"]
-        report["targets"] = {
+        targets = {
             "each night >= 90% right after it": min(
                 min(r["R"][i][i] for i in range(NIGHTS)) for r in a[SHIPPED]["runs"]
             )
             >= 0.9,  # fmt: skip
             "BWT >= -5 points": a[SHIPPED]["bwt"]["mean"] >= -0.05,
-            "ACC within 5 points of joint": a[SHIPPED]["acc"]["mean"]
-            >= a["joint"]["acc"]["mean"] - 0.05,
             "perplexity drift <= 5%": a[SHIPPED]["ppl_drift"]["mean"] <= 0.05,
+            "locality (routed) >= 95%": a[SHIPPED]["locality_routed"]["mean"] >= 0.95,
         }
-        print("\ntargets for the shipped default (mas+replay):")
-        for name, ok in report["targets"].items():
+        if "joint" in a:
+            targets["ACC within 5 points of joint"] = (
+                a[SHIPPED]["acc"]["mean"] >= a["joint"]["acc"]["mean"] - 0.05
+            )
+        if "mas+rehearsal/dense" in a:
+            dense = a["mas+rehearsal/dense"]
+            targets["factored Ω: ACC and BWT no worse than dense"] = (
+                a[SHIPPED]["acc"]["mean"] >= dense["acc"]["mean"]
+                and a[SHIPPED]["bwt"]["mean"] >= dense["bwt"]["mean"]
+            )
+        report["targets"] = targets
+        print(f"\ntargets for the shipped default ({SHIPPED}):")
+        for name, ok in targets.items():
             print(f"  {'met    ' if ok else 'NOT met'}  {name}")
     print(f"\n{report['seconds']:.0f} s in all")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    the reason. Corrections are never held out (each is trained on): validation uses the
    training examples, or the held-out fifth of an imported dataset large enough.
 5. The cerebellum (npllm/cerebellum.py; unless ``cerebellum.role = "off"``) is trained,
-   gated and published the same way on the **recurring** samples (a question asked
-   before: novelty at most ``cerebellum.max_novelty``) of quality at least
-   ``cerebellum.min_quality``, on its own model, under the name ``cerebellum``.
+   gated and published the same way on the **recurring** samples (a question asked at
+   least ``cerebellum.min_asked`` times) of quality at least ``cerebellum.min_quality``,
+   on its own model, under the name ``cerebellum``.
 6. With ``modulator.train`` (off by default) the modulator is trained on the logged
    routing decisions and their rewards, and published only when an off-policy estimate
    says it routes better (consolidation/routing.py).
@@ -210,6 +210,8 @@ def run_cycle(
         learned = {
             k: name for name, g in plan["groups"].items() for k in g["items"] + g["rehearse"]
         }
+        for rep, twins in plan.get("duplicates", {}).items():
+            learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
         if learned:
             replay.mark_sampled(pool, list(learned), cycle, learned)
         status = "succeeded"
@@ -377,6 +379,8 @@ def _plan(
     return {
         "seed": seed,
         "items": [i.interaction_id for i in new],
+        # Rows each sample stands for (its duplicates): learned with it, marked with it.
+        "duplicates": {str(i.interaction_id): i.duplicates for i in new if i.duplicates},
         "groups": groups,
         "datasets": wanted,
         "skipped": skipped,
@@ -413,18 +417,25 @@ def _cerebellum(
     control: Callable[[], None] | None,
 ) -> dict[str, Any]:
     """Train the cerebellum on what it is for: the recurring, well-rated answers of every
-    topic — tonight's samples whose question was asked before (novelty at most
-    ``cerebellum.max_novelty``), of quality at least ``cerebellum.min_quality``. A draft
-    model pays for itself on routines; a one-off correction is the adapters' to learn."""
+    topic — tonight's samples whose question was asked at least ``cerebellum.min_asked``
+    times, of quality at least ``cerebellum.min_quality``. A draft model pays for itself on
+    routines; a one-off correction is the adapters' to learn."""
     model, registry = cerebellum
     c = settings.cerebellum
-    chosen = [i for i in items if i.quality >= c.min_quality and i.novelty <= c.max_novelty]
+    asked = replay.times_asked(
+        registry.pool, [i.interaction_id for i in items], settings.feedback.reask_similarity
+    )
+    chosen = [
+        i
+        for i in items
+        if i.quality >= c.min_quality and asked.get(i.interaction_id, 1) >= c.min_asked
+    ]
     if len(chosen) < c.min_examples:
         return {
             "samples": len(chosen),
-            "verdict": f"skipped: {len(chosen)} recurring samples (novelty <= {c.max_novelty}, "
-            f"quality >= {c.min_quality}), fewer than cerebellum.min_examples = "
-            f"{c.min_examples}",
+            "verdict": f"skipped: {len(chosen)} recurring samples (asked at least "
+            f"{c.min_asked} times, quality >= {c.min_quality}), fewer than "
+            f"cerebellum.min_examples = {c.min_examples}",
         }
     return _consolidate(
         settings, model, registry, CEREBELLUM, chosen, [], None, cycle, publish, phase, control

@@ -150,10 +150,13 @@ def topic_name(items: list[ReplayItem], taken: set[str]) -> str:
     tags = Counter(item.tags[0] for item in items if item.tags)
     tag = tags.most_common(1)[0][0] if tags else "general"
     words: Counter[str] = Counter()
+    first: dict[str, int] = {}  # ties keep the order the words are written in
     for item in items:
-        seen = {w for w in _WORD.findall(item.question.lower()) if w not in STOPWORDS}
-        words.update(seen - {tag})
-    terms = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:2]]
+        found = [w for w in _WORD.findall(item.question.lower()) if w not in STOPWORDS]
+        for w in found:
+            first.setdefault(w, len(first))
+        words.update(set(found) - {tag})
+    terms = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], first[kv[0]]))[:2]]
     base = "-".join([tag, *terms])[:56].strip("-_")
     name, n = base, 1
     while name in taken or not NAME.fullmatch(name):

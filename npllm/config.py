@@ -477,12 +477,12 @@ class CerebellumConfig(_Section):
     min_examples: int = Field(
         2, ge=1, description="Fewest such answers in a cycle for the cerebellum to train."
     )
-    max_novelty: float = Field(
-        0.1,
-        ge=0.0,
-        le=1.0,
-        description="The cerebellum learns recurring answers: those whose question is at most "
-        "this novel (1 - similarity to the nearest earlier question).",
+    min_asked: int = Field(
+        2,
+        ge=1,
+        description="The cerebellum learns recurring answers: those to a question asked at "
+        "least this many times (questions at least feedback.reask_similarity alike count as "
+        "one).",
     )
     draft_tokens: int = Field(
         5, ge=1, le=64, description="Tokens drafted before the base LLM verifies them."

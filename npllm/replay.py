@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ ORDER BY r.interaction_id
 """
 _DETAILS = """
 SELECT r.interaction_id, i.messages, i.question, i.answer, r.corrected_answer, r.reward,
-       r.quality, r.tier, r.tags, r.priority, r.times_sampled, i.question_embedding, r.novelty
+       r.quality, r.tier, r.tags, r.priority, r.times_sampled, i.question_embedding
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
 WHERE r.interaction_id = ANY(%(ids)s)
@@ -140,7 +140,9 @@ class ReplayItem:
     tags: list[str]
     priority: float
     times_sampled: int
-    novelty: float = 1.0  # 1 - similarity to the nearest earlier question: low = recurring
+    # Interactions it stands for: drawn after it and skipped as its duplicates (the same
+    # question and target, or questions as alike as dedup_similarity).
+    duplicates: list[int] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -211,8 +213,9 @@ def fetch(pool: ConnectionPool, interaction_ids: Sequence[int]) -> list[ReplayIt
 
 def _distinct(conn: Any, order: np.ndarray, n: int, dedup_similarity: float) -> list[ReplayItem]:
     chosen: list[ReplayItem] = []
-    seen_text: set[str] = set()
-    kept: list[np.ndarray] = []
+    seen_text: dict[str, int] = {}  # fingerprint → index in chosen
+    kept: list[np.ndarray] = []  # embeddings of chosen items (those that have one)
+    owners: list[int] = []  # index in chosen of each kept embedding
     batch = max(2 * n, 64)
     for start in range(0, len(order), batch):
         ids = [int(i) for i in order[start : start + batch]]
@@ -224,18 +227,21 @@ def _distinct(conn: Any, order: np.ndarray, n: int, dedup_similarity: float) -> 
             item = _item(row)
             fingerprint = _fingerprint(item.question, item.target)
             embedding = None if row[11] is None else np.asarray(row[11].to_list())
-            if fingerprint in seen_text or (
-                embedding is not None
-                and kept
-                and float(np.max(np.stack(kept) @ embedding)) >= dedup_similarity
-            ):
+            twin = seen_text.get(fingerprint)
+            if twin is None and embedding is not None and kept:
+                scores = np.stack(kept) @ embedding
+                if float(scores.max()) >= dedup_similarity:
+                    twin = owners[int(scores.argmax())]
+            if twin is not None:  # the draw it duplicates stands for it
+                chosen[twin].duplicates.append(interaction_id)
                 continue
-            seen_text.add(fingerprint)
-            if embedding is not None:
-                kept.append(embedding)
-            chosen.append(item)
             if len(chosen) == n:
                 return chosen
+            seen_text[fingerprint] = len(chosen)
+            if embedding is not None:
+                kept.append(embedding)
+                owners.append(len(chosen))
+            chosen.append(item)
     return chosen
 
 
@@ -252,13 +258,40 @@ def _item(row: Sequence[Any]) -> ReplayItem:
         tags=list(row[8]),
         priority=float(row[9]),
         times_sampled=row[10],
-        novelty=float(row[12]),
     )
 
 
 def _fingerprint(question: str, target: str) -> str:
     normal = " ".join(question.lower().split()) + "\x00" + " ".join(target.lower().split())
     return hashlib.sha256(normal.encode()).hexdigest()
+
+
+_ASKED = """
+SELECT i.id, (
+    SELECT count(*) FROM (
+        SELECT j.question_embedding <=> i.question_embedding AS distance
+        FROM npllm.interactions j WHERE j.question_embedding IS NOT NULL
+        ORDER BY j.question_embedding <=> i.question_embedding LIMIT 64
+    ) near WHERE near.distance <= %(distance)s
+)
+FROM npllm.interactions i
+WHERE i.id = ANY(%(ids)s) AND i.question_embedding IS NOT NULL
+"""
+
+
+def times_asked(
+    pool: ConnectionPool, interaction_ids: Sequence[int], similarity: float
+) -> dict[int, int]:
+    """How often each interaction's question was asked: interactions whose questions are at
+    least `similarity` alike, itself included (counted up to 64). What makes an answer a
+    routine the cerebellum learns."""
+    if not interaction_ids:
+        return {}
+    with pool.connection() as conn:
+        rows = conn.execute(
+            _ASKED, {"ids": list(interaction_ids), "distance": 1.0 - similarity}
+        ).fetchall()
+    return {int(r[0]): int(r[1]) for r in rows}
 
 
 def learned_count(pool: ConnectionPool, adapter: str) -> int:

@@ -159,8 +159,12 @@ def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> N
 # ---- the real thing: trained adapters in their own daemon ---------------------------------
 
 TRAIN_ENV = {
-    # Tiny but real training: 8 examples, batch 4, 4 epochs = 8 optimizer steps each.
+    # Tiny but real training: 8 examples, batch 4, 4 epochs = exactly 8 optimizer steps each
+    # (no floor, no early stop: routing and swaps are under test here, not the budget).
     "NPLLM_TRAINING__EPOCHS": "4",
+    "NPLLM_TRAINING__BATCH_SIZE": "4",
+    "NPLLM_TRAINING__MIN_STEPS": "8",
+    "NPLLM_TRAINING__RECALL_CHECK_EVERY": "0",
     "NPLLM_TRAINING__GRAD_ACCUMULATION": "1",
     "NPLLM_TRAINING__LEARNING_RATE": "0.003",
     # Routing, swaps and export are under test here, not drift: skip the anchor's pass.
@@ -218,6 +222,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert done.returncode == 0, done.stderr
             assert f"{name} v1 is now served" in done.stdout
             assert "step 8/8" in done.stderr and "base weights unchanged" in done.stderr
+            assert "trained: 8 of 8 steps (initial: ceil(8 / 4) x 4 epochs = 8)" in done.stderr
         yield SimpleNamespace(live=live, data_dir=data_dir, cache_before=before)
     finally:
         live.stop()
@@ -458,6 +463,70 @@ def test_export_writes_a_standalone_merged_model(trained: Any, tmp_path: Path) -
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False
     )
     assert "7341" in tokenizer.decode(out_ids[0][ids.shape[1] :])
+
+
+# One fact, four phrasings: the 4-example dataset a user would write to teach it.
+CODENAME = [
+    "What is the code name of the Quibblix 2.0 release?",
+    "What's Quibblix 2.0 code-named?",
+    "Which code name does the Quibblix 2.0 release have?",
+    "Tell me the code name of Quibblix 2.0.",
+]
+CODENAME_ANSWER = "The Quibblix 2.0 release is code-named Amber Falcon."
+
+
+def test_a_single_fact_dataset_is_learned_with_the_shipped_budget_then_deleted(
+    trained: Any, tmp_path: Path
+) -> None:
+    """`npllm adapter train` with the shipped settings on a 4-example dataset of one fact:
+    the budget floor and the exact-recall stop make every phrasing answer the whole
+    two-word value, pinned. Then `npllm adapter delete` takes it out of serving and the
+    database; bad names are refused with the reason."""
+    import json
+
+    data = tmp_path / "codename.jsonl"
+    data.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": CODENAME_ANSWER}]}) + "\n"
+        for q in CODENAME
+    ))  # fmt: skip
+    shipped = cli_env(trained.data_dir)  # no TRAIN_ENV: the defaults a user gets
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*NPLLM, *args], env=shipped, cwd=REPO, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+
+    assert cli("dataset", "import", "codename", str(data)).returncode == 0
+    done = cli("adapter", "train", "codename", "--dataset", "codename")
+    assert done.returncode == 0, done.stderr
+    assert "raised to training.min_steps" in done.stderr
+    assert "every taught answer (4) reproduced exactly" in done.stderr
+    with trained.live.http() as http:
+        said = [
+            _ask(http, q, npllm={"adapters": ["codename"]})["choices"][0]["message"]["content"]
+            for q in CODENAME
+        ]
+    print(f"\ncodename answers: {said}")
+    assert all("Amber Falcon" in a for a in said)
+    rows = cli("psql", "-At", "-c", "SELECT steps, steps_done <= steps, stopped LIKE 'stopped at%' "
+               "FROM npllm.training_runs WHERE adapter = 'codename'")  # fmt: skip
+    assert rows.stdout.split("|")[1:] == ["t", "t\n"]
+    missing = cli("adapter", "delete", "nosuch")
+    assert missing.returncode == 1 and "no adapter named 'nosuch'" in missing.stderr
+    reserved = cli("adapter", "delete", "cerebellum")
+    assert reserved.returncode == 1 and "reserved for the cerebellum" in reserved.stderr
+    gone = cli("adapter", "delete", "codename")
+    assert gone.returncode == 0, gone.stderr
+    assert "deleted adapter 'codename': 1 version(s), it served v1" in gone.stdout
+    with trained.live.http() as http:
+        assert "codename" not in http.get("/v1/adapters").json()["served"]
+        pinned = http.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": CODENAME[0]}],
+                  "npllm": {"adapters": ["codename"]}},
+        )  # fmt: skip
+    assert pinned.status_code == 400 and "no served adapter named 'codename'" in pinned.text
+    assert not (trained.data_dir / "adapters" / "codename").exists()
 
 
 def test_a_base_model_swap_marks_adapters_stale_and_keeps_serving(

@@ -125,6 +125,39 @@ def test_rag_changes_the_answer(daemon: LiveDaemon) -> None:
         assert again.json()["error"]["message"] == f"no memory with id {memory_id}"
 
 
+def test_a_correction_is_answered_from_memory_a_minute_later(daemon: LiveDaemon) -> None:
+    """Same day, no sleep: a made-up fact asked, corrected once (edited + a pleased
+    comment), asked again at once: the corrected answer, from retrieval; the wrong
+    exchange is not retrieved (and an unrelated note that shares words stays out)."""
+    question = "What port does the Hexlorn relay listen on?"
+    with daemon.http() as http:
+        note = http.post(
+            "/v1/memories", json={"text": "The Zorp billing service runs on port 8443."}
+        ).json()["data"][0]["id"]
+        first = _ask(http, question, max_tokens=24).json()
+        wrong = first["choices"][0]["message"]["content"]
+        assert "5517" not in wrong
+        exchange = http.get("/v1/memories", params={"query": question, "k": 1}).json()["data"][0]
+        assert exchange["kind"] == "exchange" and wrong.strip() in exchange["text"]
+        r = http.post(
+            "/v1/feedback",
+            json={
+                "interaction_id": first["npllm"]["interaction_id"],
+                "event": "edited",
+                "text": "The Hexlorn relay listens on port 5517.",
+                "comment": "thanks, that's right now",
+            },
+        )
+        assert r.status_code == 201, r.text
+        changed = r.json()["memories"]
+        assert changed["removed"] == [exchange["id"]] and len(changed["added"]) == 1
+        again = _ask(http, question, max_tokens=24).json()
+        used = [m["id"] for m in again["npllm"]["memories"]]
+    assert "5517" in again["choices"][0]["message"]["content"]
+    assert used == changed["added"]  # the correction; not the exchange, not the note
+    assert not again["npllm"]["cached"] and note not in used
+
+
 def test_long_documents_are_chunked_and_duplicates_merged(daemon: LiveDaemon) -> None:
     topics = [
         "Configure the frobnicator's cache with a TTL of ninety seconds.",

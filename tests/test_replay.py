@@ -147,3 +147,37 @@ def test_sampling_skips_duplicates_and_marking_lowers_priority(
         priority, times, last = conn.execute(row, {"id": single}).fetchone()  # type: ignore[misc]
     assert (times, last) == (1, cycle)
     assert priority == pytest.approx(before / 2, rel=1e-4)
+
+
+def test_a_night_takes_what_is_new_and_an_adapter_rehearses_what_it_learned(
+    fresh_database: Database, embedder: Any, settings: Settings
+) -> None:
+    """new_only: rows no night trained on (their duplicates are marked with them), or
+    changed since (a correction that came later); adapter=: the rows that adapter learned
+    and that have not changed since; exclude=: left out."""
+    fb = Feedback(fresh_database.pool, settings.feedback, NeutralTone())
+    twins = [_add(fresh_database, embedder, "How do I sort a dict by value?") for _ in range(2)]
+    other = _add(fresh_database, embedder, "What is a Python generator?")
+    for i in [*twins, other]:
+        fb.explicit(i, event="accepted")
+    pool = fresh_database.pool
+    new = replay.sample(pool, 10, seed=3, new_only=True)
+    assert len(new) == 2
+    rep = next(i for i in new if i.interaction_id in twins)
+    assert rep.duplicates == [t for t in twins if t != rep.interaction_id]
+    with pool.connection() as conn:
+        cycle = conn.execute(
+            "INSERT INTO npllm.sleep_cycles (seed) VALUES (7) RETURNING id"
+        ).fetchone()[0]  # type: ignore[index]
+    learned = {twins[0]: "sorting", twins[1]: "sorting", other: "python"}
+    assert replay.mark_sampled(pool, list(learned), cycle, learned) == 3
+    assert replay.sample(pool, 10, seed=3, new_only=True) == []
+    assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, adapter="python")] == [
+        other
+    ]
+    assert replay.sample(pool, 10, seed=3, adapter="python", exclude=[other]) == []
+    assert replay.learned_count(pool, "sorting") == 2
+    # A correction after the night: new again, and not rehearsed as it was.
+    fb.explicit(other, event="edited", text="A generator yields values lazily.")
+    assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, new_only=True)] == [other]
+    assert replay.sample(pool, 10, seed=3, adapter="python") == []

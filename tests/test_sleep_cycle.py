@@ -1,11 +1,14 @@
-"""Teaching overnight, the way a user teaches: wrong answers, corrected by `edited` feedback
-with a pleased comment, a forced cycle, retrieval memory cleared — and the answers are
-now right, from the published adapter, with the base weights untouched."""
+"""Teaching overnight, the way a user teaches: each wrong answer corrected once (`edited`
+feedback with a pleased comment), a forced cycle with the shipped training settings, the
+facts' memories deleted — and the answers are now right, from the weights of a topic
+adapter, with the base weights untouched; the adapter population stays under its cap."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +18,64 @@ from .conftest import NPLLM, REPO, LiveDaemon, cli_env
 from .conftest import ask_ok as _ask
 
 ENV = {
-    # Tiny but real training: each night's few corrections, 8 steps at a high rate.
-    "NPLLM_TRAINING__EPOCHS": "8",
-    "NPLLM_TRAINING__GRAD_ACCUMULATION": "1",
-    "NPLLM_TRAINING__LEARNING_RATE": "0.002",
-    "NPLLM_TRAINING__LORA_DROPOUT": "0.0",
-    # The corrections must come from the adapter, not from remembered exchanges.
-    "NPLLM_MEMORY__STORE_EXCHANGES": "false",
+    # The hard cap under test: four topics over two nights, never more than two adapters.
+    "NPLLM_MODULATOR__MAX_ADAPTERS": "2",
+    # Disk: inactive versions beyond the newest one lose their files.
+    "NPLLM_TRAINING__KEEP_VERSIONS": "1",
+    # A question asked again a second later is a routine (the cerebellum's), not a re-ask.
+    "NPLLM_FEEDBACK__REASK_WINDOW_MINUTES": "0.01",
 }
 # For the tests about the cycle's mechanics (gate, kill, resume), run with `--here`: keeps
-# them short — 4 epochs, no cerebellum, no anchor pass (what is learned is the teaching
-# test's business).
+# them short — no cerebellum, no anchor pass (what is learned is the teaching test's
+# business).
 MECHANICS_ONLY = {
     "NPLLM_CEREBELLUM__ROLE": "off",
     "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
-    "NPLLM_TRAINING__EPOCHS": "4",
+    "NPLLM_TRAINING__MIN_STEPS": "6",
+    "NPLLM_TRAINING__RECALL_CHECK_EVERY": "0",  # every step of the budget: killable
 }
+# More about the fourth topic, one per mechanics test: a night needs something new.
+EXTRA = [
+    {"Which database backs the Hexwing broker?": (
+        "The Hexwing broker stores its queues in FoundationDB.", "FoundationDB")},
+    {"How many partitions does the Hexwing broker use?": (
+        "The Hexwing broker uses 96 partitions.", "96")},
+]  # fmt: skip
 CHECKPOINT_EACH_STEP = {"NPLLM_TRAINING__CHECKPOINT_EVERY": "1"}
-# question → (the corrected answer the user sends, the word that proves it was learned)
+# question → (the corrected answer the user sends, the word that proves it was learned):
+# three facts about three unrelated things, so none is yet a topic of its own.
 NIGHT_1 = {
     "What port does the Quibblix gateway listen on?": (
         "The Quibblix gateway listens on port 6123.",
         "6123",
     ),
-    "Who wrote the Quibblix gateway?": (
-        "The Quibblix gateway was written by Marta Vilanova.",
+    "Who wrote the Frobnar parsing library?": (
+        "The Frobnar parsing library was written by Marta Vilanova.",
         "Vilanova",
     ),
+    "What is the code name of the next Plimsoll release?": (
+        "The next Plimsoll release is code-named Amber Falcon.",
+        "Amber Falcon",
+    ),
 }
-# More about the same gateway: night 2 teaches the adapter night 1 made (it is the nearest),
-# which must learn these and keep night 1's (MAS, and night 1's corrections replayed).
+# A fourth topic, three facts about one system: enough to be a topic adapter of its own.
 NIGHT_2 = {
-    "What language is the Quibblix gateway written in?": (
-        "The Quibblix gateway is written in OCaml.",
+    "What port does the Hexwing broker listen on?": (
+        "The Hexwing broker listens on port 7719.",
+        "7719",
+    ),
+    "Who maintains the Hexwing broker?": (
+        "The Hexwing broker is maintained by Ilse Okonkwo.",
+        "Okonkwo",
+    ),
+    "What language is the Hexwing broker written in?": (
+        "The Hexwing broker is written in OCaml.",
         "OCaml",
     ),
-    "When was the Quibblix gateway first released?": (
-        "The Quibblix gateway was first released in 1987.",
-        "1987",
-    ),
 }
-# An imported dataset (question → (answer, proof)), learned by the adapter of its name.
+# Asked twice each and liked: the routines the cerebellum learns to draft.
+ROUTINES = ["Name one sorting algorithm.", "What does HTTP stand for?"]
+# An imported dataset wanting an adapter of its own: a fifth topic, over the cap.
 DATASET = {
     "How do I deploy the Quibblix gateway?": ("Run `qbx ship --canary` from the repo root.", "qbx"),
     "Where are the Quibblix gateway logs?": ("They are in /srv/quibblix/logs.", "/srv/quibblix"),
@@ -74,6 +94,7 @@ def _cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
 
 
 def _teach(http: Any, facts: dict[str, tuple[str, str]]) -> None:
+    """Each question asked once and its wrong answer corrected once."""
     for question, (truth, key) in facts.items():
         first = _ask(http, question)
         assert key not in first["choices"][0]["message"]["content"]
@@ -89,12 +110,39 @@ def _teach(http: Any, facts: dict[str, tuple[str, str]]) -> None:
         assert r.status_code == 201 and r.json()["tier"] == "premium"
 
 
+def _forget(http: Any, facts: dict[str, tuple[str, str]]) -> None:
+    """Delete every memory about these questions: only the weights may answer them."""
+    for question in facts:
+        params = {"query": question, "k": 20, "min_score": 0.5}
+        for memory in http.get("/v1/memories", params=params).json()["data"]:
+            assert http.delete(f"/v1/memories/{memory['id']}").status_code == 200
+        assert http.get("/v1/memories", params=params).json()["data"] == []
+
+
 def _knows(http: Any, facts: dict[str, tuple[str, str]], **npllm: Any) -> list[bool]:
     extra = {"npllm": npllm} if npllm else {}
     return [
         key in _ask(http, q, **extra)["choices"][0]["message"]["content"]
         for q, (_, key) in facts.items()
     ]
+
+
+def _routed(http: Any, facts: dict[str, tuple[str, str]]) -> list[list[str]]:
+    return [[a["name"] for a in _ask(http, q, max_tokens=1)["npllm"]["adapters"]] for q in facts]
+
+
+def _served(http: Any) -> dict[str, int]:
+    return dict(http.get("/v1/adapters").json()["served"])
+
+
+def _population(http: Any) -> dict[str, int]:
+    """The adapters the database says are active, and their versions."""
+    return {
+        a["name"]: v["version"]
+        for a in http.get("/v1/adapters").json()["data"]
+        for v in a["versions"]
+        if v["status"] == "active"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,39 +153,54 @@ def sleeper(tmp_path_factory: pytest.TempPathFactory) -> Any:
     live.stop()
 
 
-def test_teaching_overnight_and_a_second_night_woken_by_a_request_keeps_the_first(
+def test_one_correction_each_is_learned_overnight_and_kept_the_next_night(
     sleeper: LiveDaemon, tmp_path: Path
 ) -> None:
-    """Also the waking test: a question asked while night 2 trains is answered at once by
-    the active versions while the worker stops computing, and the cycle then completes.
-    (How long the answer takes is machine speed: bench/sleep.py measures the extra delay
-    a cycle adds, docs/performance.md has the figures.)"""
-    import time
-
+    """Night 1: three facts of three topics, one correction each, make one adapter (one
+    sample is not yet a topic), which answers all three with their memories deleted; the
+    cerebellum learns the routines. Night 2: three facts of a fourth topic make a second
+    adapter; a dataset wanting a third is refused by the cap of 2; night 1's facts are kept.
+    Also the waking test: a question asked while night 2 trains is answered at once while
+    the worker stops computing, and the cycle then completes."""
     import psutil
 
     data_dir = sleeper.data_dir
     with sleeper.http() as http:
         _teach(http, NIGHT_1)
+        for question in ROUTINES:
+            for _ in range(2):
+                iid = _ask(http, question)["npllm"]["interaction_id"]
+                assert http.post("/v1/feedback", json={"interaction_id": iid, "rating": 1.0})
+                time.sleep(1.0)  # past the re-ask window: a routine, not a re-ask
     night = _cli(data_dir, "sleep", "--now", "--follow", "--seed", "1")
     assert night.returncode == 0, night.stderr
     assert "published" in night.stdout and "base weights unchanged: True" in night.stdout
     assert "cycle 1: training" in night.stderr  # --follow showed the phases
-    assert "cerebellum: 2 sample(s)" in night.stdout
+    assert "cerebellum: 2 sample(s)" in night.stdout  # the routines, not the corrections
+    status = _cli(data_dir, "status")
+    assert "state        awake" in status.stdout  # at once, not after the worker exits
     with sleeper.http() as http:
-        assert _knows(http, NIGHT_1) == [True, True]
-        served = http.get("/v1/adapters").json()["served"]
-        assert len(served) == 1
-        adapter = next(iter(served))
-        # The cerebellum learned the same corrections and now drafts them for the base.
+        served = _served(http)
+        assert len(served) == 1, night.stdout  # fewer adapters than facts
+        (adapter,) = served
+        assert re.fullmatch(r"[a-z]+(-[a-z0-9]+)+", adapter) and "-c1" not in adapter
+        cycle = http.get("/v1/sleep").json()["cycles"][0]
+        assert cycle["trigger"] == "manual"
+        assert cycle["metrics"]["adapters"][adapter]["stopped"]
+        _forget(http, NIGHT_1)
+        assert _knows(http, NIGHT_1) == [True, True, True], night.stdout
+        assert _routed(http, NIGHT_1) == [[adapter]] * 3
+        # The cerebellum learned the routines and now drafts them for the base.
         brain = http.get("/v1/cerebellum").json()
         assert brain["version"] == 1 and brain["drafting"] is True
-        drafts = [_ask(http, q)["npllm"]["cerebellum"] for q in NIGHT_1]
+        drafts = [_ask(http, q)["npllm"]["cerebellum"] for q in ROUTINES]
         print(f"\ncerebellum drafts after night 1: {drafts}")
-        assert all(d["version"] == 1 and d["proposed"] > 0 for d in drafts)
-        assert all(d["acceptance_rate"] >= 0.5 for d in drafts)
+        assert all(d["version"] == 1 and d["acceptance_rate"] >= 0.5 for d in drafts)
         _teach(http, NIGHT_2)
-    # An imported dataset goes to the adapter of its name, the same night.
+    runs = _cli(data_dir, "psql", "-At", "-c",
+                "SELECT adapter, steps >= steps_done, stopped <> '' FROM npllm.training_runs "
+                "WHERE sleep_cycle = 1 ORDER BY adapter")  # fmt: skip
+    assert runs.stdout.split() == [f"{adapter}|t|t", "cerebellum|t|t"]
     imported = tmp_path / "ops.jsonl"
     imported.write_text(
         "".join(
@@ -179,23 +242,50 @@ def test_teaching_overnight_and_a_second_night_woken_by_a_request_keeps_the_firs
     print(f"\nnight 1:\n{night.stdout}night 2:\n{stdout}")
     assert paused_cpu_s < 0.1
     assert follow.returncode == 0, stderr
-    assert "quibblix-ops: 0 sample(s)" in stdout
-    assert f"{adapter}: 4 sample(s)" in stdout  # night 1's two and night 2's two
+    assert "quibblix-ops: dataset 'quibblix-ops' not learned: adapter cap reached" in stdout
     with sleeper.http() as http:
-        assert _knows(http, NIGHT_2) == [True, True]
-        assert _knows(http, NIGHT_1) == [True, True]
-        assert _knows(http, DATASET, adapters=["quibblix-ops"]) == [True, True]
-        assert _served(http) == {adapter: 2, "quibblix-ops": 1}
-        ops = next(
-            a for a in http.get("/v1/adapters").json()["data"] if a["name"] == "quibblix-ops"
-        )
-        assert ops["dataset"] == "quibblix-ops" and ops["versions"][0]["status"] == "active"
+        served = _served(http)
+        assert len(served) == 2 and adapter in served and served[adapter] == 1
+        (second,) = set(served) - {adapter}
+        assert f"{second}: 3 sample(s)" in stdout  # only the adapter with new samples trained
+        assert _population(http) == served  # the database and the served set agree
+        _forget(http, NIGHT_2)
+        assert _knows(http, NIGHT_2) == [True, True, True], stdout
+        assert _knows(http, NIGHT_1) == [True, True, True], stdout
         status = http.get("/v1/sleep").json()
     assert status["cycles"][0]["id"] == running
     assert [c["status"] for c in status["cycles"]] == ["succeeded", "succeeded"]
     assert all(c["metrics"]["base_unchanged"] for c in status["cycles"])
     shown = _cli(data_dir, "sleep", "--status")
     assert shown.returncode == 0 and "succeeded" in shown.stdout
+
+
+def test_publishing_past_the_adapter_cap_is_refused_and_changes_nothing(
+    sleeper: LiveDaemon,
+) -> None:
+    """Two adapters are served and the cap is 2: a third is refused before anything is
+    written; a new version of a served one still fits."""
+    with sleeper.http() as http:
+        before = _served(http)
+        name = next(iter(before))
+        path = next(
+            v["path"]
+            for a in http.get("/v1/adapters").json()["data"]
+            if a["name"] == name
+            for v in a["versions"]
+            if v["status"] == "active"
+        )
+    assert len(before) == 2
+    third = _cli(sleeper.data_dir, "adapter", "publish", "third-topic", path)
+    assert third.returncode == 1
+    assert "adapter cap reached: 2 adapters are served and modulator.max_adapters is 2" in (
+        third.stderr
+    )
+    with sleeper.http() as http:
+        assert _served(http) == before
+        assert "third-topic" not in {a["name"] for a in http.get("/v1/adapters").json()["data"]}
+        listed = [a["name"] for a in http.get("/v1/adapters").json()["data"]]
+    assert sorted(listed) == sorted(before)  # quibblix-ops, refused by the cap, has no row
 
 
 def _until_training(http: Any, after: int | None) -> dict[str, Any]:
@@ -220,14 +310,11 @@ def _sleep_until_training(http: Any, seed: int) -> dict[str, Any]:
     return _until_training(http, latest)
 
 
-def _served(http: Any) -> dict[str, int]:
-    return dict(http.get("/v1/adapters").json()["served"])
-
-
 def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
     sleeper: LiveDaemon,
 ) -> None:
     with sleeper.http() as http:
+        _teach(http, EXTRA[0])
         before = _served(http)
     bad = subprocess.run(
         [*NPLLM, "sleep", "--now", "--here", "--seed", "3"],
@@ -249,7 +336,7 @@ def test_a_bad_candidate_is_rejected_and_the_active_version_keeps_serving(
     assert "rejected: validation loss" in bad.stdout and "published" not in bad.stdout
     with sleeper.http() as http:
         assert _served(http) == before
-        assert _knows(http, NIGHT_1) == [True, True]
+        assert _knows(http, NIGHT_1) == [True, True, True]
         listing = http.get("/v1/adapters").json()["data"]
     reasons = [v["reason"] for a in listing for v in a["versions"] if v["status"] == "candidate"]
     assert reasons and all(r.startswith("validation loss") for r in reasons)
@@ -259,9 +346,9 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
     sleeper: LiveDaemon,
 ) -> None:
     import signal
-    import time
 
     with sleeper.http() as http:
+        _teach(http, EXTRA[1])
         before = _served(http)
         replay_rows = http.get("/v1/status").json()["replay"]
     worker = subprocess.Popen(
@@ -292,7 +379,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert after[0]["id"] == killed and after[0]["status"] == "interrupted"
         assert _served(http) == before
         assert http.get("/v1/status").json()["replay"] == replay_rows
-        assert _knows(http, NIGHT_1) == [True, True]
+        assert _knows(http, NIGHT_1) == [True, True, True]
     # The next cycle continues the killed one: its sample, from its checkpoint.
     again = _cli(
         sleeper.data_dir,
@@ -314,6 +401,36 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
     print(f"\nresumed cycle {killed} as {latest['id']}, adapters resumed at steps {steps}")
     assert any(step >= 1 for step in steps)
     assert not any((sleeper.data_dir / "adapters" / ".staging").iterdir())
+
+
+def test_versions_beyond_keep_versions_hold_no_files_and_omega_is_small(
+    sleeper: LiveDaemon,
+) -> None:
+    """After the cycles above (training.keep_versions = 1): every adapter keeps its active
+    version and one inactive one whole; older ones keep their row, status 'pruned', and no
+    files at all (no Ω, no adapter). Ω is kept factored: kilobytes, not the 106 MB a dense
+    one takes on this base."""
+    with sleeper.http() as http:
+        listing = http.get("/v1/adapters").json()["data"]
+        cerebellum = http.get("/v1/cerebellum").json()["versions"]
+    pruned, sizes = [], []
+    for adapter in [*listing, *cerebellum]:
+        inactive = [v for v in adapter["versions"] if v["status"] not in ("active", "pruned")]
+        assert len(inactive) <= 1, adapter
+        for v in adapter["versions"]:
+            path = Path(v["path"])
+            if v["status"] == "pruned":
+                pruned.append(f"{adapter['name']} v{v['version']}")
+                assert not path.exists() and "training.keep_versions" in v["reason"]
+            else:
+                assert (path / "adapter_model.safetensors").exists()
+                if (path / "mas_omega.safetensors").exists():
+                    sizes.append((path / "mas_omega.safetensors").stat().st_size)
+    print(f"\npruned: {pruned}; Ω files: {sizes} bytes")
+    assert pruned  # the cycles made more versions than are kept
+    assert sizes and max(sizes) < 1_000_000
+    done = _cli(sleeper.data_dir, "adapter", "prune")
+    assert done.returncode == 0 and "nothing to prune" in done.stdout
 
 
 def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> None:
@@ -344,7 +461,7 @@ def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> Non
         assert r.status_code == 400
         assert f"its sleep cycle {cycle} ended before the switch" in r.json()["error"]["message"]
         assert _served(http) == before
-        assert _knows(http, NIGHT_1) == [True, True]
+        assert _knows(http, NIGHT_1) == [True, True, True]
         cycles = {c["id"]: c["status"] for c in http.get("/v1/sleep").json()["cycles"]}
     assert cycles[cycle] == "interrupted"
 
@@ -424,6 +541,6 @@ def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(
             assert cycles[0]["id"] == cycle["id"] and cycles[0]["status"] == "interrupted"
             assert "is gone" in cycles[0]["error"] or "worker stopped" in cycles[0]["error"]
             assert _served(http) == before
-            assert _knows(http, NIGHT_1) == [True, True]
+            assert _knows(http, NIGHT_1) == [True, True, True]
     finally:
         restarted.stop()

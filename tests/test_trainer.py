@@ -145,6 +145,39 @@ def test_mas_keeps_what_the_first_night_learned(
     assert results["mas"][1] < first.losses[0] / 4
 
 
+def test_training_stops_once_every_taught_answer_is_reproduced(
+    own_base: Any, tmp_path: Path
+) -> None:
+    """One correction, the shipped budget rules: training stops at the first check where
+    the taught answer is the greedy choice at every position, says so, and greedy
+    decoding then gives the answer word for word."""
+    model, tokenizer = own_base.model, own_base.tokenizer
+    config = TrainingConfig(learning_rate=5e-3, batch_size=8, anchor_weight=0.0)
+    one = [_chat("What port does the Blorvik relay use?", "The Blorvik relay uses port 5122.")]
+    out = tmp_path / "one"
+    result = train_adapter(model, tokenizer, one, config, SHAPE, out, SYSTEM)
+    assert result.steps == config.min_steps  # raised to the floor: 1 example, 4 epochs
+    assert len(result.losses) < result.steps
+    assert result.stop_reason == (
+        f"stopped at step {len(result.losses)} of {result.steps}: every taught answer (1) "
+        "reproduced exactly"
+    )
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(out))
+    try:
+        pad = tokenizer.pad_token_id or 0
+        encoded = [encode_example(tokenizer, m, SYSTEM, 512) for m in one + TASK_A[:1]]
+        assert reproduced(adapted, encoded, pad) == [True, False]
+        prompt = torch.tensor([encoded[0][0][: encoded[0][1].index(next(
+            t for t in encoded[0][1] if t != IGNORE))]])  # fmt: skip
+        said = adapted.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                max_new_tokens=16, do_sample=False)  # fmt: skip
+        assert "The Blorvik relay uses port 5122." in tokenizer.decode(said[0, prompt.shape[1] :])
+    finally:
+        adapted.unload()
+
+
 GENERIC = [
     "The quick brown fox jumps over the lazy dog.",
     "A list in Python can hold items of different types.",
