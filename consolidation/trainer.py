@@ -240,9 +240,7 @@ def _base_distributions(
     return out
 
 
-def _anchor_sample(
-    prompt: torch.Tensor, k: int, generator: torch.Generator
-) -> list[torch.Tensor]:
+def _anchor_sample(prompt: torch.Tensor, k: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Per row, the indices (into that row's prompt positions, in order) of at most `k` of
     them, drawn without replacement: the anchor's positions this step."""
     out = []
@@ -543,14 +541,14 @@ def train_adapter(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             result.losses.append(step_loss)
+            stop = False
             if every and (step % every == 0 or step == steps):
-                if _should_stop(peft_model, encoded, checked, must, pad_id, config, step,
-                                steps, watch, result):  # fmt: skip
-                    break
+                stop = _should_stop(peft_model, encoded, checked, must, pad_id, config, step,
+                                    steps, watch, result)  # fmt: skip
             elif step == steps:
                 result.stop_reason = f"budget spent: {steps} of {steps} steps"
             every_ckpt = config.checkpoint_every
-            if checkpoint and every_ckpt and step % every_ckpt == 0 and step < steps:
+            if checkpoint and every_ckpt and step % every_ckpt == 0 and step < steps and not stop:
                 _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch)
             if on_progress:
                 on_progress(
@@ -558,6 +556,8 @@ def train_adapter(
                         step, steps, step_loss, time.perf_counter() - started, result.resumed_at
                     )
                 )
+            if stop:
+                break
         if watch.weights is not None and checked:  # the best held-out weights are kept
             with torch.no_grad():
                 for name, param in peft_model.named_parameters():

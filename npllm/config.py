@@ -391,18 +391,18 @@ class TrainingConfig(_Section):
         min_length=1,
         description="Modules of the base LLM every adapter adapts (names inside its layers).",
     )
-    learning_rate: float = Field(2e-3, gt=0, description="Optimizer learning rate.")
+    learning_rate: float = Field(3e-3, gt=0, description="Optimizer learning rate.")
     epochs: int = Field(
-        4, ge=1, description="Passes over the examples when an adapter is trained afresh."
+        10, ge=1, description="Passes over the examples when an adapter is trained afresh."
     )
     incremental_epochs: int = Field(
-        2,
+        8,
         ge=1,
         description="Passes over the examples when an adapter's active version is trained "
         "further (its earlier data is rehearsed, not learned anew).",
     )
     min_steps: int = Field(
-        12,
+        24,
         ge=0,
         description="Floor of the step budget: a handful of corrections still gets enough "
         "steps to be learned (training stops earlier once they are recalled).",

@@ -70,13 +70,15 @@ SHAPE = AdapterShape.from_config(CONFIG)
 def test_the_budget_comes_from_the_data_with_a_floor_and_a_ceiling() -> None:
     defaults = TrainingConfig()
     big = plan_budget(100, defaults)
-    assert big.steps == 25 * 4  # ceil(100 / (4 * 1)) x 4 epochs
-    assert big.reason == "initial: ceil(100 / 4) x 4 epochs = 100"
-    more = plan_budget(100, defaults, incremental=True)  # the next version: 2 passes
-    assert more.steps == 25 * 2 and more.reason.startswith("incremental:")
+    assert big.steps == 25 * 10  # ceil(100 / (4 * 1)) x 10 epochs
+    assert big.reason == "initial: ceil(100 / 4) x 10 epochs = 250"
+    more = plan_budget(100, defaults, incremental=True)  # the next version: 8 passes
+    assert more.steps == 25 * 8 and more.reason.startswith("incremental:")
     one = plan_budget(1, defaults)  # a single correction still gets the floor
-    assert one.steps == defaults.min_steps == 12
-    assert one.reason == "initial: ceil(1 / 4) x 4 epochs = 4, raised to training.min_steps = 12"
+    assert one.steps == defaults.min_steps == 24
+    assert one.reason == (
+        "initial: ceil(1 / 4) x 10 epochs = 10, raised to training.min_steps = 24"
+    )
     capped = plan_budget(10_000, defaults.model_copy(update={"max_steps": 50}))
     assert capped.steps == 50 and capped.reason.endswith("capped at training.max_steps = 50")
     assert plan_budget(8, CONFIG).steps == 2 * 8
@@ -152,11 +154,11 @@ def test_training_stops_once_every_taught_answer_is_reproduced(
     the taught answer is the greedy choice at every position, says so, and greedy
     decoding then gives the answer word for word."""
     model, tokenizer = own_base.model, own_base.tokenizer
-    config = TrainingConfig(learning_rate=5e-3, batch_size=8, anchor_weight=0.0)
+    config = TrainingConfig(anchor_weight=0.0)  # the shipped budget and learning rate
     one = [_chat("What port does the Blorvik relay use?", "The Blorvik relay uses port 5122.")]
     out = tmp_path / "one"
     result = train_adapter(model, tokenizer, one, config, SHAPE, out, SYSTEM)
-    assert result.steps == config.min_steps  # raised to the floor: 1 example, 4 epochs
+    assert result.steps == config.min_steps  # raised to the floor: 1 example, 10 epochs
     assert len(result.losses) < result.steps
     assert result.stop_reason == (
         f"stopped at step {len(result.losses)} of {result.steps}: every taught answer (1) "
