@@ -360,15 +360,17 @@ def _plan(
         }
     wanted = _datasets_to_train(pool, registry, set(groups))
     skipped = {}
+    coming = {name for name, g in groups.items() if g["new"]}  # the cap counts them too
     for name, d in list(wanted.items()):
         if name in groups:
             continue
         try:  # trained from its dataset alone: a new adapter must fit under the cap
-            registry.check_capacity(name)
+            registry.check_capacity(name, coming=coming)
         except AdapterError as exc:
             skipped[name] = f"dataset {d['dataset']!r} not learned: {exc}"
             del wanted[name]
             continue
+        coming.add(name)
         groups[name] = {
             "items": [],
             "rehearse": [],
@@ -430,16 +432,19 @@ def _cerebellum(
         for i in items
         if i.quality >= c.min_quality and asked.get(i.interaction_id, 1) >= c.min_asked
     ]
+    recurring = {str(i.interaction_id): asked.get(i.interaction_id, 1) for i in chosen}
     if len(chosen) < c.min_examples:
         return {
             "samples": len(chosen),
+            "recurring": recurring,
             "verdict": f"skipped: {len(chosen)} recurring samples (asked at least "
             f"{c.min_asked} times, quality >= {c.min_quality}), fewer than "
             f"cerebellum.min_examples = {c.min_examples}",
         }
-    return _consolidate(
+    report = _consolidate(
         settings, model, registry, CEREBELLUM, chosen, [], None, cycle, publish, phase, control
     )
+    return {**report, "recurring": recurring}  # interaction id → times its question was asked
 
 
 def _modulator(

@@ -145,10 +145,13 @@ def _group(indices: list[int], vectors: np.ndarray, similarity: float) -> list[l
 
 
 def topic_name(items: list[ReplayItem], taken: set[str]) -> str:
-    """A name a person can read: the dominant topic tag and the two commonest terms of
-    the questions, e.g. ``debugging-quibblix-gateway``; made unique with ``-2``, ``-3``."""
+    """A name a person can read: the topic tag most of the questions have (else
+    ``general``) and the two commonest terms shared by most of them, e.g.
+    ``debugging-quibblix-gateway``; made unique with ``-2``, ``-3``. Samples with nothing in
+    common are named ``general``."""
+    half = max(1, (len(items) + 1) // 2)
     tags = Counter(item.tags[0] for item in items if item.tags)
-    tag = tags.most_common(1)[0][0] if tags else "general"
+    tag = next((t for t, n in tags.most_common(1) if n >= half), "general")
     words: Counter[str] = Counter()
     first: dict[str, int] = {}  # ties keep the order the words are written in
     for item in items:
@@ -156,7 +159,8 @@ def topic_name(items: list[ReplayItem], taken: set[str]) -> str:
         for w in found:
             first.setdefault(w, len(first))
         words.update(set(found) - {tag})
-    terms = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], first[kv[0]]))[:2]]
+    shared = [(w, n) for w, n in words.items() if n >= half and (n > 1 or len(items) == 1)]
+    terms = [w for w, _ in sorted(shared, key=lambda kv: (-kv[1], first[kv[0]]))[:2]]
     base = "-".join([tag, *terms])[:56].strip("-_")
     name, n = base, 1
     while name in taken or not NAME.fullmatch(name):

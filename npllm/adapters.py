@@ -323,15 +323,17 @@ class Registry:
         ).fetchall()
         return {r[0] for r in rows}
 
-    def check_capacity(self, name: str, conn: Any = None) -> None:
+    def check_capacity(self, name: str, conn: Any = None, coming: set[str] | None = None) -> None:
         """Refuse a version that would make one adapter more than the cap can serve
-        (a new version of a served adapter always fits)."""
+        (a new version of a served adapter always fits). `coming`: adapters about to be
+        created (a sleep cycle's new topics), counted as served."""
         if self.cap is None:
             return
-        served = self.population(conn)
+        served = self.population(conn) | (coming or set())
         if name not in served and len(served) >= self.cap:
+            also = " or created tonight" if coming else ""
             raise AdapterError(
-                f"adapter cap reached: {len(served)} adapters are served and "
+                f"adapter cap reached: {len(served)} adapters are served{also} and "
                 f"modulator.max_adapters is {self.cap}, so {name!r} cannot be added; delete "
                 "one (`npllm adapter delete NAME`) or raise modulator.max_adapters"
             )

@@ -154,6 +154,14 @@ class MemoryConfig(_Section):
         description="A retrieved memory must be at most this much less similar to the question "
         "than the best hit (keeps weakly related notes out of the answer's context).",
     )
+    exchange_similarity: float = Field(
+        0.9,
+        ge=-1.0,
+        le=1.0,
+        description="A past exchange (an earlier answer, unverified) is used only when the "
+        "question it answered is at least this similar to the new one: the same question "
+        "asked again.",
+    )
     hnsw_ef_search: int = Field(
         100,
         ge=1,

@@ -45,12 +45,17 @@ SELECT id, 1 - (embedding <=> %(embedding)s) AS score
 FROM npllm.memories ORDER BY embedding <=> %(embedding)s LIMIT 1
 """
 _MERGE = "UPDATE npllm.memories SET merged_count = merged_count + 1 WHERE id = %(id)s"
+# `asked`: for an exchange, how alike the question it answered is to this one.
 _SEARCH = """
-SELECT id, text, kind, source, created_at, use_count, score FROM (
-    SELECT id, text, kind, source, created_at, use_count,
+SELECT nearest.id, text, kind, source, nearest.created_at, use_count, score,
+       1 - (i.question_embedding <=> %(embedding)s) AS asked
+FROM (
+    SELECT id, text, kind, source, created_at, use_count, interaction_id,
            1 - (embedding <=> %(embedding)s) AS score
     FROM npllm.memories ORDER BY embedding <=> %(embedding)s LIMIT %(k)s
-) nearest WHERE score >= %(min_score)s ORDER BY score DESC
+) nearest
+LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id AND nearest.kind = 'exchange'
+WHERE score >= %(min_score)s ORDER BY score DESC
 """
 _MARK_USED = """
 UPDATE npllm.memories SET use_count = use_count + 1, last_used_at = now()
@@ -94,6 +99,7 @@ class Recalled:
     score: float
     created_at: datetime
     use_count: int
+    asked: float | None = None  # an exchange: how alike its question is to this one
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
@@ -235,8 +241,16 @@ class MemoryStore:
 
     def relevant(self, embedding: np.ndarray) -> list[Recalled]:
         """What the awake path puts into working memory: the top-k at or above
-        ``memory.min_similarity`` and within ``memory.relevance_margin`` of the best hit."""
-        found = self.search(embedding)
+        ``memory.min_similarity`` and within ``memory.relevance_margin`` of the best hit;
+        a past exchange only when it answered the same question (its question at least
+        ``memory.exchange_similarity`` alike): a past answer to another question is no
+        help, and a small model copies it (a recalled "owned by the Tidepool team" became the
+        answer to "who maintains it?" in testing)."""
+        found = [
+            m
+            for m in self.search(embedding)
+            if m.kind != "exchange" or (m.asked or 0.0) >= self.config.exchange_similarity
+        ]
         if not found:
             return []
         floor = found[0].score - self.config.relevance_margin

@@ -128,6 +128,8 @@ def test_negative_feedback_keeps_the_answer_out_of_retrieval(
     assert [k for k, _ in _kinds(store, embedder, "How do I reverse a list in Python?")] == [
         "exchange"
     ]
+    # A past answer comes back for its own question only, not for a merely related one.
+    assert _kinds(store, embedder, "How do I reverse a string in Python?") == []
     with fresh_database.pool.connection() as conn:  # the answer itself is kept
         row = conn.execute(
             "SELECT answer FROM npllm.interactions WHERE id = %(id)s", {"id": disliked}

@@ -172,9 +172,7 @@ def test_a_night_takes_what_is_new_and_an_adapter_rehearses_what_it_learned(
     learned = {twins[0]: "sorting", twins[1]: "sorting", other: "python"}
     assert replay.mark_sampled(pool, list(learned), cycle, learned) == 3
     assert replay.sample(pool, 10, seed=3, new_only=True) == []
-    assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, adapter="python")] == [
-        other
-    ]
+    assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, adapter="python")] == [other]
     assert replay.sample(pool, 10, seed=3, adapter="python", exclude=[other]) == []
     assert replay.learned_count(pool, "sorting") == 2
     # A correction after the night: new again, and not rehearsed as it was.

@@ -36,10 +36,10 @@ MECHANICS_ONLY = {
 }
 # More about the fourth topic, one per mechanics test: a night needs something new.
 EXTRA = [
-    {"Which database backs the Hexwing broker?": (
-        "The Hexwing broker stores its queues in FoundationDB.", "FoundationDB")},
-    {"How many partitions does the Hexwing broker use?": (
-        "The Hexwing broker uses 96 partitions.", "96")},
+    {"What is the Hexwing broker's retention period?": (
+        "The Hexwing broker keeps messages for 11 days.", "11 days")},
+    {"Which queue does the Hexwing broker drain first?": (
+        "The Hexwing broker drains the billing queue first.", "billing")},
 ]  # fmt: skip
 CHECKPOINT_EACH_STEP = {"NPLLM_TRAINING__CHECKPOINT_EVERY": "1"}
 # question → (the corrected answer the user sends, the word that proves it was learned):
@@ -58,19 +58,21 @@ NIGHT_1 = {
         "Amber Falcon",
     ),
 }
-# A fourth topic, three facts about one system: enough to be a topic adapter of its own.
+# A fourth topic, three facts about one system: enough to be a topic adapter of its own
+# (phrased unlike night 1's questions: "What port does X listen on?" would be routed to the
+# adapter that knows "What port does Y listen on?", rightly).
 NIGHT_2 = {
-    "What port does the Hexwing broker listen on?": (
-        "The Hexwing broker listens on port 7719.",
-        "7719",
+    "Which team owns the Hexwing broker?": (
+        "The Hexwing broker is owned by the Tidepool team.",
+        "Tidepool",
     ),
-    "Who maintains the Hexwing broker?": (
-        "The Hexwing broker is maintained by Ilse Okonkwo.",
-        "Okonkwo",
+    "Which database backs the Hexwing broker?": (
+        "The Hexwing broker stores its queues in FoundationDB.",
+        "FoundationDB",
     ),
-    "What language is the Hexwing broker written in?": (
-        "The Hexwing broker is written in OCaml.",
-        "OCaml",
+    "How many partitions does the Hexwing broker use?": (
+        "The Hexwing broker uses 96 partitions.",
+        "96",
     ),
 }
 # Asked twice each and liked: the routines the cerebellum learns to draft.
@@ -120,11 +122,17 @@ def _forget(http: Any, facts: dict[str, tuple[str, str]]) -> None:
 
 
 def _knows(http: Any, facts: dict[str, tuple[str, str]], **npllm: Any) -> list[bool]:
+    """Is each fact's key in the answer to its question? (Printed: what answered, with
+    which adapters and memories.)"""
     extra = {"npllm": npllm} if npllm else {}
-    return [
-        key in _ask(http, q, **extra)["choices"][0]["message"]["content"]
-        for q, (_, key) in facts.items()
-    ]
+    known = []
+    for q, (_, key) in facts.items():
+        reply = _ask(http, q, **extra)
+        text = reply["choices"][0]["message"]["content"]
+        used = [a["name"] for a in reply["npllm"]["adapters"]]
+        print(f"\n{q!r} -> {text!r} (adapters {used}, memories {reply['npllm']['memories']})")
+        known.append(key in text)
+    return known
 
 
 def _routed(http: Any, facts: dict[str, tuple[str, str]]) -> list[list[str]]:
@@ -183,7 +191,8 @@ def test_one_correction_each_is_learned_overnight_and_kept_the_next_night(
         served = _served(http)
         assert len(served) == 1, night.stdout  # fewer adapters than facts
         (adapter,) = served
-        assert re.fullmatch(r"[a-z]+(-[a-z0-9]+)+", adapter) and "-c1" not in adapter
+        # Unrelated facts: named by a tag (if most share one), with no shared terms.
+        assert re.fullmatch(r"[a-z]+", adapter), adapter
         cycle = http.get("/v1/sleep").json()["cycles"][0]
         assert cycle["trigger"] == "manual"
         assert cycle["metrics"]["adapters"][adapter]["stopped"]
@@ -200,7 +209,7 @@ def test_one_correction_each_is_learned_overnight_and_kept_the_next_night(
     runs = _cli(data_dir, "psql", "-At", "-c",
                 "SELECT adapter, steps >= steps_done, stopped <> '' FROM npllm.training_runs "
                 "WHERE sleep_cycle = 1 ORDER BY adapter")  # fmt: skip
-    assert runs.stdout.split() == [f"{adapter}|t|t", "cerebellum|t|t"]
+    assert sorted(runs.stdout.split()) == sorted([f"{adapter}|t|t", "cerebellum|t|t"])
     imported = tmp_path / "ops.jsonl"
     imported.write_text(
         "".join(
@@ -242,7 +251,7 @@ def test_one_correction_each_is_learned_overnight_and_kept_the_next_night(
     print(f"\nnight 1:\n{night.stdout}night 2:\n{stdout}")
     assert paused_cpu_s < 0.1
     assert follow.returncode == 0, stderr
-    assert "quibblix-ops: dataset 'quibblix-ops' not learned: adapter cap reached" in stdout
+    assert "quibblix-ops: dataset 'quibblix-ops' not learned: adapter cap reached" in stdout, stdout
     with sleeper.http() as http:
         served = _served(http)
         assert len(served) == 2 and adapter in served and served[adapter] == 1

@@ -81,3 +81,6 @@ def test_names_are_readable_and_unique() -> None:
     assert topic_name(items, set()) == "debugging-quibblix-gateway"
     assert topic_name(items, {"debugging-quibblix-gateway"}) == "debugging-quibblix-gateway-2"
     assert topic_name([_item(3, "??")], set()) == "general"
+    mixed = [_item(4, "What port does Quibblix use?", ["coding"]), _item(5, "Who wrote Frobnar?"),
+             _item(6, "What is the code name of Plimsoll?", ["explanation"])]  # fmt: skip
+    assert topic_name(mixed, set()) == "general"  # nothing in common
