@@ -125,7 +125,8 @@ def test_cerebellum_and_adapters_keep_separate_versions_and_old_ones_are_pruned(
     assert [v.adapter for v, _ in brain.active()] == [CEREBELLUM]
     assert [a["name"] for a in adapters.listing()] == ["coding"]
     kept = {v["version"]: v["status"] for v in brain.listing()[0]["versions"]}
-    assert kept == {3: "retired", 4: "retired", 5: "active"}
+    # Beyond keep_versions: the row stays (history), the files go.
+    assert kept == {1: "pruned", 2: "pruned", 3: "retired", 4: "retired", 5: "active"}
     assert not versions[0].path.exists() and not versions[1].path.exists()
     assert versions[2].path.exists() and brain.previous(CEREBELLUM).version == 4
     with pytest.raises(RequestError, match="reserved for the cerebellum"):
