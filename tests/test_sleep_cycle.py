@@ -31,7 +31,9 @@ ENV = {
 MECHANICS_ONLY = {
     "NPLLM_CEREBELLUM__ROLE": "off",
     "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
-    "NPLLM_TRAINING__MIN_STEPS": "6",
+    "NPLLM_TRAINING__EPOCHS": "1",
+    "NPLLM_TRAINING__INCREMENTAL_EPOCHS": "1",
+    "NPLLM_TRAINING__MIN_STEPS": "4",
     "NPLLM_TRAINING__RECALL_CHECK_EVERY": "0",  # every step of the budget: killable
 }
 # More about the fourth topic, one per mechanics test: a night needs something new.
