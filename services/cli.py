@@ -248,11 +248,19 @@ def feedback(
     r = _client(ctx).request("POST", "/v1/feedback", json=body)
     implicit = "-" if r["implicit"] is None else f"{r['implicit']:+.2f}"
     emotional = "-" if r["emotional"] is None else f"{r['emotional']:+.2f}"
+    memories = r.get("memories", {})
     typer.echo(
         f"interaction {r['interaction_id']}: reward {r['reward']:+.3f} (implicit {implicit}, "
         f"emotional {emotional}), tier {r['tier']}, priority {r['priority']:.3f}"
         + (", learns your corrected answer" if r["corrected"] else "")
     )
+    if memories.get("added"):
+        typer.echo(
+            f"remembered your correction as memory #{memories['added'][0]}; it answers the "
+            "same question from now on (and is learned at the next sleep)"
+        )
+    elif memories.get("removed"):
+        typer.echo("that answer's memory is forgotten: it will not be recalled again")
 
 
 def _read_text(path: Path) -> str:

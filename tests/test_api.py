@@ -431,7 +431,7 @@ def test_a_correction_in_the_next_turn_is_recorded_for_the_earlier_answer(
     )
 
 
-def test_cli_feedback(daemon: LiveDaemon) -> None:
+def test_cli_feedback(daemon: LiveDaemon, tmp_path: Any) -> None:
     with daemon.http() as http:
         iid = _ask(http, "How do I copy a list?").json()["npllm"]["interaction_id"]
     good = _cli(daemon, "feedback", str(iid), "--good", "--comment", "thanks, that worked!")
@@ -441,6 +441,12 @@ def test_cli_feedback(daemon: LiveDaemon) -> None:
     assert "(implicit -, emotional +0.7" in good.stdout and "tier premium" in good.stdout
     both = _cli(daemon, "feedback", str(iid), "--good", "--bad")
     assert both.returncode == 2 and "give --good or --bad, not both" in both.stderr
+    fixed = tmp_path / "fixed.txt"
+    fixed.write_text("Use list.copy() or a slice: new = old[:].", encoding="utf-8")
+    edited = _cli(daemon, "feedback", str(iid), "--edit", str(fixed))
+    assert edited.returncode == 0, edited.stderr
+    assert "learns your corrected answer" in edited.stdout
+    assert "remembered your correction as memory #" in edited.stdout
     missing = _cli(daemon, "feedback", "99999999", "--bad")
     assert missing.returncode == 1
     assert "npllm: the daemon refused (404): no interaction with id 99999999" in missing.stderr

@@ -193,3 +193,45 @@ def test_one_cycle_at_a_time_and_a_finished_worker_is_waited_for(
     finally:
         sleeper.worker.kill()
         sleeper.worker.wait()
+
+
+@pytest.mark.parametrize(
+    ("window", "forced", "trigger"),
+    [("01:00", False, "scheduled"), ("any", False, "idle"), ("01:00", True, "manual")],
+)
+def test_the_trigger_says_why_a_cycle_started(window: str, forced: bool, trigger: str) -> None:
+    machine, clock = _machine(window_start=window)
+    clock.advance(minutes=16)
+    if forced:
+        assert machine.force() == "start"
+    else:
+        machine.tick(QUIET)
+        clock.advance(seconds=DROWSY_S)
+        assert machine.tick(QUIET) == "start"
+    assert machine.trigger == trigger
+
+
+def test_the_daemon_is_awake_as_soon_as_its_cycle_is_recorded_finished(tmp_path: Path) -> None:
+    """`npllm status` right after `npllm sleep --now --follow` returns says awake: the cycle's
+    row is read, not only the worker's exit (which comes a moment later)."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from services.sleep import Sleeper
+
+    sleeper = Sleeper(SimpleNamespace(sleep=SleepConfig(), data_path=tmp_path))
+    sleeper.machine.force()
+    sleeper.worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        mine = {"id": 3, "status": "running", "pid": sleeper.worker.pid}
+        sleeper.observe([mine])
+        assert sleeper.state == "asleep"
+        sleeper.observe([{**mine, "status": "succeeded"}])
+        assert sleeper.state == "awake" and sleeper.machine.reason == "cycle 3 succeeded"
+        assert sleeper.worker is not None  # still reaped later, when it exits
+    finally:
+        sleeper.worker.kill()
+        sleeper.worker.wait()
+    sleeper.tick()
+    assert sleeper.worker is None and sleeper.state == "awake"
