@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from consolidation.datasets import check_name as check_dataset_name
 from consolidation.datasets import dataset_centroid, dataset_examples
 from consolidation.trainer import Budget, Progress, TrainResult, plan_budget, train_adapter
-from npllm.adapters import AdapterShape, BaseIdentity, check_name
+from npllm.adapters import AdapterShape, BaseIdentity, Registry, check_name
 from npllm.config import Settings, TrainingConfig
 from npllm.errors import ConsolidationError
 
@@ -58,12 +58,16 @@ def train_from_dataset(
     on_progress: Callable[[Progress], None] | None = None,
     nice: int = 10,
 ) -> Trained:
-    """Train adapter `name` on imported dataset `dataset` into a staging directory."""
+    """Train adapter `name` on imported dataset `dataset` into a staging directory. A new
+    adapter over the cap (modulator.max_adapters) is refused before anything is trained."""
     from npllm.embeddings import load_embedder
-    from npllm.llm import load_base_llm
+    from npllm.llm import load_base_llm, model_identity
 
     check_name(name)
     check_dataset_name(dataset)
+    Registry.for_settings(pool, settings, BaseIdentity(*model_identity(settings))).check_capacity(
+        name
+    )
     examples = [e["messages"] for e in dataset_examples(pool, dataset)]
     config = settings.training
     shape = AdapterShape.from_config(config)

@@ -292,6 +292,9 @@ def test_publishing_past_the_adapter_cap_is_refused_and_changes_nothing(
     assert "adapter cap reached: 2 adapters are served and modulator.max_adapters is 2" in (
         third.stderr
     )
+    trained = _cli(sleeper.data_dir, "adapter", "train", "third-topic", "--dataset", "quibblix-ops")
+    assert trained.returncode == 1 and "adapter cap reached" in trained.stderr
+    assert "step" not in trained.stderr  # refused before any training
     with sleeper.http() as http:
         assert _served(http) == before
         assert "third-topic" not in {a["name"] for a in http.get("/v1/adapters").json()["data"]}
