@@ -354,7 +354,7 @@ class SleepConfig(_Section):
         "cycle learns.",
     )
     rehearsal_ratio: float = Field(
-        1.0,
+        2.0,
         ge=0.0,
         le=100.0,
         description="Earlier samples an adapter rehearses per new sample it learns in a night "
