@@ -62,15 +62,23 @@ UPDATE npllm.memories SET use_count = use_count + 1, last_used_at = now()
 WHERE id = ANY(%(ids)s)
 """
 # The exchanges of these interactions: their own, and identical ones merged into an earlier
-# exchange (same question, same answer).
+# exchange (same question, same answer); each half uses its index.
 _FORGET_EXCHANGES = """
-DELETE FROM npllm.memories m
-USING npllm.interactions i
-WHERE i.id = ANY(%(ids)s) AND m.kind = 'exchange'
-  AND (m.interaction_id = i.id
-       OR md5(m.text) = md5('Q: ' || i.question || E'\\nA: '
-                             || regexp_replace(i.answer, '^\\s+|\\s+$', '', 'g')))
-RETURNING i.id, m.id
+WITH target AS (
+    SELECT i.id AS interaction_id, m.id AS memory_id
+    FROM npllm.interactions i
+    JOIN npllm.memories m ON m.interaction_id = i.id AND m.kind = 'exchange'
+    WHERE i.id = ANY(%(ids)s)
+    UNION
+    SELECT i.id, m.id
+    FROM npllm.interactions i
+    JOIN npllm.memories m ON m.kind = 'exchange' AND md5(m.text) = md5(
+        'Q: ' || i.question || E'\\nA: ' || regexp_replace(i.answer, '^\\s+|\\s+$', '', 'g'))
+    WHERE i.id = ANY(%(ids)s)
+), gone AS (
+    DELETE FROM npllm.memories WHERE id IN (SELECT memory_id FROM target) RETURNING id
+)
+SELECT target.interaction_id, target.memory_id FROM target JOIN gone ON gone.id = target.memory_id
 """
 # Earlier corrections of the same question (a second correction replaces the first).
 _EARLIER_CORRECTIONS = """
