@@ -60,6 +60,7 @@ NIGHT_1 = {
         "Amber Falcon",
     ),
 }
+FIRST = dict(list(NIGHT_1.items())[:1])  # one fact, to check a served adapter still answers
 # A fourth topic, three facts about one system: enough to be a topic adapter of its own
 # (phrased unlike night 1's questions: "What port does X listen on?" would be routed to the
 # adapter that knows "What port does Y listen on?", rightly).
@@ -393,7 +394,7 @@ def test_killing_the_worker_mid_training_changes_nothing_and_the_next_cycle_runs
         assert after[0]["id"] == killed and after[0]["status"] == "interrupted"
         assert _served(http) == before
         assert http.get("/v1/status").json()["replay"] == replay_rows
-        assert _knows(http, NIGHT_1) == [True, True, True]
+        assert _knows(http, FIRST) == [True]
     # The next cycle continues the killed one: its sample, from its checkpoint.
     again = _cli(
         sleeper.data_dir,
@@ -475,7 +476,7 @@ def test_a_publish_whose_worker_died_changes_nothing(sleeper: LiveDaemon) -> Non
         assert r.status_code == 400
         assert f"its sleep cycle {cycle} ended before the switch" in r.json()["error"]["message"]
         assert _served(http) == before
-        assert _knows(http, NIGHT_1) == [True, True, True]
+        assert _knows(http, FIRST) == [True]
         cycles = {c["id"]: c["status"] for c in http.get("/v1/sleep").json()["cycles"]}
     assert cycles[cycle] == "interrupted"
 
