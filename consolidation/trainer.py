@@ -32,6 +32,7 @@ past that, recomputed per batch with the adapter disabled).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -47,6 +48,7 @@ import torch
 from consolidation import mas
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
+from npllm.engines import gguf_export
 from npllm.llm import weights_sha256
 
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
@@ -566,6 +568,10 @@ def train_adapter(
         peft_model.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+        # What a serving engine must reproduce with this adapter (its conversion check).
+        (out_dir / gguf_export.REFERENCE_FILE).write_text(
+            json.dumps(gguf_export.reference(peft_model, tokenizer))
+        )
         result.seconds = time.perf_counter() - started
         result.base_sha256_after = weights_sha256(peft_model, control)
     finally:

@@ -9,6 +9,7 @@ sends ``name`` to its active version.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,10 +26,13 @@ from psycopg.types.json import Jsonb
 from npllm.config import Settings, TrainingConfig
 from npllm.errors import AdapterError, NotFoundError, RequestError
 
+log = logging.getLogger("npllm.adapters")
+
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # Files a version may carry besides the adapter: the MAS importance Ω accumulated over its
-# cycles, and the retention probe (examples of earlier cycles), written by the sleep cycle.
-EXTRAS = ("mas_omega.safetensors", "probe.jsonl")
+# cycles, and the retention probe (examples of earlier cycles), written by the sleep cycle;
+# peft's answer to the parity probe, written by the trainer (npllm/engines/gguf_export.py).
+EXTRAS = ("mas_omega.safetensors", "probe.jsonl", "reference.json")
 
 
 CEREBELLUM = "cerebellum"  # the registry name of the cerebellum; no adapter may take it
@@ -625,8 +629,24 @@ class AdapterServer:
         self.changes += 1
         return version.version
 
-    def unload(self, key: str) -> None:
+    def serve(self, versions: list[Version]) -> list[Version]:
+        """At start-up: load and route to these versions; one that fails to load is logged
+        and left out. Returns the served ones."""
+        served = []
+        for version in versions:
+            try:
+                self.load(version)
+            except AdapterError as exc:
+                log.error(json.dumps({"event": "adapter_not_served", "version": version.key,
+                                      "error": str(exc)}))  # fmt: skip
+                continue
+            self.activate(version)
+            served.append(version)
+        return served
+
+    def unload(self, version: Version | str) -> None:
         """Delete a loaded adapter (and every cached blend made from it)."""
+        key = version if isinstance(version, str) else version.key
         for combo, blend in list(self._blends.items()):
             if any(k == key for k, _ in combo):
                 self._drop(blend)

@@ -18,15 +18,16 @@ from psycopg.types.json import Jsonb
 
 from npllm import interactions, replay
 from npllm import modulator as modulator_versions
-from npllm.adapters import AdapterServer, Registry, Version
+from npllm.adapters import Registry, Version
 from npllm.cache import ShortTermCache, cache_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.embeddings import Embedder
+from npllm.engines.base import Engine
 from npllm.errors import RequestError
 from npllm.feedback import Feedback
 from npllm.interactions import Interaction
-from npllm.llm import BaseLLM, Generation, GenerationParams
+from npllm.llm import Generation, GenerationParams
 from npllm.memory import MemoryStore, Recalled
 from npllm.modulator import NONE, Decision, Modulator
 from npllm.replay import TopicTagger
@@ -90,10 +91,10 @@ def _ms(seconds: float) -> float:
 class AwakePath:
     """Answers chat requests with the frozen base LLM and the hippocampus."""
 
-    def __init__(self, settings: Settings, pool: Any, llm: BaseLLM, embedder: Embedder) -> None:
+    def __init__(self, settings: Settings, pool: Any, engine: Engine, embedder: Embedder) -> None:
         self.settings = settings
         self.pool = pool
-        self.llm = llm
+        self.engine = engine  # what runs the base LLM (npllm/engines)
         self.embedder = embedder
         self.memory = MemoryStore(pool, embedder, settings.memory)
         self.cache: ShortTermCache[_Cached] = ShortTermCache(settings.memory.cache_size)
@@ -105,7 +106,7 @@ class AwakePath:
             on_memory_change=self.cache.clear,  # and answers cached before it are stale
         )
         self.tagger = TopicTagger(embedder, settings.feedback)
-        self.adapters = AdapterServer(llm, settings.modulator.blend_cache)
+        self.adapters = engine.adapters
         self.modulator = Modulator(settings.modulator)
         self.modulator_version: int | None = None  # the trained version routing, if any
         # The draft model (npllm/cerebellum.py), set by the daemon; None: no drafting.
@@ -139,9 +140,8 @@ class AwakePath:
     def load_adapters(self, registry: Registry) -> list[Version]:
         """Load every active version for this base and route to them (at start-up)."""
         active = registry.active()
-        for version, _ in active:
-            self.adapters.load(version)
-            self.adapters.activate(version)
+        served = {v.key for v in self.adapters.serve([v for v, _ in active])}
+        active = [(v, c) for v, c in active if v.key in served]
         self.modulator, self.modulator_version = modulator_versions.routing(
             self.settings, self.pool, {v.adapter: c for v, c in active}
         )
@@ -206,7 +206,6 @@ class AwakePath:
             timings["retrieve_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             decision = self.route(embedding, adapters)
-            names = self.adapters.adapter_names(decision.chosen)
             used = [
                 {"name": n, "version": self.adapters.alias[n].version, "weight": w}
                 for n, w in decision.chosen
@@ -214,7 +213,7 @@ class AwakePath:
             timings["route_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             wm = assemble(
-                self.llm,
+                self.engine,
                 messages,
                 recalled,
                 self.settings.memory.system_prompt,
@@ -227,15 +226,14 @@ class AwakePath:
             timings["prompt_ms"] = _ms(time.perf_counter() - t)
             if on_start:
                 on_start()
-            draft = None if self.cerebellum is None else self.cerebellum.current
-            gen = self.llm.generate_ids(
+            draft = None if self.cerebellum is None else self.cerebellum.draft
+            gen = self.engine.generate(
                 wm.prompt_ids,
                 params,
                 on_text=on_text,
                 cancel=cancel,
-                adapter_names=names,
-                assistant=None if self.cerebellum is None else self.cerebellum.draft,
-                draft_tokens=self.settings.cerebellum.draft_tokens,
+                adapters=decision.chosen,
+                draft=draft,
             )
             if gen.draft is not None and draft is not None:
                 gen.draft = {"version": draft.version.version, **gen.draft}
@@ -254,7 +252,7 @@ class AwakePath:
             messages=messages,
             question=question,
             answer=gen.text,
-            base_model=self.llm.model_id,
+            base_model=self.engine.model_id,
             question_embedding=embedding,
             memory_ids=[m.id for m in recalled],
             memory_scores=[round(float(m.score), 4) for m in recalled],

@@ -18,21 +18,22 @@ without a draft model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from npllm.adapters import CEREBELLUM, BaseIdentity, Registry, Version
 from npllm.config import Settings
+from npllm.engines.base import Draft
 from npllm.errors import AdapterError, ModelError
 from npllm.llm import BaseLLM, freeze, load_base_llm
 
 
-def load_model(settings: Settings, base: BaseLLM) -> BaseLLM:
-    """The cerebellum's own model: the base LLM itself (its LoRA is the trainable part)
-    when ``cerebellum.model`` is empty, else that model, which must share the base's
-    tokenizer (drafted token ids go straight to the base LLM)."""
+def load_model(settings: Settings, base: Any) -> Any:
+    """The cerebellum's own model: the base LLM itself (its LoRA is the trainable part;
+    `base` is the serving engine or a BaseLLM) when ``cerebellum.model`` is empty, else
+    that model, which must share the base's tokenizer (drafted token ids go straight to
+    the base LLM)."""
     ref = settings.cerebellum.model
     if not ref:
         return base
@@ -50,27 +51,19 @@ def load_model(settings: Settings, base: BaseLLM) -> BaseLLM:
     return own
 
 
-def registry_for(settings: Settings, pool: Any, model: BaseLLM) -> Registry:
+def registry_for(settings: Settings, pool: Any, model: Any) -> Registry:
     """The cerebellum's versions: kind 'cerebellum', keyed to its own model's weights."""
     base = BaseIdentity(model.model_id, model.fingerprint)
     return Registry.for_settings(pool, settings, base, kind=CEREBELLUM)
 
 
-@dataclass
-class Draft:
-    """A loaded cerebellum version: the merged model that drafts tokens."""
-
-    version: Version
-    model: Any
-    load_ms: float
-
-
 class Cerebellum:
     """The draft model the serving path uses; swapped between requests on the model thread."""
 
-    def __init__(self, settings: Settings, model: BaseLLM) -> None:
+    def __init__(self, settings: Settings, model: Any, engine: Any) -> None:
         self.settings = settings
         self.source = model
+        self.engine = engine  # the serving engine (npllm/engines): it says how to draft
         self.current: Draft | None = None
 
     @property
@@ -78,22 +71,27 @@ class Cerebellum:
         return self.settings.cerebellum.role == "draft"
 
     @property
-    def draft(self) -> Any:
-        """The model to draft with, or None (role off, or nothing trained yet)."""
-        return self.current.model if self.enabled and self.current is not None else None
+    def draft(self) -> Draft | None:
+        """What to draft with, or None (role off, or nothing trained yet)."""
+        return self.current if self.enabled else None
 
     def build(self, version: Version) -> Draft:
+        """`version` made ready to draft with by the serving engine. Safe off the model
+        thread: it touches nothing being served."""
+        return self.engine.build_draft(version, self)
+
+    def merged(self, version: Version) -> tuple[Any, float]:
         """A private copy of the cerebellum's model with `version`'s LoRA merged in,
-        smoke-tested (finite logits on a short chat). Safe off the model thread: it
-        touches nothing being served."""
+        smoke-tested (finite logits on a short chat), and the milliseconds it took."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         started = time.perf_counter()
+        llm: BaseLLM = getattr(self.source, "llm", self.source)  # a torch engine's BaseLLM
         try:
             # A fresh copy from the weight files: the loaded model may carry adapter layers.
             own = AutoModelForCausalLM.from_pretrained(
-                self.source.meta["directory"], dtype=self.source.model.dtype, local_files_only=True
+                llm.meta["directory"], dtype=llm.model.dtype, local_files_only=True
             )
             merged = PeftModel.from_pretrained(own, str(version.path)).merge_and_unload()
         except Exception as exc:
@@ -102,14 +100,14 @@ class Cerebellum:
             ) from exc
         freeze(merged)
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
-        ids = torch.tensor([self.source.encode_chat(chat)])  # (1, seq)
+        ids = torch.tensor([llm.encode_chat(chat)])  # (1, seq)
         with torch.inference_mode():
             logits = merged(input_ids=ids).logits  # (1, seq, vocab)
         if not bool(torch.isfinite(logits).all()):
             raise AdapterError(
                 f"cerebellum v{version.version} produces NaN/inf logits; its weights seem broken"
             )
-        return Draft(version, merged, round((time.perf_counter() - started) * 1000, 1))
+        return merged, round((time.perf_counter() - started) * 1000, 1)
 
     def activate(self, draft: Draft) -> Version | None:
         """Serve `draft` from the next request on; returns the version it replaced."""

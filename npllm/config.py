@@ -97,7 +97,18 @@ class ModelsConfig(_Section):
         description="Where dequantised GGUF models are cached as safetensors. "
         "Empty: <data_dir>/models.",
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the serving engine (llama.cpp) and of torch; 0: llama.cpp "
+        "takes every core this process may use, torch keeps its default.",
+    )
+    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto",
+        description="What serves the base LLM: 'llama.cpp' (the quantised GGUF, in-process), "
+        "'transformers' (torch; the reference engine, for non-GGUF bases), or 'auto' "
+        "(llama.cpp for a GGUF base, else transformers). Training always uses torch.",
+    )
 
 
 class ServerConfig(_Section):

@@ -80,6 +80,27 @@ def model_identity(settings: Settings) -> tuple[str, str]:
     return source.model_id, base_fingerprint(source, source.path)
 
 
+def untrainable_reason(source: ModelSource) -> str | None:
+    """Why the sleep cycle cannot train adapters for this base (None: it can). Training
+    runs in torch on the dequantised GGUF; transformers dequantises only the architectures
+    it knows (llama.cpp may serve more)."""
+    if source.kind != "gguf":
+        return None
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    field = GGUFReader(str(source.path)).fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        return (
+            f"its architecture {arch!r} is served by llama.cpp, but transformers cannot "
+            "dequantise it for training, so no adapter or cerebellum is ever trained for it "
+            "(answers still use memories); pick a GGUF of a transformers-supported "
+            "architecture (llama, mistral, qwen2, qwen3, phi3, gemma2/3, ...) to learn"
+        )
+    return None
+
+
 def device_for(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,13 +159,22 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings of one request; greedy when temperature is 0."""
+    """Sampling settings of one request; greedy when temperature is 0.
+
+    The penalties follow OpenAI's definitions, on the tokens generated so far:
+    logit −= frequency_penalty × count + presence_penalty × (count > 0);
+    ``repeat_penalty`` is llama.cpp's (and transformers') multiplicative one over the
+    last ``repeat_last_n`` tokens (1 = off)."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
 
 
 @dataclass
@@ -261,6 +291,39 @@ class _Halt:
         return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
 
+class _Penalties:
+    """llama.cpp's repetition penalties, as a transformers logits processor, so both engines
+    compute the same thing: over the last `repeat_last_n` tokens of the sequence (prompt
+    included, as llama.cpp's sampler sees it), a token seen c times has its logit divided
+    by `repeat_penalty` (multiplied when negative), then lowered by
+    c × frequency_penalty + presence_penalty."""
+
+    def __init__(self, params: GenerationParams) -> None:
+        self.params = params
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        window = input_ids[:, -p.repeat_last_n :] if p.repeat_last_n > 0 else input_ids
+        for row in range(scores.shape[0]):
+            tokens, counts = torch.unique(window[row], return_counts=True)
+            logits = scores[row, tokens]  # (distinct,)
+            if p.repeat_penalty != 1.0:
+                logits = torch.where(
+                    logits > 0, logits / p.repeat_penalty, logits * p.repeat_penalty
+                )
+            logits = logits - counts.to(logits.dtype) * p.frequency_penalty - p.presence_penalty
+            scores[row, tokens] = logits
+        return scores
+
+
+def _penalised(params: GenerationParams) -> bool:
+    return (
+        params.repeat_penalty != 1.0
+        or params.frequency_penalty != 0.0
+        or params.presence_penalty != 0.0
+    )
+
+
 @dataclass
 class BaseLLM:
     """The loaded, frozen base model and its tokenizer."""
@@ -328,6 +391,10 @@ class BaseLLM:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
+        if _penalised(params):
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([_Penalties(params)])
         model = self.model
         if self.peft is not None:
             model = self.peft

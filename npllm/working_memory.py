@@ -10,9 +10,9 @@ the request is refused with a clear error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from npllm.errors import RequestError
-from npllm.llm import BaseLLM
 from npllm.memory import Recalled
 
 
@@ -43,7 +43,7 @@ def _system_message(system_prompt: str, own: list[str], memories: list[Recalled]
 
 
 def assemble(
-    llm: BaseLLM,
+    llm: Any,  # an engine (npllm/engines/base.py): encode_chat and context_length
     conversation: list[dict[str, str]],
     memories: list[Recalled],
     system_prompt: str,

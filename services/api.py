@@ -375,7 +375,7 @@ class Service:
             # Checks the adapter cap, then flips the database (one transaction).
             self.registry.activate(version, reason)
         except Exception as exc:
-            adapters.unload(version.key)
+            adapters.unload(version)
             self.registry.refuse(version, f"not published: {exc}", {})
             raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
         old = adapters.activate(version)
@@ -565,7 +565,7 @@ def create_app(service: Service) -> FastAPI:
         max_bytes=service.settings.server.max_body_bytes,
         max_import_bytes=service.settings.server.max_import_bytes,
     )
-    model_id = service.awake.llm.model_id
+    model_id = service.awake.engine.model_id
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
@@ -862,7 +862,7 @@ def create_app(service: Service) -> FastAPI:
 def _status(service: Service) -> dict[str, Any]:
     """GET /v1/status (blocking: runs in a worker thread)."""
     s = service.settings
-    model_id = service.awake.llm.model_id
+    model_id = service.awake.engine.model_id
     return {
         "status": "ok",
         "version": npllm.__version__,

@@ -124,7 +124,7 @@ class Daemon:
         from npllm.awake import AwakePath
         from npllm.db import Database
         from npllm.embeddings import load_embedder
-        from npllm.llm import load_base_llm
+        from npllm.engines import load_engine
         from services.api import Service
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
@@ -134,15 +134,15 @@ class Daemon:
         applied = self.database.open(migrate=True)
         if applied:
             log.info(json.dumps({"event": "migrated", "applied": applied}))
-        llm = load_base_llm(self.settings)
+        engine = load_engine(self.settings)
         embedder = load_embedder(self.settings)
-        awake = AwakePath(self.settings, self.database.pool, llm, embedder)
+        awake = AwakePath(self.settings, self.database.pool, engine, embedder)
         registry = Registry.for_settings(
-            self.database.pool, self.settings, BaseIdentity(llm.model_id, llm.fingerprint)
+            self.database.pool, self.settings, BaseIdentity(engine.model_id, engine.fingerprint)
         )
         changed = registry.sync_staleness()
         loaded = awake.load_adapters(registry)
-        cerebellum_registry = self._load_cerebellum(awake, llm)
+        cerebellum_registry = self._load_cerebellum(awake, engine)
         log.info(
             json.dumps(
                 {
@@ -171,7 +171,8 @@ class Daemon:
                     "event": "ready",
                     "socket": str(self.socket_path),
                     "tcp_port": self.settings.server.tcp_port or None,
-                    "base_model": llm.model_id,
+                    "base_model": engine.model_id,
+                    "engine": engine.info(),
                     "embedder": embedder.model_id,
                     "database": self.database.url,
                     "startup_s": round(time.perf_counter() - started, 2),
@@ -179,7 +180,7 @@ class Daemon:
             )
         )
 
-    def _load_cerebellum(self, awake: Any, llm: Any) -> Any:
+    def _load_cerebellum(self, awake: Any, engine: Any) -> Any:
         """With cerebellum.role = draft: its model, registry and active version (a version
         that fails to load is logged and skipped: the daemon serves without drafting)."""
         from npllm import cerebellum
@@ -187,10 +188,10 @@ class Daemon:
 
         if self.settings.cerebellum.role == "off":
             return None
-        own = cerebellum.load_model(self.settings, llm)
+        own = cerebellum.load_model(self.settings, engine)
         registry = cerebellum.registry_for(self.settings, self.database.pool, own)
         registry.sync_staleness()
-        awake.cerebellum = cerebellum.Cerebellum(self.settings, own)
+        awake.cerebellum = cerebellum.Cerebellum(self.settings, own, engine)
         current = registry.current(CEREBELLUM)
         if current is not None:
             try:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from npllm.config import Settings
 from npllm.errors import NpllmError
@@ -67,9 +68,53 @@ def _database(settings: Settings) -> list[Check]:
     return checks
 
 
-def _base_model(settings: Settings) -> list[Check]:
-    from npllm.llm import load_base_llm
+def _engine(settings: Settings) -> list[Check]:
+    """The serving engine: loaded, named, and answering."""
+    from npllm.engines import engine_name, load_engine
 
+    try:
+        engine = load_engine(settings)
+    except NpllmError as exc:
+        return [Check("engine", False, str(exc))]
+    info = engine.info()
+    detail = f"{info['engine']} {info['version']}, {info['threads']} threads"
+    if "avx2" in info:
+        detail += f", AVX2 {'yes' if info['avx2'] else 'NO (slow)'}"
+    checks = [Check("engine", True, f"{detail}, context {engine.context_length} tokens")]
+    if engine_name(settings) == "transformers":
+        engine.close()
+        return checks
+    from npllm.llm import GenerationParams
+
+    ids = engine.encode_chat([{"role": "user", "content": "Say hello."}])
+    gen = engine.generate(ids, GenerationParams(max_new_tokens=8))
+    engine.close()
+    checks.append(_generated(gen))
+    return checks
+
+
+def _generated(gen: Any) -> Check:
+    return Check(
+        "generation",
+        bool(gen.text.strip()),
+        f"{gen.completion_tokens} tokens in {gen.seconds:.2f} s: {gen.text.strip()[:40]!r}"
+        if gen.text.strip()
+        else "the base model produced an empty answer",
+    )
+
+
+def _base_model(settings: Settings) -> list[Check]:
+    """The training copy (torch, dequantised): what the sleep cycle learns on."""
+    from npllm.engines import engine_name
+    from npllm.llm import load_base_llm, untrainable_reason
+    from npllm.weights import resolve
+
+    try:
+        reason = untrainable_reason(resolve(settings.models.base, "models.base"))
+    except NpllmError as exc:
+        return [Check("base model", False, str(exc))]
+    if reason is not None:
+        return [Check("training", True, f"NOT TRAINABLE: {reason}")]
     try:
         llm = load_base_llm(settings)
     except NpllmError as exc:
@@ -86,16 +131,9 @@ def _base_model(settings: Settings) -> list[Check]:
             else f"{trainable} parameters are trainable; the base LLM must be frozen",
         )
     ]
-    gen = llm.generate([{"role": "user", "content": "Say hello."}], max_new_tokens=8)
-    checks.append(
-        Check(
-            "generation",
-            bool(gen.text.strip()),
-            f"{gen.completion_tokens} tokens in {gen.seconds:.2f} s: {gen.text.strip()[:40]!r}"
-            if gen.text.strip()
-            else "the base model produced an empty answer",
-        )
-    )
+    if engine_name(settings) == "transformers":  # it is the serving engine too
+        gen = llm.generate([{"role": "user", "content": "Say hello."}], max_new_tokens=8)
+        checks.append(_generated(gen))
     return checks
 
 
@@ -117,6 +155,7 @@ def run_doctor(settings: Settings, echo: Callable[[str], None]) -> bool:
     checks = [_data_dir(settings)]
     if checks[0].ok:
         checks += _database(settings)
+        checks += _engine(settings)
         checks += _base_model(settings)
         checks.append(_embedder(settings))
     for check in checks:

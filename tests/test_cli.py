@@ -47,6 +47,7 @@ def test_doctor_is_all_green_with_the_real_parts(database: Database) -> None:
     assert "embedded postgresql://" in out
     assert "PostgreSQL 18" in out and "pgvector 0.8" in out
     assert "SmolLM2-135M-Instruct" in out and "frozen" in out
+    assert "engine       ok   llama.cpp 2026." in out and "AVX2 yes" in out
     assert "(384-dim)" in out
     assert out.strip().endswith("all green")
 
@@ -55,8 +56,9 @@ def test_doctor_fails_with_the_reason_when_a_model_is_missing(database: Database
     env = cli_env(database.settings.data_path, NPLLM_MODELS__BASE="package:not_a_model_pkg")
     proc = _run(["doctor"], env)
     assert proc.returncode == 1
+    assert "engine       FAIL models.base = 'package:not_a_model_pkg'" in proc.stdout
     assert "base model   FAIL models.base = 'package:not_a_model_pkg'" in proc.stdout
-    assert "not ready: base model failed" in proc.stdout
+    assert "not ready: engine, base model failed" in proc.stdout
 
 
 def test_migrate_on_a_new_data_dir_starts_and_stops_its_own_server(tmp_path: Path) -> None:

@@ -1,0 +1,296 @@
+"""Adapters for llama.cpp: a peft LoRA written as a GGUF LoRA, and checked, not trusted.
+
+The trainer learns on the dequantised GGUF (npllm/llm.py), whose values are exactly the
+quantised weights llama.cpp computes with, so a LoRA trained there applies unchanged to
+the quantised model; only its file format changes. What llama.cpp expects (its own
+``convert_lora_to_gguf.py`` and ``src/llama-adapter.cpp`` were the reference; this is our
+own writer):
+
+- tensors ``blk.N.<module>.weight.lora_a`` of shape (r, d_in) and ``…lora_b`` of shape
+  (d_out, r), the same matrices as peft's ``lora_A.weight`` / ``lora_B.weight``;
+- metadata ``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``;
+  llama.cpp scales the product by scale · alpha / r, as peft does;
+- q and k rows permuted back: llama.cpp's converter permutes the rows of q_proj and k_proj
+  (by heads, to its rotary layout), and transformers un-permutes them when it loads a GGUF;
+  a LoRA trained on the un-permuted weights must have its ``lora_b`` rows (the output
+  side) permuted the same way, with the heads of ``<arch>.attention.head_count[_kv]``.
+
+A conversion is then verified against peft itself (``compare``): greedy tokens and
+next-token probabilities on a probe chat, computed once by the process that holds the
+fp32 model (``reference``) and once by llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npllm.errors import AdapterError
+
+GGUF_FILE = "adapter.gguf"  # beside the peft files of a version
+REFERENCE_FILE = "reference.json"  # peft's answer to the probe chat, on the dequantised base
+PARITY_MARK = ".parity-ok"  # written once llama.cpp has matched the reference
+
+# peft module name → llama.cpp tensor name inside block N (llama-family architectures).
+MODULES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
+_PEFT_KEY = re.compile(
+    r"base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight"
+)
+# The probe chat of the parity check and how much of the answer it compares.
+PROBE_CHAT = [
+    {"role": "system", "content": "You are a concise coding assistant."},
+    {"role": "user", "content": "How do I reverse a list in Python?"},
+]
+PROBE_TOKENS = 12
+TOP_K = 5
+# Tolerance (absolute, on probabilities) between peft on the dequantised base and llama.cpp
+# on the quantised one. llama.cpp quantises activations too (Q8 dot products), so the two
+# are not bit-identical: measured on the shipped GGUF, bare and with trained adapters, the
+# largest gap on the probe was ~0.02 (bench/engines.py prints it). A wrong permutation or a
+# missing tensor moves probabilities by far more (tests/test_engines.py).
+PROB_TOLERANCE = 0.08
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    """What a conversion needs to know of the base GGUF."""
+
+    path: Path
+    architecture: str
+    layers: int
+    heads: int
+    kv_heads: int
+    context_length: int
+
+
+def _field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode()
+    return value.tolist()[0] if hasattr(value, "tolist") else value
+
+
+def base_info(path: Path) -> BaseInfo:
+    """Architecture, layer and head counts and context length of a base GGUF (its header
+    only: the file is memory-mapped, nothing is loaded)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise AdapterError(f"cannot read the base GGUF {path}: {exc}") from exc
+    arch = _field(reader, "general.architecture")
+    heads = _field(reader, f"{arch}.attention.head_count")
+    layers = _field(reader, f"{arch}.block_count")
+    if not arch or heads is None or layers is None:
+        raise AdapterError(f"{path} lacks general.architecture / head_count / block_count")
+    kv_heads = _field(reader, f"{arch}.attention.head_count_kv") or heads
+    ctx = _field(reader, f"{arch}.context_length") or 2048
+    return BaseInfo(path, str(arch), int(layers), int(heads), int(kv_heads), int(ctx))
+
+
+def permute_rows(weights: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter's q/k permutation of the rows (the output side) of a matrix:
+    per head, the two rotary halves are interleaved. ``weights``: (d_out, cols)."""
+    rows = weights.shape[0]
+    return (
+        weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def check_expressible(config: dict[str, Any]) -> None:
+    """Refuse what a GGUF LoRA cannot express, with the reason."""
+    problems = []
+    if config.get("use_dora"):
+        problems.append("DoRA (use_dora) rescales the weight's columns")
+    if config.get("use_rslora"):
+        problems.append("rsLoRA (use_rslora) scales by alpha/sqrt(r), llama.cpp by alpha/r")
+    if config.get("modules_to_save"):
+        problems.append("modules_to_save replaces whole modules")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        problems.append("per-module ranks or alphas (rank_pattern / alpha_pattern)")
+    unknown = sorted(set(_targets(config)) - set(MODULES))
+    if unknown:
+        problems.append(f"target modules {unknown} have no llama.cpp name")
+    if problems:
+        raise AdapterError(
+            "this adapter cannot be served by llama.cpp: " + "; ".join(problems) + ". Train it "
+            "as a plain LoRA (npllm's trainer does), or use models.engine = 'transformers'."
+        )
+
+
+def _targets(config: dict[str, Any]) -> list[str]:
+    targets = config.get("target_modules") or []
+    return list(targets) if isinstance(targets, list) else [targets]
+
+
+def convert(peft_dir: Path, base: BaseInfo, target: Path, permute: bool = True) -> Path:
+    """Write the peft adapter in `peft_dir` as a GGUF LoRA at `target`, atomically (temp
+    file, fsync, rename). `permute=False` exists only to show the check catches it."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    check_expressible(config)
+    tensors = load_file(str(peft_dir / "adapter_model.safetensors"))
+    writer_path = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(writer_path), base.architecture)
+    try:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
+        written = 0
+        for key in sorted(tensors):
+            match = _PEFT_KEY.fullmatch(key)
+            if match is None:
+                raise AdapterError(f"{peft_dir}: tensor {key!r} is not a LoRA matrix of a layer")
+            layer, module, side = int(match[1]), match[2], match[3]
+            data = np.ascontiguousarray(tensors[key], dtype=np.float32)
+            if side == "B" and permute and module in ("q_proj", "k_proj"):
+                data = permute_rows(data, base.heads if module == "q_proj" else base.kv_heads)
+            name = f"blk.{layer}.{MODULES[module]}.weight.lora_{side.lower()}"
+            writer.add_tensor(name, np.ascontiguousarray(data))
+            written += 1
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        with writer_path.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(writer_path, target)
+    finally:
+        writer_path.unlink(missing_ok=True)
+    if written == 0:
+        raise AdapterError(f"{peft_dir} holds no LoRA tensors")
+    return target
+
+
+def check_file(path: Path, base: BaseInfo, config: dict[str, Any]) -> None:
+    """Read a GGUF LoRA back before llama.cpp sees it: complete, every tensor of a layer
+    the base has, with the shapes of the rank. A truncated or foreign file is refused here
+    with the reason (llama.cpp itself would only log it)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise AdapterError(f"{path} is not a readable GGUF file: {exc}") from exc
+    if _field(reader, "general.type") != "adapter" or _field(reader, "adapter.type") != "lora":
+        raise AdapterError(f"{path} is not a GGUF LoRA adapter (general.type / adapter.type)")
+    expected = 2 * base.layers * len(_targets(config))
+    if len(reader.tensors) != expected:
+        raise AdapterError(
+            f"{path} holds {len(reader.tensors)} tensors; a LoRA on {base.layers} layers × "
+            f"{len(_targets(config))} modules has {expected}"
+        )
+    rank = int(config["r"])
+    for tensor in reader.tensors:
+        shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))  # numpy order
+        side = tensor.name.rsplit("_", 1)[-1]
+        if (side == "a" and shape[0] != rank) or (side == "b" and shape[-1] != rank):
+            raise AdapterError(f"{path}: tensor {tensor.name} has shape {shape}, rank is {rank}")
+        if len(tensor.data.reshape(-1)) != math.prod(shape):
+            raise AdapterError(f"{path}: tensor {tensor.name} is truncated")
+
+
+# ---- the parity check ---------------------------------------------------------------------
+
+
+def reference(model: Any, tokenizer: Any) -> dict[str, Any]:
+    """peft's (or the bare base's) greedy answer to the probe chat and, at each of its
+    positions, the top-k next-token probabilities: what llama.cpp must reproduce."""
+    import torch
+
+    prompt = list(
+        tokenizer.apply_chat_template(
+            PROBE_CHAT, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
+    ids = list(prompt)
+    steps: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for _ in range(PROBE_TOKENS):
+            tensor = torch.tensor([ids])  # (1, seq)
+            logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
+            probs = torch.softmax(logits[0, -1].float(), dim=-1)  # (vocab,)
+            top = torch.topk(probs, TOP_K)
+            steps.append(
+                {
+                    "top": [
+                        [int(i), float(p)] for p, i in zip(top.values, top.indices, strict=True)
+                    ],
+                }
+            )
+            token = int(top.indices[0])
+            ids.append(token)
+            if token == tokenizer.eos_token_id:
+                break
+    return {
+        "prompt_ids": prompt,
+        "eos": tokenizer.eos_token_id,
+        "tokens": ids[len(prompt) :],
+        "steps": steps,
+        "tolerance": PROB_TOLERANCE,
+    }
+
+
+def compare(
+    ref: dict[str, Any], tokens: Sequence[int], probs: Sequence[dict[int, float]]
+) -> tuple[str | None, float]:
+    """(None, largest gap) when llama.cpp's greedy `tokens` and per-position `probs` (token →
+    probability, for its top tokens) match peft's reference within the tolerance; else
+    (the reason, the gap so far).
+
+    Tokens must agree until the reference itself has a near tie (top-2 gap under the
+    tolerance, where quantised arithmetic may legitimately pick the other); probabilities
+    of the reference's top tokens must agree within the tolerance at every compared step."""
+    tol = float(ref.get("tolerance", PROB_TOLERANCE))
+    worst = 0.0
+    for step, (want, got_token) in enumerate(zip(ref["steps"], tokens, strict=False)):
+        top = want["top"]
+        got = probs[step] if step < len(probs) else {}
+        for token, p in top:
+            seen = got.get(int(token), 0.0)
+            worst = max(worst, abs(p - seen))
+            if abs(p - seen) > tol and p > tol:  # below tol it need not be in llama.cpp's top
+                return (
+                    f"at answer token {step}, token {token} has probability {seen:.3f} under "
+                    f"llama.cpp and {p:.3f} under peft (tolerance {tol})",
+                    worst,
+                )
+        if got_token != top[0][0]:
+            if len(top) > 1 and top[0][1] - top[1][1] < tol:
+                return None, worst  # a near tie: the answers may part here
+            return (
+                f"greedy answers differ at token {step}: llama.cpp {got_token}, peft "
+                f"{top[0][0]} (probability {top[0][1]:.3f})",
+                worst,
+            )
+    short = len(tokens) < len(ref["tokens"]) and ref["tokens"][len(tokens)] != ref.get("eos")
+    if short:  # llama.cpp may not list the end-of-turn token it stopped at
+        return (
+            f"llama.cpp stopped after {len(tokens)} tokens, peft after {len(ref['tokens'])}",
+            worst,
+        )
+    return None, worst

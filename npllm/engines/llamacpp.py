@@ -1,0 +1,487 @@
+"""The llama.cpp engine: the quantised GGUF served in-process by llama.cpp's own server code
+(the PyPI wheel ``xllamacpp``), adapters as GGUF LoRAs chosen per request.
+
+- No fp32 copy of the base lives in the serving process: llama.cpp memory-maps the GGUF,
+  and only the tokenizer is loaded in Python (npllm assembles the prompt itself with the
+  GGUF's chat template, so this engine and the transformers one see the same token ids).
+- The xllamacpp server listens on no TCP port: its HTTP side is bound to a Unix socket in
+  the daemon's private run directory and never used; requests go through
+  ``Server.handle_completions`` in this process.
+- Adapters are fixed when a ``Server`` is built, so every change of the served set (a
+  publish, a rollback, a deletion) builds a new instance beside the current one, checks
+  it, flips to it between requests and frees the old one (the GGUF pages are shared; each
+  instance has its own KV cache). All of it runs on the daemon's generation thread.
+- Each loaded adapter starts at scale 0 (``lora_init_without_apply``); a request lists the
+  ones it uses with their weights, so a blend of 2-3 is the exact weighted sum of their
+  updates and a request with none computes none of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npllm.adapters import Version
+from npllm.config import Settings
+from npllm.engines import gguf_export
+from npllm.engines.base import Draft
+from npllm.errors import AdapterError, ModelError
+from npllm.llm import Generation, GenerationParams, base_fingerprint, gguf_cache_dir
+from npllm.weights import ModelSource, resolve
+
+log = logging.getLogger("npllm.engines.llamacpp")
+
+_FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def free_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
+def load_tokenizer(source: ModelSource, cache_root: Path) -> Any:
+    """The base's tokenizer, without its weights: from the dequantised copy's directory when
+    there is one (the sleep worker writes it), else read from the GGUF itself and kept in a
+    small tokenizer-only directory for the next start."""
+    from transformers import AutoTokenizer
+
+    full = gguf_cache_dir(source, cache_root)
+    own = full.with_name(full.name + "-tokenizer")
+    for directory in (full, own):
+        if (directory / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            break
+    else:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                source.path.parent, gguf_file=source.path.name
+            )
+        except Exception as exc:
+            raise ModelError(
+                f"models.base: cannot read the tokenizer of {source.path}: {exc}"
+            ) from exc
+        try:
+            tokenizer.save_pretrained(own)
+        except OSError as exc:
+            log.warning("cannot keep the tokenizer in %s: %s", own, exc)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _FALLBACK_TEMPLATE
+    return tokenizer
+
+
+@dataclass
+class _Instance:
+    """One xllamacpp server: the base, the adapters it was built with (version key → its
+    llama.cpp id) and the draft model, if any."""
+
+    server: Any
+    ids: dict[str, int]
+    draft: Draft | None
+    socket: Path
+    built_ms: float
+
+    def close(self) -> None:
+        self.server = None  # the C++ server is freed with its last reference
+        self.socket.unlink(missing_ok=True)
+
+
+@dataclass
+class _Request:
+    pieces: list[str] = field(default_factory=list)
+    finish: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    tokens: list[int] = field(default_factory=list)
+    probs: list[dict[int, float]] = field(default_factory=list)
+    error: str | None = None
+    cancelled: bool = False
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, settings: Settings, source: ModelSource, run_dir: Path) -> None:
+        import xllamacpp
+
+        self._xlc = xllamacpp
+        self.settings = settings
+        self.source = source
+        self.run_dir = run_dir
+        self.base = gguf_export.base_info(source.path)
+        self.context_length = self.base.context_length
+        self.tokenizer = load_tokenizer(source, settings.model_cache_path)
+        self.fingerprint = base_fingerprint(source, source.path)
+        self.threads = settings.models.threads or free_cores()
+        self._serial = itertools.count(1)
+        self.current = self._build({}, None)
+        self.adapters = LlamaCppAdapters(self)
+
+    @property
+    def model_id(self) -> str:
+        return self.source.model_id
+
+    # ---- instances ----------------------------------------------------------------------
+
+    def _build(self, files: dict[str, Path], draft: Draft | None) -> _Instance:
+        """A new server on the base with `files` (version key → GGUF LoRA) loaded at scale 0
+        and `draft` as its speculative draft model."""
+        started = time.perf_counter()
+        xlc = self._xlc
+        params = xlc.CommonParams()
+        params.model.path = str(self.source.path)
+        params.n_ctx = self.context_length
+        params.n_parallel = 1
+        params.cpuparams.n_threads = self.threads
+        params.cpuparams_batch.n_threads = self.threads
+        params.verbosity = -1
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
+        params.hostnames = [str(socket)]  # a Unix socket in the private run dir: no TCP port
+        keys = list(files)
+        params.lora_adapters = [xlc.CommonAdapterLoraInfo(str(files[k]), 0.0) for k in keys]
+        params.lora_init_without_apply = True
+        if draft is not None:
+            spec = params.speculative
+            spec.types = [xlc.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
+            spec.draft.mparams.path = str(draft.handle)
+            spec.draft.n_max = self.settings.cerebellum.draft_tokens
+            spec.draft.n_min = 0
+            spec.draft.cpuparams.n_threads = self.threads
+            spec.draft.cpuparams_batch.n_threads = self.threads
+        try:
+            server = xlc.Server(params)
+        except Exception as exc:
+            raise ModelError(f"llama.cpp could not load {self.source.path}: {exc}") from exc
+        built = _Instance(server, {k: i for i, k in enumerate(keys)}, draft, socket, 0.0)
+        built.built_ms = round((time.perf_counter() - started) * 1000, 1)
+        return built
+
+    def flip(self, instance: _Instance) -> None:
+        """Serve `instance` from the next request on; free the one it replaces (called on
+        the generation thread, between requests: nothing runs on the old one)."""
+        old, self.current = self.current, instance
+        if old is not instance:
+            old.close()
+
+    # ---- generation ---------------------------------------------------------------------
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        adapters: Sequence[tuple[str, float]] = (),
+        draft: Draft | None = None,
+    ) -> Generation:
+        started = time.perf_counter()
+        instance = self.current
+        lora = self.adapters.lora_list(instance, adapters)
+        body = self._body(prompt_ids, params, lora)
+        result = self._run(instance, body, on_text, cancel)
+        report = None
+        if instance.draft is not None:
+            t = result.timings
+            proposed, accepted = int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0))
+            report = {
+                "proposed": proposed,
+                "accepted": accepted,
+                "acceptance_rate": round(accepted / proposed, 4) if proposed else None,
+            }
+        finish = "cancelled" if result.cancelled else (result.finish or "stop")
+        return Generation(
+            text="".join(result.pieces),
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=int(result.usage.get("completion_tokens", len(result.pieces))),
+            finish_reason=finish,
+            seconds=time.perf_counter() - started,
+            draft=report,
+        )
+
+    def _body(
+        self, prompt_ids: list[int], params: GenerationParams, lora: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "prompt": list(prompt_ids),
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p if params.temperature > 0 else 1.0,
+            # transformers' sampling: no top-k and no min-p cut (llama.cpp's defaults are
+            # 40 and 0.05), so the two engines sample from the same distribution.
+            "top_k": 0,
+            "min_p": 0.0,
+            "stop": list(params.stop),
+            "repeat_penalty": params.repeat_penalty,
+            "repeat_last_n": params.repeat_last_n,
+            "frequency_penalty": params.frequency_penalty,
+            "presence_penalty": params.presence_penalty,
+            "stream": True,
+            "cache_prompt": True,
+            "lora": lora,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    def _run(
+        self,
+        instance: _Instance,
+        body: dict[str, Any],
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ) -> _Request:
+        request = _Request()
+
+        def on_chunk(chunk: Any) -> bool:
+            if not isinstance(chunk, dict) or "choices" not in chunk:
+                request.error = str(
+                    chunk.get("message", chunk) if isinstance(chunk, dict) else chunk
+                )
+                return True
+            if cancel is not None and cancel.is_set():
+                request.cancelled = True
+                return True
+            choice = chunk["choices"][0]
+            text = choice.get("text") or ""
+            if text:
+                request.pieces.append(text)
+                if on_text is not None:
+                    on_text(text)
+            for item in (choice.get("logprobs") or {}).get("content") or []:
+                request.tokens.append(int(item["id"]))
+                request.probs.append(
+                    {int(t["id"]): math.exp(t["logprob"]) for t in item.get("top_logprobs", [])}
+                )
+            if choice.get("finish_reason"):
+                request.finish = choice["finish_reason"]
+            if "usage" in chunk:
+                request.usage = chunk["usage"]
+                request.timings = chunk.get("timings") or {}
+            return False
+
+        instance.server.handle_completions(body, on_chunk)
+        if request.error is not None:
+            raise ModelError(f"llama.cpp refused the request: {request.error}")
+        return request
+
+    def probe(self, instance: _Instance, prompt_ids: list[int], lora: list[dict[str, Any]],
+              tokens: int) -> tuple[list[int], list[dict[int, float]]]:  # fmt: skip
+        """Greedy tokens and top-k probabilities of `instance` on `prompt_ids` (the parity
+        check)."""
+        body = self._body(prompt_ids, GenerationParams(max_new_tokens=tokens), lora)
+        body.update(n_probs=gguf_export.TOP_K, cache_prompt=False)
+        result = self._run(instance, body, None, None)
+        return result.tokens, result.probs
+
+    def build_draft(self, version: Version, cerebellum: Any) -> Draft:
+        raise AdapterError(
+            "the cerebellum cannot draft under models.engine = 'llama.cpp' yet (its merged "
+            "GGUF export is not built); it is trained but not used, see docs/architecture.md"
+        )
+
+    def info(self) -> dict[str, Any]:
+        system = self._xlc.get_system_info()
+        return {
+            "engine": self.name,
+            "version": getattr(self._xlc, "__version__", "?"),
+            "threads": self.threads,
+            "avx2": "AVX2 = 1" in system,
+            "context_length": self.context_length,
+            "model_file": str(self.source.path),
+            "instance_built_ms": self.current.built_ms,
+        }
+
+    def close(self) -> None:
+        self.current.close()
+
+
+class LlamaCppAdapters:
+    """The AdapterServing of the llama.cpp engine (see npllm/engines/base.py)."""
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        self.engine = engine
+        self.alias: dict[str, Version] = {}
+        self.changes = 0
+        self._staged: tuple[Version, Any] | None = None
+
+    # what a request sends
+
+    def lora_list(
+        self, instance: _Instance, chosen: Sequence[tuple[str, float]]
+    ) -> list[dict[str, Any]]:
+        """llama.cpp's `lora` field for served adapter names with weights. Every name must
+        be served by `instance` (llama.cpp would silently ignore an unknown id)."""
+        lora = []
+        for name, weight in chosen:
+            version = self.alias.get(name)
+            if version is None or version.key not in instance.ids:
+                raise AdapterError(f"adapter {name!r} is not served by the llama.cpp instance")
+            lora.append({"id": instance.ids[version.key], "scale": float(weight)})
+        return lora
+
+    # the served set
+
+    def _files(self, versions: Sequence[Version]) -> dict[str, Path]:
+        return {v.key: v.path / gguf_export.GGUF_FILE for v in versions}
+
+    def prepare(self, version: Version) -> Path:
+        """The version's GGUF LoRA, converted from its peft files when it has none yet, and
+        read back whole before llama.cpp sees it."""
+        config = json.loads((version.path / "adapter_config.json").read_text())
+        target = version.path / gguf_export.GGUF_FILE
+        if not target.exists():
+            gguf_export.convert(version.path, self.engine.base, target)
+        gguf_export.check_file(target, self.engine.base, config)
+        return target
+
+    def check_parity(self, instance: _Instance, version: Version) -> dict[str, Any]:
+        """Compare llama.cpp with the adapter against peft's reference on the probe chat;
+        AdapterError with the reason when they differ beyond the tolerance."""
+        ref_file = version.path / gguf_export.REFERENCE_FILE
+        if not ref_file.exists():
+            write_reference(self.engine.settings, version.path)
+        ref = json.loads(ref_file.read_text())
+        lora = [{"id": instance.ids[version.key], "scale": 1.0}]
+        tokens, probs = self.engine.probe(instance, ref["prompt_ids"], lora, len(ref["tokens"]))
+        problem, gap = gguf_export.compare(ref, tokens, probs)
+        if problem is not None:
+            raise AdapterError(
+                f"its GGUF conversion does not match peft on the probe chat: {problem}"
+            )
+        first = self.engine.tokenizer.decode(tokens[:1]) if tokens else ""
+        return {"smoke_token": first, "parity_tokens": len(tokens), "parity_max_gap": round(gap, 4)}
+
+    def serve(self, versions: Sequence[Version]) -> list[Version]:
+        """At start-up: serve these versions; one that cannot be converted or checked is
+        logged and left out. Returns the served ones."""
+        ok: list[Version] = []
+        for version in versions:
+            try:
+                self.prepare(version)
+                ok.append(version)
+            except (AdapterError, OSError, ValueError) as exc:
+                log.error(json.dumps({"event": "adapter_not_served", "version": version.key,
+                                      "error": str(exc)}))  # fmt: skip
+        instance = self.engine._build(self._files(ok), self.engine.current.draft)
+        served = []
+        for version in ok:
+            try:
+                if not (version.path / gguf_export.PARITY_MARK).exists():  # not checked yet
+                    self.check_parity(instance, version)
+                    (version.path / gguf_export.PARITY_MARK).touch()
+                served.append(version)
+            except (AdapterError, OSError) as exc:
+                log.error(json.dumps({"event": "adapter_not_served", "version": version.key,
+                                      "error": str(exc)}))  # fmt: skip
+        if len(served) != len(ok):
+            instance.close()
+            instance = self.engine._build(self._files(served), self.engine.current.draft)
+        self.engine.flip(instance)
+        self.alias = {v.adapter: v for v in served}
+        self.changes += 1
+        return served
+
+    def load(self, version: Version) -> None:
+        """Convert and check `version`, then build (not yet serve) an instance with it in
+        place of its adapter's served version."""
+        self.unload(version)
+        self.prepare(version)
+        keep = [v for v in self.alias.values() if v.adapter != version.adapter]
+        instance = self.engine._build(self._files([*keep, version]), self.engine.current.draft)
+        self._staged = (version, instance)
+
+    def smoke(self, version: Version) -> dict[str, Any]:
+        if self._staged is None or self._staged[0].key != version.key:
+            raise AdapterError(f"adapter {version.key} was not loaded")
+        instance = self._staged[1]
+        report = self.check_parity(instance, version)
+        (version.path / gguf_export.PARITY_MARK).touch()
+        return {**report, "build_ms": instance.built_ms}
+
+    def activate(self, version: Version) -> Version | None:
+        if self._staged is None or self._staged[0].key != version.key:
+            self.load(version)
+        assert self._staged is not None
+        _, instance = self._staged
+        self._staged = None
+        old = self.alias.get(version.adapter)
+        self.engine.flip(instance)
+        self.alias[version.adapter] = version
+        self.changes += 1
+        return old
+
+    def unload(self, version: Version) -> None:
+        if self._staged is not None and self._staged[0].key == version.key:
+            self._staged[1].close()
+            self._staged = None
+
+    def remove(self, name: str) -> int | None:
+        version = self.alias.get(name)
+        if version is None:
+            return None
+        keep = [v for v in self.alias.values() if v.adapter != name]
+        self.engine.flip(self.engine._build(self._files(keep), self.engine.current.draft))
+        del self.alias[name]
+        self.changes += 1
+        return version.version
+
+
+def write_reference(settings: Settings, adapter_dir: Path) -> None:
+    """peft's reference answer for an adapter that came without one (imported, or trained
+    before this check existed): computed in a child process that loads the fp32 copy of the
+    base, so the serving process never holds it."""
+    started = time.perf_counter()
+    env = {**os.environ, "NPLLM_MODELS__BASE": settings.models.base,
+           "NPLLM_MODELS__CACHE_DIR": str(settings.model_cache_path)}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "npllm.engines.reference", str(adapter_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise AdapterError(
+            f"cannot compute peft's reference for {adapter_dir}: "
+            + (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+    log.info(json.dumps({"event": "reference_written", "adapter": str(adapter_dir),
+                         "s": round(time.perf_counter() - started, 1)}))  # fmt: skip
+
+
+def load(settings: Settings) -> LlamaCppEngine:
+    source = resolve(settings.models.base, "models.base")
+    if source.kind != "gguf":
+        raise ModelError(
+            f"models.engine = 'llama.cpp' serves GGUF files; models.base = "
+            f"{settings.models.base!r} is a {source.kind}. Use models.engine = 'transformers' "
+            "(or 'auto')."
+        )
+    return LlamaCppEngine(settings, source, settings.data_path / "run")
