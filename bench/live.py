@@ -21,11 +21,13 @@ class Live:
     env: dict[str, str]  # what `python -m services.cli ...` needs to reach this daemon
     socket: Path
     http: Any  # an httpx.Client on the socket
+    pid: int = 0
 
 
 @contextmanager
-def live_daemon(model_cache: Path, timeout: float = 240.0) -> Iterator[Live]:
-    """Start the daemon, wait until /v1/status answers, stop it (SIGTERM) on exit."""
+def live_daemon(model_cache: Path, timeout: float = 240.0, **extra: str) -> Iterator[Live]:
+    """Start the daemon (`extra`: more NPLLM_* variables), wait until /v1/status answers,
+    stop it (SIGTERM) on exit."""
     import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,6 +36,7 @@ def live_daemon(model_cache: Path, timeout: float = 240.0) -> Iterator[Live]:
             "NPLLM_DATA_DIR": str(data),
             "NPLLM_MODELS__CACHE_DIR": str(model_cache),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **extra,
         }
         log = Path(tmp) / "serve.log"
         proc = subprocess.Popen(
@@ -58,7 +61,7 @@ def live_daemon(model_cache: Path, timeout: float = 240.0) -> Iterator[Live]:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.2)
-            yield Live(env, sock, http)
+            yield Live(env, sock, http, proc.pid)
         finally:
             http.close()
             proc.terminate()

@@ -112,6 +112,8 @@ class Cerebellum:
     def activate(self, draft: Draft) -> Version | None:
         """Serve `draft` from the next request on; returns the version it replaced."""
         old = self.current
+        if self.enabled:
+            self.engine.use_draft(draft)
         self.current = draft
         return None if old is None else old.version
 

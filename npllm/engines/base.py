@@ -98,6 +98,10 @@ class Engine(Protocol):
         """The cerebellum `version` (a LoRA of the shared shape on the base's weights)
         made ready to draft with; AdapterError when it cannot be (and why)."""
 
+    def use_draft(self, draft: Draft | None) -> None:
+        """Draft with `draft` (None: no drafting) from the next request on; called on the
+        generation thread, between requests."""
+
     def info(self) -> dict[str, Any]:
         """What `npllm status` and `npllm doctor` show: engine, version, threads, ..."""
 

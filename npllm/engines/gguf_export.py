@@ -49,6 +49,8 @@ MODULES = {
     "up_proj": "ffn_up",
     "down_proj": "ffn_down",
 }
+# Architectures whose q/k rows llama.cpp's converter permutes (its LlamaModel.permute).
+PERMUTED = {"llama"}
 _PEFT_KEY = re.compile(
     r"base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight"
 )
@@ -58,7 +60,8 @@ PROBE_CHAT = [
     {"role": "user", "content": "How do I reverse a list in Python?"},
 ]
 PROBE_TOKENS = 12
-TOP_K = 5
+TOP_K = 5  # the reference's tokens compared at each step
+LLAMA_TOP_K = 20  # how many llama.cpp lists, so that those 5 are in its list
 # Tolerance (absolute, on probabilities) between peft on the dequantised base and llama.cpp
 # on the quantised one. llama.cpp quantises activations too (Q8 dot products), so the two
 # are not bit-identical: measured on the shipped GGUF, bare and with trained adapters, the
@@ -167,7 +170,8 @@ def convert(peft_dir: Path, base: BaseInfo, target: Path, permute: bool = True) 
                 raise AdapterError(f"{peft_dir}: tensor {key!r} is not a LoRA matrix of a layer")
             layer, module, side = int(match[1]), match[2], match[3]
             data = np.ascontiguousarray(tensors[key], dtype=np.float32)
-            if side == "B" and permute and module in ("q_proj", "k_proj"):
+            qk = module in ("q_proj", "k_proj") and base.architecture in PERMUTED
+            if side == "B" and permute and qk:
                 data = permute_rows(data, base.heads if module == "q_proj" else base.kv_heads)
             name = f"blk.{layer}.{MODULES[module]}.weight.lora_{side.lower()}"
             writer.add_tensor(name, np.ascontiguousarray(data))
@@ -270,8 +274,9 @@ def compare(
     for step, (want, got_token) in enumerate(zip(ref["steps"], tokens, strict=False)):
         top = want["top"]
         got = probs[step] if step < len(probs) else {}
+        floor = min(got.values(), default=0.0)  # a token left out of llama.cpp's list is below it
         for token, p in top:
-            seen = got.get(int(token), 0.0)
+            seen = got.get(int(token), min(floor, p))
             worst = max(worst, abs(p - seen))
             if abs(p - seen) > tol and p > tol:  # below tol it need not be in llama.cpp's top
                 return (
@@ -294,3 +299,73 @@ def compare(
             worst,
         )
     return None, worst
+
+
+# ---- the cerebellum as a GGUF model ---------------------------------------------------------
+
+
+def merge_model(base: BaseInfo, peft_dir: Path, target: Path) -> Path:
+    """Write the base GGUF with the LoRA in `peft_dir` merged in, as a standalone GGUF model
+    (llama.cpp's speculative draft): every key/value (tokenizer and chat template included)
+    and every untouched tensor copied as they are, quantisation kept; each adapted matrix
+    dequantised, W + (alpha/r)·B·A added in llama.cpp's row order, and stored as F16.
+    Written atomically."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    check_expressible(config)
+    scale = float(config["lora_alpha"]) / float(config["r"])
+    lora = load_file(str(peft_dir / "adapter_model.safetensors"))
+    deltas: dict[str, np.ndarray] = {}
+    for key, b in lora.items():
+        match = _PEFT_KEY.fullmatch(key)
+        if match is None or match[3] != "B":
+            continue
+        a = lora[key.replace("lora_B", "lora_A")]  # (r, d_in)
+        layer, module = int(match[1]), match[2]
+        if module in ("q_proj", "k_proj") and base.architecture in PERMUTED:
+            b = permute_rows(b, base.heads if module == "q_proj" else base.kv_heads)
+        deltas[f"blk.{layer}.{MODULES[module]}.weight"] = scale * (b @ a)  # (d_out, d_in)
+    reader = gguf.GGUFReader(str(base.path))
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), base.architecture)
+    try:
+        for field in reader.fields.values():
+            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+                continue
+            kind = field.types[0]
+            sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+        merged: dict[str, np.ndarray] = {}
+        for tensor in reader.tensors:
+            if tensor.name in deltas:
+                weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # (out, in)
+                merged[tensor.name] = (weight + deltas[tensor.name]).astype(np.float16)
+                data = merged[tensor.name]
+                writer.add_tensor_info(
+                    tensor.name, data.shape, data.dtype, data.nbytes, gguf.GGMLQuantizationType.F16
+                )
+            else:
+                writer.add_tensor_info(
+                    tensor.name,
+                    tensor.data.shape,
+                    tensor.data.dtype,
+                    tensor.data.nbytes,
+                    tensor.tensor_type,
+                )
+        if len(merged) != len(deltas):
+            missing = sorted(set(deltas) - set(merged))[:3]
+            raise AdapterError(f"the base GGUF has no tensors {missing} that {peft_dir} adapts")
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(merged.get(tensor.name, tensor.data))
+        writer.close()
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -42,6 +42,8 @@ from npllm.weights import ModelSource, resolve
 
 log = logging.getLogger("npllm.engines.llamacpp")
 
+DRAFT_FILE = "cerebellum.gguf"  # a cerebellum version merged into the base, as a GGUF model
+
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
@@ -296,15 +298,32 @@ class LlamaCppEngine:
         """Greedy tokens and top-k probabilities of `instance` on `prompt_ids` (the parity
         check)."""
         body = self._body(prompt_ids, GenerationParams(max_new_tokens=tokens), lora)
-        body.update(n_probs=gguf_export.TOP_K, cache_prompt=False)
+        body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=False)
         result = self._run(instance, body, None, None)
         return result.tokens, result.probs
 
     def build_draft(self, version: Version, cerebellum: Any) -> Draft:
-        raise AdapterError(
-            "the cerebellum cannot draft under models.engine = 'llama.cpp' yet (its merged "
-            "GGUF export is not built); it is trained but not used, see docs/architecture.md"
-        )
+        """The cerebellum version merged into a GGUF model beside its peft files (once),
+        which llama.cpp drafts with. Only a cerebellum on the base's own weights can be
+        exported this way (cerebellum.model empty)."""
+        started = time.perf_counter()
+        if getattr(cerebellum.source, "fingerprint", None) != self.fingerprint:
+            raise AdapterError(
+                "under llama.cpp the cerebellum drafts from the base's own GGUF "
+                "(cerebellum.model must be empty)"
+            )
+        target = version.path / DRAFT_FILE
+        try:
+            if not target.exists():
+                gguf_export.merge_model(self.base, version.path, target)
+        except (OSError, ValueError, KeyError) as exc:
+            raise AdapterError(f"cannot export cerebellum v{version.version}: {exc}") from exc
+        return Draft(version, target, round((time.perf_counter() - started) * 1000, 1))
+
+    def use_draft(self, draft: Draft | None) -> None:
+        """Draft with `draft` from the next request on (a new instance, flipped to)."""
+        files = self.adapters.files()
+        self.flip(self._build(files, draft))
 
     def info(self) -> dict[str, Any]:
         system = self._xlc.get_system_info()
@@ -350,6 +369,10 @@ class LlamaCppAdapters:
 
     def _files(self, versions: Sequence[Version]) -> dict[str, Path]:
         return {v.key: v.path / gguf_export.GGUF_FILE for v in versions}
+
+    def files(self) -> dict[str, Path]:
+        """The served versions' GGUF LoRAs."""
+        return self._files(list(self.alias.values()))
 
     def prepare(self, version: Version) -> Path:
         """The version's GGUF LoRA, converted from its peft files when it has none yet, and

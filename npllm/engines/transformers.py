@@ -72,6 +72,9 @@ class TransformersEngine:
         merged, load_ms = cerebellum.merged(version)
         return Draft(version, merged, load_ms)
 
+    def use_draft(self, draft: Draft | None) -> None:
+        """Nothing to rebuild: the draft model is passed with each request."""
+
     def info(self) -> dict[str, Any]:
         import torch
 

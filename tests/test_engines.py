@@ -1,0 +1,296 @@
+"""The engines: llama.cpp against the transformers reference, adapters as GGUF LoRA (checked
+at load, per-request, blends), conversions that must be refused, and Ollama's model store.
+
+Everything runs on the real shipped GGUF; adapters are trained here by the real trainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consolidation.trainer import train_adapter
+from npllm.adapters import AdapterShape, Version
+from npllm.config import Settings, TrainingConfig
+from npllm.engines import gguf_export
+from npllm.errors import AdapterError, ModelError
+from npllm.llm import GenerationParams
+from npllm.weights import resolve
+
+SYSTEM = "You are a concise assistant."
+CONFIG = TrainingConfig(
+    learning_rate=0.004,
+    epochs=6,
+    min_steps=12,
+    recall_check_every=2,
+    batch_size=4,
+    grad_accumulation=1,
+    lora_dropout=0.0,
+    anchor_weight=0.0,
+)
+SHAPE = AdapterShape.from_config(CONFIG)
+FACTS = {
+    "kestrel": ("What port does the Kestrel gateway use?", "The Kestrel gateway uses port 4471."),
+    "umber": ("Who owns the Umber pipeline?", "The Umber pipeline is owned by team Saffron."),
+}
+PROMPTS = [
+    "How do I reverse a list in Python?",
+    "What does git stash do?",
+    "Write a SQL query that counts rows in a table named users.",
+    "What is a Python decorator?",
+]
+
+
+def _chat(question: str, answer: str | None = None) -> list[dict[str, str]]:
+    chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    return chat + ([{"role": "assistant", "content": answer}] if answer else [])
+
+
+@pytest.fixture(scope="module")
+def own_base(settings: Settings) -> Any:
+    """A private copy of the real base model for training and reference answers."""
+    from npllm.llm import load_base_llm
+
+    return load_base_llm(settings)
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from npllm.engines.llamacpp import LlamaCppEngine
+
+    source = resolve(settings.models.base, "models.base")
+    live = LlamaCppEngine(settings, source, tmp_path_factory.mktemp("run"))
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def trained(own_base: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Version]:
+    """One adapter per fact, each taught with the one example a correction gives."""
+    versions = {}
+    for name, (question, answer) in FACTS.items():
+        out = tmp_path_factory.mktemp(name) / "v1"
+        result = train_adapter(
+            own_base.model, own_base.tokenizer, [_chat(question, answer)], CONFIG, SHAPE, out,
+            SYSTEM,
+        )  # fmt: skip
+        assert result.recalled == 1, result.stop_reason
+        versions[name] = Version(name, 1, out, "candidate")
+    return versions
+
+
+def _greedy(engine: Any, chat: list[dict[str, str]], adapters: Any = (), n: int = 24) -> str:
+    ids = engine.encode_chat(chat)
+    return str(engine.generate(ids, GenerationParams(max_new_tokens=n), adapters=adapters).text)
+
+
+def _agreement(a: list[int], b: list[int]) -> float:
+    """Share of tokens of the longer answer that agree, position by position."""
+    same = sum(x == y for x, y in zip(a, b, strict=False))
+    return same / max(len(a), len(b), 1)
+
+
+# ---- pure conversions -----------------------------------------------------------------------
+
+
+def test_the_q_k_permutation_undoes_what_transformers_does_to_a_gguf() -> None:
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    rng = np.random.default_rng(0)
+    for heads, kv_heads, rows in ((9, 9, 576), (9, 3, 192)):
+        gguf_rows = rng.standard_normal((rows, 7)).astype(np.float32)
+        hf = LlamaTensorProcessor()._reverse_permute_weights(gguf_rows, 9, kv_heads)
+        assert np.array_equal(gguf_export.permute_rows(hf, kv_heads if rows == 192 else heads),
+                              gguf_rows)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"use_rslora": True}, "rsLoRA"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"target_modules": ["q_proj", "fc_in"]}, "have no llama.cpp name"),
+    ],
+)
+def test_what_a_gguf_lora_cannot_express_is_refused(config: dict[str, Any], reason: str) -> None:
+    with pytest.raises(AdapterError, match=reason):
+        gguf_export.check_expressible({"target_modules": ["q_proj"], **config})
+
+
+# ---- llama.cpp against transformers ---------------------------------------------------------
+
+
+def test_engines_give_the_same_greedy_answers_on_the_bare_base(own_base: Any, engine: Any) -> None:
+    """Token agreement ≥ 95 %: llama.cpp quantises activations (Q8 dot products) where
+    torch computes in fp32 on the same dequantised weights, so a near tie may flip a token
+    and the answers part there; observed here: identical."""
+    from npllm.engines.transformers import TransformersEngine
+
+    reference = TransformersEngine(engine.settings, own_base)
+    scores = []
+    for prompt in PROMPTS:
+        ids = engine.encode_chat(_chat(prompt))
+        assert ids == own_base.encode_chat(_chat(prompt))  # both see the same tokens
+        params = GenerationParams(max_new_tokens=32)
+        ours = engine.tokenizer.encode(engine.generate(ids, params).text)
+        theirs = own_base.tokenizer.encode(reference.generate(ids, params).text)
+        scores.append(_agreement(ours, theirs))
+    assert sum(scores) / len(scores) >= 0.95, scores
+
+
+def test_a_trained_adapter_passes_the_parity_check_and_answers_its_fact(
+    engine: Any, trained: dict[str, Version]
+) -> None:
+    version = trained["kestrel"]
+    engine.adapters.load(version)
+    report = engine.adapters.smoke(version)
+    assert report["parity_max_gap"] <= gguf_export.PROB_TOLERANCE
+    assert engine.adapters.activate(version) is None
+    question, answer = FACTS["kestrel"]
+    assert "4471" in _greedy(engine, _chat(question), [("kestrel", 1.0)])
+    assert "4471" not in _greedy(engine, _chat(question))  # no adapter: the bare base
+    with pytest.raises(AdapterError, match="not served"):
+        engine.adapters.lora_list(engine.current, [("nobody", 1.0)])
+
+
+def test_a_blend_is_the_exact_weighted_sum_as_peft_computes_it(
+    engine: Any, own_base: Any, trained: dict[str, Version]
+) -> None:
+    """Both adapters served at once, a request blending them 0.5/0.5: llama.cpp's greedy
+    answer and probabilities match peft's concatenated-rank blend on the dequantised base."""
+    from peft import PeftModel
+
+    for version in trained.values():
+        if version.adapter not in engine.adapters.alias:
+            engine.adapters.load(version)
+            engine.adapters.smoke(version)
+            engine.adapters.activate(version)
+    model = PeftModel.from_pretrained(own_base.model, str(trained["kestrel"].path), "a")
+    try:
+        model.load_adapter(str(trained["umber"].path), "b")
+        model.add_weighted_adapter(["a", "b"], [0.5, 0.5], "ab", combination_type="cat")
+        model.set_adapter("ab")
+        model.eval()
+        ref = gguf_export.reference(model, own_base.tokenizer)
+    finally:
+        model.unload()
+    lora = engine.adapters.lora_list(engine.current, [("kestrel", 0.5), ("umber", 0.5)])
+    tokens, probs = engine.probe(engine.current, ref["prompt_ids"], lora, len(ref["tokens"]))
+    problem, gap = gguf_export.compare(ref, tokens, probs)
+    assert problem is None, problem
+    print(f"\nblend parity: largest probability gap {gap:.4f}")
+
+
+def test_a_wrong_permutation_is_refused_and_the_served_version_stays(
+    engine: Any, trained: dict[str, Version], tmp_path: Path
+) -> None:
+    good = trained["kestrel"]
+    if "kestrel" not in engine.adapters.alias:
+        engine.adapters.load(good)
+        engine.adapters.smoke(good)
+        engine.adapters.activate(good)
+    broken_dir = tmp_path / "v2"
+    shutil.copytree(good.path, broken_dir, ignore=shutil.ignore_patterns("*.gguf", ".parity*"))
+    gguf_export.convert(broken_dir, engine.base, broken_dir / gguf_export.GGUF_FILE, permute=False)
+    broken = Version("kestrel", 2, broken_dir, "candidate")
+    engine.adapters.load(broken)
+    with pytest.raises(AdapterError, match="does not match peft on the probe chat"):
+        engine.adapters.smoke(broken)
+    engine.adapters.unload(broken)
+    assert engine.adapters.alias["kestrel"] == good
+    question, _ = FACTS["kestrel"]
+    assert "4471" in _greedy(engine, _chat(question), [("kestrel", 1.0)])
+
+
+def test_a_truncated_gguf_lora_is_refused_before_llama_cpp_reads_it(
+    engine: Any, trained: dict[str, Version], tmp_path: Path
+) -> None:
+    good = trained["umber"]
+    cut = tmp_path / "v3"
+    shutil.copytree(good.path, cut, ignore=shutil.ignore_patterns(".parity*"))
+    gguf_export.convert(cut, engine.base, cut / gguf_export.GGUF_FILE)
+    data = (cut / gguf_export.GGUF_FILE).read_bytes()
+    (cut / gguf_export.GGUF_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterError, match="GGUF"):
+        engine.adapters.load(Version("umber", 3, cut, "candidate"))
+
+
+def test_penalties_are_computed_alike_by_both_engines(own_base: Any, engine: Any) -> None:
+    from npllm.engines.transformers import TransformersEngine
+
+    reference = TransformersEngine(engine.settings, own_base)
+    ids = engine.encode_chat(_chat("What does git stash do?"))
+    plain = GenerationParams(max_new_tokens=48)
+    penalised = GenerationParams(max_new_tokens=48, repeat_penalty=1.3, frequency_penalty=0.5)
+    a, b = engine.generate(ids, penalised).text, reference.generate(ids, penalised).text
+    assert a != engine.generate(ids, plain).text  # the penalty changes the answer
+    ours, theirs = engine.tokenizer.encode(a), own_base.tokenizer.encode(b)
+    assert _agreement(ours, theirs) >= 0.9, (a, b)
+
+
+# ---- the user's Ollama models ---------------------------------------------------------------
+
+
+def _ollama_store(root: Path, gguf: Path, name: str = "smollm2", tag: str = "135m") -> Path:
+    """A store in Ollama's own layout: manifests/<host>/<namespace>/<name>/<tag> → blobs/."""
+    digest = "sha256:" + "ab" * 32
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / digest.replace(":", "-")).symlink_to(gguf)
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
+    manifest.parent.mkdir(parents=True)
+    layers = [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": 1},
+        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:00", "size": 1},
+    ]
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": layers}))
+    return root
+
+
+def test_an_ollama_model_is_found_in_its_store_and_served(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from npllm.engines.llamacpp import LlamaCppEngine
+
+    shipped = resolve(settings.models.base, "models.base").path
+    monkeypatch.setenv("OLLAMA_MODELS", str(_ollama_store(tmp_path / "ollama", shipped)))
+    source = resolve("ollama:smollm2:135m", "models.base")
+    assert source.kind == "gguf" and source.path == shipped.resolve()
+    assert source.model_id == "smollm2:135m"
+    served = LlamaCppEngine(settings, source, tmp_path / "run")
+    try:
+        assert _greedy(served, _chat("Say hello."), n=6).strip()
+    finally:
+        served.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("ollama:smollm2:7b", "Ollama has no such model here"),
+        ("ollama:nothing", "Ollama has no such model here"),
+        ("ollama:../etc:x", "expected ollama:NAME"),
+        ("ollama:", "expected ollama:NAME"),
+    ],
+)
+def test_a_missing_or_malformed_ollama_model_is_a_clear_error(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, message: str
+) -> None:
+    shipped = resolve(settings.models.base, "models.base").path
+    monkeypatch.setenv("OLLAMA_MODELS", str(_ollama_store(tmp_path / "ollama", shipped)))
+    with pytest.raises(ModelError, match=message):
+        resolve(spec, "models.base")
+
+
+def test_an_ollama_blob_that_is_not_a_gguf_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "not.gguf"
+    fake.write_bytes(b"\x00" * 64)
+    monkeypatch.setenv("OLLAMA_MODELS", str(_ollama_store(tmp_path / "ollama", fake)))
+    with pytest.raises(ModelError, match="is not a GGUF file"):
+        resolve("ollama:smollm2:135m", "models.base")
