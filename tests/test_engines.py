@@ -88,12 +88,6 @@ def _greedy(engine: Any, chat: list[dict[str, str]], adapters: Any = (), n: int 
     return str(engine.generate(ids, GenerationParams(max_new_tokens=n), adapters=adapters).text)
 
 
-def _agreement(a: list[int], b: list[int]) -> float:
-    """Share of tokens of the longer answer that agree, position by position."""
-    same = sum(x == y for x, y in zip(a, b, strict=False))
-    return same / max(len(a), len(b), 1)
-
-
 # ---- pure conversions -----------------------------------------------------------------------
 
 
@@ -126,21 +120,24 @@ def test_what_a_gguf_lora_cannot_express_is_refused(config: dict[str, Any], reas
 
 
 def test_engines_give_the_same_greedy_answers_on_the_bare_base(own_base: Any, engine: Any) -> None:
-    """Token agreement ≥ 95 %: llama.cpp quantises activations (Q8 dot products) where
-    torch computes in fp32 on the same dequantised weights, so a near tie may flip a token
-    and the answers part there; observed here: identical."""
-    from npllm.engines.transformers import TransformersEngine
-
-    reference = TransformersEngine(engine.settings, own_base)
-    scores = []
+    """Same prompt tokens; the same greedy answer up to the first near tie. llama.cpp
+    quantises activations (Q8 dot products) where torch computes in fp32 on the same
+    dequantised weights, so where torch's top two tokens are closer than the tolerance the
+    engines may pick differently and the answers part there (seen here: "git stash" at token
+    21, 0.238 vs 0.163 under torch, 0.200 vs 0.203 under llama.cpp). Before that, every
+    token is the same and every top-5 probability agrees within the tolerance."""
+    parted = []
     for prompt in PROMPTS:
-        ids = engine.encode_chat(_chat(prompt))
-        assert ids == own_base.encode_chat(_chat(prompt))  # both see the same tokens
-        params = GenerationParams(max_new_tokens=32)
-        ours = engine.tokenizer.encode(engine.generate(ids, params).text)
-        theirs = own_base.tokenizer.encode(reference.generate(ids, params).text)
-        scores.append(_agreement(ours, theirs))
-    assert sum(scores) / len(scores) >= 0.95, scores
+        chat = _chat(prompt)
+        assert engine.encode_chat(chat) == own_base.encode_chat(chat)  # both see the same tokens
+        ref = gguf_export.reference(own_base.model, own_base.tokenizer, chat, 32)
+        tokens, probs = engine.probe(engine.current, ref["prompt_ids"], [], 32)
+        problem, gap = gguf_export.compare(ref, tokens, probs)
+        assert problem is None, (prompt, problem)
+        same = next((i for i, (x, y) in enumerate(zip(tokens, ref["tokens"])) if x != y), None)
+        parted.append(same)
+    print(f"\nbare base: answers part at token {parted} of 32 (None: identical)")
+    assert parted.count(None) >= 1  # near ties are the exception, not the rule
 
 
 def test_a_trained_adapter_passes_the_parity_check_and_answers_its_fact(
@@ -186,6 +183,23 @@ def test_a_blend_is_the_exact_weighted_sum_as_peft_computes_it(
     print(f"\nblend parity: largest probability gap {gap:.4f}")
 
 
+def test_an_answer_without_adapters_after_a_blend_is_the_bare_base_s(
+    engine: Any, trained: dict[str, Version]
+) -> None:
+    """Regression: llama.cpp reused the prompt's cached KV, computed under a blend, for the
+    same prompt asked without adapters; npllm now reuses it only under the same adapters."""
+    for version in trained.values():
+        if version.adapter not in engine.adapters.alias:
+            engine.adapters.load(version)
+            engine.adapters.smoke(version)
+            engine.adapters.activate(version)
+    chat = _chat("What does git stash do?")
+    bare = _greedy(engine, chat)
+    blended = _greedy(engine, chat, [("kestrel", 0.5), ("umber", 0.5)])
+    assert blended != bare
+    assert _greedy(engine, chat) == bare
+
+
 def test_a_wrong_permutation_is_refused_and_the_served_version_stays(
     engine: Any, trained: dict[str, Version], tmp_path: Path
 ) -> None:
@@ -221,16 +235,19 @@ def test_a_truncated_gguf_lora_is_refused_before_llama_cpp_reads_it(
 
 
 def test_penalties_are_computed_alike_by_both_engines(own_base: Any, engine: Any) -> None:
+    """llama.cpp's repeat/frequency/presence penalties and npllm's transformers processor
+    (npllm/llm.py: _Penalties) change the answer in the same way."""
     from npllm.engines.transformers import TransformersEngine
 
     reference = TransformersEngine(engine.settings, own_base)
     ids = engine.encode_chat(_chat("What does git stash do?"))
-    plain = GenerationParams(max_new_tokens=48)
-    penalised = GenerationParams(max_new_tokens=48, repeat_penalty=1.3, frequency_penalty=0.5)
-    a, b = engine.generate(ids, penalised).text, reference.generate(ids, penalised).text
-    assert a != engine.generate(ids, plain).text  # the penalty changes the answer
-    ours, theirs = engine.tokenizer.encode(a), own_base.tokenizer.encode(b)
-    assert _agreement(ours, theirs) >= 0.9, (a, b)
+    plain = GenerationParams(max_new_tokens=24)
+    penalised = GenerationParams(max_new_tokens=24, repeat_penalty=1.3, frequency_penalty=0.5)
+    ours, theirs = engine.generate(ids, penalised).text, reference.generate(ids, penalised).text
+    assert ours != engine.generate(ids, plain).text  # the penalty changes the answer
+    a, b = engine.tokenizer.encode(ours), own_base.tokenizer.encode(theirs)
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    assert same >= 8, (ours, theirs)  # the same start; near ties may part them later
 
 
 # ---- the user's Ollama models ---------------------------------------------------------------

@@ -221,20 +221,26 @@ def check_file(path: Path, base: BaseInfo, config: dict[str, Any]) -> None:
 # ---- the parity check ---------------------------------------------------------------------
 
 
-def reference(model: Any, tokenizer: Any) -> dict[str, Any]:
-    """peft's (or the bare base's) greedy answer to the probe chat and, at each of its
-    positions, the top-k next-token probabilities: what llama.cpp must reproduce."""
+def reference(
+    model: Any,
+    tokenizer: Any,
+    chat: list[dict[str, str]] | None = None,
+    tokens: int = PROBE_TOKENS,
+) -> dict[str, Any]:
+    """peft's (or the bare base's) greedy answer to `chat` (the probe chat by default) and,
+    at each of its positions, the top-k next-token probabilities: what llama.cpp must
+    reproduce."""
     import torch
 
     prompt = list(
         tokenizer.apply_chat_template(
-            PROBE_CHAT, add_generation_prompt=True, tokenize=True, return_dict=False
+            chat or PROBE_CHAT, add_generation_prompt=True, tokenize=True, return_dict=False
         )
     )
     ids = list(prompt)
     steps: list[dict[str, Any]] = []
     with torch.inference_mode():
-        for _ in range(PROBE_TOKENS):
+        for _ in range(tokens):
             tensor = torch.tensor([ids])  # (1, seq)
             logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
             probs = torch.softmax(logits[0, -1].float(), dim=-1)  # (vocab,)

@@ -101,6 +101,7 @@ class _Instance:
     draft: Draft | None
     socket: Path
     built_ms: float
+    last_lora: list[dict[str, Any]] | None = None  # of the request before: its KV is cached
 
     def close(self) -> None:
         self.server = None  # the C++ server is freed with its last reference
@@ -207,6 +208,10 @@ class LlamaCppEngine:
         instance = self.current
         lora = self.adapters.lora_list(instance, adapters)
         body = self._body(prompt_ids, params, lora)
+        # Reuse the cached prompt only when it was computed with the same adapters: seen
+        # here, llama.cpp reused a prefix computed under a blend for a request without any.
+        body["cache_prompt"] = lora == instance.last_lora
+        instance.last_lora = lora
         result = self._run(instance, body, on_text, cancel)
         report = None
         if instance.draft is not None:
@@ -299,6 +304,7 @@ class LlamaCppEngine:
         check)."""
         body = self._body(prompt_ids, GenerationParams(max_new_tokens=tokens), lora)
         body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=False)
+        instance.last_lora = None  # the slot's cache now holds this probe
         result = self._run(instance, body, None, None)
         return result.tokens, result.probs
 
