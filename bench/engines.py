@@ -117,6 +117,7 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
         else 0.0,
         "memory_path_ms": t.get("embed_ms", 0) + t.get("retrieve_ms", 0) + t.get("prompt_ms", 0),
         "generate_s": gen_s,
+        "draft_acceptance_rate": t.get("draft_acceptance_rate"),
         "total_ms": t.get("total_ms", 0),
     }
 
@@ -168,6 +169,15 @@ def npllm_rows(
             publish(http, f"b{i}", adapters[i])
         out["20 loaded, 1 routed"] = run_rows(http, prompts, tokens, ["b0"])
         out["swap"] = swap_under_load(live, adapters[20])
+        # Last (there is no cerebellum rollback): the same-size cerebellum drafting.
+        reply = http.post("/v1/cerebellum/versions", json={"path": str(adapters[0])})
+        if reply.status_code == 201:
+            out["cerebellum draft"] = run_rows(http, prompts, tokens, [])
+            out["cerebellum draft"]["acceptance"] = [
+                r.get("draft_acceptance_rate") for r in out["cerebellum draft"]["rows"]
+            ]
+        else:
+            out["cerebellum draft"] = {"error": reply.text}
     return out
 
 

@@ -134,7 +134,9 @@ def test_engines_give_the_same_greedy_answers_on_the_bare_base(own_base: Any, en
         tokens, probs = engine.probe(engine.current, ref["prompt_ids"], [], 32)
         problem, gap = gguf_export.compare(ref, tokens, probs)
         assert problem is None, (prompt, problem)
-        same = next((i for i, (x, y) in enumerate(zip(tokens, ref["tokens"])) if x != y), None)
+        same = next(
+            (i for i, (x, y) in enumerate(zip(tokens, ref["tokens"], strict=False)) if x != y), None
+        )
         parted.append(same)
     print(f"\nbare base: answers part at token {parted} of 32 (None: identical)")
     assert parted.count(None) >= 1  # near ties are the exception, not the rule
@@ -246,8 +248,45 @@ def test_penalties_are_computed_alike_by_both_engines(own_base: Any, engine: Any
     ours, theirs = engine.generate(ids, penalised).text, reference.generate(ids, penalised).text
     assert ours != engine.generate(ids, plain).text  # the penalty changes the answer
     a, b = engine.tokenizer.encode(ours), own_base.tokenizer.encode(theirs)
-    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    same = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
     assert same >= 8, (ours, theirs)  # the same start; near ties may part them later
+
+
+def test_the_cerebellum_drafts_under_llama_cpp_without_changing_the_answer(
+    engine: Any, trained: dict[str, Version], tmp_path: Path
+) -> None:
+    """A cerebellum version (a LoRA on the base's weights) merged into a GGUF model and used
+    as llama.cpp's speculative draft: greedy answers identical to undrafted ones, and the
+    acceptance of its drafts reported per answer."""
+    from types import SimpleNamespace
+
+    cerebellum_dir = tmp_path / "v1"
+    shutil.copytree(trained["kestrel"].path, cerebellum_dir)
+    version = Version("cerebellum", 1, cerebellum_dir, "candidate")
+    draft = engine.build_draft(version, SimpleNamespace(source=engine))
+    assert draft.handle.exists() and draft.handle.name == "cerebellum.gguf"
+    chats = [_chat(FACTS["kestrel"][0]), _chat("What is a Python decorator?")]
+    plain = [
+        engine.generate(engine.encode_chat(c), GenerationParams(max_new_tokens=24)) for c in chats
+    ]
+    assert all(g.draft is None for g in plain)
+    engine.use_draft(draft)
+    try:
+        drafted = [
+            engine.generate(engine.encode_chat(c), GenerationParams(max_new_tokens=24))
+            for c in chats
+        ]
+    finally:
+        engine.use_draft(None)
+    assert [g.text for g in drafted] == [g.text for g in plain]
+    for g in drafted:
+        assert g.draft is not None and g.draft["proposed"] > 0
+        assert 0 <= g.draft["acceptance_rate"] <= 1
+    print(f"\ncerebellum drafts under llama.cpp: {[g.draft for g in drafted]}")
+    with pytest.raises(AdapterError, match="cerebellum.model must be empty"):
+        engine.build_draft(version, SimpleNamespace(source=SimpleNamespace(fingerprint="x")))
 
 
 # ---- the user's Ollama models ---------------------------------------------------------------
