@@ -240,6 +240,31 @@ def run_cycle(
     return metrics
 
 
+_UNTRAINABLE = """
+INSERT INTO npllm.sleep_cycles (trigger, seed, status, phase, error, pid, finished_at)
+VALUES (%(trigger)s, %(seed)s, 'failed', 'done', %(error)s, %(pid)s, now()) RETURNING id
+"""
+
+
+def refuse_untrainable(pool: Any, settings: Any, trigger: str, seed: int | None) -> None:
+    """A base that transformers cannot dequantise is served but never trained: each cycle
+    is recorded as failed with the reason (so `npllm sleep --status` and psql say it), and
+    nothing else happens."""
+    from npllm.llm import untrainable_reason
+    from npllm.weights import resolve
+
+    reason = untrainable_reason(resolve(settings.models.base, "models.base"))
+    if reason is None:
+        return
+    error = f"the base model cannot be trained: {reason}"
+    with pool.connection() as conn:
+        row = conn.execute(
+            _UNTRAINABLE,
+            {"trigger": trigger, "seed": seed or 0, "error": error, "pid": os.getpid()},
+        ).fetchone()
+    raise ConsolidationError(f"sleep cycle {row[0]} did not train: {error}")
+
+
 def refuse_if_running(pool: Any) -> None:
     """One cycle at a time (also enforced by the database: sql/007_one_running_cycle.sql).
     Cycles whose worker died are marked interrupted first."""

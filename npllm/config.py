@@ -130,6 +130,35 @@ class ServerConfig(_Section):
         256, ge=1, description="max_tokens when a request does not give one."
     )
     max_tokens_cap: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    repeat_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="llama.cpp's repetition penalty (1 = off) when a request gives none "
+        "(npllm.repeat_penalty): a token among the last repeat_last_n has its logit "
+        "divided by it. Chosen by bench/loops.py.",
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI's frequency_penalty when a request gives none: the logit of a token "
+        "drops by this much per time it occurs among the last repeat_last_n tokens.",
+    )
+    presence_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI's presence_penalty when a request gives none: the logit of a token "
+        "drops by this much once it occurs among the last repeat_last_n tokens.",
+    )
+    repeat_last_n: int = Field(
+        64,
+        ge=0,
+        le=8192,
+        description="How many of the latest tokens (the end of the prompt included, as llama.cpp "
+        "counts) the penalties look at.",
+    )
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="Largest request body accepted, in bytes."
     )

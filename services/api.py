@@ -84,6 +84,20 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
     seed: int | None = None
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers a token's logit by this much per time it occurs among the last "
+        "server.repeat_last_n tokens. Default: server.frequency_penalty.",
+    )
+    presence_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="Lowers a token's logit by this much once it occurs among the last "
+        "server.repeat_last_n tokens. Default: server.presence_penalty.",
+    )
     stream: bool = False
     npllm: NpllmOptions | None = None
 
@@ -96,6 +110,13 @@ class NpllmOptions(BaseModel):
         None,
         description="Adapters to use (at most 3, blended); [] = none; absent = the "
         "modulator chooses.",
+    )
+    repeat_penalty: float | None = Field(
+        None,
+        ge=1.0,
+        le=2.0,
+        description="llama.cpp's repetition penalty over the last server.repeat_last_n "
+        "tokens (1 = off). Default: server.repeat_penalty.",
     )
 
 
@@ -352,6 +373,8 @@ class Service:
     sleeper: Sleeper
     # The cerebellum's versions (None with cerebellum.role = off).
     cerebellum_registry: Registry | None = None
+    # Why the sleep cycle cannot train for this base (None: it can); see llm.untrainable_reason.
+    untrainable: str | None = None
     started_at: float = field(default_factory=time.time)
     in_flight: dict[str, threading.Event] = field(default_factory=dict)
 
@@ -490,13 +513,23 @@ def _params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4 or any(not s for s in stop):
         raise RequestError("stop takes up to 4 non-empty strings", param="stop")
+    server = settings.server
+    own = body.npllm.repeat_penalty if body.npllm else None
     return GenerationParams(
         max_new_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=tuple(stop),
         seed=body.seed,
+        frequency_penalty=_given(body.frequency_penalty, server.frequency_penalty),
+        presence_penalty=_given(body.presence_penalty, server.presence_penalty),
+        repeat_penalty=_given(own, server.repeat_penalty),
+        repeat_last_n=server.repeat_last_n,
     )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -870,6 +903,8 @@ def _status(service: Service) -> dict[str, Any]:
         "state": service.sleeper.state,
         "uptime_s": round(time.time() - service.started_at, 1),
         "base_model": model_id,
+        "engine": service.awake.engine.info(),
+        "training": {"trainable": service.untrainable is None, "reason": service.untrainable},
         "embedder": service.awake.embedder.model_id,
         "database": {
             "url": service.database.url,

@@ -736,7 +736,7 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
 def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool, trigger: str) -> None:
     import time
 
-    from consolidation.cycle import refuse_if_running, run_cycle
+    from consolidation.cycle import refuse_if_running, refuse_untrainable, run_cycle
     from npllm.adapters import CEREBELLUM, BaseIdentity, Registry
     from npllm.db import Database
     from npllm.embeddings import load_embedder
@@ -750,6 +750,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool, trigger:
         import os
 
         refuse_if_running(db.pool)  # before loading the models: say it at once
+        refuse_untrainable(db.pool, settings, trigger, seed)
         os.nice(10)
         llm = load_base_llm(settings)
         embedder = load_embedder(settings)
@@ -876,6 +877,10 @@ def status(ctx: typer.Context) -> None:
     db = s["database"]
     typer.echo(f"state        {s['state']} (up {s['uptime_s']:.0f} s)")
     typer.echo(f"base model   {s['base_model']}")
+    e = s["engine"]
+    typer.echo(f"engine       {e['engine']} {e['version']}, {e['threads']} threads")
+    if not s["training"]["trainable"]:
+        typer.echo(f"training     NOT TRAINABLE: {s['training']['reason']}")
     typer.echo(f"embedder     {s['embedder']}")
     versions = f"PostgreSQL {db['postgresql']}, pgvector {db['pgvector']}"
     typer.echo(f"database     {db['url']} ({versions})")

@@ -125,6 +125,8 @@ class Daemon:
         from npllm.db import Database
         from npllm.embeddings import load_embedder
         from npllm.engines import load_engine
+        from npllm.llm import untrainable_reason
+        from npllm.weights import resolve
         from services.api import Service
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
@@ -163,6 +165,7 @@ class Daemon:
             registry=registry,
             sleeper=Sleeper(self.settings),
             cerebellum_registry=cerebellum_registry,
+            untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
         )
         self._bind()
         log.info(

@@ -350,3 +350,44 @@ def test_an_ollama_blob_that_is_not_a_gguf_is_refused(
     monkeypatch.setenv("OLLAMA_MODELS", str(_ollama_store(tmp_path / "ollama", fake)))
     with pytest.raises(ModelError, match="is not a GGUF file"):
         resolve("ollama:smollm2:135m", "models.base")
+
+
+# ---- a base llama.cpp serves but transformers cannot train -----------------------------------
+
+
+def _gguf_of(arch: str, path: Path) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_base_transformers_cannot_dequantise_is_said_untrainable_and_cycles_record_why(
+    tmp_path: Path, fresh_database: Any
+) -> None:
+    from consolidation.cycle import refuse_untrainable
+    from npllm.errors import ConsolidationError
+    from npllm.llm import untrainable_reason
+    from npllm.weights import ModelSource
+
+    granite = _gguf_of("granite", tmp_path / "granite.gguf")
+    reason = untrainable_reason(ModelSource(str(granite), "gguf", granite))
+    assert reason is not None and "'granite'" in reason and "cannot dequantise" in reason
+    llama = _gguf_of("llama", tmp_path / "llama.gguf")
+    assert untrainable_reason(ModelSource(str(llama), "gguf", llama)) is None
+
+    settings = fresh_database.settings.model_copy(
+        update={"models": fresh_database.settings.models.model_copy(update={"base": str(granite)})}
+    )
+    with pytest.raises(ConsolidationError, match="did not train: the base model cannot be trained"):
+        refuse_untrainable(fresh_database.pool, settings, "manual", 7)
+    with fresh_database.pool.connection() as conn:
+        status, error = conn.execute(
+            "SELECT status, error FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert status == "failed" and "'granite'" in error
