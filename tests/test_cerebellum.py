@@ -43,17 +43,26 @@ def _cerebellum_version(llm: Any, path: Path, noise: float) -> Version:
     return Version(CEREBELLUM, 1, path, "active")
 
 
+def _torch(settings: Settings, base_llm: Any) -> Any:
+    from npllm.engines.transformers import TransformersEngine
+
+    return TransformersEngine(settings, base_llm)
+
+
 def test_drafting_never_changes_the_answer_and_reports_acceptance(
     base_llm: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    cerebellum = Cerebellum(settings, base_llm)
+    """Under the transformers engine (assisted generation); tests/test_engines.py has the
+    same under llama.cpp (speculative decoding)."""
+    cerebellum = Cerebellum(settings, base_llm, _torch(settings, base_llm))
     assert cerebellum.draft is None  # nothing trained yet: no drafting
     draft = cerebellum.build(_cerebellum_version(base_llm, tmp_path / "v1", noise=0.1))
     assert cerebellum.activate(draft) is None
     ids = base_llm.encode_chat(QUESTION)
     params = GenerationParams(max_new_tokens=32)
     plain = base_llm.generate_ids(ids, params)
-    drafted = base_llm.generate_ids(ids, params, assistant=cerebellum.draft, draft_tokens=4)
+    assert cerebellum.draft is not None
+    drafted = base_llm.generate_ids(ids, params, assistant=cerebellum.draft.handle, draft_tokens=4)
     assert drafted.text == plain.text and plain.draft is None
     report = drafted.draft
     assert report is not None
@@ -63,7 +72,8 @@ def test_drafting_never_changes_the_answer_and_reports_acceptance(
     # The perturbed draft disagrees somewhere, yet the base's answer is unchanged.
     assert 0 < report["accepted"] < report["proposed"]
     off_config = settings.cerebellum.model_copy(update={"role": "off"})
-    off = Cerebellum(settings.model_copy(update={"cerebellum": off_config}), base_llm)
+    off_settings = settings.model_copy(update={"cerebellum": off_config})
+    off = Cerebellum(off_settings, base_llm, _torch(off_settings, base_llm))
     off.activate(draft)
     assert off.draft is None and off.status()["drafting"] is False
 
@@ -73,10 +83,10 @@ def test_a_cerebellum_version_with_broken_weights_is_refused(
 ) -> None:
     version = _cerebellum_version(base_llm, tmp_path / "nan", noise=0.0)
     with pytest.raises(AdapterError, match="cerebellum v1 produces NaN/inf logits"):
-        Cerebellum(settings, base_llm).build(version)
+        Cerebellum(settings, base_llm, _torch(settings, base_llm)).build(version)
     missing = Version(CEREBELLUM, 2, tmp_path / "nowhere", "active")
     with pytest.raises(AdapterError, match="cannot load cerebellum v2 from"):
-        Cerebellum(settings, base_llm).build(missing)
+        Cerebellum(settings, base_llm, _torch(settings, base_llm)).build(missing)
 
 
 def test_a_cerebellum_model_must_exist_and_share_the_base_tokenizer(

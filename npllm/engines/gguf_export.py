@@ -62,12 +62,15 @@ PROBE_CHAT = [
 PROBE_TOKENS = 12
 TOP_K = 5  # the reference's tokens compared at each step
 LLAMA_TOP_K = 20  # how many llama.cpp lists, so that those 5 are in its list
-# Tolerance (absolute, on probabilities) between peft on the dequantised base and llama.cpp
-# on the quantised one. llama.cpp quantises activations too (Q8 dot products), so the two
-# are not bit-identical: measured on the shipped GGUF, bare and with trained adapters, the
-# largest gap on the probe was ~0.02 (bench/engines.py prints it). A wrong permutation or a
-# missing tensor moves probabilities by far more (tests/test_engines.py).
-PROB_TOLERANCE = 0.08
+# Tolerances of the parity check (see compare), on probabilities. Calibrated on the shipped
+# GGUF, teacher-forced along torch's answer: the bare base differs by up to 0.018 on average
+# over a 32-token answer; the adapters the test suite trains, correctly converted, by
+# 0.004-0.048, at most 0.14 of the adapter's own effect (the largest ratios where the
+# effect itself was tiny); the same adapters with q/k rows left unpermuted by 0.021-0.41, at
+# least 0.17 of their effect. An adapter whose whole effect is within the bare engines'
+# difference passes whatever its conversion (it changes answers less than llama.cpp does).
+ABS_TOLERANCE = 0.025
+REL_TOLERANCE = 0.15
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ def reference(
 ) -> dict[str, Any]:
     """peft's (or the bare base's) greedy answer to `chat` (the probe chat by default) and,
     at each of its positions, the top-k next-token probabilities: what llama.cpp must
-    reproduce."""
+    reproduce. With a peft model, also the bare base's probabilities of the same tokens at
+    the same positions (``bare``): how much the adapter itself moves them."""
     import torch
 
     prompt = list(
@@ -241,70 +245,65 @@ def reference(
     steps: list[dict[str, Any]] = []
     with torch.inference_mode():
         for _ in range(tokens):
-            tensor = torch.tensor([ids])  # (1, seq)
-            logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
-            probs = torch.softmax(logits[0, -1].float(), dim=-1)  # (vocab,)
+            probs = _next_probs(model, ids)  # (vocab,)
             top = torch.topk(probs, TOP_K)
-            steps.append(
-                {
-                    "top": [
-                        [int(i), float(p)] for p, i in zip(top.values, top.indices, strict=True)
-                    ],
-                }
-            )
-            token = int(top.indices[0])
-            ids.append(token)
-            if token == tokenizer.eos_token_id:
+            pairs = [[int(i), float(p)] for p, i in zip(top.values, top.indices, strict=True)]
+            steps.append({"top": pairs})
+            ids.append(pairs[0][0])
+            if pairs[0][0] == tokenizer.eos_token_id:
                 break
-    return {
-        "prompt_ids": prompt,
-        "eos": tokenizer.eos_token_id,
-        "tokens": ids[len(prompt) :],
-        "steps": steps,
-        "tolerance": PROB_TOLERANCE,
-    }
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                for step, want in enumerate(steps):
+                    bare = _next_probs(model, ids[: len(prompt) + step])
+                    want["bare"] = [float(bare[t]) for t, _ in want["top"]]
+    return {"prompt_ids": prompt, "eos": tokenizer.eos_token_id, "tokens": ids[len(prompt) :],
+            "steps": steps}  # fmt: skip
+
+
+def _next_probs(model: Any, ids: list[int]) -> Any:
+    import torch
+
+    tensor = torch.tensor([ids])  # (1, seq)
+    logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
+    return torch.softmax(logits[0, -1].float(), dim=-1)  # (vocab,)
 
 
 def compare(
-    ref: dict[str, Any], tokens: Sequence[int], probs: Sequence[dict[int, float]]
-) -> tuple[str | None, float]:
-    """(None, largest gap) when llama.cpp's greedy `tokens` and per-position `probs` (token →
-    probability, for its top tokens) match peft's reference within the tolerance; else
-    (the reason, the gap so far).
+    ref: dict[str, Any], probs: Sequence[dict[int, float]]
+) -> tuple[str | None, dict[str, float]]:
+    """Compare llama.cpp's next-token probabilities, teacher-forced along peft's greedy
+    answer (`probs[i]`: token → probability after the prompt and the answer's first i
+    tokens), with peft's reference. Returns (None or the reason, the figures).
 
-    Tokens must agree until the reference itself has a near tie (top-2 gap under the
-    tolerance, where quantised arithmetic may legitimately pick the other); probabilities
-    of the reference's top tokens must agree within the tolerance at every compared step."""
-    tol = float(ref.get("tolerance", PROB_TOLERANCE))
-    worst = 0.0
-    for step, (want, got_token) in enumerate(zip(ref["steps"], tokens, strict=False)):
-        top = want["top"]
+    At each position the error is the largest gap over peft's top-5 tokens; a conversion
+    passes when the mean error is within ABS_TOLERANCE (the engines' own difference on the
+    bare base, which comes from llama.cpp quantising activations where torch computes in
+    fp32) or within REL_TOLERANCE of the adapter's own effect (the same gap between peft
+    with and without the adapter): a strongly trained adapter amplifies that arithmetic
+    difference, a wrong conversion changes what the adapter does."""
+    errors, effects = [], []
+    for step, want in enumerate(ref["steps"]):
         got = probs[step] if step < len(probs) else {}
-        floor = min(got.values(), default=0.0)  # a token left out of llama.cpp's list is below it
-        for token, p in top:
-            seen = got.get(int(token), min(floor, p))
-            worst = max(worst, abs(p - seen))
-            if abs(p - seen) > tol and p > tol:  # below tol it need not be in llama.cpp's top
-                return (
-                    f"at answer token {step}, token {token} has probability {seen:.3f} under "
-                    f"llama.cpp and {p:.3f} under peft (tolerance {tol})",
-                    worst,
-                )
-        if got_token != top[0][0]:
-            if len(top) > 1 and top[0][1] - top[1][1] < tol:
-                return None, worst  # a near tie: the answers may part here
-            return (
-                f"greedy answers differ at token {step}: llama.cpp {got_token}, peft "
-                f"{top[0][0]} (probability {top[0][1]:.3f})",
-                worst,
+        if not got and want["top"][0][0] == ref.get("eos"):
+            continue  # llama.cpp lists nothing when it stops there
+        floor = min(got.values(), default=0.0)  # a token left out of its list is below it
+        errors.append(max(abs(p - got.get(t, min(floor, p))) for t, p in want["top"]))
+        if "bare" in want:
+            effects.append(
+                max(abs(p - b) for (_, p), b in zip(want["top"], want["bare"], strict=True))
             )
-    short = len(tokens) < len(ref["tokens"]) and ref["tokens"][len(tokens)] != ref.get("eos")
-    if short:  # llama.cpp may not list the end-of-turn token it stopped at
-        return (
-            f"llama.cpp stopped after {len(tokens)} tokens, peft after {len(ref['tokens'])}",
-            worst,
-        )
-    return None, worst
+    error = sum(errors) / max(len(errors), 1)
+    effect = sum(effects) / max(len(effects), 1)
+    figures = {"error": round(error, 4), "effect": round(effect, 4)}
+    if error <= ABS_TOLERANCE or error <= REL_TOLERANCE * effect:
+        return None, figures
+    return (
+        f"llama.cpp's next-token probabilities differ from peft's by {error:.3f} on average "
+        f"over the probe answer; allowed: {ABS_TOLERANCE} or {REL_TOLERANCE:.0%} of the "
+        f"adapter's own effect ({effect:.3f})",
+        figures,
+    )
 
 
 # ---- the cerebellum as a GGUF model ---------------------------------------------------------
@@ -332,7 +331,10 @@ def merge_model(base: BaseInfo, peft_dir: Path, target: Path) -> Path:
         layer, module = int(match[1]), match[2]
         if module in ("q_proj", "k_proj") and base.architecture in PERMUTED:
             b = permute_rows(b, base.heads if module == "q_proj" else base.kv_heads)
-        deltas[f"blk.{layer}.{MODULES[module]}.weight"] = scale * (b @ a)  # (d_out, d_in)
+        delta = scale * (b @ a)  # (d_out, d_in)
+        if not np.isfinite(delta).all():
+            raise AdapterError(f"{peft_dir} holds NaN/inf weights ({key}); it seems broken")
+        deltas[f"blk.{layer}.{MODULES[module]}.weight"] = delta
     reader = gguf.GGUFReader(str(base.path))
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(str(tmp), base.architecture)

@@ -157,6 +157,11 @@ class LlamaCppEngine:
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
         params.verbosity = -1
+        # No prompt cache in RAM across requests: llama.cpp restores a saved prompt state
+        # by token similarity alone, so a state computed under one adapter was reused for a
+        # request without it (tests/test_engines.py); the slot's own cache stays, guarded by
+        # last_lora in generate().
+        params.cache_ram_mib = 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
         params.hostnames = [str(socket)]  # a Unix socket in the private run dir: no TCP port
@@ -298,15 +303,21 @@ class LlamaCppEngine:
             raise ModelError(f"llama.cpp refused the request: {request.error}")
         return request
 
-    def probe(self, instance: _Instance, prompt_ids: list[int], lora: list[dict[str, Any]],
-              tokens: int) -> tuple[list[int], list[dict[int, float]]]:  # fmt: skip
-        """Greedy tokens and top-k probabilities of `instance` on `prompt_ids` (the parity
-        check)."""
-        body = self._body(prompt_ids, GenerationParams(max_new_tokens=tokens), lora)
-        body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=False)
-        instance.last_lora = None  # the slot's cache now holds this probe
-        result = self._run(instance, body, None, None)
-        return result.tokens, result.probs
+    def probe(
+        self, instance: _Instance, ref: dict[str, Any], lora: list[dict[str, Any]]
+    ) -> list[dict[int, float]]:
+        """Next-token probabilities of `instance` (its top tokens), teacher-forced along the
+        reference's answer: one 1-token completion per position, each reusing the cached
+        prompt of the one before (the parity check)."""
+        probs = []
+        for step in range(len(ref["steps"])):
+            ids = ref["prompt_ids"] + ref["tokens"][:step]
+            body = self._body(ids, GenerationParams(max_new_tokens=1), lora)
+            body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=step > 0)
+            result = self._run(instance, body, None, None)
+            probs.append(result.probs[0] if result.probs else {})
+        instance.last_lora = lora
+        return probs
 
     def build_draft(self, version: Version, cerebellum: Any) -> Draft:
         """The cerebellum version merged into a GGUF model beside its peft files (once),
@@ -322,7 +333,7 @@ class LlamaCppEngine:
         try:
             if not target.exists():
                 gguf_export.merge_model(self.base, version.path, target)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, AdapterError) as exc:
             raise AdapterError(f"cannot export cerebellum v{version.version}: {exc}") from exc
         return Draft(version, target, round((time.perf_counter() - started) * 1000, 1))
 
@@ -398,14 +409,18 @@ class LlamaCppAdapters:
             write_reference(self.engine.settings, version.path)
         ref = json.loads(ref_file.read_text())
         lora = [{"id": instance.ids[version.key], "scale": 1.0}]
-        tokens, probs = self.engine.probe(instance, ref["prompt_ids"], lora, len(ref["tokens"]))
-        problem, gap = gguf_export.compare(ref, tokens, probs)
+        probs = self.engine.probe(instance, ref, lora)
+        problem, figures = gguf_export.compare(ref, probs)
         if problem is not None:
             raise AdapterError(
                 f"its GGUF conversion does not match peft on the probe chat: {problem}"
             )
-        first = self.engine.tokenizer.decode(tokens[:1]) if tokens else ""
-        return {"smoke_token": first, "parity_tokens": len(tokens), "parity_max_gap": round(gap, 4)}
+        first = max(probs[0], key=probs[0].__getitem__) if probs and probs[0] else None
+        return {
+            "smoke_token": "" if first is None else self.engine.tokenizer.decode([first]),
+            "parity_error": figures["error"],
+            "parity_effect": figures["effect"],
+        }
 
     def serve(self, versions: Sequence[Version]) -> list[Version]:
         """At start-up: serve these versions; one that cannot be converted or checked is
