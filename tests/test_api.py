@@ -106,6 +106,10 @@ def test_rag_changes_the_answer(daemon: LiveDaemon) -> None:
     with daemon.http() as http:
         before = _ask(http, question, max_tokens=40).json()
         assert "PELICAN-4471" not in before["choices"][0]["message"]["content"]
+        # The wrong answer, disliked, leaves retrieval (otherwise its exchange memory would
+        # be recalled beside the fact, and a 135 M model may copy either).
+        disliked = {"interaction_id": before["npllm"]["interaction_id"], "rating": -1.0}
+        assert http.post("/v1/feedback", json=disliked).status_code == 201
         stored = http.post("/v1/memories", json={"text": fact, "source": "test"})
         assert stored.status_code == 201
         memory_id = stored.json()["data"][0]["id"]
