@@ -84,6 +84,16 @@ def test_status_reports_models_database_and_counts(daemon: LiveDaemon) -> None:
     assert set(status["counts"]) >= {"memories", "interactions"}
 
 
+def test_repetition_penalties_change_a_greedy_answer(daemon: LiveDaemon) -> None:
+    question = "What does git stash do? Explain it in detail."
+    with daemon.http() as http:
+        plain = _ask(http, question, max_tokens=48).json()
+        for extra in ({"frequency_penalty": 0.8}, {"npllm": {"repeat_penalty": 1.3}}):
+            penalised = _ask(http, question, max_tokens=48, **extra).json()
+            text = penalised["choices"][0]["message"]["content"]
+            assert text != plain["choices"][0]["message"]["content"], extra
+
+
 def test_stop_sequence_and_seed(daemon: LiveDaemon) -> None:
     with daemon.http() as http:
         first = _ask(http, "Count from 1 to 10, separated by commas.", max_tokens=40).json()
@@ -221,6 +231,24 @@ BAD_REQUESTS = [
         {"messages": [{"role": "user", "content": "hi"}], "temperature": 5},
         "temperature: Input should be less than or equal to 2",
         "temperature",
+    ),
+    (
+        "frequency_penalty too high",
+        {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 3},
+        "frequency_penalty: Input should be less than or equal to 2",
+        "frequency_penalty",
+    ),
+    (
+        "presence_penalty not a number",
+        {"messages": [{"role": "user", "content": "hi"}], "presence_penalty": "lots"},
+        "presence_penalty: Input should be a valid number",
+        "presence_penalty",
+    ),
+    (
+        "repeat_penalty below 1",
+        {"messages": [{"role": "user", "content": "hi"}], "npllm": {"repeat_penalty": 0.5}},
+        "npllm.repeat_penalty: Input should be greater than or equal to 1",
+        "npllm.repeat_penalty",
     ),
     (
         "last message not user",
