@@ -71,6 +71,9 @@ SETTINGS = {
     "frequency 0.3": {"frequency_penalty": 0.3},
     "presence 0.5": {"presence_penalty": 0.5},
     "repeat 1.1 + frequency 0.2": {"repeat_penalty": 1.1, "frequency_penalty": 0.2},
+    "frequency 0.5": {"frequency_penalty": 0.5},
+    "frequency 0.7": {"frequency_penalty": 0.7},
+    "frequency 0.4 + presence 0.2": {"frequency_penalty": 0.4, "presence_penalty": 0.2},
 }
 
 
@@ -91,6 +94,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     cache = REPO / ".venv" / "npllm-model-cache"
@@ -102,10 +107,11 @@ def main() -> None:
         engine = LlamaCppEngine(settings, resolve(settings.models.base, "m"), Path(tmp))
         system = settings.memory.system_prompt
         report: dict[str, Any] = {"tokens": args.tokens, "questions": len(QUESTIONS)}
-        for label, extra in SETTINGS.items():
+        for label in args.settings:
+            extra = SETTINGS[label]
             params = GenerationParams(max_new_tokens=args.tokens, **extra)
             rows = []
-            for q in QUESTIONS:
+            for q in QUESTIONS[: args.questions]:
                 chat = [{"role": "system", "content": system}, {"role": "user", "content": q}]
                 gen = engine.generate(engine.encode_chat(chat), params)
                 ids = engine.tokenizer.encode(gen.text)
@@ -132,7 +138,7 @@ def main() -> None:
         engine.close()
     report["seconds"] = round(time.time() - started)
     print(f"\n{'setting':<28} {'loop rate':>9} {'stops':>6} {'mean tokens':>11} {'facts':>6}")
-    for label in SETTINGS:
+    for label in args.settings:
         r = report[label]
         print(f"{label:<28} {r['loop_rate']:>9.0%} {r['stop_rate']:>6.0%} "
               f"{r['mean_tokens']:>11.0f} {r['fact_recall']:>6.0%}")  # fmt: skip

@@ -136,14 +136,16 @@ class ServerConfig(_Section):
         le=2.0,
         description="llama.cpp's repetition penalty (1 = off) when a request gives none "
         "(npllm.repeat_penalty): a token among the last repeat_last_n has its logit "
-        "divided by it. Chosen by bench/loops.py.",
+        "divided by it. Off by default: it stops answers from copying facts out of the "
+        "memories (bench/loops.py).",
     )
     frequency_penalty: float = Field(
-        0.0,
+        0.5,
         ge=-2.0,
         le=2.0,
         description="OpenAI's frequency_penalty when a request gives none: the logit of a token "
-        "drops by this much per time it occurs among the last repeat_last_n tokens.",
+        "drops by this much per time it occurs among the last repeat_last_n tokens. 0.5"
+        " keeps greedy answers from looping (bench/loops.py).",
     )
     presence_penalty: float = Field(
         0.0,
