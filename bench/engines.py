@@ -153,7 +153,7 @@ def npllm_rows(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     env = {"NPLLM_MODELS__ENGINE": engine, "NPLLM_MEMORY__CACHE_SIZE": "0",
-           "NPLLM_MODULATOR__MAX_ADAPTERS": "32"}  # fmt: skip
+           "NPLLM_MODULATOR__MAX_ADAPTERS": "32", "NPLLM_CEREBELLUM__ROLE": "draft"}  # fmt: skip
     with live_daemon(cache, **env) as live:
         http = live.http
         out["rss_idle_mb"] = rss_mb(live.pid)

@@ -629,6 +629,10 @@ class AdapterServer:
         self.changes += 1
         return version.version
 
+    def stage(self, version: Version) -> None:
+        """Nothing to prepare off the generation thread: loading a peft adapter changes the
+        served model, so it happens in `load`, between requests."""
+
     def serve(self, versions: list[Version]) -> list[Version]:
         """At start-up: load and route to these versions; one that fails to load is logged
         and left out. Returns the served ones."""

@@ -513,9 +513,10 @@ class CerebellumConfig(_Section):
     while asleep and drafts tokens for the base LLM while awake."""
 
     role: Literal["draft", "off"] = Field(
-        "draft",
+        "off",
         description="draft: the trained cerebellum drafts tokens the base LLM verifies; "
-        "off: neither trained nor used.",
+        "off: neither trained nor used. Off by default: a draft as big as the base (the "
+        "default cerebellum is a copy of it) halves decoding speed (bench/engines.py).",
     )
     model: str = Field(
         "",

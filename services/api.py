@@ -772,6 +772,8 @@ def create_app(service: Service) -> FastAPI:
             dataset=body.dataset,
             metrics=body.metrics,
         )
+        # Built and checked beside the served set while requests run; only the flip waits.
+        await asyncio.to_thread(service.awake.adapters.stage, version)
         swap = service.queue.submit(
             lambda: service.swap(version, "replaced by a newer version", body.sleep_cycle),
             always=True,
@@ -817,6 +819,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/adapters/{name}/rollback")
     async def rollback_adapter(name: str) -> dict[str, Any]:
         previous = await asyncio.to_thread(service.registry.previous, name)
+        await asyncio.to_thread(service.awake.adapters.stage, previous)
         swap = service.queue.submit(lambda: service.swap(previous, "rolled back"), always=True)
         return await asyncio.wrap_future(swap)
 

@@ -43,6 +43,13 @@ def _cerebellum_version(llm: Any, path: Path, noise: float) -> Version:
     return Version(CEREBELLUM, 1, path, "active")
 
 
+def _drafting(settings: Settings) -> Settings:
+    """The settings with cerebellum.role = draft (off by default)."""
+    return settings.model_copy(
+        update={"cerebellum": settings.cerebellum.model_copy(update={"role": "draft"})}
+    )
+
+
 def _torch(settings: Settings, base_llm: Any) -> Any:
     from npllm.engines.transformers import TransformersEngine
 
@@ -54,6 +61,7 @@ def test_drafting_never_changes_the_answer_and_reports_acceptance(
 ) -> None:
     """Under the transformers engine (assisted generation); tests/test_engines.py has the
     same under llama.cpp (speculative decoding)."""
+    settings = _drafting(settings)
     cerebellum = Cerebellum(settings, base_llm, _torch(settings, base_llm))
     assert cerebellum.draft is None  # nothing trained yet: no drafting
     draft = cerebellum.build(_cerebellum_version(base_llm, tmp_path / "v1", noise=0.1))
@@ -144,17 +152,18 @@ def test_cerebellum_and_adapters_keep_separate_versions_and_old_ones_are_pruned(
 
 
 def test_the_daemon_reports_its_cerebellum(daemon: LiveDaemon) -> None:
+    """Off by default (cerebellum.role); the name stays reserved and publishing says how to
+    turn it on."""
     with daemon.http() as http:
-        status = http.get("/v1/cerebellum").json()
-        assert status["role"] == "draft" and status["version"] is None
-        assert status["drafting"] is False and status["versions"] == []
-        assert http.get("/v1/status").json()["cerebellum"]["drafting"] is False
+        assert http.get("/v1/status").json()["cerebellum"] == {"role": "off"}
+        off = http.get("/v1/cerebellum")
+        assert off.status_code == 409 and 'set it to "draft"' in off.json()["error"]["message"]
+        r = http.post("/v1/cerebellum/versions", json={"path": "/tmp/x"})
+        assert r.status_code == 409 and "the cerebellum is off" in r.json()["error"]["message"]
         r = http.post("/v1/adapters/cerebellum/versions", json={"path": "/tmp/x"})
         assert r.status_code == 400
         assert "reserved for the cerebellum" in r.json()["error"]["message"]
-        r = http.post("/v1/cerebellum/versions", json={"path": "relative/dir"})
-        assert r.status_code == 400 and "path must be absolute" in r.json()["error"]["message"]
         answer = http.post(
             "/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 4}
         ).json()
-        assert answer["npllm"]["cerebellum"] is None  # nothing trained: no drafting
+        assert answer["npllm"]["cerebellum"] is None  # no drafting

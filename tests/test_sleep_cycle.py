@@ -24,6 +24,9 @@ ENV = {
     "NPLLM_TRAINING__KEEP_VERSIONS": "1",
     # A question asked again a second later is a routine (the cerebellum's), not a re-ask.
     "NPLLM_FEEDBACK__REASK_WINDOW_MINUTES": "0.01",
+    # The cerebellum is off by default (a same-size draft costs more than it saves); the
+    # teaching test checks it learns the routines.
+    "NPLLM_CEREBELLUM__ROLE": "draft",
 }
 # For the tests about the cycle's mechanics (gate, kill, resume), run with `--here`: keeps
 # them short — no cerebellum, no anchor pass (what is learned is the teaching test's

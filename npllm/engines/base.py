@@ -50,6 +50,11 @@ class AdapterServing(Protocol):
         """Serve these versions (at start-up), each under its adapter's name; one that
         cannot be loaded is logged and left out. Returns the served ones."""
 
+    def stage(self, version: Version) -> None:
+        """Prepare `version` as far as possible without touching what is served (safe off
+        the generation thread, while requests run), so that the swap between requests is
+        short; `load` raises what went wrong here."""
+
     def load(self, version: Version) -> None:
         """Make `version` ready beside the served ones (not yet routed to)."""
 

@@ -136,7 +136,7 @@ class LlamaCppEngine:
         self.fingerprint = base_fingerprint(source, source.path)
         self.threads = settings.models.threads or free_cores()
         self._serial = itertools.count(1)
-        self.current = self._build({}, None)
+        self._current: _Instance | None = None  # built by serve() or the first request
         self.adapters = LlamaCppAdapters(self)
 
     @property
@@ -184,11 +184,18 @@ class LlamaCppEngine:
         built.built_ms = round((time.perf_counter() - started) * 1000, 1)
         return built
 
+    @property
+    def current(self) -> _Instance:
+        """The instance serving requests (built with no adapters if nothing was served)."""
+        if self._current is None:
+            self._current = self._build({}, None)
+        return self._current
+
     def flip(self, instance: _Instance) -> None:
         """Serve `instance` from the next request on; free the one it replaces (called on
         the generation thread, between requests: nothing runs on the old one)."""
-        old, self.current = self.current, instance
-        if old is not instance:
+        old, self._current = self._current, instance
+        if old is not None and old is not instance:
             old.close()
 
     # ---- generation ---------------------------------------------------------------------
@@ -351,11 +358,23 @@ class LlamaCppEngine:
             "avx2": "AVX2 = 1" in system,
             "context_length": self.context_length,
             "model_file": str(self.source.path),
-            "instance_built_ms": self.current.built_ms,
+            "instance_built_ms": None if self._current is None else self._current.built_ms,
         }
 
     def close(self) -> None:
-        self.current.close()
+        if self._current is not None:
+            self._current.close()
+
+
+@dataclass
+class _Staged:
+    """An instance built for a version about to be published, beside the served one."""
+
+    version: Version
+    keep: set[str]  # the other versions it serves (it is stale if they change)
+    instance: _Instance | None = None
+    report: dict[str, Any] | None = None
+    error: AdapterError | None = None
 
 
 class LlamaCppAdapters:
@@ -365,7 +384,8 @@ class LlamaCppAdapters:
         self.engine = engine
         self.alias: dict[str, Version] = {}
         self.changes = 0
-        self._staged: tuple[Version, Any] | None = None
+        self._staged: _Staged | None = None  # the next instance, built off the model thread
+        self._lock = threading.Lock()
 
     # what a request sends
 
@@ -433,7 +453,7 @@ class LlamaCppAdapters:
             except (AdapterError, OSError, ValueError) as exc:
                 log.error(json.dumps({"event": "adapter_not_served", "version": version.key,
                                       "error": str(exc)}))  # fmt: skip
-        instance = self.engine._build(self._files(ok), self.engine.current.draft)
+        instance = self.engine._build(self._files(ok), self._draft())
         served = []
         for version in ok:
             try:
@@ -446,52 +466,86 @@ class LlamaCppAdapters:
                                       "error": str(exc)}))  # fmt: skip
         if len(served) != len(ok):
             instance.close()
-            instance = self.engine._build(self._files(served), self.engine.current.draft)
+            instance = self.engine._build(self._files(served), self._draft())
         self.engine.flip(instance)
         self.alias = {v.adapter: v for v in served}
         self.changes += 1
         return served
 
-    def load(self, version: Version) -> None:
-        """Convert and check `version`, then build (not yet serve) an instance with it in
-        place of its adapter's served version."""
-        self.unload(version)
-        self.prepare(version)
+    def stage(self, version: Version) -> None:
+        """Off the generation thread, while requests are served: convert and check
+        `version`, build an instance with it in place of its adapter's served version and
+        run the parity check on it. The swap on the generation thread then only flips.
+        Nothing served changes here; a failure is kept and raised by `load`."""
+        with self._lock:
+            self._drop_staged()
         keep = [v for v in self.alias.values() if v.adapter != version.adapter]
-        instance = self.engine._build(self._files([*keep, version]), self.engine.current.draft)
-        self._staged = (version, instance)
+        staged = _Staged(version, {v.key for v in keep})
+        try:
+            self.prepare(version)
+            staged.instance = self.engine._build(self._files([*keep, version]), self._draft())
+            staged.report = {**self.check_parity(staged.instance, version),
+                             "build_ms": staged.instance.built_ms}  # fmt: skip
+            (version.path / gguf_export.PARITY_MARK).touch()
+        except (AdapterError, ModelError, OSError, ValueError) as exc:
+            staged.error = exc if isinstance(exc, AdapterError) else AdapterError(str(exc))
+        with self._lock:
+            self._drop_staged()
+            self._staged = staged
+
+    def load(self, version: Version) -> None:
+        """Make `version` ready beside the served ones: the staged instance when it was
+        built for the set served now, else built here (on the generation thread)."""
+        with self._lock:
+            staged = self._staged
+        keep = {v.key for v in self.alias.values() if v.adapter != version.adapter}
+        if staged is None or staged.version.key != version.key or staged.keep != keep:
+            self.stage(version)
+            with self._lock:
+                staged = self._staged
+        assert staged is not None
+        if staged.error is not None:
+            self.unload(version)
+            raise staged.error
 
     def smoke(self, version: Version) -> dict[str, Any]:
-        if self._staged is None or self._staged[0].key != version.key:
+        with self._lock:
+            staged = self._staged
+        if staged is None or staged.version.key != version.key or staged.report is None:
             raise AdapterError(f"adapter {version.key} was not loaded")
-        instance = self._staged[1]
-        report = self.check_parity(instance, version)
-        (version.path / gguf_export.PARITY_MARK).touch()
-        return {**report, "build_ms": instance.built_ms}
+        return dict(staged.report)
 
     def activate(self, version: Version) -> Version | None:
-        if self._staged is None or self._staged[0].key != version.key:
-            self.load(version)
-        assert self._staged is not None
-        _, instance = self._staged
-        self._staged = None
+        self.load(version)
+        with self._lock:
+            staged, self._staged = self._staged, None
+        assert staged is not None and staged.instance is not None
         old = self.alias.get(version.adapter)
-        self.engine.flip(instance)
+        self.engine.flip(staged.instance)
         self.alias[version.adapter] = version
         self.changes += 1
         return old
 
     def unload(self, version: Version) -> None:
-        if self._staged is not None and self._staged[0].key == version.key:
-            self._staged[1].close()
-            self._staged = None
+        with self._lock:
+            if self._staged is not None and self._staged.version.key == version.key:
+                self._drop_staged()
+
+    def _drop_staged(self) -> None:
+        if self._staged is not None and self._staged.instance is not None:
+            self._staged.instance.close()
+        self._staged = None
+
+    def _draft(self) -> Draft | None:
+        current = self.engine._current
+        return None if current is None else current.draft
 
     def remove(self, name: str) -> int | None:
         version = self.alias.get(name)
         if version is None:
             return None
         keep = [v for v in self.alias.values() if v.adapter != name]
-        self.engine.flip(self.engine._build(self._files(keep), self.engine.current.draft))
+        self.engine.flip(self.engine._build(self._files(keep), self._draft()))
         del self.alias[name]
         self.changes += 1
         return version.version
