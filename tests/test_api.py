@@ -99,6 +99,9 @@ def test_stop_sequence_and_seed(daemon: LiveDaemon) -> None:
         first = _ask(http, "Count from 1 to 10, separated by commas.", max_tokens=40).json()
         text = first["choices"][0]["message"]["content"]
         assert "3" in text
+        # Its exchange memory leaves retrieval, so the second request sees the same prompt.
+        dislike = {"interaction_id": first["npllm"]["interaction_id"], "rating": -1.0}
+        assert http.post("/v1/feedback", json=dislike).status_code == 201
         stopped = _ask(
             http, "Count from 1 to 10, separated by commas.", max_tokens=40, stop=["3"]
         ).json()
