@@ -242,7 +242,9 @@ def bare_rows(settings: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
     params.n_parallel = 1
     params.cpuparams.n_threads = params.cpuparams_batch.n_threads = free_cores()
     params.verbosity = -1
-    params.hostnames = ["/tmp/npllm-bench-bare.sock"]
+    socket = Path("/tmp/npllm-bench-bare.sock")
+    socket.unlink(missing_ok=True)
+    params.hostnames = [str(socket)]
     server = xlc.Server(params)
     system = settings.memory.system_prompt
 

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -82,10 +83,14 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> Any:
             raise ModelError(
                 f"models.base: cannot read the tokenizer of {source.path}: {exc}"
             ) from exc
-        try:
-            tokenizer.save_pretrained(own)
+        tmp = own.with_name(f".{own.name}.tmp-{os.getpid()}")
+        try:  # whole or not at all: another process may be reading it already
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, own)
         except OSError as exc:
-            log.warning("cannot keep the tokenizer in %s: %s", own, exc)
+            log.info("tokenizer not kept in %s: %s", own, exc)  # another process did
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = _FALLBACK_TEMPLATE
     return tokenizer
@@ -164,6 +169,7 @@ class LlamaCppEngine:
         params.cache_ram_mib = 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
+        socket.unlink(missing_ok=True)  # left by a crashed process: llama.cpp would not bind
         params.hostnames = [str(socket)]  # a Unix socket in the private run dir: no TCP port
         keys = list(files)
         params.lora_adapters = [xlc.CommonAdapterLoraInfo(str(files[k]), 0.0) for k in keys]
