@@ -21,7 +21,7 @@ from npllm.config import ModulatorConfig
 from npllm.errors import AdapterError, RequestError
 from npllm.modulator import Modulator
 
-from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env, save_tiny_llama
+from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env, make_settings, save_tiny_llama
 from .conftest import ask_ok as _ask
 
 SHAPE = AdapterShape(16, 32, ("k_proj", "o_proj", "q_proj", "v_proj"))
@@ -213,6 +213,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A daemon with two adapters trained by `npllm adapter train` and hot-published."""
     data_dir = tmp_path_factory.mktemp("adapters") / "data"
     live = LiveDaemon(data_dir, **TRAIN_ENV).wait_ready()
+    # The llama.cpp daemon never dequantises the base; training does, once, into this cache:
+    # make the copy first so that the digest compares the weights, not their arrival.
+    from npllm.llm import dequantise_gguf
+    from npllm.weights import resolve
+
+    dequantise_gguf(resolve(make_settings(data_dir).models.base, "models.base"), MODEL_CACHE)
     before = _cache_digest()
     try:
         for name in ("zorblax", "sqlbot"):
