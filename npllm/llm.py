@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Used when a model ships no chat template of its own.
-_FALLBACK_TEMPLATE = (
+FALLBACK_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
@@ -186,6 +186,15 @@ class Generation:
     seconds: float = 0.0
     # With a draft model: tokens it proposed and how many of them the base LLM accepted.
     draft: dict[str, Any] | None = None
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the chat, ending with the assistant's generation prompt (every engine
+    and the parity probe encode with this, so they see the same tokens)."""
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
 
 
 @dataclass
@@ -348,11 +357,7 @@ class BaseLLM:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the chat, ending with the assistant's generation prompt."""
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids)
+        return encode_chat(self.tokenizer, messages)
 
     def generate(
         self, messages: list[dict[str, str]], max_new_tokens: int = 64, **params: Any
@@ -465,7 +470,7 @@ def load_base_llm(settings: Settings) -> BaseLLM:
             f"models.base = {settings.models.base!r}: cannot load {directory}: {exc}"
         ) from exc
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = _FALLBACK_TEMPLATE
+        tokenizer.chat_template = FALLBACK_TEMPLATE
     model.to(device)
     freeze(model)
     return BaseLLM(

@@ -236,11 +236,9 @@ def reference(
     the same positions (``bare``): how much the adapter itself moves them."""
     import torch
 
-    prompt = list(
-        tokenizer.apply_chat_template(
-            chat or PROBE_CHAT, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    )
+    from npllm.llm import encode_chat
+
+    prompt = encode_chat(tokenizer, chat or PROBE_CHAT)
     ids = list(prompt)
     steps: list[dict[str, Any]] = []
     with torch.inference_mode():
@@ -249,7 +247,7 @@ def reference(
             top = torch.topk(probs, TOP_K)
             pairs = [[int(i), float(p)] for p, i in zip(top.values, top.indices, strict=True)]
             steps.append({"top": pairs})
-            ids.append(pairs[0][0])
+            ids.append(int(pairs[0][0]))
             if pairs[0][0] == tokenizer.eos_token_id:
                 break
         if hasattr(model, "disable_adapter"):

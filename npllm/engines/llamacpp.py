@@ -38,17 +38,20 @@ from npllm.config import Settings
 from npllm.engines import gguf_export
 from npllm.engines.base import Draft
 from npllm.errors import AdapterError, ModelError
-from npllm.llm import Generation, GenerationParams, base_fingerprint, gguf_cache_dir
+from npllm.llm import (
+    FALLBACK_TEMPLATE,
+    Generation,
+    GenerationParams,
+    _DraftCount,
+    base_fingerprint,
+    encode_chat,
+    gguf_cache_dir,
+)
 from npllm.weights import ModelSource, resolve
 
 log = logging.getLogger("npllm.engines.llamacpp")
 
 DRAFT_FILE = "cerebellum.gguf"  # a cerebellum version merged into the base, as a GGUF model
-
-_FALLBACK_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 
 
 def free_cores() -> int:
@@ -92,7 +95,7 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> Any:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = _FALLBACK_TEMPLATE
+        tokenizer.chat_template = FALLBACK_TEMPLATE
     return tokenizer
 
 
@@ -207,10 +210,7 @@ class LlamaCppEngine:
     # ---- generation ---------------------------------------------------------------------
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids)
+        return encode_chat(self.tokenizer, messages)
 
     def generate(
         self,
@@ -234,12 +234,8 @@ class LlamaCppEngine:
         report = None
         if instance.draft is not None:
             t = result.timings
-            proposed, accepted = int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0))
-            report = {
-                "proposed": proposed,
-                "accepted": accepted,
-                "acceptance_rate": round(accepted / proposed, 4) if proposed else None,
-            }
+            count = _DraftCount(int(t.get("draft_n", 0)), int(t.get("draft_n_accepted", 0)))
+            report = count.report()
         finish = "cancelled" if result.cancelled else (result.finish or "stop")
         return Generation(
             text="".join(result.pieces),
