@@ -9,6 +9,8 @@ import numpy as np
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from npllm.errors import StorageError
+
 _INSERT = """
 INSERT INTO npllm.interactions (
     messages, question, answer, base_model, adapters_used, memory_ids, memory_scores,
@@ -60,7 +62,7 @@ def record(conn: Any, item: Interaction) -> int:
         },
     ).fetchone()
     if row is None:
-        raise RuntimeError("INSERT ... RETURNING gave no row")
+        raise StorageError("INSERT ... RETURNING gave no row (the interaction was not stored)")
     return int(row[0])
 
 

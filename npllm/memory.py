@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from npllm.config import MemoryConfig
 from npllm.embeddings import Embedder
-from npllm.errors import StorageError
+from npllm.errors import RequestError, StorageError
 
 MemoryKind = Literal["note", "fact", "document", "exchange"]
 
@@ -153,7 +153,7 @@ class MemoryStore:
         """Store `text` (chunked if long); returns the document id (None for one chunk)."""
         chunks = chunk_text(text, self.config.chunk_chars)
         if not chunks:
-            raise ValueError("a memory needs some text")
+            raise RequestError("a memory needs some text", param="text")
         vectors = self.embedder.embed(chunks)
         document_id = uuid.uuid4() if len(chunks) > 1 else None
         kind = "document" if document_id and kind == "note" else kind

@@ -158,19 +158,22 @@ class Modulator(nn.Module):
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
             slots = json.loads(meta["slots"])
-            own = {k: v for k, v in self.state_dict().items() if k not in ("centroids", "present")}
-            wrong = [k for k, v in own.items() if k not in tensors or tensors[k].shape != v.shape]
-            if wrong or len(slots) != len(self.names):
-                raise ValueError(
-                    f"it does not fit modulator.hidden = {self.config.hidden} and "
-                    f"modulator.max_adapters = {len(self.names)} (trained with hidden = "
-                    f"{meta.get('hidden', '?')}, {len(slots)} slots)"
-                )
-            if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
-                raise ValueError("it holds NaN or infinite weights")
         except (OSError, KeyError, ValueError, SafetensorError) as exc:
-            msg = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            raise ModelError(f"cannot load the modulator from {path}: {msg}") from exc
+            raise ModelError(
+                f"cannot load the modulator from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        own = {k: v for k, v in self.state_dict().items() if k not in ("centroids", "present")}
+        wrong = [k for k, v in own.items() if k not in tensors or tensors[k].shape != v.shape]
+        if wrong or len(slots) != len(self.names):
+            raise ModelError(
+                f"cannot load the modulator from {path}: it does not fit modulator.hidden = "
+                f"{self.config.hidden} and modulator.max_adapters = {len(self.names)} (trained "
+                f"with hidden = {meta.get('hidden', '?')}, {len(slots)} slots)"
+            )
+        if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            raise ModelError(
+                f"cannot load the modulator from {path}: it holds NaN or infinite weights"
+            )
         self.load_state_dict(tensors, strict=False)
         self.names = slots
         self.present.zero_()  # centroids come with set_adapters

@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from npllm.config import FeedbackConfig
 from npllm.embeddings import Embedder
+from npllm.errors import RequestError
 
 TIERS = ("premium", "standard", "discard")
 
@@ -178,7 +179,9 @@ def sample(
     not changed since: what it rehearses. `exclude`: interaction ids left out."""
     unknown = set(tiers) - set(TIERS)
     if unknown:
-        raise ValueError(f"unknown tier(s) {sorted(unknown)}; tiers are {', '.join(TIERS)}")
+        raise RequestError(
+            f"unknown tier(s) {sorted(unknown)}; tiers are {', '.join(TIERS)}", param="tier"
+        )
     if n <= 0:
         return []
     with pool.connection() as conn:

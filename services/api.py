@@ -46,7 +46,8 @@ from npllm.llm import GenerationParams
 from npllm.modulator import Modulator
 from npllm.replay import TIERS
 from services.feedback_writer import FeedbackWriter
-from services.queue import GenerationQueue, QueueFull
+from npllm.errors import QueueFull
+from services.queue import GenerationQueue
 from services.sleep import Sleeper
 
 log = logging.getLogger("npllm.api")

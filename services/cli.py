@@ -430,7 +430,7 @@ def _publish_or_register(
         if "not running" not in str(exc):
             raise
         if not offline:
-            from services.sleep import CycleStopped
+            from npllm.errors import CycleStopped
 
             raise CycleStopped(f"the daemon is not running; {name} was not published") from exc
     else:
@@ -814,7 +814,7 @@ def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool, trigger:
                 if "not running" not in str(exc):
                     raise
                 if worker:
-                    from services.sleep import CycleStopped
+                    from npllm.errors import CycleStopped
 
                     raise CycleStopped(
                         f"the daemon is not running; modulator v{version} was not published"

@@ -24,7 +24,7 @@ from typing import IO, Any
 import uvicorn
 
 from npllm.config import Settings
-from npllm.errors import NpllmError
+from npllm.errors import DaemonError
 
 log = logging.getLogger("npllm.daemon")
 
@@ -66,10 +66,6 @@ class _Server(uvicorn.Server):
         in_flight = len(service.in_flight) if service else 0
         log.info(json.dumps({"event": "shutting_down", "in_flight": in_flight}))
         await super().shutdown(sockets)
-
-
-class DaemonError(NpllmError):
-    """The daemon cannot start (another one runs, or the socket cannot be made)."""
 
 
 class JsonLines(logging.Formatter):

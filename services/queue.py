@@ -7,11 +7,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from npllm.errors import QueueFull
+
 T = TypeVar("T")
-
-
-class QueueFull(Exception):
-    """Every slot is taken; the API answers 503 with Retry-After."""
 
 
 class GenerationQueue:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from npllm.config import SleepConfig
-from npllm.errors import ConflictError
+from npllm.errors import ConflictError, CycleStopped
 from services.idle import IdleReading
 
 State = Literal["awake", "drowsy", "asleep", "waking"]
@@ -379,6 +379,3 @@ def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], Non
 PAUSED = "sleep.paused"  # written by a paused worker: its cores are free
 
 
-class CycleStopped(KeyboardInterrupt):
-    """Raised in the worker (where it calls its control) when the daemon stops the cycle (a
-    KeyboardInterrupt, so the cycle is recorded as interrupted, not failed)."""
