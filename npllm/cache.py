@@ -22,16 +22,12 @@ class ShortTermCache(Generic[V]):
         self.size = size
         self._items: OrderedDict[str, V] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> V | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
-                self.hits += 1
                 return self._items[key]
-            self.misses += 1
             return None
 
     def put(self, key: str, value: V) -> None:

@@ -38,8 +38,6 @@ from npllm.memory import MemoryStore
 from npllm.replay import priority
 from npllm.tone import ToneScorer
 
-Event = Literal["accepted", "copied", "applied", "edited", "regenerated", "rejected", "abandoned"]
-
 # Implicit value of each explicit event ("edited" is graded, see edit_value).
 EVENT_VALUES: dict[str, float] = {
     "accepted": 0.7,
@@ -276,18 +274,6 @@ class Feedback:
         self.memory = memory
         self.on_memory_change = on_memory_change
 
-    def explicit(
-        self,
-        interaction_id: int,
-        event: str | None = None,
-        rating: float | None = None,
-        comment: str | None = None,
-        text: str | None = None,
-    ) -> Result:
-        """Apply what the user said about an answer (one feedback_events row)."""
-        pending = self.explicit_pending(interaction_id, event, rating, comment, text)
-        return self._apply(pending)
-
     def explicit_pending(
         self,
         interaction_id: int,
@@ -296,7 +282,9 @@ class Feedback:
         comment: str | None = None,
         text: str | None = None,
     ) -> Pending:
-        """Check explicit feedback (RequestError if wrong) and prepare it for :meth:`apply`."""
+        """Check explicit feedback (RequestError if wrong) and prepare it for :meth:`apply`
+        (the daemon batches it through services/feedback_writer.py; :meth:`apply_one` applies
+        it alone)."""
         check_explicit(event, rating, comment, text)
         tone = self.tone.score(comment) if comment else None
 
@@ -321,7 +309,7 @@ class Feedback:
     def abandoned(self, interaction_id: int) -> Result:
         """The client went away before the answer finished (an implicit 'abandoned')."""
         signal = Signal("implicit", "abandoned", implicit=EVENT_VALUES["abandoned"])
-        return self._apply(Pending(interaction_id, lambda _: [signal]))
+        return self.apply_one(Pending(interaction_id, lambda _: [signal]))
 
     def infer(
         self,
@@ -370,7 +358,7 @@ class Feedback:
             detail=detail,
             from_interaction=interaction_id,
         )
-        return self._apply(Pending(previous_id, lambda _: [signal]))
+        return self.apply_one(Pending(previous_id, lambda _: [signal]))
 
     def _previous(
         self, interaction_id: int, messages: list[dict[str, str]]
@@ -389,7 +377,7 @@ class Feedback:
             row = conn.execute(_LATEST, {"id": interaction_id, "window_s": window_s}).fetchone()
         return None if row is None else (row[0], row[1], True, False)
 
-    def _apply(self, pending: Pending) -> Result:
+    def apply_one(self, pending: Pending) -> Result:
         """Apply one piece of feedback now (a batch of one); NotFoundError if unknown."""
         outcome = self.apply([pending])[0]
         if isinstance(outcome, NotFoundError):

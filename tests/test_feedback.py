@@ -132,14 +132,14 @@ def test_each_explicit_event_moves_the_reward_as_documented(
     database: Database, embedder: Any, feedback: Feedback, event: str
 ) -> None:
     interaction_id, _, _ = _interaction(database, embedder, f"How do I sort a dict ({event})?")
-    result = feedback.explicit(interaction_id, event=event)
+    result = feedback.apply_one(feedback.explicit_pending(interaction_id, event=event))
     assert result.implicit == pytest.approx(EVENT_VALUES[event])
     assert result.reward == pytest.approx(EVENT_VALUES[event], abs=1e-6)
     row = _row(database, interaction_id)
     assert row["reward"] == pytest.approx(result.reward, abs=1e-6)
     assert row["tier"] == result.tier
     # A rating then joins as the emotional component: 0.7 * implicit + 0.3 * rating.
-    both = feedback.explicit(interaction_id, rating=-1.0)
+    both = feedback.apply_one(feedback.explicit_pending(interaction_id, rating=-1.0))
     assert both.reward == pytest.approx(0.7 * EVENT_VALUES[event] - 0.3, abs=1e-5)
 
 
@@ -149,8 +149,10 @@ def test_edited_keeps_original_and_correction_and_learns_the_correction(
     answer = "Use d.sort() to sort a dict by value."
     interaction_id, _, _ = _interaction(database, embedder, "Sort a dict by value?", answer)
     corrected = "Dicts have no sort(); use sorted(d.items(), key=lambda kv: kv[1])."
-    result = feedback.explicit(
-        interaction_id, event="edited", text=corrected, comment="thanks, that's great"
+    result = feedback.apply_one(
+        feedback.explicit_pending(
+            interaction_id, event="edited", text=corrected, comment="thanks, that's great"
+        )
     )
     expected_implicit, _ = edit_value(answer, corrected)
     assert result.implicit == pytest.approx(expected_implicit)
@@ -177,9 +179,9 @@ def test_bad_explicit_feedback_is_refused_and_stores_nothing(
     ]
     for kwargs, message in cases:
         with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            feedback.explicit(interaction_id, **kwargs)
+            feedback.apply_one(feedback.explicit_pending(interaction_id, **kwargs))
     with pytest.raises(NotFoundError, match="no interaction with id 987654321"):
-        feedback.explicit(987654321, event="accepted")
+        feedback.apply_one(feedback.explicit_pending(987654321, event="accepted"))
     assert _row(database, interaction_id)["implicit_n"] == 0
 
 
@@ -192,7 +194,11 @@ def test_concurrent_feedback_loses_no_event(
     def send(i: int) -> None:
         try:
             for _ in range(10):
-                feedback.explicit(interaction_id, event="accepted" if i % 2 else "rejected")
+                feedback.apply_one(
+                    feedback.explicit_pending(
+                        interaction_id, event="accepted" if i % 2 else "rejected"
+                    )
+                )
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 

@@ -41,8 +41,10 @@ def with_feedback(database: Database, embedder: Any, settings: Settings) -> Data
                 ),
             )
             replay.admit(conn, iid, embedding, ["coding"])
-    fb.explicit(iid, event="edited", text="Use Path(path).read_text(encoding='utf-8').")
-    fb.explicit(iid, rating=1.0, comment="thanks, perfect")
+    fb.apply_one(
+        fb.explicit_pending(iid, event="edited", text="Use Path(path).read_text(encoding='utf-8').")
+    )
+    fb.apply_one(fb.explicit_pending(iid, rating=1.0, comment="thanks, perfect"))
     return database
 
 

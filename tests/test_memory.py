@@ -95,7 +95,9 @@ def test_a_correction_replaces_the_wrong_exchange_with_a_fact_at_once(
     # The same wrong answer to the same question again: merged into the first exchange.
     _answered(fresh_database, store, embedder, QUESTION, WRONG)
     assert _kinds(store, embedder, QUESTION) == [("exchange", f"Q: {QUESTION}\nA: {WRONG}")]
-    result = feedback.explicit(first, event="edited", text=RIGHT, comment="thanks!")
+    result = feedback.apply_one(
+        feedback.explicit_pending(first, event="edited", text=RIGHT, comment="thanks!")
+    )
     assert result.corrected and len(result.memories["added"]) == 1
     assert len(result.memories["removed"]) == 1 and cleared == [1]
     # Asked a minute later: the correction comes back from retrieval, the wrong one never.
@@ -103,7 +105,9 @@ def test_a_correction_replaces_the_wrong_exchange_with_a_fact_at_once(
     assert _kinds(store, embedder, "Which port is the Quibblix gateway on?")[0][1].endswith(RIGHT)
     # A second correction of the same question replaces the first.
     again = _answered(fresh_database, store, embedder, QUESTION, RIGHT.replace("4471", "4444"))
-    feedback.explicit(again, event="edited", text=RIGHT.replace("4471", "4472"))
+    feedback.apply_one(
+        feedback.explicit_pending(again, event="edited", text=RIGHT.replace("4471", "4472"))
+    )
     assert _kinds(store, embedder, QUESTION) == [
         ("fact", f"Q: {QUESTION}\nA: {RIGHT.replace('4471', '4472')}")
     ]
@@ -121,8 +125,11 @@ def test_negative_feedback_keeps_the_answer_out_of_retrieval(
     liked = _answered(fresh_database, store, embedder, "How do I reverse a list in Python?",
                       "Use my_list.reverse() or my_list[::-1].")  # fmt: skip
     disliked = _answered(fresh_database, store, embedder, QUESTION, WRONG)
-    assert feedback.explicit(liked, rating=1.0).memories == {"removed": [], "added": []}
-    result = feedback.explicit(disliked, event="rejected")
+    assert feedback.apply_one(feedback.explicit_pending(liked, rating=1.0)).memories == {
+        "removed": [],
+        "added": [],
+    }
+    result = feedback.apply_one(feedback.explicit_pending(disliked, event="rejected"))
     assert result.reward < 0 and len(result.memories["removed"]) == 1 and cleared == [1]
     assert _kinds(store, embedder, QUESTION) == []
     assert [k for k, _ in _kinds(store, embedder, "How do I reverse a list in Python?")] == [

@@ -10,6 +10,7 @@ import pytest
 from npllm import interactions, replay
 from npllm.config import Settings
 from npllm.db import Database
+from npllm.errors import RequestError
 from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.replay import TopicTagger
@@ -88,8 +89,8 @@ def _rated_buffer(db: Database, embedder: Any, settings: Settings) -> dict[str, 
     for key, (question, event) in topics.items():
         ids[key] = _add(db, embedder, question)
         if event:
-            fb.explicit(ids[key], event=event)
-    fb.explicit(ids["meh"], rating=0.2)
+            fb.apply_one(fb.explicit_pending(ids[key], event=event))
+    fb.apply_one(fb.explicit_pending(ids["meh"], rating=0.2))
     return ids
 
 
@@ -114,7 +115,7 @@ def test_sampling_is_prioritised_tier_filtered_and_reproducible(
     ] == [ids["fine"], ids["great"]]
     item = premium[0]
     assert item.chat()["messages"][-1] == {"role": "assistant", "content": item.target}
-    with pytest.raises(ValueError, match="unknown tier"):
+    with pytest.raises(RequestError, match="unknown tier"):
         replay.sample(fresh_database.pool, 1, seed=1, tiers=["gold"])
 
 
@@ -125,7 +126,7 @@ def test_sampling_skips_duplicates_and_marking_lowers_priority(
     twins = [_add(fresh_database, embedder, "How do I sort a dict by value?") for _ in range(3)]
     single = _add(fresh_database, embedder, "What is a Python generator?")
     for i in [*twins, single]:
-        fb.explicit(i, event="accepted")
+        fb.apply_one(fb.explicit_pending(i, event="accepted"))
     drawn = replay.sample(fresh_database.pool, 10, seed=3)
     assert len(drawn) == 2
     assert single in {i.interaction_id for i in drawn}
@@ -159,7 +160,7 @@ def test_a_night_takes_what_is_new_and_an_adapter_rehearses_what_it_learned(
     twins = [_add(fresh_database, embedder, "How do I sort a dict by value?") for _ in range(2)]
     other = _add(fresh_database, embedder, "What is a Python generator?")
     for i in [*twins, other]:
-        fb.explicit(i, event="accepted")
+        fb.apply_one(fb.explicit_pending(i, event="accepted"))
     pool = fresh_database.pool
     new = replay.sample(pool, 10, seed=3, new_only=True)
     assert len(new) == 2
@@ -176,6 +177,8 @@ def test_a_night_takes_what_is_new_and_an_adapter_rehearses_what_it_learned(
     assert replay.sample(pool, 10, seed=3, adapter="python", exclude=[other]) == []
     assert replay.learned_count(pool, "sorting") == 2
     # A correction after the night: new again, and not rehearsed as it was.
-    fb.explicit(other, event="edited", text="A generator yields values lazily.")
+    fb.apply_one(
+        fb.explicit_pending(other, event="edited", text="A generator yields values lazily.")
+    )
     assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, new_only=True)] == [other]
     assert replay.sample(pool, 10, seed=3, adapter="python") == []
