@@ -29,7 +29,7 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    on its own model, under the name ``cerebellum``.
 6. With ``modulator.train`` (off by default) the modulator is trained on the logged
    routing decisions and their rewards, and published only when an off-policy estimate
-   says it routes better (consolidation/routing.py).
+   says it routes better (consolidation/modulator_training.py).
 7. Mark the samples with the cycle and the adapter that learned them; record everything
    in ``npllm.sleep_cycles``.
 
@@ -59,40 +59,20 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
-from consolidation import datasets, mas, routing, topics
+from consolidation import bookkeeping, datasets, mas, modulator_training, topics
+from consolidation.bookkeeping import refuse_if_running
+from consolidation.runs import finish_run, record_version, split_held_out, start_run
 from consolidation.trainer import chat_loss, encode_example, plan_budget, train_adapter, yielding
-from consolidation.training import finish_run, record_version, split_held_out, start_run
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, AdapterShape, Registry, Version
 from npllm.config import Settings
-from npllm.errors import AdapterError, ConsolidationError, ModelError, NotFoundError, NpllmError
+from npllm.errors import AdapterError, ModelError, NotFoundError, NpllmError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
 
 Publish = Callable[[str, Path, "np.ndarray | None", dict[str, Any]], Any]
 PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
-
-_START = """
-INSERT INTO npllm.sleep_cycles (trigger, seed, base_sha256_before, pid, resumed_from)
-VALUES (%(trigger)s, %(seed)s, %(sha)s, %(pid)s, %(resumed_from)s) RETURNING id
-"""
-_RUNNING = "SELECT id, pid FROM npllm.sleep_cycles WHERE status = 'running'"
-_LATEST = "SELECT id, status FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 1"
-_INTERRUPTED = """
-UPDATE npllm.sleep_cycles
-SET status = 'interrupted', finished_at = now(),
-    error = 'its worker stopped without finishing (killed or crashed)'
-WHERE id = %(id)s AND status = 'running'
-"""
-_PHASE = "UPDATE npllm.sleep_cycles SET phase = %(phase)s WHERE id = %(id)s"
-_FINISH = """
-UPDATE npllm.sleep_cycles
-SET status = %(status)s, phase = 'done', samples = %(samples)s, metrics = %(metrics)s,
-    error = %(error)s, base_sha256_after = %(sha)s, finished_at = now()
-WHERE id = %(id)s
-"""
 
 
 def run_cycle(
@@ -122,20 +102,14 @@ def run_cycle(
     for old in staging_root.glob("*"):
         if resume is None or old != staging_root / f"cycle{resume[0]}":
             shutil.rmtree(old, ignore_errors=True)
-    args = {
-        "trigger": trigger,
-        "seed": seed if resume is None else resume[1]["seed"],
-        "sha": sha_before,
-        "pid": os.getpid(),
-        "resumed_from": None if resume is None else resume[0],
-    }
+    seed = seed if resume is None else resume[1]["seed"]
     try:
-        with pool.connection() as conn:
-            row = conn.execute(_START, args).fetchone()
+        cycle = bookkeeping.start_cycle(
+            pool, trigger, seed, sha_before, None if resume is None else resume[0]
+        )
     except psycopg.errors.UniqueViolation:  # another cycle started meanwhile
         refuse_if_running(pool)
         raise
-    cycle = int(row[0]) if row else 0
     staging = staging_root / f"cycle{cycle}"
     plan: dict[str, Any] = {}
     if resume is not None:
@@ -143,8 +117,7 @@ def run_cycle(
         plan = resume[1]
 
     def phase(text: str) -> None:
-        with pool.connection() as conn:
-            conn.execute(_PHASE, {"id": cycle, "phase": text})
+        bookkeeping.set_phase(pool, cycle, text)
         if on_phase:
             on_phase(text)
 
@@ -203,7 +176,7 @@ def run_cycle(
             if control:
                 control()
             metrics["modulator"] = plan.get("modulator") or _modulator(
-                settings, pool, registry, cycle, int(args["seed"] or 0), publish_modulator, phase
+                settings, pool, registry, cycle, int(seed or 0), publish_modulator, phase
             )
             plan["modulator"] = metrics["modulator"]
             _write_plan(staging, plan)
@@ -225,110 +198,8 @@ def run_cycle(
             shutil.rmtree(staging, ignore_errors=True)
         sha_after = weights_sha256(llm.model)
         metrics["base_unchanged"] = sha_after == sha_before
-        with pool.connection() as conn:
-            conn.execute(
-                _FINISH,
-                {
-                    "id": cycle,
-                    "status": status,
-                    "samples": len(items),
-                    "metrics": Jsonb(metrics),
-                    "error": error,
-                    "sha": sha_after,
-                },
-            )
+        bookkeeping.finish_cycle(pool, cycle, status, len(items), metrics, error, sha_after)
     return metrics
-
-
-_UNTRAINABLE = """
-INSERT INTO npllm.sleep_cycles (trigger, seed, status, phase, error, pid, finished_at)
-VALUES (%(trigger)s, %(seed)s, 'failed', 'done', %(error)s, %(pid)s, now()) RETURNING id
-"""
-
-
-def refuse_untrainable(pool: Any, settings: Any, trigger: str, seed: int | None) -> None:
-    """A base that transformers cannot dequantise is served but never trained: each cycle
-    is recorded as failed with the reason (so `npllm sleep --status` and psql say it), and
-    nothing else happens."""
-    from npllm.llm import untrainable_reason
-    from npllm.weights import resolve
-
-    reason = untrainable_reason(resolve(settings.models.base, "models.base"))
-    if reason is None:
-        return
-    error = f"the base model cannot be trained: {reason}"
-    with pool.connection() as conn:
-        row = conn.execute(
-            _UNTRAINABLE,
-            {"trigger": trigger, "seed": seed or 0, "error": error, "pid": os.getpid()},
-        ).fetchone()
-    raise ConsolidationError(f"sleep cycle {row[0]} did not train: {error}")
-
-
-def refuse_if_running(pool: Any) -> None:
-    """One cycle at a time (also enforced by the database: sql/007_one_running_cycle.sql).
-    Cycles whose worker died are marked interrupted first."""
-    mark_interrupted(pool)
-    running = _running(pool)
-    if running:
-        cycle, pid = running[0]
-        raise ConsolidationError(
-            f"sleep cycle {cycle} is already running (pid {pid}); one cycle runs at a time: "
-            "wait for it to end (`npllm sleep --status`)"
-        )
-
-
-def _running(pool: Any) -> list[tuple[int, int | None]]:
-    with pool.connection() as conn:
-        return [(int(r[0]), r[1]) for r in conn.execute(_RUNNING).fetchall()]
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def cycle_running(pool: Any, cycle: int) -> bool:
-    """Is `cycle` still running, with its worker alive?"""
-    mark_interrupted(pool)
-    return any(c == cycle for c, _ in _running(pool))
-
-
-_RECENT = """
-SELECT id, trigger, status, phase, samples, resumed_from, pid, started_at, finished_at, error,
-       metrics
-FROM npllm.sleep_cycles ORDER BY id DESC LIMIT %(limit)s
-"""
-
-
-def recent_cycles(pool: Any, limit: int = 5) -> list[dict[str, Any]]:
-    """The latest npllm.sleep_cycles rows, newest first (dead workers' cycles are marked
-    interrupted first); timestamps as ISO text."""
-    mark_interrupted(pool)
-    with pool.connection() as conn:
-        cur = conn.execute(_RECENT, {"limit": limit})
-        names = [c.name for c in cur.description or []]
-        cycles = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    for c in cycles:
-        for key in ("started_at", "finished_at"):
-            c[key] = c[key].isoformat() if c[key] else None
-    return cycles
-
-
-def mark_interrupted(pool: Any) -> list[int]:
-    """Mark cycles whose worker died (kill -9, crash, power loss) as interrupted."""
-    dead = [cycle for cycle, pid in _running(pool) if not _alive(pid)]
-    with pool.connection() as conn:
-        for cycle in dead:
-            conn.execute(_INTERRUPTED, {"id": cycle})
-    return dead
 
 
 def learnable(item: replay.ReplayItem) -> bool:
@@ -481,7 +352,7 @@ def _modulator(
     publish: Callable[[int, int], Any] | None,
     phase: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Train the modulator on the logged routing decisions (consolidation/routing.py) and
+    """Train the modulator on the logged routing decisions (consolidation/modulator_training.py) and
     publish it when the off-policy estimate says it routes better."""
     phase("training the modulator")
     current = Modulator(settings.modulator)
@@ -492,7 +363,7 @@ def _modulator(
         except ModelError as exc:
             return {"verdict": f"skipped: the active modulator v{found[0]} does not load: {exc}"}
     current.set_adapters({v.adapter: c for v, c in registry.active()})
-    report = routing.consolidate(settings, pool, current, cycle, seed)
+    report = modulator_training.consolidate(settings, pool, current, cycle, seed)
     if report["verdict"] == "passes" and publish is not None:
         phase("publishing the modulator")
         report["published"] = publish(report["version"], cycle)
@@ -715,8 +586,7 @@ def _datasets_to_train(
 def _resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:
     """The latest cycle, if it was interrupted and left its plan (and checkpoints) for
     the same base weights: (its id, its plan)."""
-    with pool.connection() as conn:
-        row = conn.execute(_LATEST).fetchone()
+    row = bookkeeping.latest_cycle(pool)
     if row is None or row[1] != "interrupted":
         return None
     path = staging_root / f"cycle{row[0]}" / "plan.json"

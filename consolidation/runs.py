@@ -1,9 +1,14 @@
-"""Training jobs: an adapter from an imported dataset, recorded in npllm.training_runs.
+"""Training runs: the ``npllm.training_runs`` bookkeeping and the `npllm adapter train` job.
 
-Runs in the process that calls it (the `npllm adapter train` command, later the sleep
-worker) — never in the serving daemon, which only loads the result. The job loads its
-own copy of the base LLM, trains into a staging directory under the data dir and
-records the run (settings, loss per step, time, base weights hash before and after).
+Every training — a sleep cycle's adapter or cerebellum, or an adapter trained from an
+imported dataset — is one ``npllm.training_runs`` row: `start_run` before it starts (its
+budget and settings), `finish_run` when it ends (loss per step, time, base weights hash
+before and after, or the error), `record_version` once its version exists. The training
+loop itself is consolidation/trainer.py's `train_adapter`.
+
+`train_from_dataset` is the `npllm adapter train` job. It runs in the process that calls
+it (the CLI command) — never in the serving daemon, which only loads the result: it loads
+its own copy of the base LLM and trains into a staging directory under the data dir.
 """
 
 from __future__ import annotations

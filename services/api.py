@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import npllm
 from consolidation import datasets
-from consolidation.cycle import cycle_running, recent_cycles
+from consolidation.bookkeeping import cycle_running, recent_cycles
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, Registry, Version, check_name
 from npllm.awake import Answer, AwakePath

@@ -532,7 +532,7 @@ def adapter_train(
     """Train an adapter on a dataset in this process (not the daemon's), then publish it."""
     import shutil
 
-    from consolidation.training import record_version, train_from_dataset
+    from consolidation.runs import record_version, train_from_dataset
     from npllm.adapters import Registry, check_name
     from npllm.db import Database
     from services.client import Client
@@ -736,7 +736,8 @@ def _summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
 def _run_cycle_here(ctx: typer.Context, seed: int | None, worker: bool, trigger: str) -> None:
     import time
 
-    from consolidation.cycle import refuse_if_running, refuse_untrainable, run_cycle
+    from consolidation.bookkeeping import refuse_if_running, refuse_untrainable
+    from consolidation.cycle import run_cycle
     from npllm.adapters import CEREBELLUM, BaseIdentity, Registry
     from npllm.db import Database
     from npllm.embeddings import load_embedder

@@ -259,7 +259,7 @@ def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
     this story."""
     import json
 
-    from consolidation import routing
+    from consolidation import modulator_training
     from npllm import modulator
     from npllm.db import Database
 
@@ -288,7 +288,7 @@ def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
             rows = conn.execute("SELECT name, centroid FROM npllm.adapters").fetchall()
         current = Modulator(settings.modulator)
         current.set_adapters({name: np.asarray(c.to_list()) for name, c in rows})
-        report = routing.consolidate(settings, db.pool, current, None, seed=0)
+        report = modulator_training.consolidate(settings, db.pool, current, None, seed=0)
         assert report["decisions"] == 16 and report["verdict"] == "passes", report
         with trained.live.http() as http:
             missing = http.post("/v1/modulator/versions", json={"version": 999})

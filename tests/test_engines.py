@@ -392,7 +392,7 @@ def _gguf_of(arch: str, path: Path) -> Path:
 def test_a_base_transformers_cannot_dequantise_is_said_untrainable_and_cycles_record_why(
     tmp_path: Path, fresh_database: Any
 ) -> None:
-    from consolidation.cycle import refuse_untrainable
+    from consolidation.bookkeeping import refuse_untrainable
     from npllm.errors import ConsolidationError
     from npllm.llm import untrainable_reason
     from npllm.weights import ModelSource

@@ -1,5 +1,5 @@
-"""Training the modulator (consolidation/routing.py): stable output slots, saved versions,
-supervised training on logged rewards, the off-policy gate, and the version table."""
+"""Training the modulator (consolidation/modulator_training.py): stable output slots, saved
+versions, supervised training on logged rewards, the off-policy gate, and the version table."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from psycopg.types.json import Jsonb
 
-from consolidation import routing
-from consolidation.routing import Logged
+from consolidation import modulator_training
+from consolidation.modulator_training import Logged
 from npllm import interactions, modulator
 from npllm.config import ModulatorConfig
 from npllm.errors import ModelError
@@ -101,10 +101,10 @@ def test_training_on_logged_rewards_avoids_a_badly_rated_adapter() -> None:
     assert [d.action for d in logs[:3]] == ["x", NONE, "y"]
     train, held = logs[:45], logs[45:]
     # On its own greedy log the logging policy's estimate is the mean logged reward.
-    current = routing.ips(mod, held)
+    current = modulator_training.ips(mod, held)
     assert current["value"] == pytest.approx(np.mean([d.reward for d in held]), abs=1e-3)
-    trained, loss = routing.fit(mod, train, steps=150, lr=1e-3, seed=0)
-    better = routing.ips(trained, held)
+    trained, loss = modulator_training.fit(mod, train, steps=150, lr=1e-3, seed=0)
+    better = modulator_training.ips(trained, held)
     assert better["value"] > current["value"] + 0.2
     assert loss < 0.05
     q0 = _unit(E[0] + 0.03 * np.random.default_rng(9).standard_normal(384))
@@ -147,14 +147,14 @@ def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
 
     _insert(pool, _logs(current, {0: -0.8, 1: 0.5, 2: 0.6}, 30, seed=1))
     _insert(pool, _logs(current, {0: 1.0, 1: 1.0, 2: 1.0}, 30, seed=2), mode="pinned")
-    few = routing.consolidate(settings, pool, current, None, seed=0)
+    few = modulator_training.consolidate(settings, pool, current, None, seed=0)
     assert few == {
         "decisions": 30,
         "verdict": "skipped: 30 rated routing decisions, fewer than modulator.min_decisions = 40",
     }
 
     _insert(pool, _logs(current, {0: -0.8, 1: 0.5, 2: 0.6}, 30, seed=3))
-    good = routing.consolidate(settings, pool, current, None, seed=0)
+    good = modulator_training.consolidate(settings, pool, current, None, seed=0)
     assert good["decisions"] == 60 and (good["train"], good["evaluate"]) == (45, 15)
     assert good["verdict"] == "passes", good
     assert good["trained"]["value"] > good["current"]["value"] + 0.2
@@ -169,7 +169,7 @@ def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
     # Rewards that do not depend on the route: the logging modulator cannot be beaten.
     with pool.connection() as conn:
         conn.execute("UPDATE npllm.replay_buffer SET reward = 0.3")
-    flat = routing.consolidate(settings, pool, current, None, seed=0)
+    flat = modulator_training.consolidate(settings, pool, current, None, seed=0)
     assert flat["verdict"].startswith("kept as candidate: estimated mean reward +0.3")
     assert flat["current"]["value"] == pytest.approx(0.3)
     assert "below modulator.min_improvement = 0.02" in flat["verdict"]
