@@ -32,7 +32,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from npllm.errors import ConfigError
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "npllm.toml"
+# config/npllm.toml of the checkout, through the link npllm/config_files (a wheel carries
+# the file itself there; see pyproject.toml).
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "config_files" / "npllm.toml"
 ENV_PREFIX = "NPLLM_"
 ENV_DELIMITER = "__"
 

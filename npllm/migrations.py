@@ -19,7 +19,9 @@ import psycopg
 
 from npllm.errors import MigrationError
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# sql/ of the checkout, through the link npllm/sql (a wheel carries the files themselves
+# there; see pyproject.toml).
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x6E706C6C6D  # "npllm"
 

@@ -68,18 +68,16 @@ class SleepWindow:
         return t >= start or t < end
 
     def next_opening(self, now: datetime) -> datetime | None:
-        """When the window next opens (APScheduler's cron arithmetic); None if always open."""
+        """When the window next opens: today's window_start if it is still ahead, else
+        tomorrow's (in `now`'s time zone; naive = local time). None if always open."""
         if self.start == "any":
             return None
-        from apscheduler.triggers.cron import CronTrigger
-
-        start = _hhmm(self.start)
-        aware = now if now.tzinfo else now.astimezone()  # naive = local time
-        trigger = CronTrigger(hour=start.hour, minute=start.minute, timezone=aware.tzinfo)
-        opening: datetime | None = trigger.get_next_fire_time(None, aware)
-        if opening is None or now.tzinfo:
-            return opening
-        return opening.astimezone().replace(tzinfo=None)
+        opening = datetime.combine(now.date(), _hhmm(self.start), tzinfo=now.tzinfo)
+        if opening <= now:
+            opening = datetime.combine(
+                now.date() + timedelta(days=1), _hhmm(self.start), tzinfo=now.tzinfo
+            )
+        return opening
 
 
 class SleepStateMachine:

@@ -52,8 +52,11 @@ def test_the_window_handles_midnight(
     assert not any(window.contains(datetime.fromisoformat(day + t)) for t in outside)
 
 
-def test_next_window_opening_comes_from_cron() -> None:
+def test_next_window_opening_is_the_next_start_time() -> None:
     window = SleepWindow("01:00", "06:00")
+    assert window.next_opening(
+        datetime.fromisoformat("2026-11-23 00:30")
+    ) == datetime.fromisoformat("2026-11-23 01:00")
     assert window.next_opening(
         datetime.fromisoformat("2026-11-23 12:00")
     ) == datetime.fromisoformat("2026-11-24 01:00")
