@@ -39,10 +39,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from live import live_daemon  # noqa: E402
 
-from npllm.adapters import AdapterServer, Version  # noqa: E402
 from npllm.config import load_settings  # noqa: E402
+from npllm.engines.transformers import PeftAdapters  # noqa: E402
 from npllm.llm import GenerationParams, load_base_llm  # noqa: E402
 from npllm.modulator import Modulator  # noqa: E402
+from npllm.versions import Version  # noqa: E402
 
 PROMPT = "Explain how a Python dictionary works internally, step by step."
 
@@ -71,20 +72,22 @@ def make_adapters(llm: Any, settings: Any, n: int, root: Path) -> list[Path]:
     return paths
 
 
-def decode_speed(llm: Any, names: list[str] | None, tokens: int, repeats: int) -> float:
+def decode_speed(
+    llm: Any, names: list[str] | None, tokens: int, repeats: int, peft: Any = None
+) -> float:
     ids = llm.encode_chat([{"role": "user", "content": PROMPT}])
     params = GenerationParams(max_new_tokens=tokens)
     # ignore_eos is not exposed; a long explanatory prompt runs to max_new_tokens
     rates = []
     for _ in range(repeats):
-        gen = llm.generate_ids(ids, params, adapter_names=names)
+        gen = llm.generate_ids(ids, params, adapter_names=names, peft=peft)
         rates.append(gen.completion_tokens / gen.seconds)
     return statistics.median(rates)
 
 
 def part_decode(settings: Any, tokens: int, repeats: int) -> dict[str, Any]:
     llm = load_base_llm(settings)
-    server = AdapterServer(llm, blend_cache=4)
+    server = PeftAdapters(llm, blend_cache=4)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_adapters(llm, settings, 20, Path(tmp))
         results = {"no_adapter_plain_model": decode_speed(llm, None, tokens, repeats)}
@@ -92,19 +95,21 @@ def part_decode(settings: Any, tokens: int, repeats: int) -> dict[str, Any]:
         for v in versions[:3]:
             server.load(v)
             server.activate(v)
-        results["peft_loaded_base_routed"] = decode_speed(llm, ["__base__"], tokens, repeats)
+        results["peft_loaded_base_routed"] = decode_speed(
+            llm, ["__base__"], tokens, repeats, server.peft
+        )
         results["one_adapter"] = decode_speed(
-            llm, server.adapter_names([("a0", 1.0)]), tokens, repeats
+            llm, server.adapter_names([("a0", 1.0)]), tokens, repeats, server.peft
         )
         t = time.perf_counter()
         blend = server.adapter_names([("a0", 0.5), ("a1", 0.3), ("a2", 0.2)])
         blend_build_ms = (time.perf_counter() - t) * 1000
-        results["three_blended"] = decode_speed(llm, blend, tokens, repeats)
+        results["three_blended"] = decode_speed(llm, blend, tokens, repeats, server.peft)
         for v in versions[3:]:
             server.load(v)
             server.activate(v)
         results["twenty_loaded_one_active"] = decode_speed(
-            llm, server.adapter_names([("a0", 1.0)]), tokens, repeats
+            llm, server.adapter_names([("a0", 1.0)]), tokens, repeats, server.peft
         )
     modulator = Modulator(settings.modulator)
     rng = np.random.default_rng(0)

@@ -18,7 +18,6 @@ from psycopg.types.json import Jsonb
 
 from npllm import interactions, replay
 from npllm import modulator as modulator_versions
-from npllm.adapters import Registry, Version
 from npllm.cache import ShortTermCache, cache_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
@@ -32,6 +31,7 @@ from npllm.memory import MemoryStore, Recalled
 from npllm.modulator import NONE, Decision, Modulator
 from npllm.replay import TopicTagger
 from npllm.tone import load_tone_scorer
+from npllm.versions import Registry, Version
 from npllm.working_memory import assemble
 
 log = logging.getLogger("npllm.awake")

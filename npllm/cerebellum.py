@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from npllm.adapters import CEREBELLUM, BaseIdentity, Registry, Version
+from npllm.adapters import CEREBELLUM
 from npllm.config import Settings
 from npllm.engines.base import Draft
 from npllm.errors import AdapterError, ModelError
 from npllm.llm import BaseLLM, freeze, load_base_llm
+from npllm.versions import BaseIdentity, Registry, Version
 
 
 def load_model(settings: Settings, base: Any) -> Any:

@@ -343,9 +343,6 @@ class BaseLLM:
     device: str
     load_seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
-    # The peft wrapper once adapters are loaded (npllm/adapters.py); generation then goes
-    # through it with per-call adapter_names, and the plain model is never called directly.
-    peft: Any = None
     fingerprint: str = ""
 
     @property
@@ -377,11 +374,13 @@ class BaseLLM:
         adapter_names: list[str] | None = None,
         assistant: Any = None,
         draft_tokens: int = 5,
+        peft: Any = None,
     ) -> Generation:
         """Generate from token ids, calling on_text with each new piece of text.
 
-        Runs on the calling thread; `cancel` stops it at the next token. With adapters
-        loaded, `adapter_names` (one entry: an adapter key or "__base__") picks them.
+        Runs on the calling thread; `cancel` stops it at the next token. `peft`: the
+        engine's peft wrapper when adapters are loaded; `adapter_names` (one entry: an
+        adapter key or "__base__") picks them.
         `assistant` (the cerebellum) drafts `draft_tokens` tokens at a time that this
         model verifies (transformers assisted generation): every token is still this
         model's choice; the result reports how many drafts were accepted."""
@@ -401,8 +400,8 @@ class BaseLLM:
 
             kwargs["logits_processor"] = LogitsProcessorList([_Penalties(params)])
         model = self.model
-        if self.peft is not None:
-            model = self.peft
+        if peft is not None:  # the engine's adapters are loaded (engines/transformers.py)
+            model = peft
             kwargs["adapter_names"] = adapter_names or ["__base__"]
         count = None
         if assistant is not None:

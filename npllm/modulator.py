@@ -16,7 +16,8 @@ only learns the correction, from the logged decisions and their rewards. Top-1 b
 default; with ``modulator.top_k`` > 1 the best k adapters above ``min_weight`` are
 blended with renormalised weights.
 
-Trained versions live in ``npllm.modulator_versions`` with their weights in
+Trained versions live in the one version store (npllm/versions.py, kind ``modulator``;
+``npllm.modulator_versions`` is a view of them) with their weights in
 ``<data_dir>/modulator/v<N>/modulator.safetensors``; the daemon routes with the active
 one (if any) from its start, and a published one from the next request on.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from torch import nn
 
-from npllm.adapters import write_atomically
+from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig, Settings
-from npllm.errors import ModelError, NotFoundError
+from npllm.errors import AdapterError, ModelError, NotFoundError, RequestError
+from npllm.versions import ANY_BASE, Registry, Version
 
 log = logging.getLogger("npllm.modulator")
 
@@ -204,121 +204,88 @@ class Modulator(nn.Module):
         return decision
 
 
-# Trained versions (consolidation/routing.py trains them): npllm.modulator_versions.
+# Trained versions (consolidation/modulator_training.py trains them) live in the one
+# version store (npllm/versions.py), kind "modulator", name MODULATOR.
+
+
+@dataclass(frozen=True)
+class ModulatorShape:
+    """What a modulator version is, for the version store: one weights file."""
+
+    hidden: int
+    slots: int
+    files = (FILE,)
+    optional = ()
+
+    def check(self, path: Path) -> None:
+        if not (path / FILE).is_file():
+            raise AdapterError(f"{path} is not a modulator version (it needs {FILE})")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"hidden": self.hidden, "slots": self.slots}
+
+
+def store_for(settings: Settings, pool: Any) -> Registry:
+    """The modulator's versions: files under <data_dir>/modulator/v<N>/, for any base."""
+    config = settings.modulator
+    return Registry(
+        pool,
+        settings.data_path,  # <data_dir>/<MODULATOR>/v<N>/
+        ModulatorShape(config.hidden, config.max_adapters),
+        ANY_BASE,
+        kind=MODULATOR,
+        keep=settings.training.keep_versions,
+    )
 
 
 def store_version(
-    pool: Any,
-    root: Path,
-    mod: Modulator,
-    metrics: dict[str, Any],
-    cycle: int | None,
-    reason: str | None,
-) -> int:
-    """Write `mod` as the next version (temp dir, fsync, rename, then the row)."""
-    with pool.connection() as conn:
-        row = conn.execute(
-            "SELECT coalesce(max(version), 0) + 1 FROM npllm.modulator_versions"
-        ).fetchone()
-        version = int(row[0]) if row else 1
-        target = root / f"v{version}"
-        shutil.rmtree(target, ignore_errors=True)  # left by a crash before its row committed
-        write_atomically(target, lambda temp: mod.save(temp / FILE))
-        conn.execute(
-            "INSERT INTO npllm.modulator_versions (version, path, slots, reason, metrics, "
-            "sleep_cycle) VALUES (%(v)s, %(path)s, %(slots)s, %(reason)s, %(metrics)s, "
-            "%(cycle)s)",
-            {
-                "v": version,
-                "path": str(target / FILE),
-                "slots": [n or "" for n in mod.names],
-                "reason": reason,
-                "metrics": Jsonb({k: v for k, v in metrics.items() if k != "version"}),
-                "cycle": cycle,
-            },
-        )
+    store: Registry, mod: Modulator, metrics: dict[str, Any], cycle: int | None, reason: str | None
+) -> Version:
+    """Write `mod` as the next version, a candidate (refused with `reason` when given)."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".modulator-", dir=store.root) as temp:
+        mod.save(Path(temp) / FILE)
+        stored = {k: v for k, v in metrics.items() if k != "version"}
+        stored.update(slots=[n or "" for n in mod.names], sleep_cycle=cycle)
+        version = store.add_version(MODULATOR, Path(temp), metrics=stored, check_capacity=False)
+    if reason is not None:
+        store.refuse(version, reason, {})
     return version
 
 
-def version_path(pool: Any, version: int) -> Path:
-    with pool.connection() as conn:
-        row = conn.execute(
-            "SELECT path FROM npllm.modulator_versions WHERE version = %(v)s", {"v": version}
-        ).fetchone()
-    if row is None:
-        raise NotFoundError(f"no modulator version {version}", param="version")
-    return Path(row[0])
+def active(store: Registry) -> Version | None:
+    """The active trained version, if any (None: routing is untrained)."""
+    return store.current(MODULATOR)
 
 
-def active(pool: Any) -> tuple[int, Path] | None:
-    """The active trained version and its weights file, if any."""
-    with pool.connection() as conn:
-        row = conn.execute(
-            "SELECT version, path FROM npllm.modulator_versions WHERE status = 'active'"
-        ).fetchone()
-    return None if row is None else (int(row[0]), Path(row[1]))
+def weights(version: Version) -> Path:
+    return version.path / FILE
 
 
-def previous(pool: Any) -> int | None:
-    """What a rollback returns to: the newest retired version older than the active one
-    (None: the untrained modulator)."""
-    with pool.connection() as conn:
-        row = conn.execute(
-            "SELECT max(version) FROM npllm.modulator_versions WHERE status = 'retired' AND "
-            "version < coalesce((SELECT version FROM npllm.modulator_versions "
-            "WHERE status = 'active'), 2147483647)"
-        ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+def previous(store: Registry) -> Version | None:
+    """What a rollback returns to: the newest kept retired version older than the active
+    one (None: the untrained modulator)."""
+    try:
+        return store.previous(MODULATOR)
+    except (NotFoundError, RequestError):
+        return None
 
 
-def refuse(pool: Any, version: int, reason: str) -> None:
-    with pool.connection() as conn:
-        conn.execute(
-            "UPDATE npllm.modulator_versions SET reason = %(r)s WHERE version = %(v)s",
-            {"v": version, "r": reason},
-        )
-
-
-def activate(pool: Any, version: int | None) -> int | None:
-    """Make `version` the active one (None: back to the untrained modulator); returns the
-    version it replaced."""
-    with pool.connection() as conn, conn.transaction():
-        row = conn.execute(
-            "UPDATE npllm.modulator_versions SET status = 'retired' WHERE status = 'active' "
-            "RETURNING version"
-        ).fetchone()
-        if version is not None:
-            conn.execute(
-                "UPDATE npllm.modulator_versions SET status = 'active', reason = NULL, "
-                "activated_at = now() WHERE version = %(v)s",
-                {"v": version},
-            )
-    return None if row is None else int(row[0])
-
-
-def listing(pool: Any) -> list[dict[str, Any]]:
-    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT version, status, reason, metrics, sleep_cycle, created_at "
-            "FROM npllm.modulator_versions ORDER BY version DESC"
-        )
-        rows = cur.fetchall()
-    for row in rows:
-        row["created_at"] = row["created_at"].isoformat()
-    return rows
-
-
-def prune(pool: Any, root: Path, keep: int) -> None:
-    """Delete all but the `keep` newest inactive versions (rows and files)."""
-    with pool.connection() as conn:
-        rows = conn.execute(
-            "DELETE FROM npllm.modulator_versions WHERE status <> 'active' AND version NOT IN "
-            "(SELECT version FROM npllm.modulator_versions WHERE status <> 'active' "
-            "ORDER BY version DESC LIMIT %(keep)s) RETURNING version",
-            {"keep": keep},
-        ).fetchall()
-    for (version,) in rows:
-        shutil.rmtree(root / f"v{version}", ignore_errors=True)
+def listing(store: Registry) -> list[dict[str, Any]]:
+    """Its versions, newest first, as GET /v1/modulator shows them."""
+    found = store.listing()
+    rows = found[0]["versions"] if found else []
+    return [
+        {
+            "version": v["version"],
+            "status": v["status"],
+            "reason": v["reason"],
+            "metrics": {k: m for k, m in v["metrics"].items() if k not in ("slots", "sleep_cycle")},
+            "sleep_cycle": v["metrics"].get("sleep_cycle"),
+            "created_at": v["created_at"],
+        }
+        for v in reversed(rows)
+    ]
 
 
 def routing(
@@ -329,13 +296,13 @@ def routing(
     it uses (None: untrained)."""
     mod = Modulator(settings.modulator)
     version = None
-    found = active(pool)
+    found = active(store_for(settings, pool))
     if found is not None:
         try:
-            mod.load(found[1])
-            version = found[0]
+            mod.load(weights(found))
+            version = found.version
         except ModelError:
-            log.exception("modulator v%s does not load; routing untrained", found[0])
+            log.exception("modulator v%s does not load; routing untrained", found.version)
             mod = Modulator(settings.modulator)
     mod.set_adapters(centroids)
     return mod, version

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from npllm.adapters import AdapterServer, AdapterShape, Version, check_artifact, check_name
+from npllm.adapters import AdapterShape, check_artifact, check_name
 from npllm.config import ModulatorConfig
+from npllm.engines.transformers import PeftAdapters
 from npllm.errors import AdapterError, RequestError
 from npllm.modulator import Modulator
+from npllm.versions import Version
 
 from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env, make_settings, save_tiny_llama
 from .conftest import ask_ok as _ask
@@ -124,8 +126,8 @@ def test_modulator_top_k_blends_with_weights_that_sum_to_one() -> None:
 
 
 def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> None:
-    llm = SimpleNamespace(model=_tiny_model().eval(), peft=None)
-    server = AdapterServer(llm, blend_cache=1)
+    llm = SimpleNamespace(model=_tiny_model().eval())
+    server = PeftAdapters(llm, blend_cache=1)
     one = Version("one", 1, _artifact(tmp_path / "one"), "candidate")
     two = Version("two", 1, _artifact(tmp_path / "two"), "candidate")
     assert server.adapter_names([]) is None  # nothing loaded: the plain model answers
@@ -136,7 +138,7 @@ def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> N
 
     def logits(names: list[str]) -> torch.Tensor:
         with torch.inference_mode():
-            return llm.peft(input_ids=ids, adapter_names=names).logits
+            return server.peft(input_ids=ids, adapter_names=names).logits
 
     assert server.adapter_names([]) == ["__base__"]
     assert server.adapter_names([("one", 1.0)]) == ["one@v1"]

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from npllm.adapters import Version
 from npllm.llm import Generation, GenerationParams
+from npllm.versions import Version
 
 __all__ = ["AdapterServing", "Draft", "Engine", "Generation", "GenerationParams"]
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npllm.adapters import Version
 from npllm.config import Settings
 from npllm.engines import gguf_export
 from npllm.engines.base import Draft
@@ -47,6 +46,7 @@ from npllm.llm import (
     encode_chat,
     gguf_cache_dir,
 )
+from npllm.versions import Version
 from npllm.weights import ModelSource, resolve
 
 log = logging.getLogger("npllm.engines.llamacpp")
