@@ -275,3 +275,15 @@ def load(path: Path) -> Matrices:
         elif not key.endswith(".cols"):
             omega[key] = Factored.of(tensor)
     return omega
+
+
+OMEGA_FILE = "mas_omega.safetensors"  # Ω stored beside each adapter version's weights
+
+
+def read_omega(directory: Path | None) -> Matrices | None:
+    """The Ω a version was stored with (its directory; None: no version yet, or none
+    stored)."""
+    path = None if directory is None else directory / OMEGA_FILE
+    if path is None or not path.exists():
+        return None
+    return load(path)

@@ -25,9 +25,10 @@ from psycopg.types.json import Jsonb
 from consolidation.datasets import check_name as check_dataset_name
 from consolidation.datasets import dataset_centroid, dataset_examples
 from consolidation.trainer import Budget, Progress, TrainResult, plan_budget, train_adapter
-from npllm.adapters import AdapterShape, BaseIdentity, Registry, check_name
+from npllm.adapters import AdapterShape, check_name
 from npllm.config import Settings, TrainingConfig
 from npllm.errors import ConsolidationError
+from npllm.versions import BaseIdentity, Registry
 
 _START = """
 INSERT INTO npllm.training_runs (kind, adapter, dataset, examples, steps, budget, metrics,

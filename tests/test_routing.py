@@ -186,7 +186,8 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
 ) -> None:
     from types import SimpleNamespace
 
-    from consolidation.cycle import _modulator
+    from consolidation.cycle import CycleContext, train_modulator
+    from consolidation.publisher import Trained
 
     pool = fresh_database.pool
     settings = make_settings(tmp_path, NPLLM_MODULATOR__TRAIN_STEPS="150")
@@ -199,12 +200,26 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
     published: list[tuple[int, int]] = []
     phases: list[str] = []
 
-    def publish(version: int, at: int) -> int:
-        published.append((version, at))
-        return version
+    class Publisher:
+        def publish(self, trained: Trained) -> int:
+            assert trained.kind == "modulator" and trained.path is None
+            assert trained.version is not None
+            published.append((trained.version, trained.sleep_cycle))
+            return trained.version
+
+    ctx = CycleContext(
+        settings,
+        pool,
+        llm=None,  # type: ignore[arg-type]  # the modulator trains without the LLM
+        embedder=None,
+        registry=registry,  # type: ignore[arg-type]
+        publisher=Publisher(),
+        seed=0,
+        on_phase=phases.append,
+    )
 
     def step() -> dict[str, Any]:
-        return _modulator(settings, pool, registry, cycle, 0, publish, phases.append)  # type: ignore[arg-type]
+        return train_modulator(ctx, cycle)
 
     assert step()["verdict"].startswith("skipped: 0 rated routing decisions")
     logger = Modulator(settings.modulator)

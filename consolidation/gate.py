@@ -1,0 +1,87 @@
+"""The quality gate a trained version passes before it is published.
+
+A version is measured before and after training on two things (`Losses`): the
+validation loss (the examples it was taught, or the held-out fifth of a large imported
+dataset) and the loss on its **probe set** — earlier cycles' examples, kept with each
+version (``probe.jsonl``, at most `PROBE_LIMIT`). `judge` passes it when
+
+- the validation loss improved by ``training.gate_min_improvement`` (relative), and
+- the retention score, exp(−probe loss), dropped by at most
+  ``training.retention_tolerance`` (no probe set yet: nothing to retain).
+
+A version that fails is kept as ``candidate`` with the reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npllm.config import TrainingConfig
+
+PROBE_LIMIT = 200  # examples kept per adapter for the retention probe
+PROBE_FILE = "probe.jsonl"
+
+Losses = tuple[float, float | None]  # (validation loss, probe loss | None: no probe set)
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reasons: list[str]  # why it failed, each a sentence; empty when it passed
+    before: Losses  # what it judged
+    after: Losses
+    retention_before: float | None  # exp(−probe loss); None without a probe set
+    retention_after: float | None
+
+
+def judge(before: Losses, after: Losses, config: TrainingConfig) -> Verdict:
+    """Does the version measured `after` (against `before`) pass the gate?"""
+    improved = after[0] <= before[0] * (1 - config.gate_min_improvement)
+    retention_before = None if before[1] is None else math.exp(-before[1])
+    retention_after = None if after[1] is None else math.exp(-after[1])
+    retained = (
+        retention_before is None
+        or retention_after is None
+        or retention_after >= retention_before - config.retention_tolerance
+    )
+    reasons = []
+    if not improved:
+        reasons.append(
+            f"validation loss {after[0]:.4f} is not {config.gate_min_improvement:.0%} "
+            f"below {before[0]:.4f}"
+        )
+    if not retained:
+        reasons.append(
+            f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
+            f"(tolerance {config.retention_tolerance})"
+        )
+    return Verdict(not reasons, reasons, before, after, retention_before, retention_after)
+
+
+def measure(
+    model: Any, tokenizer: Any, validation: list[Chat], probe: list[Chat], prompt: str
+) -> Losses:
+    """The losses the gate compares, of `model` (the base, or it with an adapter on it)."""
+    from consolidation.trainer import chat_loss
+
+    probe_loss = chat_loss(model, tokenizer, probe, prompt) if probe else None
+    return chat_loss(model, tokenizer, validation, prompt), probe_loss
+
+
+def read_probe(directory: Path | None) -> list[Chat]:
+    """The probe set stored with a version (its directory; None: no version yet)."""
+    path = None if directory is None else directory / PROBE_FILE
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line]
+
+
+def write_probe(directory: Path, examples: list[Chat]) -> None:
+    """Store the newest `PROBE_LIMIT` of `examples` as the version's probe set."""
+    lines = (json.dumps({"messages": m}) + "\n" for m in examples[-PROBE_LIMIT:])
+    (directory / PROBE_FILE).write_text("".join(lines))

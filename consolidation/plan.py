@@ -1,0 +1,210 @@
+"""Tonight's plan: what a sleep cycle learns, decided before anything trains.
+
+`make_plan` samples what is **new** in the replay buffer (rows no night has trained on,
+or changed since; prioritised, premium + standard, seeded, at most ``sleep.max_samples``)
+and keeps what can be learned (`learnable`: a correction, or an answer with a positive
+reward); places each sample with the adapter the daemon's own modulator would route its
+question to, or a new topic adapter within ``modulator.max_adapters``
+(consolidation/topics.py); adds what each adapter **rehearses** (``sleep.rehearsal_ratio``
+earlier samples per new one, at most ``sleep.max_rehearsal``) and the imported datasets to
+learn (new or changed); and says where each adapter routes from now on (its centroid).
+
+The plan is JSON, written to ``<data_dir>/adapters/.staging/cycle<id>/plan.json`` before
+training (`write_plan`) and after each adapter finishes, so that the next cycle can resume
+an interrupted one with the same sample and routing (`resumable`). `mark_learned` marks
+the samples with the adapter that learned them once the cycle succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consolidation import bookkeeping, datasets, topics
+from npllm import modulator, replay
+from npllm.adapters import CEREBELLUM
+from npllm.config import Settings
+from npllm.errors import AdapterError
+from npllm.versions import Registry
+
+
+def learnable(item: replay.ReplayItem) -> bool:
+    """What a night can learn from: the user's correction, or an answer they liked."""
+    return item.corrected_answer is not None or item.reward > 0
+
+
+def make_plan(
+    settings: Settings, pool: Any, embedder: Any, registry: Registry, seed: int
+) -> dict[str, Any]:
+    """Tonight's work, written to plan.json before training: the new samples, the adapter
+    each joins (consolidation/topics.py) with what it rehearses, and the datasets to learn."""
+    sleep = settings.sleep
+    new = [i for i in replay.sample(pool, sleep.max_samples, seed=seed, new_only=True)
+           if learnable(i)]  # fmt: skip
+    centroids: dict[str, np.ndarray] = {v.adapter: c for v, c in registry.active() if c is not None}
+    # Stale adapters (trained for another base) are rebuilt from the samples they attract.
+    centroids.update(registry.stale_centroids())
+    router, _ = modulator.routing(settings, pool, centroids)
+    listing = {a["name"]: a for a in registry.listing()}
+    vectors = np.asarray(embedder.embed([i.question for i in new])) if new else None
+    assigned = (
+        topics.assign(
+            new,
+            vectors,
+            router,
+            centroids,
+            cap=registry.cap or len(centroids) + len(new),
+            population=len(registry.population()),
+            min_support=sleep.new_topic_min_samples,
+            similarity=settings.modulator.none_similarity,
+            taken={*listing, CEREBELLUM},
+        )
+        if vectors is not None
+        else {}
+    )
+    groups: dict[str, dict[str, Any]] = {}
+    for name, topic in assigned.items():
+        rehearse: list[replay.ReplayItem] = []
+        budget = min(math.ceil(sleep.rehearsal_ratio * len(topic.items)), sleep.max_rehearsal)
+        if not topic.new and budget:
+            rehearse = [
+                i
+                for i in replay.sample(pool, budget, seed=seed, adapter=name,
+                                       exclude=[t.interaction_id for t in topic.items])
+                if learnable(i)
+            ]  # fmt: skip
+        groups[name] = {
+            "items": [i.interaction_id for i in topic.items],
+            "rehearse": [i.interaction_id for i in rehearse],
+            "centroid": _centroid(pool, topic, centroids.get(name), listing.get(name)).tolist(),
+            "why": topic.why,
+            "new": topic.new,
+        }
+    wanted = _datasets_to_train(pool, registry, set(groups))
+    skipped = {}
+    coming = {name for name, g in groups.items() if g["new"]}  # the cap counts them too
+    for name, d in list(wanted.items()):
+        if name in groups:
+            continue
+        try:  # trained from its dataset alone: a new adapter must fit under the cap
+            registry.check_capacity(name, coming=coming)
+        except AdapterError as exc:
+            skipped[name] = f"dataset {d['dataset']!r} not learned: {exc}"
+            del wanted[name]
+            continue
+        coming.add(name)
+        groups[name] = {
+            "items": [],
+            "rehearse": [],
+            "centroid": datasets.dataset_centroid(pool, embedder, d["dataset"]).tolist(),
+            "why": f"its dataset {d['dataset']!r} is new or changed",
+            "new": name not in listing,
+        }
+    return {
+        "seed": seed,
+        "items": [i.interaction_id for i in new],
+        # Rows each sample stands for (its duplicates): learned with it, marked with it.
+        "duplicates": {str(i.interaction_id): i.duplicates for i in new if i.duplicates},
+        "groups": groups,
+        "datasets": wanted,
+        "skipped": skipped,
+        "done": {},
+    }
+
+
+def _centroid(
+    pool: Any,
+    topic: topics.Topic,
+    old: np.ndarray | None,
+    adapter: dict[str, Any] | None,
+) -> np.ndarray:
+    """Where the modulator sends questions from now on: the mean of every question the
+    adapter has learned — its earlier ones (the stored centroid, weighted by how many it
+    stands for) and tonight's."""
+    total = np.sum(topic.vectors, axis=0).astype(np.float64)
+    if old is not None:
+        earlier = replay.learned_count(pool, topic.name)
+        if adapter is not None and adapter.get("dataset"):
+            sizes = {d["name"]: d["examples"] for d in datasets.list_datasets(pool)}
+            earlier += sizes.get(adapter["dataset"], 0)
+        total += max(earlier, 1) * old
+    return np.asarray(total / max(float(np.linalg.norm(total)), 1e-8), np.float32)
+
+
+def _datasets_to_train(
+    pool: Any, registry: Registry, routed: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Imported datasets go to their adapter — the one trained on it (`adapters.dataset`),
+    else the adapter of the dataset's name — when that adapter trains this cycle anyway,
+    or has no version for this base yet, or its active version predates the dataset's
+    import. adapter name → {"dataset", "sha256"}."""
+    listing = {a["name"]: a for a in registry.listing()}
+    owner = {a["dataset"]: a["name"] for a in listing.values() if a["dataset"]}
+    wanted = {}
+    for d in datasets.list_datasets(pool):
+        name = owner.get(d["name"], d["name"])
+        if name == CEREBELLUM:  # not an adapter name: `npllm adapter train` can use it
+            continue
+        active = next(
+            (v for v in listing.get(name, {}).get("versions", []) if v["status"] == "active"),
+            None,
+        )
+        current = registry.current(name)
+        learned = (
+            current is not None
+            and active is not None
+            and (
+                active["metrics"].get("dataset_sha256") == d["sha256"]
+                or (
+                    listing[name]["dataset"] == d["name"]
+                    and datetime.fromisoformat(active["created_at"])
+                    >= datetime.fromisoformat(d["created_at"])
+                )
+            )
+        )
+        if name in routed or not learned:
+            wanted[name] = {"dataset": d["name"], "sha256": d["sha256"]}
+    return wanted
+
+
+def resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:
+    """The latest cycle, if it was interrupted and left its plan (and checkpoints) for
+    the same base weights: (its id, its plan)."""
+    row = bookkeeping.latest_cycle(pool)
+    if row is None or row[1] != "interrupted":
+        return None
+    plan = read_plan(staging_root / f"cycle{row[0]}")
+    if plan is None or plan.get("base_sha256") != sha:
+        return None
+    return row[0], plan
+
+
+def read_plan(staging: Path) -> dict[str, Any] | None:
+    """The plan a cycle wrote to `staging`, None when it is missing or unreadable."""
+    try:
+        return dict(json.loads((staging / "plan.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def write_plan(staging: Path, plan: dict[str, Any]) -> None:
+    """The cycle's sample, routing and finished adapters, written atomically."""
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / "plan.json.tmp"
+    tmp.write_text(json.dumps(plan))
+    os.replace(tmp, staging / "plan.json")
+
+
+def mark_learned(pool: Any, plan: dict[str, Any], cycle: int) -> None:
+    """Each sample (and the duplicates it stands for) marked with the adapter that learned it."""
+    learned = {k: name for name, g in plan["groups"].items() for k in g["items"] + g["rehearse"]}
+    for rep, twins in plan.get("duplicates", {}).items():
+        learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
+    if learned:
+        replay.mark_sampled(pool, list(learned), cycle, learned)

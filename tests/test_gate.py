@@ -1,0 +1,55 @@
+"""The quality gate (consolidation/gate.py): improvement and retention, with their reasons."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from consolidation.gate import PROBE_LIMIT, judge, read_probe, write_probe
+from npllm.config import TrainingConfig
+
+CONFIG = TrainingConfig(gate_min_improvement=0.1, retention_tolerance=0.05)
+
+
+def test_a_version_that_improves_and_retains_passes() -> None:
+    verdict = judge((2.0, 1.0), (1.5, 1.01), CONFIG)
+    assert verdict.passed and verdict.reasons == []
+    assert verdict.before == (2.0, 1.0) and verdict.after == (1.5, 1.01)
+    assert verdict.retention_before == math.exp(-1.0)
+    assert verdict.retention_after == math.exp(-1.01)
+
+
+def test_too_small_an_improvement_fails_with_the_reason() -> None:
+    verdict = judge((2.0, None), (1.9, None), CONFIG)
+    assert not verdict.passed
+    assert verdict.reasons == ["validation loss 1.9000 is not 10% below 2.0000"]
+    assert judge((2.0, None), (1.79, None), CONFIG).passed
+
+
+def test_a_drop_in_retention_beyond_the_tolerance_fails_with_the_reason() -> None:
+    verdict = judge((2.0, 0.5), (1.0, 1.0), CONFIG)
+    before, after = math.exp(-0.5), math.exp(-1.0)
+    assert not verdict.passed
+    assert verdict.reasons == [
+        f"retention score fell from {before:.3f} to {after:.3f} (tolerance 0.05)"
+    ]
+    both = judge((2.0, 0.5), (2.0, 1.0), CONFIG)
+    assert both.reasons == [
+        "validation loss 2.0000 is not 10% below 2.0000",
+        f"retention score fell from {before:.3f} to {after:.3f} (tolerance 0.05)",
+    ]
+
+
+def test_without_a_probe_set_only_the_improvement_counts() -> None:
+    verdict = judge((2.0, None), (1.0, None), CONFIG)
+    assert verdict.passed
+    assert verdict.retention_before is None and verdict.retention_after is None
+    # A new adapter has no probe before training: nothing to retain yet.
+    assert judge((2.0, None), (1.0, 5.0), CONFIG).passed
+
+
+def test_the_probe_set_keeps_the_newest_examples(tmp_path: Path) -> None:
+    assert read_probe(None) == [] and read_probe(tmp_path) == []
+    examples = [[{"role": "user", "content": f"q{k}"}] for k in range(PROBE_LIMIT + 3)]
+    write_probe(tmp_path, examples)
+    assert read_probe(tmp_path) == examples[-PROBE_LIMIT:]
