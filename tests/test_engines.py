@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from consolidation.trainer import train_adapter
-from npllm.adapters import AdapterShape, Version
+from npllm.adapters import AdapterShape
 from npllm.config import Settings, TrainingConfig
 from npllm.engines import gguf_export
 from npllm.errors import AdapterError, ModelError
 from npllm.llm import GenerationParams
+from npllm.versions import Version
 from npllm.weights import resolve
 
 SYSTEM = "You are a concise assistant."
