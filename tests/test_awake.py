@@ -1,0 +1,72 @@
+"""npllm/awake.py on its own: the real database and embedder, a fake engine that records
+the prompt it is given (what the awake path does does not depend on the model's words)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from npllm.awake import AwakePath
+from npllm.errors import RequestError
+from npllm.llm import Generation, GenerationParams
+
+from .conftest import make_settings
+
+
+class RecordingEngine:
+    """The Engine protocol's surface the awake path uses; one character = one token."""
+
+    model_id = "fake-engine"
+    context_length = 4096
+
+    def __init__(self) -> None:
+        self.adapters = SimpleNamespace(alias={}, changes=0)
+        self.prompts: list[str] = []
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return [ord(c) for c in "".join(f"<{m['role']}>{m['content']}" for m in messages)]
+
+    def generate(self, prompt_ids: list[int], params: Any, **_: Any) -> Generation:
+        self.prompts.append("".join(chr(i) for i in prompt_ids))
+        return Generation("Use port 4471.", len(prompt_ids), 5, "stop", seconds=0.01)
+
+
+def test_an_answer_uses_the_recalled_memory_is_stored_and_cached(
+    fresh_database: Any, embedder: Any, tmp_path: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    engine = RecordingEngine()
+    awake = AwakePath(settings, fresh_database.pool, engine, embedder)  # type: ignore[arg-type]
+    awake.remember("The zorblax service listens on port 4471.", "test", "fact")
+    chat = [{"role": "user", "content": "Which port does the zorblax service listen on?"}]
+
+    first = awake.answer(chat, GenerationParams(max_new_tokens=8))
+    assert "The zorblax service listens on port 4471." in engine.prompts[0]  # recalled
+    assert first.text == "Use port 4471." and not first.cached and len(first.memories) == 1
+    assert first.routing["mode"] == "modulator" and first.adapters == []
+
+    again = awake.answer(chat, GenerationParams(max_new_tokens=8))
+    assert again.cached and again.text == first.text and len(engine.prompts) == 1
+    assert again.interaction_id != first.interaction_id  # every answer is an interaction
+    with fresh_database.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT i.answer, d.mode FROM npllm.interactions i "
+            "JOIN npllm.routing_decisions d ON d.interaction_id = i.id ORDER BY i.id"
+        ).fetchall()
+    assert rows == [("Use port 4471.", "modulator")] * 2
+
+
+def test_a_request_that_names_an_adapter_not_served_is_refused_before_generating(
+    fresh_database: Any, embedder: Any, tmp_path: Any
+) -> None:
+    engine = RecordingEngine()
+    awake = AwakePath(make_settings(tmp_path), fresh_database.pool, engine, embedder)  # type: ignore[arg-type]
+    chat = [{"role": "user", "content": "hello?"}]
+    with pytest.raises(RequestError, match=r"no served adapter named 'sqlbot' \(served: none"):
+        awake.answer(chat, GenerationParams(), adapters=["sqlbot"])
+    with pytest.raises(RequestError, match="must contain a user message"):
+        awake.answer([{"role": "system", "content": "x"}], GenerationParams())
+    assert engine.prompts == []
+    assert awake.answer(chat, GenerationParams(), adapters=[]).routing["mode"] == "disabled"
