@@ -9,11 +9,14 @@ from typing import Any
 
 import httpx
 
-from npllm.errors import ClientError
+from npllm.errors import ClientError, DaemonNotRunning
 
 
 class Client:
-    """A small HTTP client for npllm's socket API."""
+    """A small HTTP client for npllm's socket API.
+
+    Raises DaemonNotRunning when nothing answers on the socket (callers that can work on
+    the database directly catch it), ClientError with the daemon's message when it refuses."""
 
     def __init__(self, socket_path: Path, timeout: float = 600.0) -> None:
         self.socket_path = socket_path
@@ -23,8 +26,8 @@ class Client:
             timeout=timeout,
         )
 
-    def _not_running(self, exc: Exception) -> ClientError:
-        return ClientError(
+    def _not_running(self) -> DaemonNotRunning:
+        return DaemonNotRunning(
             f"npllm is not running (nothing answers on {self.socket_path}); start it with "
             "`npllm serve` or `make run`"
         )
@@ -33,7 +36,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running(exc) from exc
+            raise self._not_running() from exc
         return _checked(response).json()
 
     def request_text(self, method: str, path: str, **kwargs: Any) -> str:
@@ -41,7 +44,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running(exc) from exc
+            raise self._not_running() from exc
         return _checked(response).text
 
     def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -63,7 +66,7 @@ class Client:
                         raise ClientError(f"the daemon failed mid-answer: {message}")
                     yield event
         except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._not_running(exc) from exc
+            raise self._not_running() from exc
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

@@ -29,12 +29,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 from npllm.config import SleepConfig
-from npllm.errors import ConflictError, CycleStopped
+from npllm.errors import ConflictError
 from services.idle import IdleReading
+from services.worker import PAUSED
 
 State = Literal["awake", "drowsy", "asleep", "waking"]
 Action = Literal["start", "pause", "resume", "stop"]
@@ -195,11 +195,12 @@ class SleepStateMachine:
 class Sleeper:
     """The daemon's side of sleep: feeds the state machine, runs the worker process.
 
-    The consolidation worker is ``npllm sleep --now --worker``, a separate process at
-    lower CPU priority. The daemon steers it with two files in ``<data_dir>/run/``:
-    ``sleep.pause`` (the worker waits while it exists) and ``sleep.stop`` (the worker stops;
-    the cycle is interrupted). The worker looks at them between micro-batches and inside
-    the model's compute (consolidation.trainer.yielding), so it reacts within about 0.1 s.
+    The consolidation worker is ``python -m services.worker`` (services/worker.py), a
+    separate process at lower CPU priority. The daemon steers it with two files in
+    ``<data_dir>/run/``: ``sleep.pause`` (the worker waits while it exists) and
+    ``sleep.stop`` (the worker stops; the cycle is interrupted). The worker looks at them
+    between micro-batches and inside the model's compute (consolidation.trainer.yielding),
+    so it reacts within about 0.1 s.
     Everything here runs on the daemon's event loop."""
 
     def __init__(self, settings: Any, clock: Callable[[], datetime] = datetime.now) -> None:
@@ -330,7 +331,7 @@ class Sleeper:
             # The worker gets its own copy of the descriptor; the daemon closes its own.
             with (self.settings.data_path / "sleep-worker.log").open("ab") as log_file:
                 self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "sleep", "--now", "--worker", *seed],
+                    [sys.executable, "-m", "services.worker", *seed],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=os.environ.copy(),
@@ -342,38 +343,3 @@ class Sleeper:
         elif action == "stop":
             self.stop_file.touch()
             self.pause_file.unlink(missing_ok=True)
-
-
-def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], None]:
-    """For the worker: call it often (every micro-batch, every block of the model; three
-    system calls, a few microseconds); waits while paused, raises on stop,
-    and raises when `parent` (the daemon that started it) is gone: a daemon killed
-    mid-cycle leaves the cycle interrupted, never half-published."""
-    import time as clock
-
-    pause, stop, paused = run_dir / "sleep.pause", run_dir / "sleep.stop", run_dir / PAUSED
-
-    def control() -> None:
-        acked = False
-        try:
-            while True:
-                if parent is not None and os.getppid() != parent:
-                    raise CycleStopped(f"the daemon that started this cycle (pid {parent}) is gone")
-                if stop.exists():
-                    raise CycleStopped("the daemon asked the cycle to stop")
-                if not pause.exists():
-                    return
-                if not acked:  # tell the daemon this process no longer computes
-                    paused.touch()
-                    acked = True
-                clock.sleep(0.01 if acked else 0.05)
-        finally:
-            if acked:
-                paused.unlink(missing_ok=True)
-
-    return control
-
-
-PAUSED = "sleep.paused"  # written by a paused worker: its cores are free
-
-

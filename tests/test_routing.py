@@ -239,7 +239,7 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
 def test_the_cycle_summary_says_what_happened_to_the_modulator(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.cli import _summary
+    from services.cli.sleep import print_summary
 
     trained = {
         "decisions": 60,
@@ -247,8 +247,10 @@ def test_the_cycle_summary_says_what_happened_to_the_modulator(
         "trained": {"value": 0.37, "ess": 9.8},
         "verdict": "published",
     }
-    _summary({"cycle": 3, "adapters": {}, "modulator": trained, "base_unchanged": True})
-    _summary({"cycle": 4, "adapters": {}, "modulator": {"verdict": "skipped: v1 does not load"}})
+    print_summary({"cycle": 3, "adapters": {}, "modulator": trained, "base_unchanged": True})
+    print_summary(
+        {"cycle": 4, "adapters": {}, "modulator": {"verdict": "skipped: v1 does not load"}}
+    )
     out = capsys.readouterr().out
     assert "modulator: 60 rated decisions, estimated mean reward +0.100 -> +0.370: published" in out
     assert "modulator: not trained: skipped: v1 does not load" in out

@@ -1,0 +1,238 @@
+"""`npllm adapter`: train, publish, roll back, delete, prune and export LoRA adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from npllm.errors import ClientError, DaemonNotRunning
+from services.cli.context import client_of, settings_of
+
+app = typer.Typer(help="Train, publish, roll back and export LoRA adapters.")
+
+
+@app.command("list")
+def adapter_list(ctx: typer.Context) -> None:
+    """Adapters, their versions and which one is served."""
+    found = client_of(ctx).request("GET", "/v1/adapters")
+    if not found["data"]:
+        typer.echo("no adapters; train one with `npllm adapter train NAME --dataset D`")
+    for a in found["data"]:
+        served = found["served"].get(a["name"])
+        note = (
+            f"serving v{served}"
+            if served
+            else ("stale: to be rebuilt at next sleep" if a["status"] == "stale" else "not served")
+        )
+        typer.echo(f"{a['name']:<24} {a['status']:<7} {note}  {a['description'][:40]}")
+        for v in a["versions"]:
+            reason = f" ({v['reason']})" if v.get("reason") else ""
+            typer.echo(f"    v{v['version']:<4} {v['status']:<10}{reason}")
+    m = found["modulator"]
+    trained = f"trained v{m['version']}" if m.get("version") else "untrained"
+    typer.echo(
+        f"modulator: {m['parameters']:,} parameters ({trained}), top_k {m['top_k']}, routes to "
+        f"{', '.join(m['routable']) or 'nothing yet'}"
+    )
+
+
+@app.command("publish")
+def adapter_publish(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name: a-z, 0-9, '_' and '-'.")],
+    path: Annotated[Path, typer.Argument(help="A peft LoRA adapter directory.")],
+    description: Annotated[str, typer.Option(help="What it is for (routes by meaning).")] = "",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset it was trained on (its questions route to it).")
+    ] = None,
+) -> None:
+    """Publish an adapter directory as the next version (hot swap; the old one retires)."""
+    from npllm.adapters import check_name
+    from services.worker import swapped
+
+    check_name(name)
+    body = {"path": str(path.resolve()), "description": description, "dataset": dataset}
+    r = client_of(ctx).request("POST", f"/v1/adapters/{name}/versions", json=body)
+    typer.echo(swapped(r))
+
+
+@app.command("rollback")
+def adapter_rollback(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter.")]
+) -> None:
+    """Serve the adapter's previous version again."""
+    from npllm.adapters import check_name
+    from services.worker import swapped
+
+    check_name(name)
+    typer.echo(swapped(client_of(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
+
+
+@app.command("delete")
+def adapter_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter to delete.")]
+) -> None:
+    """Delete an adapter: every version, its files, and its place in routing."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    try:
+        r = client_of(ctx).request("DELETE", f"/v1/adapters/{name}")
+    except DaemonNotRunning:
+        versions = _offline_registry(ctx, lambda registry: registry.delete(name))
+        r = {"versions": versions, "was_served": None}
+    served = f", it served v{r['was_served']}" if r.get("was_served") else ""
+    typer.echo(f"deleted adapter {name!r}: {len(r['versions'])} version(s){served}")
+
+
+@app.command("prune")
+def adapter_prune(ctx: typer.Context) -> None:
+    """Remove the files of inactive versions beyond training.keep_versions (rows stay)."""
+    try:
+        pruned = client_of(ctx).request("POST", "/v1/adapters/prune")["pruned"]
+    except DaemonNotRunning:
+        pruned = _offline_registry(ctx, lambda registry: registry.prune_all(), kinds=True)
+    if not pruned:
+        typer.echo("nothing to prune: no inactive version beyond training.keep_versions")
+    for name, versions in pruned.items():
+        typer.echo(f"{name}: pruned {', '.join(f'v{v}' for v in versions)}")
+
+
+def _offline_registry(ctx: typer.Context, work: Any, kinds: bool = False) -> Any:
+    """Run `work(registry)` on the database directly (no daemon running); with `kinds`, on
+    the cerebellum's registry too, merging the dict results."""
+    from npllm.adapters import CEREBELLUM
+    from npllm.db import Database
+    from npllm.llm import model_identity
+    from npllm.versions import BaseIdentity, Registry
+
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=True)
+    try:
+        base = BaseIdentity(*model_identity(settings))
+        result = work(Registry.for_settings(db.pool, settings, base))
+        if kinds:
+            result.update(work(Registry.for_settings(db.pool, settings, base, kind=CEREBELLUM)))
+        return result
+    finally:
+        db.close()
+
+
+@app.command("train")
+def adapter_train(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Adapter name: a-z, 0-9, '_' and '-'.")],
+    dataset: Annotated[str, typer.Option(help="An imported dataset (npllm dataset import).")],
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+) -> None:
+    """Train an adapter on a dataset in this process (not the daemon's), then publish it."""
+    import shutil
+
+    from consolidation.runs import record_version, train_from_dataset
+    from npllm.adapters import check_name
+    from npllm.db import Database
+
+    check_name(name)
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=True)
+    try:
+        typer.echo(
+            f"training {name!r} on dataset {dataset!r} (this process, low priority)", err=True
+        )
+
+        def progress(p: Any) -> None:
+            typer.echo(
+                f"  step {p.step}/{p.steps}  loss {p.loss:.4f}  "
+                f"elapsed {p.elapsed_s:.0f} s  eta {p.eta_s:.0f} s",
+                err=True,
+            )
+
+        trained = train_from_dataset(settings, db.pool, name, dataset, on_progress=progress)
+        m = trained.metrics
+        typer.echo(
+            f"trained: {m['steps_done']} of {m['steps']} steps ({m['budget']}); {m['stopped']}; "
+            f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}, {m['seconds']:.0f} s; "
+            f"base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
+            err=True,
+        )
+        version = _publish_trained(settings, db.pool, name, trained, description, dataset)
+        record_version(db.pool, trained.run_id, version)
+        shutil.rmtree(trained.path, ignore_errors=True)
+    finally:
+        db.close()
+
+
+def _publish_trained(
+    settings: Any, pool: Any, name: str, trained: Any, description: str, dataset: str
+) -> int:
+    """Publish what `adapter train` made through the running daemon (hot swap); with no
+    daemon, register it as the active version, served from the daemon's next start. Its
+    version."""
+    from npllm.versions import Registry
+    from services.client import Client
+    from services.worker import register, swapped
+
+    body = {
+        "description": description,
+        "dataset": dataset,
+        "path": str(trained.path),
+        "metrics": trained.metrics,
+    }
+    try:
+        r = Client(settings.socket_path).request("POST", f"/v1/adapters/{name}/versions", json=body)
+    except DaemonNotRunning:
+        version = register(
+            Registry.for_settings(pool, settings, trained.base),
+            name,
+            trained.path,
+            description=description,
+            centroid=trained.centroid,
+            dataset=dataset,
+            metrics=trained.metrics,
+        )
+        typer.echo(f"{name} v{version} registered; the daemon serves it when it starts")
+        return version
+    typer.echo(swapped(r))
+    return int(r["version"])
+
+
+@app.command("export")
+def adapter_export(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter (its active version).")],
+    merged: Annotated[
+        Path, typer.Option("--merged", help="Directory to write the merged model to (new).")
+    ],
+) -> None:
+    """Write base + adapter merged into one standalone transformers model."""
+    from npllm.adapters import check_name
+    from npllm.db import Database
+    from npllm.llm import load_base_llm
+    from npllm.versions import BaseIdentity, Registry
+
+    check_name(name)
+    if merged.exists() and any(merged.iterdir()):
+        raise typer.BadParameter(f"{merged} exists and is not empty")
+    settings = settings_of(ctx)
+    db = Database(settings)
+    db.open(migrate=False)
+    try:
+        llm = load_base_llm(settings)  # this process's own copy: the daemon's is untouched
+        registry = Registry.for_settings(
+            db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
+        )
+        version = registry.current(name)
+        if version is None:
+            raise ClientError(f"adapter {name!r} has no active version to export")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(llm.model, str(version.path)).merge_and_unload()
+        model.save_pretrained(str(merged), safe_serialization=True)
+        llm.tokenizer.save_pretrained(str(merged))
+        typer.echo(f"wrote {name} v{version.version} merged into the base model to {merged}")
+    finally:
+        db.close()

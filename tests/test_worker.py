@@ -1,0 +1,187 @@
+"""services/worker.py: the publishers with a fake daemon client, the worker's control
+files, and how the daemon starts the worker. (Whole cycles through both publishers run in
+tests/test_sleep_cycle.py, against the real daemon and the real models.)"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consolidation.publisher import Trained
+from npllm.config import SleepConfig
+from npllm.errors import CycleStopped, DaemonNotRunning
+from services.worker import PAUSED, DaemonPublisher, OfflinePublisher, worker_control
+
+SWAP = {"name": "cooking", "version": 3, "replaced": 2, "swap_ms": 12.4}
+
+
+class FakeClient:
+    """Records what would be posted to the daemon; answers `answer`, or raises it."""
+
+    def __init__(self, answer: dict[str, Any] | Exception) -> None:
+        self.answer = answer
+        self.posted: list[tuple[str, str, dict[str, Any]]] = []
+
+    def request(self, method: str, path: str, *, json: dict[str, Any]) -> Any:
+        self.posted.append((method, path, json))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+ADAPTER = Trained(
+    kind="adapter",
+    name="cooking",
+    sleep_cycle=7,
+    path=Path("/data/staging/cooking"),
+    centroid=np.array([0.25, -1.0], dtype=np.float32),
+    metrics={"samples": 3, "verdict": "passes"},
+    dataset="recipes",
+)
+CEREBELLUM = Trained(
+    kind="cerebellum", name="cerebellum", sleep_cycle=7, path=Path("/data/staging/cb")
+)
+MODULATOR = Trained(kind="modulator", name="modulator", sleep_cycle=7, version=4)
+
+
+def test_an_adapter_is_posted_to_its_versions_with_the_body_the_daemon_takes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient(SWAP)
+    assert DaemonPublisher(client).publish(ADAPTER) == 3
+    assert client.posted == [
+        (
+            "POST",
+            "/v1/adapters/cooking/versions",
+            {
+                "description": "learned while asleep",
+                "sleep_cycle": 7,
+                "dataset": "recipes",
+                "centroid": [0.25, -1.0],
+                "path": "/data/staging/cooking",
+                "metrics": {"samples": 3, "verdict": "passes"},
+            },
+        )
+    ]
+    assert capsys.readouterr().err == "  cooking v3 is now served, replacing v2 (swap 12 ms)\n"
+
+
+def test_the_cerebellum_and_the_modulator_have_their_own_routes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient({**SWAP, "name": "cerebellum", "replaced": None})
+    assert DaemonPublisher(client).publish(CEREBELLUM) == 3
+    client.answer = {"version": 4}
+    assert DaemonPublisher(client).publish(MODULATOR) == 4
+    assert client.posted == [
+        (
+            "POST",
+            "/v1/cerebellum/versions",
+            {
+                "description": "learned while asleep",
+                "sleep_cycle": 7,
+                "path": "/data/staging/cb",
+                "metrics": {},
+            },
+        ),
+        ("POST", "/v1/modulator/versions", {"version": 4, "sleep_cycle": 7}),
+    ]
+    assert capsys.readouterr().err == (
+        "  cerebellum v3 is now served (swap 12 ms)\n  modulator v4 now routes questions\n"
+    )
+
+
+def test_a_worker_whose_daemon_is_gone_publishes_nothing() -> None:
+    gone = FakeClient(DaemonNotRunning("npllm is not running"))
+    with pytest.raises(CycleStopped, match="^the daemon is not running; cooking was not published"):
+        DaemonPublisher(gone).publish(ADAPTER)
+    with pytest.raises(CycleStopped, match="^the daemon is not running; modulator v4 was not"):
+        DaemonPublisher(gone).publish(MODULATOR)
+
+
+def test_the_control_runs_before_anything_is_posted() -> None:
+    client = FakeClient(SWAP)
+
+    def stopped() -> None:
+        raise CycleStopped("the daemon asked the cycle to stop")
+
+    with pytest.raises(CycleStopped, match="asked the cycle to stop"):
+        DaemonPublisher(client, control=stopped).publish(ADAPTER)
+    assert client.posted == []
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.added: list[tuple[str, Path, dict[str, Any]]] = []
+        self.active: list[Any] = []
+
+    def add_version(self, name: str, source: Path, **kwargs: Any) -> Any:
+        self.added.append((name, source, kwargs))
+        return SimpleNamespace(adapter=name, version=5)
+
+    def activate(self, version: Any) -> None:
+        self.active.append(version)
+
+
+def test_with_no_daemon_the_clis_cycle_registers_the_version_in_the_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    registry = FakeRegistry()
+    offline = OfflinePublisher(pool=None, registries={"adapter": registry})
+    gone = FakeClient(DaemonNotRunning("npllm is not running"))
+    assert DaemonPublisher(gone, offline=offline).publish(ADAPTER) == 5
+    ((name, source, kwargs),) = registry.added
+    assert (name, source) == ("cooking", Path("/data/staging/cooking"))
+    assert kwargs["description"] == "learned while asleep" and kwargs["dataset"] == "recipes"
+    assert kwargs["centroid"] is ADAPTER.centroid and kwargs["metrics"] == ADAPTER.metrics
+    assert [v.version for v in registry.active] == [5]
+    assert capsys.readouterr().err == (
+        "  cooking v5 registered; the daemon serves it when it starts\n"
+    )
+
+
+def test_worker_control_waits_while_paused_and_stops_when_told(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    control = worker_control(tmp_path, os.getppid())
+    control()  # nothing asked: returns at once
+    (tmp_path / "sleep.pause").touch()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (control(), done.set()))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not (tmp_path / PAUSED).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / PAUSED).exists() and not done.is_set()  # paused, and says so
+    (tmp_path / "sleep.pause").unlink()
+    thread.join(5)
+    assert done.is_set() and not (tmp_path / PAUSED).exists()
+    (tmp_path / "sleep.stop").touch()
+    with pytest.raises(CycleStopped, match="the daemon asked the cycle to stop"):
+        control()
+    with pytest.raises(CycleStopped, match=r"the daemon that started this cycle \(pid 1\) is"):
+        worker_control(tmp_path / "nowhere", parent=1)()  # not this process's parent
+
+
+def test_the_daemon_starts_the_worker_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services import sleep
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(
+        sleep.subprocess, "Popen", lambda argv, **kwargs: started.append(argv) or object()
+    )
+    sleeper = sleep.Sleeper(SimpleNamespace(sleep=SleepConfig(), data_path=tmp_path))
+    sleeper.seed = 5
+    sleeper._act("start")
+    assert started == [
+        [sys.executable, "-m", "services.worker", "--seed", "5", "--trigger", "manual"]
+    ]
