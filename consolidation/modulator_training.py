@@ -27,7 +27,8 @@ answers is a gain, moving away from liked ones a loss, and nothing is credited w
 rewards it was never given. The effective sample size of the weights is reported beside
 each estimate. PPO against a learned reward model is not implemented.
 
-Versions are stored by npllm/modulator.py (``npllm.modulator_versions``).
+Versions are kept in the one version store (npllm/versions.py, kind ``modulator``;
+``npllm.modulator_versions`` is a view of them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from npllm.config import Settings
-from npllm.modulator import NONE, Modulator, prune, store_version
+from npllm.modulator import NONE, Modulator, store_for, store_version
 
 MIN_PROPENSITY = 0.01
 EVAL_SHARE = 0.25
@@ -194,8 +195,7 @@ def consolidate(
     else:
         reason = None
     report["verdict"] = "passes" if reason is None else f"kept as candidate: {reason}"
-    report["version"] = store_version(
-        pool, settings.data_path / "modulator", trained, report, cycle, reason
-    )
-    prune(pool, settings.data_path / "modulator", settings.training.keep_versions)
+    # Kept as a candidate (refused with the reason, older ones pruned) in the version store.
+    store = store_for(settings, pool)
+    report["version"] = store_version(store, trained, report, cycle, reason).version
     return report

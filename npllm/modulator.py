@@ -38,7 +38,7 @@ from torch import nn
 
 from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig, Settings
-from npllm.errors import AdapterError, ModelError, NotFoundError, RequestError
+from npllm.errors import AdapterError, ModelError
 from npllm.versions import ANY_BASE, Registry, Version
 
 log = logging.getLogger("npllm.modulator")
@@ -265,10 +265,14 @@ def weights(version: Version) -> Path:
 def previous(store: Registry) -> Version | None:
     """What a rollback returns to: the newest kept retired version older than the active
     one (None: the untrained modulator)."""
-    try:
-        return store.previous(MODULATOR)
-    except (NotFoundError, RequestError):
-        return None
+    active = store.current(MODULATOR)
+    retired = [
+        v["version"]
+        for a in store.listing()
+        for v in a["versions"]
+        if v["status"] == "retired" and (active is None or v["version"] < active.version)
+    ]
+    return store.version(MODULATOR, max(retired)) if retired else None
 
 
 def listing(store: Registry) -> list[dict[str, Any]]:

@@ -169,7 +169,6 @@ def _version(row: Any) -> Version:
     return Version(row[0], int(row[1]), Path(row[2]), row[3])
 
 
-@dataclass(frozen=True)
 class Registry:
     """The versions of one kind in the database; their files under `root`/<name>/v<N>/."""
 

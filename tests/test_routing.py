@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from consolidation import modulator_training
 from consolidation.modulator_training import Logged
 from npllm import interactions, modulator
+from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig
 from npllm.errors import ModelError
 from npllm.modulator import NONE, Modulator
@@ -158,11 +159,14 @@ def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
     assert good["decisions"] == 60 and (good["train"], good["evaluate"]) == (45, 15)
     assert good["verdict"] == "passes", good
     assert good["trained"]["value"] > good["current"]["value"] + 0.2
-    path = modulator.version_path(pool, good["version"])
+    store = modulator.store_for(settings, pool)
+    path = modulator.weights(store.version(MODULATOR, good["version"]))
     assert path == tmp_path / "modulator" / "v1" / "modulator.safetensors" and path.exists()
-    assert modulator.active(pool) is None  # stored, not yet used: publishing activates
-    assert modulator.activate(pool, good["version"]) is None
-    assert modulator.active(pool) == (1, path)
+    assert modulator.active(store) is None  # stored, not yet used: publishing activates
+    assert store.current(MODULATOR) is None
+    store.activate(store.version(MODULATOR, good["version"]))
+    active = modulator.active(store)
+    assert active is not None and (active.version, modulator.weights(active)) == (1, path)
     loaded, version = modulator.routing(settings, pool, current.routable())
     assert version == 1 and loaded.decide(_unit(E[0] + E[0])).chosen == []
 
@@ -173,12 +177,14 @@ def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
     assert flat["verdict"].startswith("kept as candidate: estimated mean reward +0.3")
     assert flat["current"]["value"] == pytest.approx(0.3)
     assert "below modulator.min_improvement = 0.02" in flat["verdict"]
-    rows = {r["version"]: (r["status"], r["reason"]) for r in modulator.listing(pool)}
+    rows = {r["version"]: (r["status"], r["reason"]) for r in modulator.listing(store)}
     assert rows[1] == ("active", None)
     assert rows[2][0] == "candidate" and "min_improvement" in rows[2][1]
-    assert modulator.previous(pool) is None  # rolling back means: untrained
-    assert modulator.activate(pool, None) == 1 and modulator.active(pool) is None
-    assert modulator.previous(pool) == 1
+    assert modulator.previous(store) is None  # rolling back means: untrained
+    retired = store.deactivate(MODULATOR, "rolled back")
+    assert retired is not None and retired.version == 1 and modulator.active(store) is None
+    previous = modulator.previous(store)
+    assert previous is not None and previous.version == 1
 
 
 def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwise(
@@ -229,8 +235,9 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
     assert report["verdict"] == "published" and report["published"] == 1
     assert published == [(1, cycle)]
     assert phases[-2:] == ["training the modulator", "publishing the modulator"]
-    modulator.activate(pool, 1)
-    modulator.version_path(pool, 1).write_bytes(b"broken")
+    store = modulator.store_for(settings, pool)
+    store.activate(store.version(MODULATOR, 1))
+    modulator.weights(store.version(MODULATOR, 1)).write_bytes(b"broken")
     broken = step()
     assert broken["verdict"].startswith("skipped: the active modulator v1 does not load:")
     assert published == [(1, cycle)]
