@@ -415,7 +415,10 @@ class SleepConfig(_Section):
         "adapter; fewer join the nearest adapter.",
     )
     min_new_interactions: int = Field(
-        5, ge=0, description="Least new replay data since the last cycle to start one."
+        5,
+        ge=0,
+        description="Least answers stored since the last successful cycle began (counted in "
+        "the database, so a restart keeps them) to start one.",
     )
 
     @field_validator("window_start")

@@ -70,3 +70,19 @@ def count(pool: ConnectionPool) -> int:
     with pool.connection() as conn:
         row = conn.execute(_COUNT).fetchone()
     return int(row[0]) if row else 0
+
+
+_SINCE_LAST_CYCLE = """
+SELECT count(*) FROM npllm.interactions
+WHERE created_at > coalesce(
+    (SELECT max(started_at) FROM npllm.sleep_cycles WHERE status = 'succeeded'), '-infinity')
+"""
+
+
+def since_last_cycle(pool: ConnectionPool) -> int:
+    """Answers stored since the last successful sleep cycle began (what it could not have
+    sampled): what ``sleep.min_new_interactions`` counts. From the database, so it survives
+    a restart and counts answers, not refused requests."""
+    with pool.connection() as conn:
+        row = conn.execute(_SINCE_LAST_CYCLE).fetchone()
+    return int(row[0]) if row else 0

@@ -116,12 +116,13 @@ class Daemon:
     def startup(self) -> None:
         started = time.perf_counter()
         self._take_lock()
-        from npllm.adapters import BaseIdentity, Registry
+        from npllm import interactions
         from npllm.awake import AwakePath
         from npllm.db import Database
         from npllm.embeddings import load_embedder
         from npllm.engines import load_engine
         from npllm.llm import untrainable_reason
+        from npllm.versions import BaseIdentity, Registry
         from npllm.weights import resolve
         from services.api import Service
         from services.feedback_writer import FeedbackWriter
@@ -159,7 +160,9 @@ class Daemon:
             versions=self.database.versions(),
             feedback_writer=FeedbackWriter(awake.feedback),
             registry=registry,
-            sleeper=Sleeper(self.settings),
+            sleeper=Sleeper(
+                self.settings, count_new=lambda: interactions.since_last_cycle(self.database.pool)
+            ),
             cerebellum_registry=cerebellum_registry,
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
         )

@@ -203,7 +203,12 @@ class Sleeper:
     so it reacts within about 0.1 s.
     Everything here runs on the daemon's event loop."""
 
-    def __init__(self, settings: Any, clock: Callable[[], datetime] = datetime.now) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        clock: Callable[[], datetime] = datetime.now,
+        count_new: Callable[[], int] | None = None,
+    ) -> None:
         from services.idle import SystemIdle
 
         self.settings = settings
@@ -216,6 +221,9 @@ class Sleeper:
         self.last_exit: int | None = None
         self.seed: int | None = None
         self.last_reading: IdleReading | None = None
+        # New answers since the last cycle, from the database (npllm.interactions
+        # .since_last_cycle); the machine's own count only fills the time between ticks.
+        self.count_new = count_new
 
     @property
     def state(self) -> str:
@@ -224,6 +232,8 @@ class Sleeper:
     def tick(self) -> None:
         self.last_reading = self.idle.sample()
         self._reap()
+        if self.count_new is not None:
+            self.machine.new_interactions = self.count_new()
         self._act(self.machine.tick(self.last_reading))
 
     def _reap(self) -> None:

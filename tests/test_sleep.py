@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from npllm.config import SleepConfig
 from services.idle import IdleReading, SystemIdle
 from services.sleep import DROWSY_S, RESUME_AFTER_S, SleepStateMachine, SleepWindow
+
+from .conftest import make_settings
 
 QUIET = IdleReading(cpu_percent=3.0, on_ac=True, samples=10)
 BUSY = IdleReading(cpu_percent=90.0, on_ac=True, samples=10)
@@ -238,3 +241,38 @@ def test_the_daemon_is_awake_as_soon_as_its_cycle_is_recorded_finished(tmp_path:
         sleeper.worker.wait()
     sleeper.tick()
     assert sleeper.worker is None and sleeper.state == "awake"
+
+
+def test_new_interactions_are_counted_in_the_database_since_the_last_successful_cycle(
+    fresh_database: Any, tmp_path: Path
+) -> None:
+    from npllm import interactions
+    from services.sleep import Sleeper
+
+    pool = fresh_database.pool
+
+    def answered(n: int) -> None:
+        with pool.connection() as conn:
+            for i in range(n):
+                conn.execute(
+                    "INSERT INTO npllm.interactions (messages, question, answer, base_model) "
+                    "VALUES ('[]', %(q)s, 'a', 'm')",
+                    {"q": f"question {i}"},
+                )
+
+    answered(3)
+    assert interactions.since_last_cycle(pool) == 3
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO npllm.sleep_cycles (seed, status) VALUES (0, 'failed')")
+    assert interactions.since_last_cycle(pool) == 3  # a failed night learned nothing
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO npllm.sleep_cycles (seed, status) VALUES (0, 'succeeded')")
+    answered(2)
+    assert interactions.since_last_cycle(pool) == 2
+    # The daemon's sleeper reads that count at every tick (a restart loses nothing).
+    sleeper = Sleeper(
+        make_settings(tmp_path), count_new=lambda: interactions.since_last_cycle(pool)
+    )
+    sleeper.machine.new_interactions = 0
+    sleeper.tick()
+    assert sleeper.machine.new_interactions == 2
