@@ -315,6 +315,18 @@ def tier_counts(pool: ConnectionPool) -> dict[str, int]:
     return {tier: int(found.get(tier, 0)) for tier in TIERS}
 
 
+def overview(pool: ConnectionPool) -> list[dict[str, Any]]:
+    """The npllm.replay_overview view's rows (per tier, and per tier and tag), means as floats."""
+    with pool.connection() as conn:
+        cur = conn.execute("SELECT * FROM npllm.replay_overview")
+        names = [c.name for c in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    for row in rows:
+        for key in ("mean_reward", "mean_quality"):
+            row[key] = None if row[key] is None else float(row[key])
+    return rows
+
+
 def mark_sampled(
     pool: ConnectionPool,
     interaction_ids: Iterable[int],

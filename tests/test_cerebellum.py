@@ -117,11 +117,17 @@ def test_the_name_cerebellum_is_reserved_for_it() -> None:
 
 
 def test_publishing_a_cerebellum_is_refused_when_it_is_off() -> None:
-    from services.api import _cerebellum_registry
+    import asyncio
 
-    service: Any = SimpleNamespace(cerebellum_registry=None, awake=SimpleNamespace(cerebellum=None))
+    from services.api import Service
+
+    unused: Any = None
+    off: Any = SimpleNamespace(cerebellum=None)
+    service = Service(unused, unused, off, unused, unused, unused, unused, unused)
     with pytest.raises(ConflictError, match=r'the cerebellum is off \(cerebellum.role = "off"\)'):
-        _cerebellum_registry(service)
+        asyncio.run(service.add_cerebellum("/no/such/cerebellum", "", {}, None))
+    with pytest.raises(ConflictError, match=r'the cerebellum is off \(cerebellum.role = "off"\)'):
+        service.cerebellum_status()
 
 
 def test_cerebellum_and_adapters_keep_separate_versions_and_old_ones_are_pruned(

@@ -1,0 +1,60 @@
+"""The FastAPI application over one Service."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+import npllm
+from services.api.errors import install_error_handlers
+from services.api.middleware import BodyGuard
+from services.api.routers import (
+    adapters,
+    cerebellum,
+    chat,
+    datasets,
+    feedback,
+    memories,
+    models,
+    modulator,
+    replay,
+    sleep,
+    status,
+)
+from services.api.service import Service
+
+# The order routes are matched in (and listed in /openapi.json); each router keeps its own
+# routes in matching order (/v1/adapters/prune is declared after /v1/adapters/{name}, which
+# matches only DELETE; /v1/datasets/{name:path} before /v1/datasets/{name}/examples).
+ROUTERS = (
+    chat,
+    models,
+    status,
+    memories,
+    adapters,
+    modulator,
+    cerebellum,
+    sleep,
+    feedback,
+    replay,
+    datasets,
+)
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application over one Service."""
+    app = FastAPI(
+        title="npllm",
+        version=npllm.__version__,
+        description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
+        "with retrieval over pgvector, plus memories and status.",
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=service.settings.server.max_body_bytes,
+        max_import_bytes=service.settings.server.max_import_bytes,
+    )
+    for module in ROUTERS:
+        app.include_router(module.router)
+    return app

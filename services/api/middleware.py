@@ -1,0 +1,111 @@
+"""The ASGI middleware in front of every route: the body guard and the request log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.errors import error_response
+
+log = logging.getLogger("npllm.api")
+
+
+class BodyGuard:
+    """ASGI middleware: refuse bodies over the size limit (413) and JSON that is not UTF-8
+    (400) before they reach a route, and log one JSON line per request with its timings."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_import_bytes = max_import_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        scope.setdefault("state", {})
+        status = {"code": 0}
+
+        async def send_logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._log(scope, status["code"], started)
+
+        refusal = None
+        body = b""
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body, refusal = await self._read(scope, receive)
+            # Every body here is JSON; accept it even when the client did not say so
+            # (plain `curl -d` sends application/x-www-form-urlencoded).
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        if refusal is not None:
+            await refusal(scope, receive, send_logged)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(
+            scope, replay if scope["method"] in ("POST", "PUT", "PATCH") else receive, send_logged
+        )
+
+    async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, Any]:
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        limit, key = self.max_bytes, "server.max_body_bytes"
+        if scope["path"].startswith("/v1/datasets/"):
+            limit, key = self.max_import_bytes, "server.max_import_bytes"
+
+        def too_big() -> JSONResponse:
+            message = f"request body is larger than {key} ({limit} bytes)"
+            return error_response(413, message, code="body_too_large")
+
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return b"", too_big()
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return b"", too_big()
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return b"", error_response(
+                400, f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_utf8"
+            )
+        return body, None
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float) -> None:
+        entry = {
+            "event": "request",
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        entry.update(scope["state"].get("npllm_log", {}))
+        log.info(json.dumps(entry))

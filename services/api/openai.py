@@ -1,0 +1,162 @@
+"""OpenAI's chat completion format: the request as npllm's generation parameters and
+messages, and the answer as a completion or as server-sent chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from npllm.awake import Answer
+from npllm.config import Settings
+from npllm.errors import NpllmError, RequestError
+from npllm.llm import GenerationParams
+from services.api.routers.chat_models import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from services.api.service import Service
+
+
+def params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams:
+    """The request's sampling options, the server's defaults filling the gaps."""
+    cap = settings.server.max_tokens_cap
+    given = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
+    param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
+    max_tokens = settings.server.default_max_tokens if given is None else given
+    if max_tokens <= 0:
+        raise RequestError(f"{param} must be at least 1, got {max_tokens}", param=param)
+    if max_tokens > cap:
+        raise RequestError(
+            f"{param} is {max_tokens}, above this server's cap of {cap} (server.max_tokens_cap)",
+            param=param,
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise RequestError("stop takes up to 4 non-empty strings", param="stop")
+    server = settings.server
+    own = body.npllm.repeat_penalty if body.npllm else None
+    return GenerationParams(
+        max_new_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(stop),
+        seed=body.seed,
+        frequency_penalty=_given(body.frequency_penalty, server.frequency_penalty),
+        presence_penalty=_given(body.presence_penalty, server.presence_penalty),
+        repeat_penalty=_given(own, server.repeat_penalty),
+        repeat_last_n=server.repeat_last_n,
+    )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The conversation as plain role/content pairs; it must end with a user's question."""
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    if messages[-1]["role"] != "user":
+        raise RequestError(
+            "the last message must come from the user", param=f"messages.{len(messages) - 1}.role"
+        )
+    if not messages[-1]["content"].strip():
+        raise RequestError(
+            "the last user message is empty", param=f"messages.{len(messages) - 1}.content"
+        )
+    return messages
+
+
+def completion(answer: Answer, response_id: str, model: str, created: int) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": usage(answer),
+        "npllm": answer.metadata(),
+    }
+
+
+def usage(answer: Answer) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def chunk(response_id: str, model: str, created: int, delta: dict[str, str], **extra: Any) -> str:
+    finish = extra.pop("finish_reason", None)
+    payload = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def log_fields(answer: Answer) -> dict[str, Any]:
+    """What the request log line adds for an answer (see middleware.BodyGuard)."""
+    return {
+        "interaction_id": answer.interaction_id,
+        "tokens": answer.completion_tokens,
+        "memories": len(answer.memories),
+        "cached": answer.cached,
+        **answer.timings,
+    }
+
+
+async def stream(
+    service: Service,
+    request: Request,
+    response_id: str,
+    created: int,
+    model: str,
+    events: asyncio.Queue[tuple[str, str]],
+    future: Awaitable[Answer],
+    cancel: threading.Event,
+) -> AsyncIterator[str]:
+    """The answer as server-sent chunks, as the model thread emits its text."""
+    try:
+        yield chunk(response_id, model, created, {"role": "assistant", "content": ""})
+        while True:
+            kind, text = await events.get()
+            if kind == "done":
+                break
+            if kind == "text":
+                yield chunk(response_id, model, created, {"content": text})
+        try:
+            answer = await future
+        except NpllmError as exc:
+            error = {"error": {"message": str(exc), "type": "server_error"}}
+            yield f"data: {json.dumps(error)}\n\n"
+            return
+        request.scope["state"]["npllm_log"] = log_fields(answer)
+        yield chunk(
+            response_id,
+            model,
+            created,
+            {},
+            finish_reason=answer.finish_reason,
+            usage=usage(answer),
+            npllm=answer.metadata(),
+        )
+        yield "data: [DONE]\n\n"
+    finally:
+        # The client went away or we finished: either way stop generating for it.
+        cancel.set()
+        service.in_flight.pop(response_id, None)

@@ -1,0 +1,82 @@
+"""/v1/adapters: list, publish, roll back, delete and prune adapter versions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from npllm.adapters import check_name
+from npllm.embeddings import DATABASE_DIM
+from services.api.deps import ServiceDep
+
+router = APIRouter()
+
+
+class PublishIn(BaseModel):
+    """A trained adapter directory to publish as the next version."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    path: str = Field(min_length=1, description="Absolute path of a peft adapter directory.")
+    description: str = Field("", max_length=2000, description="What the adapter is for.")
+    tags: list[str] = Field(default_factory=list, description="Topic tags.")
+    dataset: str | None = Field(
+        None, description="Imported dataset it was trained on: its questions set the centroid."
+    )
+    centroid: list[float] | None = Field(
+        None,
+        description=f"Where to route ({DATABASE_DIM} numbers), as computed by the sleep cycle.",
+    )
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Stored with the version.")
+    sleep_cycle: int | None = Field(
+        None,
+        description="The sleep cycle publishing it: the switch happens only while that "
+        "cycle's worker is still alive.",
+    )
+
+
+@router.get("/v1/adapters")
+def list_adapters(service: ServiceDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": service.registry.listing(),
+        "served": service.served(),
+        "modulator": service.modulator_status(),
+    }
+
+
+@router.post("/v1/adapters/{name}/versions", status_code=201)
+async def publish_adapter(name: str, body: PublishIn, service: ServiceDep) -> dict[str, Any]:
+    check_name(name)
+    return await service.publish_adapter(
+        name,
+        body.path,
+        body.description,
+        body.tags,
+        body.dataset,
+        body.centroid,
+        body.metrics,
+        body.sleep_cycle,
+    )
+
+
+@router.delete("/v1/adapters/{name}")
+async def delete_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
+    check_name(name)
+    work = service.queue.submit(lambda: service.delete_adapter(name), always=True)
+    return await asyncio.wrap_future(work)
+
+
+# Declared after /v1/adapters/{name} as before: that one matches DELETE only.
+@router.post("/v1/adapters/prune")
+def prune_adapters(service: ServiceDep) -> dict[str, Any]:
+    """Remove the files of inactive versions beyond training.keep_versions (this also
+    happens at every publish); the rows stay, status 'pruned'."""
+    return {"pruned": service.prune()}
+
+
+@router.post("/v1/adapters/{name}/rollback")
+async def rollback_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
+    return await service.rollback_adapter(name)

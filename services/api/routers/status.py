@@ -1,0 +1,16 @@
+"""GET /v1/status: models, database, counts, queue and sleep state at a glance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from services.api.deps import ServiceDep
+
+router = APIRouter()
+
+
+@router.get("/v1/status")
+async def status(service: ServiceDep) -> dict[str, Any]:
+    return await service.status()

@@ -1,0 +1,423 @@
+"""The Service: the daemon's live objects and what the routes ask of them, hot swaps
+included. Its blocking methods run in a worker thread or, through the queue, on the model
+thread; its async ones on the event loop, which they never block."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import npllm
+from consolidation import datasets
+from consolidation.bookkeeping import cycle_running, recent_cycles
+from npllm import modulator, replay
+from npllm.adapters import CEREBELLUM, MODULATOR
+from npllm.awake import Answer, AwakePath
+from npllm.cerebellum import Cerebellum
+from npllm.config import Settings
+from npllm.db import Database, ServerVersions
+from npllm.embeddings import DATABASE_DIM
+from npllm.errors import AdapterError, ConflictError, NotFoundError, QueueFull, RequestError
+from npllm.feedback import Result
+from npllm.llm import GenerationParams
+from npllm.memory import Recalled
+from npllm.modulator import Modulator
+from npllm.versions import Registry, Version
+from services.feedback_writer import FeedbackWriter
+from services.queue import GenerationQueue
+from services.sleep import Sleeper
+
+
+@dataclass
+class Service:
+    """What the routes need: config, the awake path, the queue, and facts for /v1/status."""
+
+    settings: Settings
+    database: Database
+    awake: AwakePath
+    queue: GenerationQueue
+    versions: ServerVersions
+    feedback_writer: FeedbackWriter
+    registry: Registry
+    sleeper: Sleeper
+    # The cerebellum's versions (None with cerebellum.role = off).
+    cerebellum_registry: Registry | None = None
+    # Why the sleep cycle cannot train for this base (None: it can); see llm.untrainable_reason.
+    untrainable: str | None = None
+    started_at: float = field(default_factory=time.time)
+    in_flight: dict[str, threading.Event] = field(default_factory=dict)
+
+    def cancel_all(self) -> None:
+        """At shutdown: stop every running answer at its next token."""
+        for event in self.in_flight.values():
+            event.set()
+
+    def swap(self, version: Version, reason: str, sleep_cycle: int | None = None) -> dict[str, Any]:
+        """On the model thread, between requests: load `version` beside the old one, smoke
+        test it, make it active in the database and in memory, unload the old one.
+
+        A version published by a sleep cycle is switched to only if that cycle's worker
+        is still alive: a worker killed mid-publish changes nothing."""
+        started = time.perf_counter()
+        adapters = self.awake.adapters
+        adapters.load(version)
+        try:
+            smoke = adapters.smoke(version)
+            self._check_cycle(sleep_cycle)
+            # Checks the adapter cap, then flips the database (one transaction).
+            self.registry.activate(version, reason)
+        except Exception as exc:
+            adapters.unload(version)
+            self.registry.refuse(version, f"not published: {exc}", {})
+            raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
+        old = adapters.activate(version)
+        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
+        self.awake.cache.clear()
+        return _swap_answer(version, old, started, **smoke)
+
+    def _check_cycle(self, sleep_cycle: int | None) -> None:
+        """A version from a sleep cycle is switched to only while that cycle runs with its
+        worker alive: a worker killed mid-publish changes nothing."""
+        if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
+            raise AdapterError(
+                f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
+                "or killed); the active version stays"
+            )
+
+    def delete_adapter(self, name: str) -> dict[str, Any]:
+        """On the model thread: delete adapter `name` (rows and files), then stop serving
+        and routing to it. Refused while a sleep cycle runs (it may be training it)."""
+        pool = self.database.pool
+        running = [c for c in recent_cycles(pool) if c["status"] == "running"]
+        if running:
+            raise ConflictError(
+                f"sleep cycle {running[0]['id']} is running and may be training {name!r}; "
+                "delete it after the cycle ends (`npllm sleep --status`)"
+            )
+        versions = self.registry.delete(name)
+        served = self.awake.adapters.remove(name)
+        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
+        self.awake.cache.clear()
+        return {"name": name, "deleted": True, "versions": versions, "was_served": served}
+
+    def publish_cerebellum(self, version: Version, sleep_cycle: int | None) -> dict[str, Any]:
+        """Build the draft model of `version` (off the model thread: it is a private
+        copy), then switch to it between requests. Like an adapter's swap, a version
+        from a sleep cycle whose worker died is refused; the active one stays."""
+        started = time.perf_counter()
+        cerebellum, registry = self.awake.cerebellum, self.cerebellum_registry
+        assert cerebellum is not None and registry is not None
+        try:
+            draft = cerebellum.build(version)
+            self._check_cycle(sleep_cycle)
+        except Exception as exc:
+            registry.refuse(version, f"not published: {exc}", {})
+            raise AdapterError(f"cerebellum v{version.version} was not published: {exc}") from exc
+
+        def switch() -> Version | None:
+            registry.activate(version, "replaced by a newer version")
+            self.awake.cache.clear()  # cached answers report the old draft model
+            return cerebellum.activate(draft)
+
+        old = self.queue.submit(switch, always=True).result()
+        return _swap_answer(version, old, started, build_ms=draft.load_ms)
+
+    def publish_modulator(self, version: int | None, sleep_cycle: int | None) -> dict[str, Any]:
+        """Route with trained modulator `version` (None: the untrained one) from the next
+        request on. Loaded and checked off the model thread; switched between requests,
+        keeping the adapters it routes to."""
+        started = time.perf_counter()
+        store = self.modulator_store()
+        fresh = Modulator(self.settings.modulator)
+        stored = None if version is None else _modulator_version(store, version)
+        if stored is not None:
+            try:
+                fresh.load(modulator.weights(stored))
+                self._check_cycle(sleep_cycle)
+            except Exception as exc:
+                store.refuse(stored, f"not published: {exc}", {})
+                raise AdapterError(f"modulator v{version} was not published: {exc}") from exc
+
+        def switch() -> int | None:
+            fresh.set_adapters(self.awake.modulator.routable())
+            old = self.awake.modulator_version
+            if stored is None:
+                store.deactivate(MODULATOR, "rolled back to the untrained modulator")
+            else:
+                store.activate(stored)
+            self.awake.modulator, self.awake.modulator_version = fresh, version
+            self.awake.cache.clear()  # cached answers report the old routing
+            return old
+
+        old = self.queue.submit(switch, always=True).result()
+        return {
+            "version": version,
+            "replaced": old,
+            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    # ---- what the routes ask (one method per route that does more than one call) ---------
+
+    def chat(
+        self,
+        response_id: str,
+        messages: list[dict[str, str]],
+        params: GenerationParams,
+        adapters: list[str] | None,
+        emit: Callable[..., None],
+        cancel: threading.Event,
+        stream: bool,
+    ) -> asyncio.Future[Answer]:
+        """Queue one answer (QueueFull when every slot is taken); `emit(kind, text)` reports
+        "start" (the prompt is assembled), "text" (streamed pieces) and "done" from the
+        model thread."""
+
+        def work() -> Answer:
+            try:
+                self.sleeper.wait_paused()  # a paused worker's cores are free first
+                return self.awake.answer(
+                    messages,
+                    params,
+                    on_text=(lambda t: emit("text", t)) if stream else None,
+                    cancel=cancel,
+                    on_start=lambda: emit("start"),
+                    adapters=adapters,
+                )
+            finally:
+                emit("done")
+
+        self.in_flight[response_id] = cancel
+        self.sleeper.on_request()  # wakes a sleeping daemon: training pauses
+        try:
+            future = asyncio.wrap_future(self.queue.submit(work))
+        except QueueFull:
+            self.in_flight.pop(response_id, None)
+            self.sleeper.on_request_done()
+            raise
+        future.add_done_callback(lambda _: self.sleeper.on_request_done())
+        return future
+
+    async def status(self) -> dict[str, Any]:
+        # The latest cycle as the database records it: the daemon is awake once it ended.
+        self.sleeper.observe(await asyncio.to_thread(recent_cycles, self.database.pool, 1))
+        return await asyncio.to_thread(self._status)
+
+    def _status(self) -> dict[str, Any]:
+        s, awake = self.settings, self.awake
+        return {
+            "status": "ok",
+            "version": npllm.__version__,
+            "state": self.sleeper.state,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "base_model": awake.engine.model_id,
+            "engine": awake.engine.info(),
+            "training": {"trainable": self.untrainable is None, "reason": self.untrainable},
+            "embedder": awake.embedder.model_id,
+            "database": {
+                "url": self.database.url,
+                "embedded": self.database.embedded is not None,
+                "postgresql": self.versions.postgresql,
+                "pgvector": self.versions.pgvector,
+            },
+            "counts": awake.status_counts(),
+            "replay": replay.tier_counts(self.database.pool),
+            "adapters": {"served": self.served(), "stale": self.registry.stale()},
+            "cerebellum": (
+                {"role": "off"} if awake.cerebellum is None else awake.cerebellum.status()
+            ),
+            "queue": {
+                "size": s.server.queue_size,
+                "running": self.queue.running,
+                "waiting": self.queue.waiting,
+            },
+            "socket": str(s.socket_path),
+        }
+
+    def search_memories(self, query: str, k: int, min_score: float) -> list[Recalled]:
+        embedding = self.awake.embedder.embed_one(query)
+        return self.awake.memory.search(embedding, k=k, min_score=min_score)
+
+    def served(self) -> dict[str, int]:
+        """Adapter name → the version served."""
+        return {name: v.version for name, v in self.awake.adapters.alias.items()}
+
+    def modulator_status(self, versions: bool = False) -> dict[str, Any]:
+        awake = self.awake
+        status: dict[str, Any] = {
+            "parameters": awake.modulator.parameter_count,
+            "routable": [n for n in awake.modulator.names if n is not None],
+            "top_k": self.settings.modulator.top_k,
+            "version": awake.modulator_version,  # None: untrained (centroid similarity alone)
+            "train": self.settings.modulator.train,
+        }
+        if versions:
+            status["versions"] = modulator.listing(self.modulator_store())
+        return status
+
+    def modulator_store(self) -> Registry:
+        return modulator.store_for(self.settings, self.database.pool)
+
+    async def rollback_modulator(self) -> dict[str, Any]:
+        if self.awake.modulator_version is None:
+            raise ConflictError(
+                "no trained modulator is routing (it routes by adapter centroids); nothing "
+                "to roll back"
+            )
+        previous = await asyncio.to_thread(modulator.previous, self.modulator_store())
+        number = None if previous is None else previous.version
+        return await asyncio.to_thread(self.publish_modulator, number, None)
+
+    async def publish_adapter(
+        self,
+        name: str,
+        path: str,
+        description: str,
+        tags: list[str],
+        dataset: str | None,
+        centroid: list[float] | None,
+        metrics: dict[str, Any],
+        sleep_cycle: int | None,
+    ) -> dict[str, Any]:
+        """Add the adapter directory at `path` as `name`'s next version and switch to it.
+        Where to route it: `centroid`, else the centroid of `dataset`'s questions, else the
+        embedding of `description`."""
+        directory = _absolute(path)
+        if centroid is not None:
+            if len(centroid) != DATABASE_DIM:
+                raise RequestError(f"centroid must have {DATABASE_DIM} numbers", param="centroid")
+            where: Any = np.asarray(centroid, dtype=np.float32)
+        else:
+            where = await asyncio.to_thread(self.centroid, dataset, description)
+        version = await asyncio.to_thread(
+            self.registry.add_version,
+            name,
+            directory,
+            description=description,
+            tags=tags,
+            centroid=where,
+            dataset=dataset,
+            metrics=metrics,
+        )
+        # Built and checked beside the served set while requests run; only the flip waits.
+        await asyncio.to_thread(self.awake.adapters.stage, version)
+        swap = self.queue.submit(
+            lambda: self.swap(version, "replaced by a newer version", sleep_cycle), always=True
+        )
+        return await asyncio.wrap_future(swap)
+
+    def centroid(self, dataset: str | None, description: str) -> Any:
+        """Where the modulator should send questions: the dataset's questions, else the
+        description; None (only pinned use) when neither is given."""
+        embedder = self.awake.embedder
+        if dataset:
+            return datasets.dataset_centroid(self.database.pool, embedder, dataset)
+        if description.strip():
+            return embedder.embed_one(description)
+        return None
+
+    async def rollback_adapter(self, name: str) -> dict[str, Any]:
+        previous = await asyncio.to_thread(self.registry.previous, name)
+        await asyncio.to_thread(self.awake.adapters.stage, previous)
+        swap = self.queue.submit(lambda: self.swap(previous, "rolled back"), always=True)
+        return await asyncio.wrap_future(swap)
+
+    def prune(self) -> dict[str, Any]:
+        """Remove the files of inactive versions beyond training.keep_versions, adapters'
+        and the cerebellum's."""
+        pruned = self.registry.prune_all()
+        if self.cerebellum_registry is not None:
+            pruned.update(self.cerebellum_registry.prune_all())
+        return pruned
+
+    def require_cerebellum(self) -> tuple[Cerebellum, Registry]:
+        """The cerebellum and its versions; ConflictError when it is off."""
+        if self.cerebellum_registry is None or self.awake.cerebellum is None:
+            raise ConflictError(
+                'the cerebellum is off (cerebellum.role = "off"); set it to "draft" and '
+                "restart to train and serve it"
+            )
+        return self.awake.cerebellum, self.cerebellum_registry
+
+    async def add_cerebellum(
+        self, path: str, description: str, metrics: dict[str, Any], sleep_cycle: int | None
+    ) -> dict[str, Any]:
+        """Add the cerebellum directory at `path` as its next version and switch to it."""
+        _, registry = self.require_cerebellum()
+        add = registry.add_version
+        version = await asyncio.to_thread(
+            add, CEREBELLUM, _absolute(path), description=description, metrics=metrics
+        )
+        return await asyncio.to_thread(self.publish_cerebellum, version, sleep_cycle)
+
+    def cerebellum_status(self) -> dict[str, Any]:
+        cerebellum, registry = self.require_cerebellum()
+        return {**cerebellum.status(), "versions": registry.listing()}
+
+    async def sleep_status(self) -> dict[str, Any]:
+        """GET /v1/sleep: the state machine and the latest cycles."""
+        cycles = await asyncio.to_thread(recent_cycles, self.database.pool)
+        self.sleeper.observe(cycles)  # a finished cycle: awake again at once
+        machine, worker = self.sleeper.machine, self.sleeper.worker
+        opening = machine.window.next_opening(datetime.now())
+        return {
+            "state": machine.state,
+            "reason": machine.reason,
+            "next_window": opening.isoformat() if opening else None,
+            "worker_pid": worker.pid if worker else None,
+            "latest_cycle": cycles[0]["id"] if cycles else None,
+            "cycles": cycles,
+        }
+
+    async def sleep_now(self, now: bool, seed: int | None) -> dict[str, Any]:
+        """POST /v1/sleep: with `now`, start a cycle as soon as no request runs."""
+        status = await self.sleep_status()
+        if now:
+            await self.sleeper.force_when_free(status["cycles"], seed)
+        return {"state": self.sleeper.state, "latest_cycle": status["latest_cycle"]}
+
+    async def feedback(
+        self,
+        interaction_id: int,
+        event: str | None,
+        rating: float | None,
+        comment: str | None,
+        text: str | None,
+    ) -> Result:
+        """Check explicit feedback and wait until the group-commit writer stored it."""
+        pending = self.awake.feedback.explicit_pending(interaction_id, event, rating, comment, text)
+        return await self.feedback_writer.submit(pending)
+
+
+def _swap_answer(
+    version: Version, old: Version | None, started: float, **extra: Any
+) -> dict[str, Any]:
+    """What a publish or rollback answers: the version now served and the one it replaced."""
+    return {
+        "name": version.adapter,
+        "version": version.version,
+        "path": str(version.path),
+        "replaced": None if old is None else old.version,
+        "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+        **extra,
+    }
+
+
+def _modulator_version(store: Registry, version: int) -> Version:
+    try:
+        return store.version(MODULATOR, version)
+    except NotFoundError as exc:
+        raise NotFoundError(f"no modulator version {version}", param="version") from exc
+
+
+def _absolute(path: str) -> Path:
+    if not Path(path).is_absolute():
+        raise RequestError(f"path must be absolute, got {path!r}", param="path")
+    return Path(path)
