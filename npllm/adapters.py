@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from npllm.artifacts import EXTRAS
 from npllm.config import TrainingConfig
@@ -49,8 +49,8 @@ class AdapterShape:
     r: int
     alpha: int
     target_modules: tuple[str, ...]
-    files = ("adapter_config.json", "adapter_model.safetensors")
-    optional = EXTRAS
+    files: ClassVar[tuple[str, ...]] = ("adapter_config.json", "adapter_model.safetensors")
+    optional: ClassVar[tuple[str, ...]] = EXTRAS
 
     @classmethod
     def from_config(cls, config: TrainingConfig) -> AdapterShape:
@@ -58,6 +58,10 @@ class AdapterShape:
 
     def to_dict(self) -> dict[str, object]:
         return {"r": self.r, "alpha": self.alpha, "target_modules": list(self.target_modules)}
+
+    def check(self, path: Path) -> None:
+        """Refuse a directory that is not a LoRA adapter of this shape (see check_artifact)."""
+        check_artifact(path, self)
 
 
 def check_artifact(path: Path, shape: AdapterShape) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -214,8 +214,8 @@ class ModulatorShape:
 
     hidden: int
     slots: int
-    files = (FILE,)
-    optional = ()
+    files: ClassVar[tuple[str, ...]] = (FILE,)
+    optional: ClassVar[tuple[str, ...]] = ()
 
     def check(self, path: Path) -> None:
         if not (path / FILE).is_file():

@@ -33,8 +33,15 @@ class Shape(Protocol):
     """What one kind's versions must look like (npllm/adapters.py: AdapterShape;
     npllm/modulator.py: ModulatorShape)."""
 
-    files: tuple[str, ...]  # every version has these
-    optional: tuple[str, ...]  # and may have these
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every version has these files."""
+        ...
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """And may have these."""
+        ...
 
     def check(self, path: Path) -> None:
         """Raise AdapterError (saying what is wrong) unless `path` is a version of it."""

@@ -188,10 +188,11 @@ class OfflinePublisher:
 
     def publish(self, trained: Trained) -> int:
         if trained.kind == "modulator":  # stored already: only the switch is left
-            from npllm import modulator
+            from npllm.adapters import MODULATOR
 
             stored = _modulator_version(trained)
-            modulator.activate(self.pool, stored)
+            store = self.registries["modulator"]
+            store.activate(store.version(MODULATOR, stored))
             self.echo(f"  modulator v{stored} registered; the daemon routes with it when it starts")
             return stored
         version = register(
@@ -238,7 +239,12 @@ def run_cycle_here(
         # The daemon starts the worker: it stops with it (see worker_control).
         control = None if parent is None else worker_control(settings.data_path / "run", parent)
         cerebellum = None
-        registries: dict[str, Any] = {"adapter": registry}
+        from npllm import modulator
+
+        registries: dict[str, Any] = {
+            "adapter": registry,
+            "modulator": modulator.store_for(settings, db.pool),
+        }
         if settings.cerebellum.role == "draft":
             from npllm import cerebellum as cb
 

@@ -5,6 +5,7 @@ thread; its async ones on the event loop, which they never block."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +26,13 @@ from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.db import Database, ServerVersions
 from npllm.embeddings import DATABASE_DIM
-from npllm.errors import AdapterError, ConflictError, NotFoundError, QueueFull, RequestError
+from npllm.errors import ConflictError, NotFoundError, QueueFull, RequestError
 from npllm.feedback import Result
 from npllm.llm import GenerationParams
 from npllm.memory import Recalled
-from npllm.modulator import Modulator
 from npllm.versions import Registry, Version
 from services.feedback_writer import FeedbackWriter
+from services.hot_swap import AdapterSlot, CerebellumSlot, HotSwap, ModulatorSlot, Slot
 from services.queue import GenerationQueue
 from services.sleep import Sleeper
 
@@ -60,38 +61,6 @@ class Service:
         for event in self.in_flight.values():
             event.set()
 
-    def swap(self, version: Version, reason: str, sleep_cycle: int | None = None) -> dict[str, Any]:
-        """On the model thread, between requests: load `version` beside the old one, smoke
-        test it, make it active in the database and in memory, unload the old one.
-
-        A version published by a sleep cycle is switched to only if that cycle's worker
-        is still alive: a worker killed mid-publish changes nothing."""
-        started = time.perf_counter()
-        adapters = self.awake.adapters
-        adapters.load(version)
-        try:
-            smoke = adapters.smoke(version)
-            self._check_cycle(sleep_cycle)
-            # Checks the adapter cap, then flips the database (one transaction).
-            self.registry.activate(version, reason)
-        except Exception as exc:
-            adapters.unload(version)
-            self.registry.refuse(version, f"not published: {exc}", {})
-            raise AdapterError(f"adapter {version.key} was not published: {exc}") from exc
-        old = adapters.activate(version)
-        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
-        self.awake.cache.clear()
-        return _swap_answer(version, old, started, **smoke)
-
-    def _check_cycle(self, sleep_cycle: int | None) -> None:
-        """A version from a sleep cycle is switched to only while that cycle runs with its
-        worker alive: a worker killed mid-publish changes nothing."""
-        if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
-            raise AdapterError(
-                f"its sleep cycle {sleep_cycle} ended before the switch (worker stopped "
-                "or killed); the active version stays"
-            )
-
     def delete_adapter(self, name: str) -> dict[str, Any]:
         """On the model thread: delete adapter `name` (rows and files), then stop serving
         and routing to it. Refused while a sleep cycle runs (it may be training it)."""
@@ -108,61 +77,29 @@ class Service:
         self.awake.cache.clear()
         return {"name": name, "deleted": True, "versions": versions, "was_served": served}
 
-    def publish_cerebellum(self, version: Version, sleep_cycle: int | None) -> dict[str, Any]:
-        """Build the draft model of `version` (off the model thread: it is a private
-        copy), then switch to it between requests. Like an adapter's swap, a version
-        from a sleep cycle whose worker died is refused; the active one stays."""
-        started = time.perf_counter()
-        cerebellum, registry = self.awake.cerebellum, self.cerebellum_registry
-        assert cerebellum is not None and registry is not None
-        try:
-            draft = cerebellum.build(version)
-            self._check_cycle(sleep_cycle)
-        except Exception as exc:
-            registry.refuse(version, f"not published: {exc}", {})
-            raise AdapterError(f"cerebellum v{version.version} was not published: {exc}") from exc
-
-        def switch() -> Version | None:
-            registry.activate(version, "replaced by a newer version")
-            self.awake.cache.clear()  # cached answers report the old draft model
-            return cerebellum.activate(draft)
-
-        old = self.queue.submit(switch, always=True).result()
-        return _swap_answer(version, old, started, build_ms=draft.load_ms)
-
-    def publish_modulator(self, version: int | None, sleep_cycle: int | None) -> dict[str, Any]:
-        """Route with trained modulator `version` (None: the untrained one) from the next
-        request on. Loaded and checked off the model thread; switched between requests,
-        keeping the adapters it routes to."""
-        started = time.perf_counter()
-        store = self.modulator_store()
-        fresh = Modulator(self.settings.modulator)
-        stored = None if version is None else _modulator_version(store, version)
-        if stored is not None:
-            try:
-                fresh.load(modulator.weights(stored))
-                self._check_cycle(sleep_cycle)
-            except Exception as exc:
-                store.refuse(stored, f"not published: {exc}", {})
-                raise AdapterError(f"modulator v{version} was not published: {exc}") from exc
-
-        def switch() -> int | None:
-            fresh.set_adapters(self.awake.modulator.routable())
-            old = self.awake.modulator_version
-            if stored is None:
-                store.deactivate(MODULATOR, "rolled back to the untrained modulator")
-            else:
-                store.activate(stored)
-            self.awake.modulator, self.awake.modulator_version = fresh, version
-            self.awake.cache.clear()  # cached answers report the old routing
-            return old
-
-        old = self.queue.submit(switch, always=True).result()
-        return {
-            "version": version,
-            "replaced": old,
-            "swap_ms": round((time.perf_counter() - started) * 1000, 1),
+    @functools.cached_property
+    def hot_swap(self) -> HotSwap:
+        """The one publish path (services/hot_swap.py), with a slot per kind served."""
+        slots: dict[str, Slot] = {
+            "adapter": AdapterSlot(self.awake, self.registry),
+            "modulator": ModulatorSlot(self.awake, self.modulator_store()),
         }
+        if self.cerebellum_registry is not None and self.awake.cerebellum is not None:
+            slots["cerebellum"] = CerebellumSlot(self.awake, self.cerebellum_registry)
+        return HotSwap(
+            self.awake, self.queue, slots, lambda cycle: cycle_running(self.database.pool, cycle)
+        )
+
+    def publish_modulator(
+        self, version: int | None, sleep_cycle: int | None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Route with trained modulator `version` (None: the untrained one) from the next
+        request on, keeping the adapters it routes to."""
+        store = self.modulator_store()
+        stored = None if version is None else _modulator_version(store, version)
+        if reason is None:
+            reason = "replaced by a newer version"
+        return self.hot_swap.publish("modulator", stored, reason, sleep_cycle)
 
     # ---- what the routes ask (one method per route that does more than one call) ---------
 
@@ -273,7 +210,7 @@ class Service:
             )
         previous = await asyncio.to_thread(modulator.previous, self.modulator_store())
         number = None if previous is None else previous.version
-        return await asyncio.to_thread(self.publish_modulator, number, None)
+        return await asyncio.to_thread(self.publish_modulator, number, None, "rolled back")
 
     async def publish_adapter(
         self,
@@ -306,12 +243,9 @@ class Service:
             dataset=dataset,
             metrics=metrics,
         )
-        # Built and checked beside the served set while requests run; only the flip waits.
-        await asyncio.to_thread(self.awake.adapters.stage, version)
-        swap = self.queue.submit(
-            lambda: self.swap(version, "replaced by a newer version", sleep_cycle), always=True
-        )
-        return await asyncio.wrap_future(swap)
+        # Staged beside the served set while requests run; only the flip waits for them.
+        publish = self.hot_swap.publish
+        return await asyncio.to_thread(publish, "adapter", version, sleep_cycle=sleep_cycle)
 
     def centroid(self, dataset: str | None, description: str) -> Any:
         """Where the modulator should send questions: the dataset's questions, else the
@@ -325,9 +259,7 @@ class Service:
 
     async def rollback_adapter(self, name: str) -> dict[str, Any]:
         previous = await asyncio.to_thread(self.registry.previous, name)
-        await asyncio.to_thread(self.awake.adapters.stage, previous)
-        swap = self.queue.submit(lambda: self.swap(previous, "rolled back"), always=True)
-        return await asyncio.wrap_future(swap)
+        return await asyncio.to_thread(self.hot_swap.publish, "adapter", previous, "rolled back")
 
     def prune(self) -> dict[str, Any]:
         """Remove the files of inactive versions beyond training.keep_versions, adapters'
@@ -355,7 +287,8 @@ class Service:
         version = await asyncio.to_thread(
             add, CEREBELLUM, _absolute(path), description=description, metrics=metrics
         )
-        return await asyncio.to_thread(self.publish_cerebellum, version, sleep_cycle)
+        publish = self.hot_swap.publish
+        return await asyncio.to_thread(publish, "cerebellum", version, sleep_cycle=sleep_cycle)
 
     def cerebellum_status(self) -> dict[str, Any]:
         cerebellum, registry = self.require_cerebellum()
@@ -394,20 +327,6 @@ class Service:
         """Check explicit feedback and wait until the group-commit writer stored it."""
         pending = self.awake.feedback.explicit_pending(interaction_id, event, rating, comment, text)
         return await self.feedback_writer.submit(pending)
-
-
-def _swap_answer(
-    version: Version, old: Version | None, started: float, **extra: Any
-) -> dict[str, Any]:
-    """What a publish or rollback answers: the version now served and the one it replaced."""
-    return {
-        "name": version.adapter,
-        "version": version.version,
-        "path": str(version.path),
-        "replaced": None if old is None else old.version,
-        "swap_ms": round((time.perf_counter() - started) * 1000, 1),
-        **extra,
-    }
 
 
 def _modulator_version(store: Registry, version: int) -> Version:
