@@ -172,17 +172,11 @@ class DaemonPublisher:
 
 
 class OfflinePublisher:
-    """No daemon: makes the version the active one in the database (adapters and the
-    cerebellum in their registries, `registries` by kind; the modulator by its version);
-    the daemon serves it when it starts."""
+    """No daemon: makes the version the active one in the database, in the version store
+    of its kind (`registries`: "adapter", "cerebellum", "modulator"); the daemon serves it
+    when it starts."""
 
-    def __init__(
-        self,
-        pool: Any,
-        registries: Mapping[str, Any],
-        echo: Callable[[str], None] = _say,
-    ) -> None:
-        self.pool = pool
+    def __init__(self, registries: Mapping[str, Any], echo: Callable[[str], None] = _say) -> None:
         self.registries = registries
         self.echo = echo
 
@@ -219,6 +213,7 @@ def run_cycle_here(
     database."""
     from consolidation.bookkeeping import refuse_if_running, refuse_untrainable
     from consolidation.cycle import CycleContext, run_cycle
+    from npllm import modulator
     from npllm.db import Database
     from npllm.embeddings import load_embedder
     from npllm.llm import load_base_llm
@@ -239,8 +234,6 @@ def run_cycle_here(
         # The daemon starts the worker: it stops with it (see worker_control).
         control = None if parent is None else worker_control(settings.data_path / "run", parent)
         cerebellum = None
-        from npllm import modulator
-
         registries: dict[str, Any] = {
             "adapter": registry,
             "modulator": modulator.store_for(settings, db.pool),
@@ -254,7 +247,7 @@ def run_cycle_here(
         publisher = DaemonPublisher(
             Client(settings.socket_path),
             control=control,
-            offline=None if parent is not None else OfflinePublisher(db.pool, registries),
+            offline=None if parent is not None else OfflinePublisher(registries),
         )
         started = time.perf_counter()
         return run_cycle(
