@@ -33,6 +33,10 @@ Stopping: a stop (the daemon's, or the publisher's when the daemon is gone) rais
 a KeyboardInterrupt: `run_cycle` catches BaseException only to record the cycle —
 'interrupted' (staging kept, to resume) for a KeyboardInterrupt, 'failed' otherwise — and
 re-raises.
+
+One concept, over ~400 lines: the cycle's sequence (plan → train → gate → publish, per
+adapter, then the modulator); bookkeeping, the plan, the gate and the training runs live in
+their own modules.
 """
 
 from __future__ import annotations

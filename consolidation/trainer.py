@@ -27,6 +27,8 @@ says which.
 distributions at the prompt positions. The base is frozen, so its distributions are
 computed once per example before the first step and reused (up to ``ANCHOR_CACHE_BYTES``;
 past that, recomputed per batch with the adapter disabled).
+
+One concept, over ~400 lines: the one LoRA training loop and its budget and stopping rule.
 """
 
 from __future__ import annotations

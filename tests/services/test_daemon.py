@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from .conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
 
 
 def _postgres_running(data_dir: Path) -> bool:

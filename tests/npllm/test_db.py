@@ -11,7 +11,7 @@ from npllm.config import Settings
 from npllm.db import Database, mask_dsn
 from npllm.errors import StorageError
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 
 def test_embedded_server_has_pgvector(database: Database) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import NPLLM, REPO, LiveDaemon, cli_env
-from .conftest import ask_ok as _ask
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import ask_ok as _ask
 
 ENV = {
     # The hard cap under test: four topics over two nights, never more than two adapters.
@@ -493,7 +493,7 @@ def test_one_cycle_runs_at_a_time(sleeper: LiveDaemon) -> None:
 
     from npllm.db import Database
 
-    from .conftest import make_settings
+    from ..conftest import make_settings
 
     db = Database(make_settings(sleeper.data_dir))
     db.open(migrate=False)

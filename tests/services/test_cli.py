@@ -7,7 +7,7 @@ from pathlib import Path
 
 from npllm.db import Database
 
-from .conftest import NPLLM, REPO, cli_env
+from ..conftest import NPLLM, REPO, cli_env
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

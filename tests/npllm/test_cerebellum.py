@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from npllm.adapters import CEREBELLUM, AdapterShape, BaseIdentity, Registry, Version, check_name
+from npllm.adapters import CEREBELLUM, AdapterShape, check_name
 from npllm.cerebellum import Cerebellum, load_model
 from npllm.config import Settings
 from npllm.errors import AdapterError, ConflictError, ModelError, RequestError
 from npllm.llm import GenerationParams
+from npllm.versions import BaseIdentity, Registry, Version
 
-from .conftest import LiveDaemon, make_settings, save_tiny_llama
-from .test_adapters import _artifact
+from ..conftest import LiveDaemon, lora_artifact, make_settings, save_tiny_llama
 
 QUESTION = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
 
@@ -138,7 +138,7 @@ def test_cerebellum_and_adapters_keep_separate_versions_and_old_ones_are_pruned(
     base = BaseIdentity("tiny", "f" * 32)
     adapters = Registry(pool, tmp_path / "adapters", shape, base, keep=2)
     brain = Registry(pool, tmp_path / "adapters", shape, base, kind=CEREBELLUM, keep=2)
-    artifact = _artifact(tmp_path / "art")
+    artifact = lora_artifact(tmp_path / "art")
     adapters.activate(adapters.add_version("coding", artifact))
     versions = []
     for _ in range(5):

@@ -11,7 +11,7 @@ import pytest
 from npllm.config import DEFAULT_CONFIG_FILE, Settings, load_settings
 from npllm.errors import ConfigError
 
-from .conftest import NPLLM, REPO, cli_env
+from ..conftest import NPLLM, REPO, cli_env
 
 
 def test_default_file_holds_every_default_with_a_comment() -> None:

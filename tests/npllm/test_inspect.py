@@ -15,7 +15,7 @@ from npllm.feedback import Feedback
 from npllm.interactions import Interaction
 from npllm.tone import LexiconTone
 
-from .conftest import REPO
+from ..conftest import REPO
 
 RECIPES = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "inspect.md").read_text(), re.S)
 

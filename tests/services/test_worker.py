@@ -133,7 +133,7 @@ def test_with_no_daemon_the_clis_cycle_registers_the_version_in_the_database(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     registry = FakeRegistry()
-    offline = OfflinePublisher(pool=None, registries={"adapter": registry})
+    offline = OfflinePublisher({"adapter": registry})
     gone = FakeClient(DaemonNotRunning("npllm is not running"))
     assert DaemonPublisher(gone, offline=offline).publish(ADAPTER) == 5
     ((name, source, kwargs),) = registry.added

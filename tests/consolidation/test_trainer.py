@@ -24,7 +24,7 @@ from consolidation.trainer import (
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
 
-from .conftest import MODEL_CACHE, save_tiny_llama
+from ..conftest import cached_base, save_tiny_llama
 
 SYSTEM = "You are a test."
 
@@ -33,8 +33,7 @@ SYSTEM = "You are a test."
 def tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    cache = next(p for p in MODEL_CACHE.iterdir() if (p / "tokenizer_config.json").exists())
-    return AutoTokenizer.from_pretrained(cache)
+    return AutoTokenizer.from_pretrained(cached_base())
 
 
 def _chat(q: str, a: str) -> list[dict[str, str]]:

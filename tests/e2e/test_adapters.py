@@ -1,5 +1,5 @@
-"""Adapters and the modulator: shape checks and routing units, then real trained adapters
-on the real base model in a daemon of their own (routing, effect, hot swap, base swap)."""
+"""Real trained adapters on the real base model in a daemon of their own: routing,
+effect, the modulator trained on ratings, hot swap under load, export, base swap."""
 
 from __future__ import annotations
 
@@ -16,147 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from npllm.adapters import AdapterShape, check_artifact, check_name
-from npllm.config import ModulatorConfig
-from npllm.engines.transformers import PeftAdapters
-from npllm.errors import AdapterError, RequestError
 from npllm.modulator import Modulator
-from npllm.versions import Version
 
-from .conftest import MODEL_CACHE, NPLLM, REPO, LiveDaemon, cli_env, make_settings, save_tiny_llama
-from .conftest import ask_ok as _ask
-
-SHAPE = AdapterShape(16, 32, ("k_proj", "o_proj", "q_proj", "v_proj"))
-DATA = Path(__file__).parent / "data"
-
-
-# ---- units: names, shapes, the modulator, the serving map --------------------------------
-
-
-@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "Zorb", "-a", "a.b", "x" * 64, "ã"])
-def test_bad_adapter_names_are_refused(name: str) -> None:
-    with pytest.raises(RequestError, match="invalid adapter name"):
-        check_name(name)
-
-
-def _tiny_model() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config)
-
-
-def _artifact(path: Path, r: int = 16, alpha: int = 32, **extra: Any) -> Path:
-    """A (randomly initialised) LoRA adapter directory for a tiny model."""
-    from peft import LoraConfig, get_peft_model
-
-    dtype = extra.pop("dtype", None)
-    targets = extra.pop("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, **extra
-    )
-    model = get_peft_model(_tiny_model(), config)
-    if dtype is not None:
-        model.to(dtype)
-    model.save_pretrained(str(path))
-    return path
-
-
-def test_an_adapter_of_the_shared_shape_is_accepted(tmp_path: Path) -> None:
-    config = check_artifact(_artifact(tmp_path / "ok"), SHAPE)
-    assert config["r"] == 16
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"r": 8}, "rank r is 8, not 16 (training.lora_r)"),
-        ({"alpha": 16}, "lora_alpha is 16, not 32"),
-        ({"target_modules": ["q_proj", "v_proj"]}, "target_modules are ['q_proj', 'v_proj']"),
-        ({"use_dora": True}, "it uses DoRA"),
-        ({"dtype": torch.float16}, "is F16, not F32"),
-    ],
+from ..conftest import (
+    DATA,
+    MODEL_CACHE,
+    NPLLM,
+    REPO,
+    LiveDaemon,
+    cli_env,
+    lora_artifact,
+    make_settings,
+    save_tiny_llama,
 )
-def test_a_wrongly_shaped_adapter_is_refused(
-    tmp_path: Path, kwargs: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(AdapterError, match="does not fit this server") as caught:
-        check_artifact(_artifact(tmp_path / "bad", **kwargs), SHAPE)
-    assert message in str(caught.value)
-
-
-def test_a_directory_without_an_adapter_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="is not a peft adapter directory"):
-        check_artifact(tmp_path, SHAPE)
-
-
-def test_modulator_size_and_untrained_routing_by_centroid() -> None:
-    modulator = Modulator(ModulatorConfig())
-    print(f"\nmodulator parameters: {modulator.parameter_count:,}")
-    assert 1_000_000 <= modulator.parameter_count <= 5_000_000
-    rng = np.random.default_rng(0)
-    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 384)))
-    modulator.set_adapters({"alpha": a, "beta": b, "unroutable": None})
-    near_a = a + 0.3 * rng.normal(size=384) / np.sqrt(384)
-    decision = modulator.decide(near_a / np.linalg.norm(near_a))
-    assert decision.chosen == [("alpha", 1.0)]
-    assert set(decision.probabilities) == {"none", "alpha", "beta"}
-    assert sum(decision.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-    far = rng.normal(size=384)
-    assert modulator.decide(far / np.linalg.norm(far)).chosen == []
-
-
-def test_modulator_top_k_blends_with_weights_that_sum_to_one() -> None:
-    modulator = Modulator(ModulatorConfig(top_k=2, temperature=0.5, none_similarity=0.0))
-    rng = np.random.default_rng(1)
-    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 384)))
-    modulator.set_adapters({"alpha": a, "beta": b})
-    middle = (a + b) / np.linalg.norm(a + b)
-    chosen = modulator.decide(middle).chosen
-    assert [name for name, _ in chosen] in (["alpha", "beta"], ["beta", "alpha"])
-    assert sum(w for _, w in chosen) == pytest.approx(1.0, abs=1e-3)
-
-
-def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> None:
-    llm = SimpleNamespace(model=_tiny_model().eval())
-    server = PeftAdapters(llm, blend_cache=1)
-    one = Version("one", 1, _artifact(tmp_path / "one"), "candidate")
-    two = Version("two", 1, _artifact(tmp_path / "two"), "candidate")
-    assert server.adapter_names([]) is None  # nothing loaded: the plain model answers
-    for v in (one, two):
-        server.load(v)
-        server.activate(v)
-    ids = torch.tensor([[1, 2, 3, 4]])
-
-    def logits(names: list[str]) -> torch.Tensor:
-        with torch.inference_mode():
-            return server.peft(input_ids=ids, adapter_names=names).logits
-
-    assert server.adapter_names([]) == ["__base__"]
-    assert server.adapter_names([("one", 1.0)]) == ["one@v1"]
-    base, with_one = logits(["__base__"]), logits(["one@v1"])
-    assert not torch.allclose(base, with_one)
-    blend = server.adapter_names([("one", 0.5), ("two", 0.5)])
-    assert blend is not None and blend[0].startswith("blend-")
-    # "cat" is exact: a blend at weights (1, 0) is the first adapter alone.
-    exact = server.adapter_names([("one", 1.0), ("two", 0.0)])
-    assert exact is not None
-    assert torch.allclose(logits(exact), with_one, atol=1e-5)
-    assert len([k for k in server.loaded if k.startswith("blend-")]) == 1  # cache of 1
-    # A new version replaces the old one under the same name; the old one is unloaded.
-    one_v2 = Version("one", 2, _artifact(tmp_path / "one2"), "candidate")
-    server.load(one_v2)
-    assert server.activate(one_v2) == one
-    assert "one@v1" not in server.loaded and server.adapter_names([("one", 1.0)]) == ["one@v2"]
-
+from ..conftest import ask_ok as _ask
 
 # ---- the real thing: trained adapters in their own daemon ---------------------------------
 
@@ -265,7 +138,7 @@ def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
     from npllm import modulator
     from npllm.db import Database
 
-    from .conftest import make_settings
+    from ..conftest import make_settings
 
     def used(http: Any, question: str) -> list[str]:
         return [a["name"] for a in _ask(http, question, max_tokens=1)["npllm"]["adapters"]]
@@ -308,10 +181,9 @@ def test_a_modulator_trained_on_ratings_routes_away_from_a_disliked_adapter(
             assert sum(used(http, q) == ["zorblax"] for q in HELD_OUT["zorblax"]) >= 4
 
             # A broken version file is refused and the trained version keeps routing.
-            broken = modulator.store_version(
-                db.pool, settings.data_path / "modulator", current, {}, None, None
-            )
-            modulator.version_path(db.pool, broken).write_bytes(b"\0" * 64)
+            store = modulator.store_for(settings, db.pool)
+            broken = modulator.store_version(store, current, {}, None, None).version
+            modulator.weights(store.version(modulator.MODULATOR, broken)).write_bytes(b"\0" * 64)
             bad = http.post("/v1/modulator/versions", json={"version": broken})
             assert bad.status_code == 400
             assert f"modulator v{broken} was not published: cannot load" in bad.text
@@ -429,7 +301,7 @@ def test_hot_swap_and_rollback_under_load_fail_nothing(trained: Any) -> None:
 def test_bad_publishes_are_refused_with_clear_errors(trained: Any, tmp_path: Path) -> None:
     with trained.live.http() as http:
         wrong = http.post(
-            "/v1/adapters/zorblax/versions", json={"path": str(_artifact(tmp_path / "r8", r=8))}
+            "/v1/adapters/zorblax/versions", json={"path": str(lora_artifact(tmp_path / "r8", r=8))}
         )
         assert wrong.status_code == 400
         assert "rank r is 8, not 16 (training.lora_r)" in wrong.json()["error"]["message"]

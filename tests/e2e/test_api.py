@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
 
 
 def _openai(daemon: LiveDaemon) -> openai.OpenAI:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from npllm.tone import LexiconTone, NeutralTone, detect_language, load_tone_scorer
 
-LABELLED = json.loads((Path(__file__).parent / "data" / "tone_labelled.json").read_text())
+from ..conftest import DATA
+
+LABELLED = json.loads((DATA / "tone_labelled.json").read_text())
 
 
 @pytest.fixture(scope="module")

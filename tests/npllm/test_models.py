@@ -13,7 +13,7 @@ from npllm.errors import ModelError
 from npllm.llm import gguf_cache_dir, load_base_llm
 from npllm.weights import resolve
 
-from .conftest import MODEL_CACHE, make_settings
+from ..conftest import MODEL_CACHE, make_settings
 
 
 def test_base_model_answers_a_chat_prompt(base_llm: Any) -> None:

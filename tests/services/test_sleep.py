@@ -12,7 +12,7 @@ from npllm.config import SleepConfig
 from services.idle import IdleReading, SystemIdle
 from services.sleep import DROWSY_S, RESUME_AFTER_S, SleepStateMachine, SleepWindow
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 QUIET = IdleReading(cpu_percent=3.0, on_ac=True, samples=10)
 BUSY = IdleReading(cpu_percent=90.0, on_ac=True, samples=10)

@@ -12,7 +12,7 @@ from npllm.awake import AwakePath
 from npllm.errors import RequestError
 from npllm.llm import Generation, GenerationParams
 
-from .conftest import make_settings
+from ..conftest import make_settings
 
 
 class RecordingEngine:

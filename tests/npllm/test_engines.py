@@ -8,19 +8,24 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from consolidation.trainer import train_adapter
 from npllm.adapters import AdapterShape
 from npllm.config import Settings, TrainingConfig
 from npllm.engines import gguf_export
+from npllm.engines.transformers import PeftAdapters
 from npllm.errors import AdapterError, ModelError
 from npllm.llm import GenerationParams
 from npllm.versions import Version
 from npllm.weights import resolve
+
+from ..conftest import lora_artifact, tiny_model
 
 SYSTEM = "You are a concise assistant."
 CONFIG = TrainingConfig(
@@ -414,3 +419,39 @@ def test_a_base_transformers_cannot_dequantise_is_said_untrainable_and_cycles_re
             "SELECT status, error FROM npllm.sleep_cycles ORDER BY id DESC LIMIT 1"
         ).fetchone()
     assert status == "failed" and "'granite'" in error
+
+
+# ---- the transformers engine's adapters (peft), on a tiny model ----------------------------
+
+
+def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> None:
+    llm = SimpleNamespace(model=tiny_model().eval())
+    server = PeftAdapters(llm, blend_cache=1)
+    one = Version("one", 1, lora_artifact(tmp_path / "one"), "candidate")
+    two = Version("two", 1, lora_artifact(tmp_path / "two"), "candidate")
+    assert server.adapter_names([]) is None  # nothing loaded: the plain model answers
+    for v in (one, two):
+        server.load(v)
+        server.activate(v)
+    ids = torch.tensor([[1, 2, 3, 4]])
+
+    def logits(names: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return server.peft(input_ids=ids, adapter_names=names).logits
+
+    assert server.adapter_names([]) == ["__base__"]
+    assert server.adapter_names([("one", 1.0)]) == ["one@v1"]
+    base, with_one = logits(["__base__"]), logits(["one@v1"])
+    assert not torch.allclose(base, with_one)
+    blend = server.adapter_names([("one", 0.5), ("two", 0.5)])
+    assert blend is not None and blend[0].startswith("blend-")
+    # "cat" is exact: a blend at weights (1, 0) is the first adapter alone.
+    exact = server.adapter_names([("one", 1.0), ("two", 0.0)])
+    assert exact is not None
+    assert torch.allclose(logits(exact), with_one, atol=1e-5)
+    assert len([k for k in server.loaded if k.startswith("blend-")]) == 1  # cache of 1
+    # A new version replaces the old one under the same name; the old one is unloaded.
+    one_v2 = Version("one", 2, lora_artifact(tmp_path / "one2"), "candidate")
+    server.load(one_v2)
+    assert server.activate(one_v2) == one
+    assert "one@v1" not in server.loaded and server.adapter_names([("one", 1.0)]) == ["one@v2"]
