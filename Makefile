@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.npllm-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ run: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The API fuzzer for longer than the suite's minute: FUZZ_MINUTES=30 make fuzz
+FUZZ_MINUTES ?= 10
+fuzz: setup
+	$(BIN)/python bench/fuzz.py --minutes $(FUZZ_MINUTES)
 
 lint: setup
 	$(BIN)/ruff check npllm consolidation services tests bench

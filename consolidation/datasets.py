@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from npllm import adapters
 from npllm.errors import NotFoundError, RequestError, StorageError
 from npllm.replay import TIERS
+from npllm.text import text_problem
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20
@@ -84,6 +85,9 @@ def example_problem(obj: Any) -> str | None:
             return f"messages[{i}].role is {m['role']!r}; roles are {', '.join(ROLES)}"
         if not isinstance(m["content"], str):
             return f"messages[{i}].content must be a string"
+        problem = text_problem(m["content"])
+        if problem:
+            return f"messages[{i}].content {problem}"
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         return "no non-empty user message"
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
@@ -105,7 +109,9 @@ def parse_jsonl(data: bytes) -> Parsed:
         raise RequestError(f"the file is not UTF-8 (byte {exc.start})", param="body") from exc
     examples: list[tuple[int, list[dict[str, str]]]] = []
     problems: list[str] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() also breaks at U+2028, U+0085 and other
+    # characters that JSON strings may hold raw.
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -30,6 +30,7 @@ from npllm.llm import Generation, GenerationParams
 from npllm.memory import MemoryStore, Recalled
 from npllm.modulator import NONE, Decision, Modulator
 from npllm.replay import TopicTagger
+from npllm.text import check_storable, storable
 from npllm.tone import load_tone_scorer
 from npllm.versions import Registry, Version
 from npllm.working_memory import assemble
@@ -179,6 +180,11 @@ class AwakePath:
         assembled), so a streaming caller can still turn earlier errors into 4xx.
         `adapters`: None lets the modulator choose, [] uses none, names pin those."""
         started = time.perf_counter()
+        for i, m in enumerate(messages):
+            check_storable(m["content"], f"messages.{i}.content")
+        if on_text is not None:
+            shown = on_text
+            on_text = lambda text: shown(storable(text))  # noqa: E731
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
         if question is None:
             raise RequestError("messages must contain a user message", param="messages")
@@ -235,6 +241,7 @@ class AwakePath:
                 adapters=decision.chosen,
                 draft=draft,
             )
+            gen.text = storable(gen.text)
             if gen.draft is not None and draft is not None:
                 gen.draft = {"version": draft.version.version, **gen.draft}
             timings["generate_ms"] = _ms(gen.seconds)
@@ -301,6 +308,8 @@ class AwakePath:
 
     def remember(self, text: str, source: str, kind: str) -> dict[str, Any]:
         """Store a memory (chunked if long); cached answers may now be stale."""
+        check_storable(text, "text")
+        check_storable(source, "source")
         document_id, chunks = self.memory.add(text, source=source, kind=kind)  # type: ignore[arg-type]
         self.cache.clear()
         return {

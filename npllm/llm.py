@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from npllm.config import Settings
-from npllm.errors import ModelError
+from npllm.errors import ModelError, RequestError
 from npllm.weights import ModelSource, resolve
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,25 @@ class GenerationParams:
     presence_penalty: float = 0.0
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+
+    def __post_init__(self) -> None:
+        # What an engine can compute, on both engines alike: logits are divided by the
+        # temperature in float32, so a tiny one (a denormal like 5e-324 is 0 in float32)
+        # overflows to inf/NaN. Below TEMPERATURE_FLOOR sampling is greedy, as at 0 — the
+        # distribution is already a spike on the most likely token there. top_p below
+        # TOP_P_FLOOR is raised to it: the nucleus is then the single most likely token,
+        # which is what any smaller positive top_p keeps anyway.
+        for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise RequestError(f"{name} must be a finite number", param=name)
+        if self.temperature < TEMPERATURE_FLOOR:
+            object.__setattr__(self, "temperature", 0.0)
+        if 0 < self.top_p < TOP_P_FLOOR:
+            object.__setattr__(self, "top_p", TOP_P_FLOOR)
+
+
+TEMPERATURE_FLOOR = 1e-4
+TOP_P_FLOOR = 1e-6
 
 
 @dataclass

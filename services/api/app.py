@@ -21,6 +21,7 @@ from services.api.routers import (
     status,
 )
 from services.api.service import Service
+from services.api.spec import errors, install_openapi
 
 # The order routes are matched in (and listed in /openapi.json); each router keeps its own
 # routes in matching order (/v1/adapters/prune is declared after /v1/adapters/{name}, which
@@ -47,7 +48,9 @@ def create_app(service: Service) -> FastAPI:
         version=npllm.__version__,
         description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
         "with retrieval over pgvector, plus memories and status.",
+        responses=errors(400, 503),
     )
+    install_openapi(app, service.settings)
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(

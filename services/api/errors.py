@@ -61,7 +61,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return error_response(exc.status_code, str(exc.detail), type_=type_)
+        # Starlette's 405 carries the Allow header (RFC 9110 requires it); keep it.
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, str(exc.detail), type_=type_, headers=headers)
 
     @app.exception_handler(RequestError)
     async def _request(_: Request, exc: RequestError) -> JSONResponse:

@@ -4,20 +4,58 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from npllm.text import NUL, NUL_MESSAGE, shown, unstorable
 from services.api.errors import error_response
 
 log = logging.getLogger("npllm.api")
 
 
+# What may decode to something the database cannot store: \u0000, a surrogate escape
+# (lone ones are refused; pairs decode to one character and pass), NaN and ±Infinity.
+SUSPICIOUS = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|NaN|Infinity")
+
+
+def unstorable_request(scope: Scope, body: bytes) -> JSONResponse | None:
+    """A 400 naming the first field the database could not store (npllm/text.py): a NUL
+    in a string of the path, the query or the JSON body, or a NaN/Infinity in the body.
+    Dataset bodies (JSON Lines) are checked per line by their import instead."""
+    problem = None
+    if NUL in scope["path"]:
+        problem = ("path", NUL_MESSAGE)
+    query = scope.get("query_string", b"")
+    if problem is None and b"%00" in query:
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if NUL in key or NUL in value:
+                problem = (shown(key), NUL_MESSAGE)
+                break
+    if (
+        problem is None
+        and body
+        and not scope["path"].startswith("/v1/datasets/")
+        and SUSPICIOUS.search(body)
+    ):
+        try:
+            problem = unstorable(json.loads(body))
+        except ValueError:
+            problem = None  # not JSON: the route's own validation says so
+    if problem is None:
+        return None
+    where, what = problem
+    return error_response(400, f"{where} {what}", param=where, code="unstorable_value")
+
+
 class BodyGuard:
-    """ASGI middleware: refuse bodies over the size limit (413) and JSON that is not UTF-8
-    (400) before they reach a route, and log one JSON line per request with its timings."""
+    """ASGI middleware: refuse bodies over the size limit (413), JSON that is not UTF-8
+    (400) and values the database cannot store (400, npllm/text.py) before they reach a
+    route, and log one JSON line per request with its timings."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
         self.app = app
@@ -47,6 +85,8 @@ class BodyGuard:
             # (plain `curl -d` sends application/x-www-form-urlencoded).
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        if refusal is None:
+            refusal = unstorable_request(scope, body)
         if refusal is not None:
             await refusal(scope, receive, send_logged)
             return

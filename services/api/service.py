@@ -231,6 +231,8 @@ class Service:
             if len(centroid) != DATABASE_DIM:
                 raise RequestError(f"centroid must have {DATABASE_DIM} numbers", param="centroid")
             where: Any = np.asarray(centroid, dtype=np.float32)
+            if not np.isfinite(where).all():  # e.g. 1e300: finite in JSON, inf in float32
+                raise RequestError("centroid must hold float32 numbers", param="centroid")
         else:
             where = await asyncio.to_thread(self.centroid, dataset, description)
         version = await asyncio.to_thread(

@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from npllm.adapters import check_name
 from npllm.embeddings import DATABASE_DIM
 from services.api.deps import ServiceDep
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(404, 409, 413))
 
 
 class PublishIn(BaseModel):

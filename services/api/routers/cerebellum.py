@@ -8,8 +8,9 @@ from fastapi import APIRouter
 
 from services.api.deps import ServiceDep
 from services.api.routers.adapters import PublishIn
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(404, 409, 413))
 
 
 @router.post("/v1/cerebellum/versions", status_code=201)

@@ -13,11 +13,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from services.api import openai
 from services.api.deps import ServiceDep
 from services.api.routers.chat_models import ChatCompletionRequest
+from services.api.spec import errors
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+STREAMED = {
+    200: {
+        "description": "The completion, or with stream=true its chunks as server-sent events.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.post("/v1/chat/completions", response_model=None, responses={**STREAMED, **errors(413)})
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, service: ServiceDep
 ) -> JSONResponse | StreamingResponse:

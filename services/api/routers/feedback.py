@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(404, 409, 413))
 
 
 class FeedbackIn(BaseModel):

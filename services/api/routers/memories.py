@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from npllm.errors import RequestError
 from services.api.deps import ServiceDep
 from services.api.errors import error_response
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(404, 413))
 
 
 class MemoryIn(BaseModel):

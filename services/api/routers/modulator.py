@@ -9,8 +9,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(404, 409, 413))
 
 
 class ModulatorIn(BaseModel):

@@ -12,6 +12,7 @@ from npllm import replay
 from npllm.replay import TIERS
 from services.api.deps import ServiceDep
 from services.api.routers.datasets import jsonl
+from services.api.spec import jsonl as jsonl_response
 
 router = APIRouter()
 
@@ -21,7 +22,11 @@ def replay_overview(service: ServiceDep) -> dict[str, Any]:
     return {"object": "list", "data": replay.overview(service.database.pool)}
 
 
-@router.get("/v1/replay/examples")
+@router.get(
+    "/v1/replay/examples",
+    response_class=Response,
+    responses=jsonl_response("The examples, one JSON object per line."),
+)
 def replay_export(
     service: ServiceDep,
     tier: Annotated[list[str] | None, Query(description=f"One of {TIERS}; repeatable.")] = None,

@@ -8,8 +8,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.spec import errors
 
-router = APIRouter()
+router = APIRouter(responses=errors(409, 413))
 
 
 class SleepIn(BaseModel):

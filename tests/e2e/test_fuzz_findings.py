@@ -1,0 +1,129 @@
+"""Regression tests: each input the API fuzzer (tests/e2e/test_fuzz.py, `make fuzz`) found
+answering 500, sent exactly as it found it, now answered with a clear 4xx (or a documented
+rule) — and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ..conftest import LiveDaemon
+from ..conftest import ask_ok as _ask
+
+HI = [{"role": "user", "content": "Say yes."}]
+
+
+def _error(response: Any, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def _memories(http: Any) -> int:
+    return int(http.get("/v1/status").json()["counts"]["memories"])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"text": "\u0000"}, "text"),  # found: 500 "cannot contain NUL (0x00) bytes"
+        ({"text": "ok", "source": "a\u0000b"}, "source"),
+    ],
+)
+def test_a_nul_in_a_memory_is_refused_naming_the_field(
+    daemon: LiveDaemon, body: dict[str, Any], param: str
+) -> None:
+    with daemon.http() as http:
+        before = _memories(http)
+        error = _error(http.post("/v1/memories", json=body))
+        assert error["param"] == param
+        assert f"{param} contains the NUL character (U+0000)" in error["message"]
+        assert "PostgreSQL cannot store" in error["message"]
+        assert _memories(http) == before  # nothing written
+
+
+def test_a_nul_in_a_query_parameter_is_refused(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        # found: GET /v1/replay/examples?tag=%00 → 500
+        error = _error(http.get("/v1/replay/examples", params={"tag": "\u0000"}))
+        assert error["param"] == "tag" and "NUL character" in error["message"]
+        error = _error(http.get("/v1/memories", params={"query": "a\u0000"}))
+        assert error["param"] == "query"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_nul_in_a_message_is_refused_before_generating(daemon: LiveDaemon, stream: bool) -> None:
+    messages = [{"role": "user", "content": "What is\u0000 git?"}]
+    with daemon.http() as http:
+        before = http.get("/v1/status").json()["counts"]["interactions"]
+        body = {"messages": messages, "max_tokens": 2, "stream": stream}
+        error = _error(http.post("/v1/chat/completions", json=body))
+        assert error["param"] == "messages.0.content"
+        assert http.get("/v1/status").json()["counts"]["interactions"] == before
+
+
+def test_a_nul_in_feedback_and_in_publish_metrics_is_refused(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        interaction = _ask(http, "Say yes.", max_tokens=2).json()["npllm"]["interaction_id"]
+        body = {"interaction_id": interaction, "comment": "bad\u0000"}
+        assert _error(http.post("/v1/feedback", json=body))["param"] == "comment"
+        body = {"path": "/nowhere", "metrics": {"k\u0000": 1}}
+        error = _error(http.post("/v1/adapters/fuzzed/versions", json=body))
+        assert error["param"] == "metrics.k\u0000" and "has a key that" in error["message"]
+
+
+def test_a_nul_in_a_dataset_line_names_the_line_and_imports_nothing(daemon: LiveDaemon) -> None:
+    line = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\0"}]}
+    with daemon.http() as http:
+        response = http.post("/v1/datasets/nul-test", content=json.dumps(line).encode())
+        error = _error(response)
+        assert "line 1: messages[1].content contains the NUL character" in error["message"]
+        assert http.get("/v1/datasets/nul-test/examples").status_code == 404
+
+
+def test_a_dataset_line_may_hold_a_line_separator_character(daemon: LiveDaemon) -> None:
+    """U+2028 is valid raw inside a JSON string; the import once split lines at it."""
+    line = {
+        "messages": [{"role": "user", "content": "a\u2028b"}, {"role": "assistant", "content": "c"}]
+    }
+    data = json.dumps(line, ensure_ascii=False).encode()
+    with daemon.http() as http:
+        assert http.post("/v1/datasets/sep-test", content=data).status_code == 201
+        assert http.get("/v1/datasets/sep-test/examples").text.count("\n") == 1
+        assert http.delete("/v1/datasets/sep-test").status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_denormal_temperature_and_top_p_sample_greedily(daemon: LiveDaemon, stream: bool) -> None:
+    """found: temperature = top_p = 5e-324 → 500 "probability tensor contains either inf,
+    nan or element < 0". Below the floors the rule is greedy (npllm/llm.py)."""
+    with daemon.http() as http:
+        greedy = _ask(http, "Name a colour.", max_tokens=8, temperature=0).json()
+        body = {
+            "messages": [{"role": "user", "content": "Name a colour."}],
+            "max_tokens": 8,
+            "temperature": 5e-324,
+            "top_p": 5e-324,
+            "stream": stream,
+        }
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        if not stream:
+            assert response.json()["choices"][0]["message"] == greedy["choices"][0]["message"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["temperature", "top_p", "frequency_penalty"])
+def test_non_finite_numbers_are_refused_naming_the_parameter(
+    daemon: LiveDaemon, literal: str, field: str
+) -> None:
+    """Python's json module reads NaN and Infinity, which JSON does not have."""
+    body = f'{{"messages": [{{"role": "user", "content": "hi"}}], "{field}": {literal}}}'
+    with daemon.http() as http:
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        error = _error(response)
+        assert error["param"] == field and "finite" in error["message"]
