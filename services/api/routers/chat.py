@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from services.api import openai
 from services.api.deps import ServiceDep
 from services.api.routers.chat_models import ChatCompletionRequest
+from services.api.schemas import ChatCompletion
 from services.api.spec import errors
 
 router = APIRouter()
@@ -20,6 +21,7 @@ router = APIRouter()
 
 STREAMED = {
     200: {
+        "model": ChatCompletion,
         "description": "The completion, or with stream=true its chunks as server-sent events.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from consolidation import datasets
 from services.api.deps import ServiceDep
+from services.api.schemas import DatasetDeleted, DatasetImported, documented
 from services.api.spec import errors
 from services.api.spec import jsonl as jsonl_response
 
@@ -68,7 +69,7 @@ def list_datasets(service: ServiceDep) -> dict[str, Any]:
 @router.post(
     "/v1/datasets/{name:path}",
     status_code=201,
-    responses=errors(413),
+    responses={**errors(413), **documented(DatasetImported, 201, "Imported.")},
     openapi_extra=IMPORT_BODY,
 )
 async def import_dataset(name: str, request: Request, service: ServiceDep) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def dataset_export(name: str, service: ServiceDep) -> Response:
     return jsonl(datasets.dataset_examples(service.database.pool, name))
 
 
-@router.delete("/v1/datasets/{name:path}")
+@router.delete("/v1/datasets/{name:path}", responses=documented(DatasetDeleted))
 def delete_dataset(name: str, service: ServiceDep) -> dict[str, Any]:
     if name.endswith("/examples"):
         raise HTTPException(405, NOT_HERE, headers={"Allow": "GET"})

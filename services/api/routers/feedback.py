@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.schemas import FeedbackApplied, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(404, 409, 413))
@@ -28,7 +29,12 @@ class FeedbackIn(BaseModel):
     )
 
 
-@router.post("/v1/feedback", status_code=201, response_model=None)
+@router.post(
+    "/v1/feedback",
+    status_code=201,
+    response_model=None,
+    responses=documented(FeedbackApplied, 201, "Applied."),
+)
 async def feedback(body: FeedbackIn, service: ServiceDep) -> JSONResponse:
     result = await service.feedback(
         body.interaction_id, body.event, body.rating, body.comment, body.text

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from npllm.errors import RequestError
 from services.api.deps import ServiceDep
 from services.api.errors import error_response
+from services.api.schemas import MemoryDeleted, MemoryList, MemoryStored, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(404, 413))
@@ -23,14 +24,14 @@ class MemoryIn(BaseModel):
     kind: Literal["note", "fact", "document"] = "note"
 
 
-@router.post("/v1/memories", status_code=201)
+@router.post("/v1/memories", status_code=201, responses=documented(MemoryStored, 201, "Stored."))
 def add_memory(body: MemoryIn, service: ServiceDep) -> dict[str, Any]:
     if not body.text.strip():
         raise RequestError("text is only whitespace", param="text")
     return service.awake.remember(body.text, body.source, body.kind)
 
 
-@router.get("/v1/memories")
+@router.get("/v1/memories", responses=documented(MemoryList))
 def search_memories(
     query: Annotated[str, Query(min_length=1, description="What to look for.")],
     service: ServiceDep,
@@ -55,7 +56,7 @@ def search_memories(
     }
 
 
-@router.delete("/v1/memories/{memory_id}")
+@router.delete("/v1/memories/{memory_id}", responses=documented(MemoryDeleted))
 def delete_memory(memory_id: int, service: ServiceDep) -> JSONResponse:
     if not service.awake.forget(memory_id):
         return error_response(

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from services.api.deps import ServiceDep
+from services.api.schemas import ModelList, documented
 
 router = APIRouter()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=documented(ModelList))
 async def models(service: ServiceDep) -> dict[str, Any]:
     return {
         "object": "list",
