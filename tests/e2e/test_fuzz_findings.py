@@ -130,3 +130,58 @@ def test_non_finite_numbers_are_refused_naming_the_parameter(
         )
         error = _error(response)
         assert error["param"] == field and "finite" in error["message"]
+
+
+def test_a_lone_surrogate_in_a_message_is_refused(daemon: LiveDaemon) -> None:
+    """found: content "hi \\udfff" → 500 "TextEncodeInput must be Union[...]" (the
+    tokenizer cannot encode it; nor could PostgreSQL store it)."""
+    body = b'{"messages": [{"role": "user", "content": "hi \\udfff"}], "max_tokens": 2}'
+    with daemon.http() as http:
+        response = http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        error = _error(response)
+        assert error["param"] == "messages.0.content" and "lone surrogate" in error["message"]
+        # A surrogate pair is one character (an emoji) and is answered.
+        pair = b'{"messages": [{"role": "user", "content": "Say yes \\ud83d\\ude00"}], '
+        pair += b'"max_tokens": 2}'
+        assert http.post("/v1/chat/completions", content=pair).status_code == 200
+
+
+def test_a_405_says_which_methods_the_path_takes(daemon: LiveDaemon) -> None:
+    """found: TRACE /v1/status → 405 without the Allow header RFC 9110 requires; and
+    POST /v1/datasets/{name}/examples → 400 (the name rule) instead of 405."""
+    with daemon.http() as http:
+        response = http.request("TRACE", "/v1/status")
+        assert response.status_code == 405 and "GET" in response.headers["allow"]
+        response = http.post("/v1/datasets/x/examples", content=b"{}")
+        assert response.status_code == 405 and response.headers["allow"] == "GET"
+        assert http.delete("/v1/datasets/x/examples").status_code == 405
+
+
+def test_a_centroid_beyond_float32_is_refused(daemon: LiveDaemon, tmp_path: Any) -> None:
+    """1e300 is a finite JSON number but inf as a float32, which pgvector refuses."""
+    body = {"path": str(tmp_path), "centroid": [1e300] * 384}
+    with daemon.http() as http:
+        error = _error(http.post("/v1/adapters/fuzzed/versions", json=body))
+        assert error["param"] == "centroid" and "float32" in error["message"]
+
+
+def test_the_spec_states_errors_constraints_and_links(daemon: LiveDaemon) -> None:
+    with daemon.http() as http:
+        spec = http.get("/openapi.json").json()
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    assert {"400", "405", "413", "503"} <= set(chat["responses"]) and "422" not in chat["responses"]
+    link = chat["responses"]["200"]["links"]["feedback"]
+    assert link["requestBody"]["interaction_id"] == "$response.body#/npllm/interaction_id"
+    request = spec["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert {"type": "integer", "minimum": 1, "maximum": 1024} in [
+        {k: b.get(k) for k in ("type", "minimum", "maximum")}
+        for b in request["max_tokens"]["anyOf"]
+    ]
+    event = spec["components"]["schemas"]["FeedbackIn"]["properties"]["event"]["anyOf"][0]
+    assert "edited" in event["enum"]
+    name = spec["paths"]["/v1/datasets/{name}"]["delete"]["parameters"][0]["schema"]
+    assert name["pattern"] == "^[a-z0-9][a-z0-9_-]{0,62}$"
+    text = spec["components"]["schemas"]["MemoryIn"]["properties"]["source"]
+    assert text["pattern"] == "^[^\\x00]*$"
