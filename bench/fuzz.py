@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     env = {**DAEMON_ENV, "NPLLM_SERVER__TCP_PORT": str(port)}
-    with live_daemon(args.model_cache, **env) as live, tempfile.TemporaryDirectory() as tmp:
+    with live_daemon(args.model_cache, 240.0, **env) as live, tempfile.TemporaryDirectory() as tmp:
         summary = run_schemathesis(
             f"http://127.0.0.1:{port}", int(args.minutes * 60), args.seed, Path(tmp)
         )

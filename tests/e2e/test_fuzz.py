@@ -7,6 +7,7 @@ and the daemon still answers afterwards. `make fuzz` runs the same for longer
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ SEED = 20261202
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[LiveDaemon, int]:
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveDaemon, int]]:
     port = free_port()
     live = LiveDaemon(
         tmp_path_factory.mktemp("fuzz") / "data", NPLLM_SERVER__TCP_PORT=str(port), **DAEMON_ENV

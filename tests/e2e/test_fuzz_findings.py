@@ -5,11 +5,12 @@ rule) — and nothing half-written."""
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import pytest
 
-from ..conftest import LiveDaemon
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
 from ..conftest import ask_ok as _ask
 
 HI = [{"role": "user", "content": "Say yes."}]
@@ -185,3 +186,22 @@ def test_the_spec_states_errors_constraints_and_links(daemon: LiveDaemon) -> Non
     assert name["pattern"] == "^[a-z0-9][a-z0-9_-]{0,62}$"
     text = spec["components"]["schemas"]["MemoryIn"]["properties"]["source"]
     assert text["pattern"] == "^[^\\x00]*$"
+
+
+def test_the_cli_gets_the_same_clear_message(daemon: LiveDaemon, tmp_path: Any) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("pelican\u0000staging", encoding="utf-8")
+    line = {
+        "messages": [{"role": "user", "content": "q\u0000"}, {"role": "assistant", "content": "a"}]
+    }
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    for args, message in [
+        (["remember", "--file", str(note)], "text contains the NUL character (U+0000)"),
+        (["dataset", "import", "nul-cli", str(data)], "line 1: messages[0].content contains"),
+    ]:
+        done = subprocess.run(
+            [*NPLLM, *args], env=cli_env(daemon.data_dir), cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "npllm: the daemon refused (400)" in done.stderr and message in done.stderr

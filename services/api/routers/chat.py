@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,7 +20,7 @@ from services.api.spec import errors
 router = APIRouter()
 
 
-STREAMED = {
+STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "model": ChatCompletion,
         "description": "The completion, or with stream=true its chunks as server-sent events.",
