@@ -105,6 +105,7 @@ def run_schemathesis(base_url: str, seconds: int, seed: int, workdir: Path) -> d
         "operations_tested": data.get("operations", {}).get("tested", 0),
         "warnings": {k: v for k, v in data.get("warnings", {}).items() if v},
         "output_tail": "\n".join(done.stdout.splitlines()[-60:]),
+        "output": done.stdout,
     }
 
 
@@ -135,8 +136,9 @@ def main() -> None:
     print(f"{'daemon answers afterwards':<28}{summary['daemon_answers_after']}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "fuzz.json"
+    (args.out / "fuzz-output.txt").write_text(summary.pop("output"))  # every failure, in full
     path.write_text(json.dumps(summary, indent=2))
-    print(f"written {path}")
+    print(f"written {path} and fuzz-output.txt")
     ok = summary["exit_code"] == 0 and summary["daemon_answers_after"]
     if not ok:
         print(summary["output_tail"])

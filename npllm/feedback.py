@@ -289,6 +289,10 @@ class Feedback:
         (the daemon batches it through services/feedback_writer.py; :meth:`apply_one` applies
         it alone)."""
         check_explicit(event, rating, comment, text)
+        if rating is not None:
+            # Kept to 4 decimals, like every value derived from it: a rating is stored as a
+            # PostgreSQL real, which refuses a denormal such as 1e-320 ("underflow").
+            rating = round(rating, 4) + 0.0  # + 0.0: -0.0 is stored as 0
         tone = self.tone.score(comment) if comment else None
 
         def build(answer: str) -> list[Signal]:

@@ -205,3 +205,14 @@ def test_the_cli_gets_the_same_clear_message(daemon: LiveDaemon, tmp_path: Any) 
         )
         assert done.returncode == 1, done.stdout + done.stderr
         assert "npllm: the daemon refused (400)" in done.stderr and message in done.stderr
+
+
+def test_a_denormal_rating_is_kept_to_four_decimals(daemon: LiveDaemon) -> None:
+    """found (make fuzz, stateful phase): rating 1e-320 → 500 "value out of range:
+    underflow" (a rating is stored as a PostgreSQL real)."""
+    with daemon.http() as http:
+        interaction = _ask(http, "Say yes.", max_tokens=2)["npllm"]["interaction_id"]
+        body = {"interaction_id": interaction, "rating": 1e-320}
+        response = http.post("/v1/feedback", json=body)
+        assert response.status_code == 201, response.text
+        assert response.json()["emotional"] == 0.0

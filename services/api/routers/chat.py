@@ -20,11 +20,22 @@ from services.api.spec import errors
 router = APIRouter()
 
 
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chat.completion.chunk as JSON; the last event is [DONE].",
+        }
+    },
+}
 STREAMED: dict[int | str, dict[str, Any]] = {
     200: {
         "model": ChatCompletion,
         "description": "The completion, or with stream=true its chunks as server-sent events.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # Before OpenAPI 3.2 (itemSchema) the schema of an event stream describes one event.
+        "content": {"text/event-stream": {"schema": SSE_EVENT}},
     }
 }
 
