@@ -114,6 +114,55 @@ class DatasetDeleted(Open):
     deleted: Literal[True]
 
 
+class Status(Open):
+    status: str
+    state: str = Field(description="awake, drowsy, asleep or waking (the sleep state).")
+    base_model: str
+    counts: dict[str, int]
+    queue: dict[str, int]
+    engine: dict[str, Any] | None = None
+    database: dict[str, Any] | None = None
+    replay: dict[str, int] | None = None
+    adapters: dict[str, Any] | None = None
+
+
+class SleepState(Open):
+    state: str
+    reason: str | None
+    next_window: str | None
+    worker_pid: int | None
+    latest_cycle: dict[str, Any] | None
+    cycles: list[dict[str, Any]]
+
+
+class ModulatorState(Open):
+    parameters: int
+    routable: list[str]
+    top_k: int
+    version: int | None = Field(description="None: untrained (routes by adapter centroids).")
+    train: bool
+
+
+class ModulatorVersions(ModulatorState):
+    versions: list[dict[str, Any]]
+
+
+class AdapterList(Open):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    served: dict[str, int] = Field(description="Adapter name → the version served.")
+    modulator: ModulatorState
+
+
+class Pruned(Open):
+    pruned: dict[str, Any]
+
+
+class ObjectList(Open):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+
+
 def documented(
     model: type[BaseModel], status: int = 200, why: str = "Success"
 ) -> dict[int | str, dict[str, Any]]:

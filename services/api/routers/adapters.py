@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from npllm.adapters import check_name
 from npllm.embeddings import DATABASE_DIM
 from services.api.deps import ServiceDep
+from services.api.schemas import AdapterList, Pruned, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(404, 409, 413))
@@ -38,7 +39,7 @@ class PublishIn(BaseModel):
     )
 
 
-@router.get("/v1/adapters")
+@router.get("/v1/adapters", responses=documented(AdapterList))
 def list_adapters(service: ServiceDep) -> dict[str, Any]:
     return {
         "object": "list",
@@ -71,7 +72,7 @@ async def delete_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
 
 
 # Declared after /v1/adapters/{name} as before: that one matches DELETE only.
-@router.post("/v1/adapters/prune")
+@router.post("/v1/adapters/prune", responses=documented(Pruned))
 def prune_adapters(service: ServiceDep) -> dict[str, Any]:
     """Remove the files of inactive versions beyond training.keep_versions (this also
     happens at every publish); the rows stay, status 'pruned'."""

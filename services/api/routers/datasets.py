@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from consolidation import datasets
 from services.api.deps import ServiceDep
-from services.api.schemas import DatasetDeleted, DatasetImported, documented
+from services.api.schemas import DatasetDeleted, DatasetImported, ObjectList, documented
 from services.api.spec import errors
 from services.api.spec import jsonl as jsonl_response
 
@@ -60,7 +60,7 @@ def jsonl(examples: list[dict[str, Any]]) -> Response:
     return Response(body, media_type="application/x-ndjson")
 
 
-@router.get("/v1/datasets")
+@router.get("/v1/datasets", responses=documented(ObjectList))
 def list_datasets(service: ServiceDep) -> dict[str, Any]:
     return {"object": "list", "data": datasets.list_datasets(service.database.pool)}
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.schemas import ModulatorVersions, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(404, 409, 413))
@@ -24,7 +25,7 @@ class ModulatorIn(BaseModel):
     )
 
 
-@router.get("/v1/modulator")
+@router.get("/v1/modulator", responses=documented(ModulatorVersions))
 def modulator_status(service: ServiceDep) -> dict[str, Any]:
     return service.modulator_status(versions=True)
 

@@ -12,12 +12,13 @@ from npllm import replay
 from npllm.replay import TIERS
 from services.api.deps import ServiceDep
 from services.api.routers.datasets import jsonl
+from services.api.schemas import ObjectList, documented
 from services.api.spec import jsonl as jsonl_response
 
 router = APIRouter()
 
 
-@router.get("/v1/replay")
+@router.get("/v1/replay", responses=documented(ObjectList))
 def replay_overview(service: ServiceDep) -> dict[str, Any]:
     return {"object": "list", "data": replay.overview(service.database.pool)}
 

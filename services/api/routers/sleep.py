@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import ServiceDep
+from services.api.schemas import SleepState, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(409, 413))
@@ -19,7 +20,7 @@ class SleepIn(BaseModel):
     seed: int | None = Field(None, description="Sampling seed of that cycle (default: time).")
 
 
-@router.get("/v1/sleep")
+@router.get("/v1/sleep", responses=documented(SleepState))
 async def sleep_status(service: ServiceDep) -> dict[str, Any]:
     return await service.sleep_status()
 
