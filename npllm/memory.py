@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 from npllm.config import MemoryConfig
 from npllm.embeddings import Embedder
 from npllm.errors import RequestError, StorageError
+from npllm.text import check_storable
 
 MemoryKind = Literal["note", "fact", "document", "exchange"]
 
@@ -151,6 +152,8 @@ class MemoryStore:
         interaction_id: int | None = None,
     ) -> tuple[uuid.UUID | None, list[StoredChunk]]:
         """Store `text` (chunked if long); returns the document id (None for one chunk)."""
+        check_storable(text, "text")
+        check_storable(source, "source")
         chunks = chunk_text(text, self.config.chunk_chars)
         if not chunks:
             raise RequestError("a memory needs some text", param="text")
