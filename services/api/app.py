@@ -48,7 +48,7 @@ def create_app(service: Service) -> FastAPI:
         version=npllm.__version__,
         description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
         "with retrieval over pgvector, plus memories and status.",
-        responses=errors(400, 503),
+        responses=errors(400, 405, 503),
     )
     install_openapi(app, service.settings)
     app.state.service = service

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
+from npllm import adapters
 from npllm.config import Settings
 from npllm.embeddings import DATABASE_DIM
 from npllm.feedback import EVENTS
@@ -32,7 +33,7 @@ from npllm.replay import TIERS
 
 # Written in the syntax JSON Schema (ECMA-262) and Python's re share.
 STORABLE = "^[^\\x00]*$"
-NAME = "^[a-z0-9][a-z0-9_-]{0,62}$"  # npllm/adapters.py NAME_RULE
+NAME = f"^{adapters.NAME.pattern}$"  # the name rule of npllm/adapters.py
 
 
 class ErrorDetail(BaseModel):
@@ -105,12 +106,8 @@ def finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 _constrain(parameter["schema"], extra)
     for operations in document["paths"].values():
         for operation in operations.values():
-            responses = operation.setdefault("responses", {})
-            validation = responses.pop("422", None)
-            if validation is not None and "400" not in responses:
-                responses["400"] = _error_ref(WHY[400])
-            responses.setdefault("405", _error_ref(WHY[405]))
-            responses.setdefault("503", _error_ref(WHY[503]))
+            # npllm answers 400 (listed on every route by create_app's `responses=`).
+            operation["responses"].pop("422", None)
     _storable(document)
     _link(document)
     return document
@@ -163,13 +160,6 @@ def _constrain(field: dict[str, Any], extra: dict[str, Any]) -> None:
                 branch[key] = value
         if kind == "array" and "minLength" in extra:
             branch.setdefault("items", {})["minLength"] = extra["minLength"]
-
-
-def _error_ref(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-    }
 
 
 def _storable(node: Any) -> None:
