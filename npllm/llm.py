@@ -161,6 +161,11 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
     return target
 
 
+# Below these, sampling is mapped (GenerationParams.__post_init__).
+TEMPERATURE_FLOOR = 1e-4
+TOP_P_FLOOR = 1e-6
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings of one request; greedy when temperature is 0.
@@ -194,10 +199,6 @@ class GenerationParams:
             object.__setattr__(self, "temperature", 0.0)
         if 0 < self.top_p < TOP_P_FLOOR:
             object.__setattr__(self, "top_p", TOP_P_FLOOR)
-
-
-TEMPERATURE_FLOOR = 1e-4
-TOP_P_FLOOR = 1e-6
 
 
 @dataclass

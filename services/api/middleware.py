@@ -27,9 +27,7 @@ def unstorable_request(scope: Scope, body: bytes) -> JSONResponse | None:
     """A 400 naming the first field the database could not store (npllm/text.py): a NUL
     in a string of the path, the query or the JSON body, or a NaN/Infinity in the body.
     Dataset bodies (JSON Lines) are checked per line by their import instead."""
-    problem = None
-    if NUL in scope["path"]:
-        problem = ("path", NUL_MESSAGE)
+    problem = unstorable(scope["path"], "path")
     query = scope.get("query_string", b"")
     if problem is None and b"%00" in query:
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):

@@ -51,7 +51,16 @@ IMPORT_BODY = {
         },
     }
 }
-NOT_HERE = "POST and DELETE take a dataset's name; its examples are read with GET"
+
+
+def not_examples(name: str) -> None:
+    """{name:path} also catches /v1/datasets/{name}/examples, which takes GET only: 405."""
+    if name.endswith("/examples"):
+        raise HTTPException(
+            405,
+            "POST and DELETE take a dataset's name; its examples are read with GET",
+            headers={"Allow": "GET"},
+        )
 
 
 def jsonl(examples: list[dict[str, Any]]) -> Response:
@@ -73,8 +82,7 @@ def list_datasets(service: ServiceDep) -> dict[str, Any]:
     openapi_extra=IMPORT_BODY,
 )
 async def import_dataset(name: str, request: Request, service: ServiceDep) -> dict[str, Any]:
-    if name.endswith("/examples"):  # /v1/datasets/{name}/examples takes GET only
-        raise HTTPException(405, NOT_HERE, headers={"Allow": "GET"})
+    not_examples(name)
     data = await request.body()
     return await asyncio.to_thread(datasets.import_dataset, service.database.pool, name, data)
 
@@ -90,7 +98,6 @@ def dataset_export(name: str, service: ServiceDep) -> Response:
 
 @router.delete("/v1/datasets/{name:path}", responses=documented(DatasetDeleted))
 def delete_dataset(name: str, service: ServiceDep) -> dict[str, Any]:
-    if name.endswith("/examples"):
-        raise HTTPException(405, NOT_HERE, headers={"Allow": "GET"})
+    not_examples(name)
     datasets.delete_dataset(service.database.pool, name)
     return {"name": name, "deleted": True}
