@@ -160,6 +160,20 @@ class LiveDaemon:
         return self.proc.wait(timeout)
 
 
+def tiny_llama_config(vocab_size: int) -> Any:
+    """A 2-layer Llama of hidden size 32: every tiny test model has this shape."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+
+
 def cached_base() -> Path:
     """The shipped base dequantised into the test model cache (done here if no test has
     loaded the base yet: test order must not matter)."""
@@ -173,20 +187,12 @@ def cached_base() -> Path:
 def save_tiny_llama(path: Path, extra_tokens: tuple[str, ...] = ()) -> Path:
     """A randomly initialised 2-layer Llama with SmolLM2's tokenizer (plus `extra_tokens`),
     saved as a model directory: a loadable "other model" for base and cerebellum tests."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(cached_base())
     if extra_tokens:
         tokenizer.add_tokens(list(extra_tokens))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -211,18 +217,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
 
 def tiny_model() -> Any:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(128))
 
 
 def lora_artifact(path: Path, r: int = 16, alpha: int = 32, **extra: Any) -> Path:
