@@ -7,9 +7,10 @@ bytes" (or "unsupported Unicode escape sequence" in jsonb). Nor can a lone surro
 be encoded as UTF-8 for the database or the tokenizer. npllm refuses such input before
 anything is written, naming the field — the API (any string of a body, a query or
 a path; services/api/middleware.py), dataset files (consolidation/datasets.py, per line)
-and the awake path's own entry points (messages, memories, searches), so the CLI gets the
-same message. The same rule refuses numbers JSON has no spelling for (NaN, ±Infinity,
-which Python's json module lets through): jsonb cannot store them either.
+the awake path's messages (AwakePath.answer) and the memory store (MemoryStore.add) for
+every caller; the CLI, which goes through the API, gets the same message. The same rule
+refuses numbers JSON has no spelling for (NaN, ±Infinity, which Python's json module lets
+through): jsonb cannot store them either.
 
 A NUL the model itself generates (its tokenizer can spell byte 0) is dropped from the
 answer before it is returned or stored: see :func:`storable`.
