@@ -204,6 +204,7 @@ class AwakePath:
             prompt_tokens = hit.prompt_tokens
             timings.update(embed_ms=0.0, retrieve_ms=0.0, prompt_ms=0.0, generate_ms=0.0)
         else:
+            epoch = self.cache.epoch  # the memories this answer is computed from
             t = time.perf_counter()
             embedding = self.embedder.embed_one(question)
             timings["embed_ms"] = _ms(time.perf_counter() - t)
@@ -249,7 +250,7 @@ class AwakePath:
                 timings["draft_acceptance_rate"] = gen.draft["acceptance_rate"]
             if key and gen.finish_reason != "cancelled":
                 self.cache.put(
-                    key, _Cached(gen, embedding, recalled, prompt_tokens, decision, used)
+                    key, _Cached(gen, embedding, recalled, prompt_tokens, decision, used), epoch
                 )
         timings["tokens_per_s"] = (
             round(gen.completion_tokens / gen.seconds, 2) if gen.seconds > 0 else 0.0

@@ -70,3 +70,34 @@ def test_a_request_that_names_an_adapter_not_served_is_refused_before_generating
         awake.answer([{"role": "system", "content": "x"}], GenerationParams())
     assert engine.prompts == []
     assert awake.answer(chat, GenerationParams(), adapters=[]).routing["mode"] == "disabled"
+
+
+def test_an_answer_generated_before_a_correction_is_not_cached_after_it(
+    fresh_database: Any, embedder: Any, tmp_path: Any
+) -> None:
+    """Regression (f): a correction that lands while an answer is being generated clears
+    the cache; the answer, generated from the memories before the correction, must not be
+    put back into it, or the next identical question gets the wrong answer again."""
+    engine = RecordingEngine()
+    awake = AwakePath(make_settings(tmp_path), fresh_database.pool, engine, embedder)  # type: ignore[arg-type]
+    chat = [{"role": "user", "content": "Which port does the zorblax service listen on?"}]
+    first = awake.answer(chat, GenerationParams(max_new_tokens=8))
+    plain = engine.generate
+
+    def correcting(prompt_ids: list[int], params: Any, **kw: Any) -> Generation:
+        # The user corrects the earlier answer while this one is being generated.
+        awake.feedback.apply_one(
+            awake.feedback.explicit_pending(
+                first.interaction_id, event="edited", text="It listens on port 9931."
+            )
+        )
+        return plain(prompt_ids, params, **kw)
+
+    engine.generate = correcting  # type: ignore[method-assign]
+    awake.cache.clear()  # the second request generates (no hit) while the correction lands
+    racing = awake.answer(chat, GenerationParams(max_new_tokens=8))
+    assert not racing.cached
+    engine.generate = plain  # type: ignore[method-assign]
+    after = awake.answer(chat, GenerationParams(max_new_tokens=8))
+    assert not after.cached  # generated again, from the corrected memories
+    assert "It listens on port 9931." in engine.prompts[-1]
