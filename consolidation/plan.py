@@ -53,7 +53,7 @@ def make_plan(
     router, _ = modulator.routing(settings, pool, centroids)
     listing = {a["name"]: a for a in registry.listing()}
     vectors = np.asarray(embedder.embed([i.question for i in new])) if new else None
-    assigned = (
+    assigned, unplaced = (
         topics.assign(
             new,
             vectors,
@@ -66,7 +66,7 @@ def make_plan(
             taken={*listing, CEREBELLUM},
         )
         if vectors is not None
-        else {}
+        else ({}, [])
     )
     groups: dict[str, dict[str, Any]] = {}
     for name, topic in assigned.items():
@@ -88,6 +88,12 @@ def make_plan(
         }
     wanted = _datasets_to_train(pool, registry, set(groups))
     skipped = {}
+    if unplaced:
+        skipped["samples"] = (
+            f"{len(unplaced)} sample(s) not learned tonight (they stay new): the adapter cap "
+            f"is reached and no served adapter is routable to take them "
+            f"(interactions {', '.join(str(i.interaction_id) for i in unplaced)})"
+        )
     coming = {name for name, g in groups.items() if g["new"]}  # the cap counts them too
     for name, d in list(wanted.items()):
         if name in groups:

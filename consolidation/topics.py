@@ -72,11 +72,13 @@ def assign(
     min_support: int,
     similarity: float,
     taken: set[str],
-) -> dict[str, Topic]:
-    """adapter name → its Topic tonight (see the module docstring). `vectors`: the items'
-    question embeddings, (items, dim); `centroids`: every adapter that can take samples
-    (active or stale); `population`: the adapters served now (the cap counts those and
-    tonight's new ones); `taken`: names already used (no new adapter may take one)."""
+) -> tuple[dict[str, Topic], list[ReplayItem]]:
+    """(adapter name → its Topic tonight, the samples no adapter can take) — see the module
+    docstring. `vectors`: the items' question embeddings, (items, dim); `centroids`: every
+    adapter that can take samples (active or stale); `population`: the adapters served now
+    (the cap counts those and tonight's new ones); `taken`: names already used (no new
+    adapter may take one). A sample no adapter can take (the cap is reached and none is
+    routable) stays new for a later night."""
     topics: dict[str, Topic] = {}
     unrouted: list[int] = []
     for k, item in enumerate(items):
@@ -109,7 +111,9 @@ def assign(
         for k in leftovers:
             first.add(items[k], vectors[k])
         topics[name] = first
-        return topics
+        return topics, []
+    if leftovers and not known:  # at the cap with nothing routable: nowhere to go tonight
+        return topics, [items[k] for k in leftovers]
     names = list(known)
     matrix = np.stack([known[n] for n in names]) if names else np.zeros((0, vectors.shape[1]))
     for k in leftovers:
@@ -120,7 +124,7 @@ def assign(
         if not topic.why:
             topic.why = "joined as the nearest adapter"
         topic.add(items[k], vectors[k])
-    return topics
+    return topics, []
 
 
 def _group(indices: list[int], vectors: np.ndarray, similarity: float) -> list[list[int]]:

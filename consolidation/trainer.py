@@ -41,7 +41,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,39 @@ class Budget:
 
     steps: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """What the served path does to the next-token logits before its greedy choice, and the
+    margin the right token must win by: the recall check judges a taught answer as it will be
+    served, not as teacher forcing in fp32 would produce it.
+
+    llama.cpp's penalties count the last `last_n` tokens *the prompt included* (measured: a
+    frequency penalty of 2 over the last 64 tokens stopped a fact in the system message from
+    being copied; with last_n 0 it was copied), so the words an answer must copy from its
+    own question are penalised: logit /= repeat (logit × repeat when negative), then
+    logit −= frequency × count + presence × (count > 0), for every token seen in the window.
+    The margin covers what teacher forcing in torch cannot see: llama.cpp's quantised
+    activations move logits by a little."""
+
+    frequency: float = 0.0
+    presence: float = 0.0
+    repeat: float = 1.0
+    last_n: int = 64
+    margin: float = 0.0
+
+    def penalise(self, logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """`logits` (vocab,) with the penalties for the tokens in `window` (1-d ids)."""
+        if self.last_n == 0 or not len(window):
+            return logits
+        window = window[-self.last_n :] if self.last_n > 0 else window
+        counts = torch.bincount(window, minlength=logits.shape[0])[: logits.shape[0]]
+        seen = counts > 0
+        out = logits.clone()
+        if self.repeat != 1.0:
+            out[seen] = torch.where(out[seen] > 0, out[seen] / self.repeat, out[seen] * self.repeat)
+        return out - self.frequency * counts - self.presence * seen
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,8 @@ class TrainResult:
     stop_reason: str = ""
     recalled: int | None = None  # taught answers reproduced exactly at the last check
     to_recall: int = 0
+    kept: int | None = None  # keep-targets whose greedy answer the adapter leaves unchanged
+    to_keep: int = 0
     held_out_loss: float | None = None  # best held-out loss, with a held-out set
 
     def metrics(self) -> dict[str, Any]:
@@ -104,6 +139,8 @@ class TrainResult:
             "stopped": self.stop_reason,
             "recalled": self.recalled,
             "to_recall": self.to_recall,
+            "kept": self.kept,
+            "to_keep": self.to_keep,
             "held_out_loss": self.held_out_loss,
             "resumed_at_step": self.resumed_at,
             "tokens": self.tokens,
@@ -244,13 +281,17 @@ def _base_distributions(
     return out
 
 
-def _anchor_sample(prompt: torch.Tensor, k: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _anchor_sample(
+    prompt: torch.Tensor, k: int, generator: torch.Generator, every: Sequence[bool] = ()
+) -> list[torch.Tensor]:
     """Per row, the indices (into that row's prompt positions, in order) of at most `k` of
-    them, drawn without replacement: the anchor's positions this step."""
+    them, drawn without replacement: the anchor's positions this step. Rows marked in
+    `every` (keep-targets: the whole answer is anchored) take all of theirs."""
     out = []
-    for row in prompt:
+    for r, row in enumerate(prompt):
         n = int(row.sum())
-        pick = torch.randperm(n, generator=generator)[:k] if k and n > k else torch.arange(n)
+        whole = not k or n <= k or (r < len(every) and every[r])
+        pick = torch.arange(n) if whole else torch.randperm(n, generator=generator)[:k]
         out.append(pick.sort().values)
     return out
 
@@ -263,21 +304,27 @@ def _losses(
     base: list[torch.Tensor] | None,
     anchor_k: int,
     generator: torch.Generator,
+    keep_rows: Sequence[bool] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(task loss on the answers, anchor KL or None) of one micro-batch. The anchor is
     KL(base ‖ adapted) of the next-token distributions at up to `anchor_k` prompt positions
     per example (system prompt and question: what the adapter is not trained to change);
     `base`: the batch's cached base log-probabilities, else computed here with the adapter
-    disabled. `anchor_k` 0: every prompt position; negative: no anchor."""
+    disabled. `anchor_k` 0: every prompt position; negative: no anchor. `keep_rows`: rows
+    that are keep-targets (labelled IGNORE throughout: the base's own answer to a
+    neighbouring question), anchored at every position."""
     states, full = heads.hidden(ids, mask)
     states = states[:, :-1]  # position t predicts token t + 1
     answer = _predicting(labels, mask, answer=True)
-    logits = heads.logits(states[answer], full)  # (answer tokens, vocab)
-    task = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][answer])
+    if answer.any():
+        logits = heads.logits(states[answer], full)  # (answer tokens, vocab)
+        task = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][answer])
+    else:  # a micro-batch of keep-targets only
+        task = states.sum() * 0.0
     if anchor_k < 0:
         return task, None
     prompt = _predicting(labels, mask, answer=False)  # (batch, seq - 1)
-    picks = _anchor_sample(prompt, anchor_k, generator)
+    picks = _anchor_sample(prompt, anchor_k, generator, keep_rows)
     if not sum(len(p) for p in picks):
         return task, None
     rows = torch.cat([torch.full((len(p),), r) for r, p in enumerate(picks)])
@@ -297,24 +344,88 @@ def _losses(
 
 @torch.no_grad()
 def reproduced(
-    model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, batch: int = 8
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch: int = 8,
+    sampler: Sampler | None = None,
+    want: Sequence[list[int]] | None = None,
 ) -> list[bool]:
     """Per example: is every answer token (end of turn included) the model's greedy choice,
-    teacher-forced? Exactly when greedy decoding reproduces the answer from its prompt."""
+    teacher-forced — after `sampler`'s penalties and by its margin? Exactly when greedy
+    decoding reproduces the answer from its prompt. `want`: per example, the token expected
+    at each answer position (default: the answer's own tokens)."""
+    return [m > (sampler.margin if sampler else 0.0) for m in margins(
+        model, encoded, pad_id, batch, sampler, want)]  # fmt: skip
+
+
+@torch.no_grad()
+def margins(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    batch: int = 8,
+    sampler: Sampler | None = None,
+    want: Sequence[list[int]] | None = None,
+) -> list[float]:
+    """Per example, the smallest margin over its answer positions by which the expected
+    token beats every other (after `sampler`'s penalties): > 0 when greedy decoding picks it
+    everywhere. See :func:`reproduced`."""
     was_training = model.training
     model.eval()
     heads = _Heads(model)
-    out: list[bool] = []
+    out: list[float] = []
     for start in range(0, len(encoded), batch):
-        ids, labels, mask = _batch(encoded[start : start + batch], pad_id)
+        chunk = encoded[start : start + batch]
+        ids, labels, mask = _batch(chunk, pad_id)
         states, full = heads.hidden(ids, mask)
         answer = _predicting(labels, mask, answer=True)  # (batch, seq - 1)
-        guess = heads.logits(states[:, :-1][answer], full).argmax(-1)  # (answer tokens,)
-        right = torch.zeros_like(answer, dtype=torch.bool)
-        right[answer] = guess == labels[:, 1:][answer]
-        out += [bool(right[r][answer[r]].all()) for r in range(len(answer))]
+        logits = heads.logits(states[:, :-1][answer], full).float()  # (answer tokens, vocab)
+        rows, cols = answer.nonzero(as_tuple=True)
+        worst = [math.inf] * len(chunk)
+        for n, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+            row = logits[n]
+            if sampler is not None:
+                row = sampler.penalise(row, ids[r, : c + 1])
+            k = start + r
+            target = labels[r, c + 1] if want is None else want[k][_rank(labels[r], c + 1)]
+            best_other = torch.cat([row[:target], row[target + 1 :]]).max()
+            worst[r] = min(worst[r], float(row[target] - best_other))
+        out += worst
     model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def _choices(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    sampler: Sampler | None,
+) -> list[list[int]]:
+    """Per example, the model's greedy choice (after `sampler`'s penalties) at each answer
+    position, teacher-forced along the answer: what a keep-target's check compares with."""
+    was_training = model.training
+    model.eval()
+    heads = _Heads(model)
+    out: list[list[int]] = []
+    for pair in encoded:
+        ids, labels, mask = _batch([pair], pad_id)
+        states, full = heads.hidden(ids, mask)
+        answer = _predicting(labels, mask, answer=True)[0]
+        logits = heads.logits(states[0, :-1][answer], full).float()  # (answer tokens, vocab)
+        cols = answer.nonzero().flatten().tolist()
+        out.append([
+            int((sampler.penalise(row, ids[0, : c + 1]) if sampler else row).argmax())
+            for row, c in zip(logits, cols, strict=True)
+        ])  # fmt: skip
+    model.train(was_training)
+    return out
+
+
+def _rank(labels: torch.Tensor, position: int) -> int:
+    """Which answer token (0, 1, ...) sits at `position` of a row's labels."""
+    return int((labels[:position] != IGNORE).sum())
 
 
 def _held_out_loss(
@@ -378,6 +489,7 @@ def _save_checkpoint(
     order: list[int],
     result: TrainResult,
     watch: _Watch,
+    keep_order: list[int],
 ) -> None:
     """Write step-NNNNNN/ beside the others through a temporary name, then drop the older
     ones: a kill at any moment leaves at least one complete checkpoint."""
@@ -392,6 +504,7 @@ def _save_checkpoint(
         "rng": rng.getstate(),
         "torch_rng": torch.get_rng_state(),
         "order": list(order),
+        "keep_order": list(keep_order),
         "losses": list(result.losses),
         "watch": watch.state(),
     }
@@ -446,6 +559,8 @@ def train_adapter(
     checkpoint: Path | None = None,
     held_out: list[list[dict[str, str]]] | None = None,
     recall: Sequence[int] | None = None,
+    keep: list[list[dict[str, str]]] | None = None,
+    sampler: Sampler | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
@@ -461,21 +576,34 @@ def train_adapter(
     With `checkpoint` (a directory) the run saves its state there every
     ``training.checkpoint_every`` optimizer steps and, when a checkpoint is already there,
     continues from it: same examples, same order, same optimizer and random state, so a
-    run killed and resumed ends where an uninterrupted one would."""
+    run killed and resumed ends where an uninterrupted one would.
+    `keep`: keep-targets — neighbouring questions with the answer the bare base gives them
+    now. They are never learned as answers: every position of theirs is anchored to the
+    base (KL, ``training.anchor_weight``), ``training.keep_per_batch`` of them beside each
+    micro-batch, and the stopping check also asks that the adapter leaves the base's greedy
+    choice unchanged at every position of their answers (TrainResult.kept).
+    `sampler`: the served path's penalties and the margin the recall check applies."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
     checked = [encode_example(tokenizer, m, system_prompt, max_len) for m in held_out or []]
+    kept = [encode_example(tokenizer, m, system_prompt, max_len) for m in keep or []]
     must = list(range(len(encoded))) if recall is None and not checked else list(recall or [])
     budget = plan_budget(len(encoded), config, incremental=init_from is not None)
     steps = budget.steps
     result = TrainResult(steps=steps, examples=len(encoded), budget_reason=budget.reason)
     result.to_recall = len(must)
+    result.to_keep = len(kept)
     result.base_sha256_before = weights_sha256(model, control)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    base = _base_distributions(model, encoded, pad_id) if config.anchor_weight else None
+    # Keep-targets train as anchor-only rows (labels IGNORE throughout); what the check
+    # compares them with is the base's own greedy choice at each answer position.
+    anchored = [(ids, [IGNORE] * len(ids)) for ids, _ in kept]
+    keep_want = _choices(model, kept, pad_id, sampler) if kept else []
+    pairs = encoded + anchored
+    base = _base_distributions(model, pairs, pad_id) if config.anchor_weight else None
     lora = LoraConfig(
         r=shape.r,
         lora_alpha=shape.alpha,
@@ -499,6 +627,7 @@ def train_adapter(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     order: list[int] = []
+    keep_order: list[int] = []
     first = 1
     watch = _Watch()
     if saved is not None:
@@ -507,6 +636,7 @@ def train_adapter(
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         order, result.losses = state["order"], state["losses"]
+        keep_order = state.get("keep_order", [])
         watch = _Watch.of(state.get("watch"))
         result.resumed_at = first = state["step"]
         first += 1
@@ -525,13 +655,19 @@ def train_adapter(
                 if len(order) < config.batch_size:
                     order += rng.sample(range(len(encoded)), len(encoded))
                 picked, order = order[: config.batch_size], order[config.batch_size :]
-                ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
+                extra = min(config.keep_per_batch, len(kept))
+                if len(keep_order) < extra:
+                    keep_order += rng.sample(range(len(kept)), len(kept))
+                picked += [len(encoded) + i for i in keep_order[:extra]]
+                keep_order = keep_order[extra:]
+                ids, labels, mask = _batch([pairs[i] for i in picked], pad_id)
                 result.tokens += int(mask.sum())
                 task, kl = _losses(
                     heads, ids, mask, labels,
                     None if base is None else [base[i] for i in picked],
                     config.anchor_positions if config.anchor_weight else -1,
                     torch.Generator().manual_seed(seed * 1_000_003 + step),
+                    [i >= len(encoded) for i in picked],
                 )  # fmt: skip
                 loss = task
                 if kl is not None:
@@ -548,12 +684,14 @@ def train_adapter(
             stop = False
             if every and (step % every == 0 or step == steps):
                 stop = _should_stop(peft_model, encoded, checked, must, pad_id, config, step,
-                                    steps, watch, result)  # fmt: skip
+                                    steps, watch, result, sampler,
+                                    (kept, keep_want))  # fmt: skip
             elif step == steps:
                 result.stop_reason = f"budget spent: {steps} of {steps} steps"
             every_ckpt = config.checkpoint_every
             if checkpoint and every_ckpt and step % every_ckpt == 0 and step < steps and not stop:
-                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch)
+                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch,
+                                 keep_order)  # fmt: skip
             if on_progress:
                 on_progress(
                     Progress(
@@ -592,28 +730,41 @@ def _should_stop(
     steps: int,
     watch: _Watch,
     result: TrainResult,
+    sampler: Sampler | None = None,
+    keep: tuple[list[tuple[list[int], list[int]]], list[list[int]]] = ([], []),
 ) -> bool:
     """One check of the stopping criterion (module docstring); sets result.stop_reason when
     it says stop or when the budget is spent."""
     recalled = True
     if must:
-        exact = reproduced(model, [encoded[i] for i in must], pad_id, config.batch_size * 2)
+        exact = reproduced(
+            model, [encoded[i] for i in must], pad_id, config.batch_size * 2, sampler
+        )
         result.recalled = sum(exact)
         recalled = all(exact)
+    kept = True
+    keep_pairs, keep_want = keep
+    if keep_pairs and (recalled or step == steps):  # checked once the taught answers hold
+        same = reproduced(model, keep_pairs, pad_id, config.batch_size * 2,
+                          replace(sampler or Sampler(), margin=0.0), keep_want)  # fmt: skip
+        result.kept = sum(same)
+        kept = all(same)
     plateau = True
     if checked:
         loss = _held_out_loss(model, checked, pad_id)
-        if loss < watch.best:
+        if loss < watch.best and recalled:  # best among weights that reproduce the taught
             watch.best, watch.best_step, watch.stale = loss, step, 0
             watch.weights = _trainable(model)
         else:
             watch.stale += 1
-        result.held_out_loss = round(watch.best, 5)
+        result.held_out_loss = round(watch.best, 5) if watch.weights is not None else None
         plateau = watch.stale >= config.patience
-    if recalled and plateau and (must or checked):
+    if recalled and kept and plateau and (must or checked):
         parts = []
         if must:
             parts.append(f"every taught answer ({len(must)}) reproduced exactly")
+        if keep_pairs:
+            parts.append(f"every neighbour ({len(keep_pairs)}) answered as before")
         if checked:
             parts.append(
                 f"held-out loss stopped improving (best {watch.best:.4f} at step "
@@ -622,6 +773,8 @@ def _should_stop(
         result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(parts)
         return True
     if step == steps:
-        got = f" ({result.recalled} of {len(must)} taught answers reproduced)" if must else ""
-        result.stop_reason = f"budget spent: {steps} of {steps} steps{got}"
+        got = f" ({result.recalled} of {len(must)} taught answers reproduced" if must else ""
+        if keep_pairs:
+            got += f"{'; ' if got else ' ('}{result.kept} of {len(keep_pairs)} neighbours as before"
+        result.stop_reason = f"budget spent: {steps} of {steps} steps{got}{')' if got else ''}"
     return False

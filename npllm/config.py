@@ -502,6 +502,19 @@ class TrainingConfig(_Section):
         "each step (an unbiased estimate of the mean over all of them, at a fraction of the "
         "vocabulary projections); 0: every prompt position.",
     )
+    keep_per_batch: int = Field(
+        4,
+        ge=0,
+        description="Keep-targets (neighbouring questions answered as the bare base answers "
+        "them, anchored at every position) added to each micro-batch; 0: none.",
+    )
+    recall_margin: float = Field(
+        1.0,
+        ge=0.0,
+        description="A taught answer counts as reproduced when, teacher-forced and after the "
+        "served penalties, each of its tokens beats every other by this many logits (covers "
+        "the serving engine's own small differences from training).",
+    )
     gate_min_improvement: float = Field(
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
     )

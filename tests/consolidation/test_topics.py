@@ -42,7 +42,7 @@ def test_samples_go_where_the_modulator_routes_and_a_supported_topic_starts_an_a
     vectors += [_near(hexwing) for _ in questions]
     items.append(_item(9, "What is the capital of Peru?"))
     vectors.append(_near(lone))
-    topics = assign(items, np.stack(vectors), _router({"sqlbot": sql}), {"sqlbot": sql},
+    topics, _ = assign(items, np.stack(vectors), _router({"sqlbot": sql}), {"sqlbot": sql},
                     cap=5, population=1, min_support=3, similarity=0.35,
                     taken={"sqlbot"})  # fmt: skip
     assert set(topics) == {"sqlbot", "architecture-hexwing-broker"}
@@ -57,7 +57,7 @@ def test_a_fresh_install_makes_one_first_adapter_of_unrelated_samples() -> None:
     items = [_item(k, q) for k, q in enumerate(["What port does Quibblix use?",
              "Who wrote Frobnar?", "What is Plimsoll's code name?"])]  # fmt: skip
     vectors = np.stack([_unit(RNG.normal(size=384)) for _ in items])
-    topics = assign(items, vectors, _router({}), {}, cap=2, population=0, min_support=3,
+    topics, _ = assign(items, vectors, _router({}), {}, cap=2, population=0, min_support=3,
                     similarity=0.35, taken=set())  # fmt: skip
     assert len(topics) == 1  # one sample is not yet a topic
     (topic,) = topics.values()
@@ -69,7 +69,7 @@ def test_at_the_cap_a_supported_topic_joins_the_nearest_adapter() -> None:
     items = [_item(k, "Hexwing broker?") for k in range(3)]
     vectors = np.stack([_near(hexwing, 0.2) for _ in items])
     centroids = {"a": a, "b": b}
-    topics = assign(items, vectors, _router(centroids), centroids, cap=2, population=2,
+    topics, _ = assign(items, vectors, _router(centroids), centroids, cap=2, population=2,
                     min_support=3, similarity=0.35, taken={"a", "b"})  # fmt: skip
     assert len(topics) == 1 and not next(iter(topics.values())).new
     assert next(iter(topics)) in centroids
@@ -84,3 +84,16 @@ def test_names_are_readable_and_unique() -> None:
     mixed = [_item(4, "What port does Quibblix use?", ["coding"]), _item(5, "Who wrote Frobnar?"),
              _item(6, "What is the code name of Plimsoll?", ["explanation"])]  # fmt: skip
     assert topic_name(mixed, set()) == "general"  # nothing in common
+
+
+def test_samples_with_no_adapter_to_join_are_left_for_a_later_night() -> None:
+    """Regression (h): at the cap, with no adapter routable (none has a centroid), samples
+    that form no topic cannot join anything: they are left out of tonight's plan with the
+    reason (assign used to fail on an empty list)."""
+    items = [_item(k, q) for k, q in enumerate(["What port does Quibblix use?",
+             "Who wrote Frobnar?"])]  # fmt: skip
+    vectors = np.stack([_unit(RNG.normal(size=384)) for _ in items])
+    topics, unplaced = assign(items, vectors, _router({}), {}, cap=1, population=1,
+                              min_support=3, similarity=0.35, taken={"pinned-only"})  # fmt: skip
+    assert topics == {}
+    assert sorted(i.interaction_id for i in unplaced) == [0, 1]
