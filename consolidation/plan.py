@@ -207,9 +207,18 @@ def write_plan(staging: Path, plan: dict[str, Any]) -> None:
     os.replace(tmp, staging / "plan.json")
 
 
-def mark_learned(pool: Any, plan: dict[str, Any], cycle: int) -> None:
-    """Each sample (and the duplicates it stands for) marked with the adapter that learned it."""
-    learned = {k: name for name, g in plan["groups"].items() for k in g["items"] + g["rehearse"]}
+def mark_learned(pool: Any, plan: dict[str, Any], cycle: int | None) -> None:
+    """Each sample (and the duplicates it stands for) marked with the adapter that learned
+    it — only where that adapter's version was published, and only the samples its served
+    check reproduced (the report's "unlearned" lists the others). A rejected or refused
+    night's samples, and those not reproduced, stay new: the next night tries them again."""
+    learned: dict[int, str] = {}
+    for name, g in plan["groups"].items():
+        report = plan["done"].get(name) or {}
+        if report.get("verdict") != "published":
+            continue
+        missed = set(report.get("unlearned", []))
+        learned.update({k: name for k in g["items"] + g["rehearse"] if k not in missed})
     for rep, twins in plan.get("duplicates", {}).items():
         learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
     if learned:

@@ -330,7 +330,7 @@ def overview(pool: ConnectionPool) -> list[dict[str, Any]]:
 def mark_sampled(
     pool: ConnectionPool,
     interaction_ids: Iterable[int],
-    cycle: int,
+    cycle: int | None,
     adapters: Mapping[int, str] | None = None,
 ) -> int:
     """Record that sleep cycle `cycle` trained on these rows (lowers their priority; they

@@ -1,0 +1,56 @@
+"""Tonight's plan (consolidation/plan.py): what a night marks as learned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consolidation.plan import mark_learned
+from npllm import interactions, replay
+from npllm.db import Database
+from npllm.feedback import Feedback
+from npllm.interactions import Interaction
+from npllm.tone import NeutralTone
+
+
+def _corrected(db: Database, embedder: Any, settings: Any, question: str, truth: str) -> int:
+    embedding = embedder.embed_one(question)
+    with db.pool.connection() as conn, conn.transaction():
+        iid = interactions.record(
+            conn, Interaction([{"role": "user", "content": question}], question, "no", "m", embedding)
+        )
+        replay.admit(conn, iid, embedding, [])
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
+    return iid
+
+
+def test_only_published_and_reproduced_samples_are_marked_learned(
+    fresh_database: Database, embedder: Any, settings: Any
+) -> None:
+    """Regression (a): a night whose version the gate rejected (or the daemon refused)
+    learned nothing — its samples stay new and are tried again; within a published
+    version, a taught answer the served check did not reproduce stays new too."""
+    db = fresh_database
+    ids = [_corrected(db, embedder, settings, f"Which port does service {n} use?", f"Port {n}.")
+           for n in (101, 102, 103, 104)]  # fmt: skip
+    plan = {
+        "groups": {
+            "published": {"items": ids[:2], "rehearse": []},
+            "rejected": {"items": ids[2:3], "rehearse": []},
+            "refused": {"items": ids[3:], "rehearse": []},
+        },
+        "duplicates": {},
+        "done": {
+            "published": {"verdict": "published", "unlearned": [ids[1]]},
+            "rejected": {"verdict": "rejected: validation loss 1.0 is not 5% below 1.0"},
+            "refused": {"verdict": "not published: adapter cap reached"},
+        },
+    }
+    mark_learned(db.pool, plan, cycle=None)
+    new = {i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)}
+    assert new == set(ids[1:])
+    with db.pool.connection() as conn:
+        adapter = conn.execute(
+            "SELECT adapter FROM npllm.replay_buffer WHERE interaction_id = %(id)s", {"id": ids[0]}
+        ).fetchone()
+    assert adapter == ("published",)
