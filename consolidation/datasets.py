@@ -53,7 +53,7 @@ _REPLAY = """
 SELECT i.messages, coalesce(r.corrected_answer, i.answer) AS target
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
-WHERE r.tier = ANY(%(tiers)s)
+WHERE r.tier = ANY(%(tiers)s) AND r.superseded_by IS NULL
   AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
   AND btrim(coalesce(r.corrected_answer, i.answer)) <> ''
 ORDER BY r.interaction_id

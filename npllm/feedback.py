@@ -229,6 +229,8 @@ SET implicit_sum = u.implicit_sum, implicit_n = u.implicit_n,
     implicit = u.implicit, emotional = u.emotional, reward = u.reward,
     quality = u.quality, tier = u.tier,
     corrected_answer = coalesce(u.corrected_answer, r.corrected_answer),
+    corrected_at = CASE WHEN u.corrected_answer IS NULL THEN r.corrected_at ELSE now() END,
+    superseded_by = CASE WHEN u.corrected_answer IS NULL THEN r.superseded_by END,
     updated_at = now()
 FROM unnest(
     %(id)s::bigint[], %(implicit_sum)s::real[], %(implicit_n)s::int[], %(emotional_sum)s::real[],
@@ -237,6 +239,28 @@ FROM unnest(
 ) AS u(id, implicit_sum, implicit_n, emotional_sum, emotional_n, implicit, emotional, reward,
        quality, tier, corrected_answer)
 WHERE r.interaction_id = u.id
+"""
+# A new correction (or liked answer) of interaction %(id)s supersedes the trainable rows of
+# the same question (among its 64 nearest): a correction supersedes any, a liked answer only
+# liked answers that say something else (never a correction; identical answers are
+# duplicates, learned once).
+_SUPERSEDE = """
+WITH me AS (
+    SELECT question_embedding AS e, btrim(answer) AS answer FROM npllm.interactions
+    WHERE id = %(id)s AND question_embedding IS NOT NULL
+), near AS (
+    SELECT i.id FROM npllm.interactions i, me
+    WHERE i.question_embedding IS NOT NULL AND i.id <> %(id)s
+      AND 1 - (i.question_embedding <=> me.e) >= %(similarity)s
+      AND (%(correction)s OR btrim(i.answer) <> me.answer)
+    ORDER BY i.question_embedding <=> me.e LIMIT 64
+)
+UPDATE npllm.replay_buffer r SET superseded_by = %(id)s
+FROM near
+WHERE r.interaction_id = near.id AND r.superseded_by IS NULL
+  AND (r.corrected_answer IS NOT NULL OR r.reward > 0)
+  AND (%(correction)s OR r.corrected_answer IS NULL)
+RETURNING r.interaction_id
 """
 _BY_ANSWER = """
 SELECT id, question_embedding, created_at > now() - make_interval(secs => %(window_s)s)
@@ -425,7 +449,8 @@ class Feedback:
             event_ids = sorted(row[0] for row in inserted)
             rows = [state.row(i, self.config) for i, state in states.items() if state.touched]
             conn.execute(_UPDATE_REPLAY, _columns(rows))
-            changed = self._correct_memories(conn, states)
+            superseded = self._supersede(conn, states)
+            changed = self._correct_memories(conn, states, superseded)
         for owner, event_id in zip(owners, event_ids, strict=True):
             result = outcomes[owner]
             if isinstance(result, Result):
@@ -436,8 +461,26 @@ class Feedback:
             self.on_memory_change()
         return outcomes
 
+    def _supersede(self, conn: Any, states: dict[int, _State]) -> dict[int, list[int]]:
+        """The latest correction of a question wins: each interaction corrected in this batch
+        supersedes the trainable rows of the same question; one whose reward turned positive
+        supersedes earlier liked answers of it. Its id → the rows it superseded."""
+        out: dict[int, list[int]] = {}
+        for interaction_id, state in states.items():
+            correction = state.corrected_answer is not None
+            if not correction and not (state.touched and state.score(self.config).reward > 0):
+                continue
+            rows = conn.execute(
+                _SUPERSEDE,
+                {"id": interaction_id, "correction": correction,
+                 "similarity": self.config.reask_similarity},
+            ).fetchall()  # fmt: skip
+            if rows:
+                out[interaction_id] = [int(r[0]) for r in rows]
+        return out
+
     def _correct_memories(
-        self, conn: Any, states: dict[int, _State]
+        self, conn: Any, states: dict[int, _State], superseded: dict[int, list[int]]
     ) -> dict[int, dict[str, list[int]]]:
         """The fast learner (see the class docstring): interaction id → memory ids removed
         and added, for the interactions whose retrievable memories changed."""
@@ -447,9 +490,11 @@ class Feedback:
         negative = []
         for interaction_id, state in states.items():
             if state.corrected_answer is not None:  # corrected in this batch
+                gone = self.memory.forget_superseded(conn, superseded.get(interaction_id, []))
                 changed[interaction_id] = self.memory.correct(
                     conn, interaction_id, state.question, state.corrected_answer
                 )
+                changed[interaction_id]["removed"] += gone
             elif state.touched and state.score(self.config).reward < 0:
                 negative.append(interaction_id)
         for interaction_id, removed in self.memory.forget_exchanges(conn, negative).items():

@@ -88,6 +88,12 @@ WHERE kind = 'fact' AND source LIKE 'correction:%%'
   AND 1 - (embedding <=> %(embedding)s) >= %(similarity)s
 RETURNING id
 """
+# What superseded answers left in memory: their correction's fact, or their exchange.
+_FORGET_SUPERSEDED = """
+DELETE FROM npllm.memories
+WHERE interaction_id = ANY(%(ids)s) AND kind IN ('fact', 'exchange')
+RETURNING id
+"""
 _DELETE = "DELETE FROM npllm.memories WHERE id = %(id)s RETURNING id"
 _COUNT = "SELECT count(*) FROM npllm.memories"
 
@@ -220,6 +226,14 @@ class MemoryStore:
             interaction_id, merge=False,
         )  # fmt: skip
         return {"removed": removed, "added": [fact.id]}
+
+    @staticmethod
+    def forget_superseded(conn: Any, interaction_ids: list[int]) -> list[int]:
+        """Remove what answers superseded by a later correction left in memory (inside the
+        caller's transaction): the latest correction of a question wins here too."""
+        if not interaction_ids:
+            return []
+        return [int(r[0]) for r in conn.execute(_FORGET_SUPERSEDED, {"ids": interaction_ids})]
 
     @staticmethod
     def forget_exchanges(conn: Any, interaction_ids: list[int]) -> dict[int, list[int]]:

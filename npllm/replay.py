@@ -48,7 +48,7 @@ ON CONFLICT (interaction_id) DO NOTHING
 _CANDIDATES = """
 SELECT r.interaction_id, r.priority
 FROM npllm.replay_buffer r
-WHERE r.tier = ANY(%(tiers)s) AND r.priority > 0
+WHERE r.tier = ANY(%(tiers)s) AND r.priority > 0 AND r.superseded_by IS NULL
   AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
   AND (%(min_quality)s::real IS NULL OR r.quality >= %(min_quality)s::real)
   AND (NOT %(new_only)s OR r.trained_at IS NULL OR r.updated_at > r.trained_at)

@@ -54,3 +54,41 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
             "SELECT adapter FROM npllm.replay_buffer WHERE interaction_id = %(id)s", {"id": ids[0]}
         ).fetchone()
     assert adapter == ("published",)
+
+
+def test_the_latest_correction_of_a_question_wins_everywhere(
+    fresh_database: Database, embedder: Any, settings: Any
+) -> None:
+    """Regression (c): a fact corrected on day 1 and corrected again (a new value) on day 4:
+    only the newest correction is new, rehearsed, exported and remembered — also after the
+    older one was learned by an adapter."""
+    from consolidation.datasets import replay_examples
+    from npllm.memory import MemoryStore
+
+    db = fresh_database
+    memory = MemoryStore(db.pool, embedder, settings.memory)
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone(), memory=memory)
+
+    def correct(question: str, truth: str) -> int:
+        embedding = embedder.embed_one(question)
+        with db.pool.connection() as conn, conn.transaction():
+            iid = interactions.record(
+                conn,
+                Interaction([{"role": "user", "content": question}], question, "no", "m", embedding),
+            )
+            replay.admit(conn, iid, embedding, [])
+        feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
+        return iid
+
+    old = correct("What port does the Quibblix gateway listen on?", "It listens on port 6123.")
+    other = correct("Who owns the Quibblix gateway?", "Marta owns it.")
+    replay.mark_sampled(db.pool, [old, other], None, {old: "general", other: "general"})
+    new = correct("What port does the Quibblix gateway listen on ?", "It listens on port 7000.")
+    assert [i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)] == [new]
+    rehearsed = replay.sample(db.pool, 10, seed=0, adapter="general")
+    assert [i.interaction_id for i in rehearsed] == [other]  # not the superseded 6123
+    targets = [e["messages"][-1]["content"] for e in replay_examples(db.pool)]
+    assert "It listens on port 6123." not in targets and "It listens on port 7000." in targets
+    found = memory.search(embedder.embed_one("What port does the Quibblix gateway listen on?"))
+    texts = [m.text for m in found]
+    assert any("7000" in t for t in texts) and not any("6123" in t for t in texts)
