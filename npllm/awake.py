@@ -314,7 +314,9 @@ class AwakePath:
         return {
             "document_id": str(document_id) if document_id else None,
             "data": [
-                {"id": c.id, "chunk_index": c.chunk_index, "merged": c.merged} for c in chunks
+                {"id": c.id, "chunk_index": c.chunk_index, "merged": c.merged,
+                 "replaced": c.replaced}
+                for c in chunks
             ],
         }
 

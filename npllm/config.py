@@ -226,7 +226,9 @@ class MemoryConfig(_Section):
         0.95,
         gt=0.0,
         le=1.0,
-        description="A new memory this similar to an existing one is merged into it.",
+        description="A new memory this similar to an existing one of its kind that says the "
+        "same words is merged into it (a note or fact that says the same with other values "
+        "replaces the one it updates). Exchanges are never merged.",
     )
     chunk_chars: int = Field(
         1200, ge=100, description="Long texts are stored as chunks of about this many characters."

@@ -164,10 +164,13 @@ class Database:
         return applied
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Once per pooled connection: pgvector types, and the HNSW search breadth."""
+        """Once per pooled connection: pgvector types, and the HNSW search breadth. Iterative
+        index scans (pgvector 0.8): a search with a filter keeps scanning the index until it
+        has its k rows, instead of filtering the first ef_search and returning fewer."""
         register_vector(conn)
         ef_search = int(self.settings.memory.hnsw_ef_search)
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+        conn.execute("SET hnsw.iterative_scan = relaxed_order")
         conn.commit()
 
     def close(self, stop_server: bool | None = None) -> None:

@@ -41,11 +41,14 @@ VALUES (%(text)s, %(kind)s, %(source)s, %(embedding)s, %(document_id)s, %(chunk_
         %(interaction_id)s)
 RETURNING id
 """
+# The nearest memory of the same kind (a note is never merged into an exchange).
 _NEAREST = """
-SELECT id, 1 - (embedding <=> %(embedding)s) AS score
-FROM npllm.memories ORDER BY embedding <=> %(embedding)s LIMIT 1
+SELECT id, text, 1 - (embedding <=> %(embedding)s) AS score
+FROM npllm.memories WHERE kind = %(kind)s ORDER BY embedding <=> %(embedding)s LIMIT 1
 """
 _MERGE = "UPDATE npllm.memories SET merged_count = merged_count + 1 WHERE id = %(id)s"
+# A note or fact restated with another value replaces the one it updates.
+_REPLACE = "DELETE FROM npllm.memories WHERE id = %(id)s"
 # `asked`: for an exchange, how alike the question it answered is to this one.
 _SEARCH = """
 SELECT nearest.id, text, kind, source, nearest.created_at, use_count, score,
@@ -54,6 +57,27 @@ FROM (
     SELECT id, text, kind, source, created_at, use_count, interaction_id,
            1 - (embedding <=> %(embedding)s) AS score
     FROM npllm.memories ORDER BY embedding <=> %(embedding)s LIMIT %(k)s
+) nearest
+LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id AND nearest.kind = 'exchange'
+WHERE score >= %(min_score)s ORDER BY score DESC
+"""
+# What may go into a prompt, filtered *before* the top-k cut (pgvector's iterative index
+# scan keeps reading the index until k rows pass): taught memories (notes, facts,
+# documents), and a past exchange only when its answer was liked, not superseded by a
+# correction, and answered the same question. An unrated answer is the model's own
+# unverified guess: it never comes back (it was copied over a taught fact in testing).
+_RELEVANT = """
+SELECT nearest.id, text, kind, source, nearest.created_at, use_count, score,
+       1 - (i.question_embedding <=> %(embedding)s) AS asked
+FROM (
+    SELECT m.id, m.text, m.kind, m.source, m.created_at, m.use_count, m.interaction_id,
+           1 - (m.embedding <=> %(embedding)s) AS score
+    FROM npllm.memories m
+    WHERE m.kind <> 'exchange' OR EXISTS (
+        SELECT 1 FROM npllm.replay_buffer r JOIN npllm.interactions i ON i.id = r.interaction_id
+        WHERE r.interaction_id = m.interaction_id AND r.reward > 0 AND r.superseded_by IS NULL
+          AND 1 - (i.question_embedding <=> %(embedding)s) >= %(exchange)s)
+    ORDER BY m.embedding <=> %(embedding)s LIMIT %(k)s
 ) nearest
 LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id AND nearest.kind = 'exchange'
 WHERE score >= %(min_score)s ORDER BY score DESC
@@ -103,6 +127,34 @@ class StoredChunk:
     id: int
     chunk_index: int
     merged: bool  # True: a near-duplicate already existed and absorbed this chunk
+    replaced: int | None = None  # the memory this one updates (same words, another value)
+
+
+_TOKEN = re.compile(r"[\w.:/@#$%+-]+")
+
+
+# A note restated with other values is still this alike to the one it updates (MiniLM puts
+# "... listens on port 5433." and "... port 6543." at 0.9, below memory.dedup_similarity).
+UPDATE_SIMILARITY = 0.8
+
+
+def content(text: str) -> list[str]:
+    """What a memory says, for telling a duplicate from an update: its tokens, lower case,
+    punctuation at their ends dropped ("port 6123." and "Port 6123" say the same)."""
+    return [t.strip(".:,;-").lower() for t in _TOKEN.findall(text) if t.strip(".:,;-")]
+
+
+def restates(old: str, new: str) -> bool:
+    """Does `new` say what `old` says with other values? The same words in the same order
+    except value-like ones (numbers, names with digits, dashes, dots or slashes)."""
+    a, b = content(old), content(new)
+    if len(a) != len(b) or a == b:
+        return False
+    return all(x == y or (_value(x) and _value(y)) for x, y in zip(a, b, strict=True))
+
+
+def _value(token: str) -> bool:
+    return any(not c.isalpha() for c in token)
 
 
 @dataclass(frozen=True)
@@ -185,12 +237,24 @@ class MemoryStore:
         interaction_id: int | None,
         merge: bool = True,
     ) -> StoredChunk:
-        """One chunk: merged into a near-duplicate (when `merge`), else inserted."""
-        if merge:
-            nearest = conn.execute(_NEAREST, {"embedding": vector}).fetchone()
-            if nearest is not None and nearest[1] >= self.config.dedup_similarity:
+        """One chunk, stored beside the nearest memory of its kind (when `merge`): merged
+        into it when it is at least ``memory.dedup_similarity`` alike and says the same words
+        (a duplicate), or replacing it when a note or fact says the same with other values
+        ("... port 6123" then "... port 7000": an update, the latest wins; `restates`).
+        Exchanges are never merged: each is the answer of its own interaction, and a
+        correction or bad rating of that interaction must find it."""
+        replaced = None
+        if merge and kind != "exchange":
+            nearest = conn.execute(_NEAREST, {"embedding": vector, "kind": kind}).fetchone()
+            alike = -1.0 if nearest is None else float(nearest[2])
+            if alike >= self.config.dedup_similarity and content(nearest[1]) == content(text):
                 conn.execute(_MERGE, {"id": nearest[0]})
                 return StoredChunk(int(nearest[0]), index, merged=True)
+            if kind in ("note", "fact") and alike >= UPDATE_SIMILARITY and restates(
+                nearest[1], text
+            ):
+                conn.execute(_REPLACE, {"id": nearest[0]})
+                replaced = int(nearest[0])
         row = conn.execute(
             _INSERT,
             {
@@ -205,7 +269,7 @@ class MemoryStore:
         ).fetchone()
         if row is None:  # INSERT ... RETURNING returns its row unless the server failed
             raise StorageError("the database did not return the new memory's id")
-        return StoredChunk(int(row[0]), index, merged=False)
+        return StoredChunk(int(row[0]), index, merged=False, replaced=replaced)
 
     def correct(
         self, conn: Any, interaction_id: int, question: str, corrected: str
@@ -267,15 +331,21 @@ class MemoryStore:
     def relevant(self, embedding: np.ndarray) -> list[Recalled]:
         """What the awake path puts into working memory: the top-k at or above
         ``memory.min_similarity`` and within ``memory.relevance_margin`` of the best hit;
-        a past exchange only when it answered the same question (its question at least
-        ``memory.exchange_similarity`` alike): a past answer to another question is no
-        help, and a small model copies it (a recalled "owned by the Tidepool team" became the
-        answer to "who maintains it?" in testing)."""
-        found = [
-            m
-            for m in self.search(embedding)
-            if m.kind != "exchange" or (m.asked or 0.0) >= self.config.exchange_similarity
-        ]
+        a past exchange only when its answer was liked and it answered the same question (its
+        question at least ``memory.exchange_similarity`` alike): a past answer to another
+        question is no help, and a small model copies it (a recalled "owned by the Tidepool
+        team" became the answer to "who maintains it?" in testing). Filtered before the
+        top-k cut, so exchanges never push a taught fact out."""
+        params: dict[str, Any] = {
+            "embedding": embedding,
+            "k": self.config.top_k,
+            "min_score": self.config.min_similarity,
+            "exchange": self.config.exchange_similarity,
+        }
+        if params["k"] == 0:
+            return []
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            found = [Recalled(**row) for row in cur.execute(_RELEVANT, params).fetchall()]
         if not found:
             return []
         floor = found[0].score - self.config.relevance_margin

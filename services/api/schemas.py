@@ -65,6 +65,11 @@ class StoredChunk(Open):
     id: int
     chunk_index: int
     merged: bool = Field(description="True: merged into a near-duplicate memory.")
+    replaced: int | None = Field(
+        None,
+        description="The memory this one updates (the same note or fact with other values), "
+        "now deleted; null when none.",
+    )
 
 
 class MemoryStored(Open):

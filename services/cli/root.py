@@ -165,7 +165,8 @@ def remember(
     )
     for chunk in result["data"]:
         state = "merged into existing" if chunk["merged"] else "stored as"
-        typer.echo(f"chunk {chunk['chunk_index']}: {state} memory #{chunk['id']}")
+        updated = f" (replaces #{chunk['replaced']})" if chunk.get("replaced") else ""
+        typer.echo(f"chunk {chunk['chunk_index']}: {state} memory #{chunk['id']}{updated}")
 
 
 @app.command()

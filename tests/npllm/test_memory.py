@@ -92,14 +92,15 @@ def test_a_correction_replaces_the_wrong_exchange_with_a_fact_at_once(
 ) -> None:
     store, feedback, cleared = _hippocampus(fresh_database, settings, embedder)
     first = _answered(fresh_database, store, embedder, QUESTION, WRONG)
-    # The same wrong answer to the same question again: merged into the first exchange.
+    # The same wrong answer to the same question again: its own exchange (never merged).
     _answered(fresh_database, store, embedder, QUESTION, WRONG)
-    assert _kinds(store, embedder, QUESTION) == [("exchange", f"Q: {QUESTION}\nA: {WRONG}")]
+    # Regression (j): unrated answers are the model's own guesses and never come back.
+    assert _kinds(store, embedder, QUESTION) == []
     result = feedback.apply_one(
         feedback.explicit_pending(first, event="edited", text=RIGHT, comment="thanks!")
     )
     assert result.corrected and len(result.memories["added"]) == 1
-    assert len(result.memories["removed"]) == 1 and cleared == [1]
+    assert len(result.memories["removed"]) == 2 and cleared == [1]  # both wrong exchanges
     # Asked a minute later: the correction comes back from retrieval, the wrong one never.
     assert _kinds(store, embedder, QUESTION) == [("fact", f"Q: {QUESTION}\nA: {RIGHT}")]
     assert _kinds(store, embedder, "Which port is the Quibblix gateway on?")[0][1].endswith(RIGHT)
@@ -166,3 +167,44 @@ def test_retrieval_keeps_unrelated_notes_out_and_taught_facts_in(
     assert [m.text for m in store.relevant(embedder.embed_one(deploy))] == [
         "The deploy script lives in tools/deploy.sh and needs AWS credentials."
     ]
+
+
+def test_a_note_restated_with_another_value_replaces_the_old_one(
+    fresh_database: Any, settings: Any, embedder: Any
+) -> None:
+    """Regression (d): notes that differ only in a value used to be merged (the new value
+    was dropped). The same words merge; another value is an update and replaces the note;
+    exchanges are never merged, so a correction of either answer finds its own."""
+    from npllm.memory import MemoryStore
+
+    store = MemoryStore(fresh_database.pool, embedder, settings.memory)
+    _, (first,) = store.add("Our staging database listens on port 5433.")
+    _, (same,) = store.add("our staging database listens on port 5433")
+    assert same.merged and same.id == first.id
+    _, (update,) = store.add("Our staging database listens on port 6543.")
+    assert not update.merged and update.replaced == first.id
+    found = [m.text for m in store.search(embedder.embed_one("staging database port"))]
+    assert found == ["Our staging database listens on port 6543."]
+    a = store.add("Q: x?\nA: 1", kind="exchange", interaction_id=None)[1][0]
+    b = store.add("Q: x?\nA: 1", kind="exchange", interaction_id=None)[1][0]
+    assert a.id != b.id and not b.merged
+
+
+def test_past_answers_to_other_questions_never_push_a_taught_fact_out(
+    fresh_database: Any, settings: Any, embedder: Any
+) -> None:
+    """Regression (e): exchanges were filtered after the top-k cut, so the k nearest could
+    all be past answers to other (paraphrased) questions and the correction fell out of
+    working memory. The filter now runs before the cut."""
+    store, feedback, _ = _hippocampus(fresh_database, settings, embedder)
+    store.add(f"Q: {QUESTION}\nA: {RIGHT}", kind="fact")
+    for n in range(settings.memory.top_k + 1):
+        # A liked answer whose text is nearer the question than the fact, to a question
+        # that is not this one.
+        iid = _answered(fresh_database, store, embedder, f"Tell me a joke number {n}.",
+                        "Ha.")  # fmt: skip
+        store.add(f"Q: {QUESTION}\nA: maybe port 80{n}", kind="exchange", interaction_id=iid)
+        feedback.apply_one(feedback.explicit_pending(iid, rating=1.0))
+    vector = embedder.embed_one(QUESTION)
+    assert [m.kind for m in store.search(vector)][: settings.memory.top_k].count("fact") == 0
+    assert [m.text for m in store.relevant(vector)] == [f"Q: {QUESTION}\nA: {RIGHT}"]
