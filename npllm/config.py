@@ -343,8 +343,16 @@ class ModulatorConfig(_Section):
         0.35,
         ge=-1.0,
         le=1.0,
-        description="A question must be at least this similar to an adapter's centroid to "
-        "beat 'no adapter'.",
+        description="A question must be at least this similar to the centroid of a topic an "
+        "adapter was trained on (an imported dataset) to be routed to it.",
+    )
+    scope_similarity: float = Field(
+        0.7,
+        ge=-1.0,
+        le=1.0,
+        description="A question must be at least this similar to a question an adapter was "
+        "taught (or a paraphrase of one) to be routed to it: the adapter's scope. Neighbouring "
+        "questions below it are answered by the bare base, exactly as before the night.",
     )
     top_k: int = Field(
         1, ge=1, le=3, description="Adapters used per question; above 1 they are blended."

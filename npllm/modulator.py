@@ -1,17 +1,24 @@
 """The modulator: which adapters (if any) should answer this question.
 
 A small network over the query embedding (384 → 1024 → 1024 → slots + 1, GELU; about
-1.5 M parameters) whose logits are added to a fixed prior built from the adapters'
-centroids:
+1.5 M parameters) whose logits are added to a fixed prior built from each adapter's
+**scope** (:class:`Scope`): a union of balls on the sphere of query embeddings, one per
+key — a question the adapter was taught (or a paraphrase of one the night made), with
+radius ``modulator.scope_similarity``, or the centroid of a topic it was trained on (an
+imported dataset, or a description), with radius ``modulator.none_similarity``:
 
-    logit[none]    = none_similarity / temperature
-    logit[adapter] = cos(query, centroid) / temperature
-    p              = softmax(prior + net(query))
+    inside[adapter] = max over its keys of (cos(query, key) − radius)
+    logit[none]     = none_similarity / temperature
+    logit[adapter]  = (none_similarity + inside[adapter]) / temperature
+    p               = softmax(prior + net(query))
 
+An adapter thus wins over "none" exactly when the question is inside one of its balls:
+a correction answers its own question and the ones that mean the same, and a neighbouring
+question (the same subject with another relation, the public default behind a team's
+setting) is left to the bare base — what the adapter never learned, it never changes. A
+topic key gives the old centroid routing unchanged (none_similarity + cos − none_similarity).
 The network's last layer starts at zero, so an untrained modulator routes purely by
-centroid similarity — a fresh install sends a question to the adapter whose training
-questions it resembles, and to no adapter when none is at least ``none_similarity``
-alike. Training (``modulator.train``, in the sleep cycle: consolidation/routing.py)
+these scopes. Training (``modulator.train``, in the sleep cycle: consolidation/routing.py)
 only learns the correction, from the logged decisions and their rewards. Top-1 by
 default; with ``modulator.top_k`` > 1 the best k adapters above ``min_weight`` are
 blended with renormalised weights.
@@ -45,6 +52,22 @@ log = logging.getLogger("npllm.modulator")
 
 NONE = "none"
 FILE = "modulator.safetensors"  # in <data_dir>/modulator/v<N>/
+# Buffers that are the adapters' scopes, set by set_adapters, not the network's weights.
+_ROUTING = ("keys", "key_slot", "key_radius", "present")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where an adapter answers: unit key vectors (n, dim) and each one's radius (n,), the
+    similarity a question needs to one of them (see the module docstring)."""
+
+    keys: np.ndarray
+    radii: np.ndarray
+
+    @classmethod
+    def topic(cls, centroid: np.ndarray, radius: float) -> Scope:
+        """A whole topic, around its centroid (the routing before scopes)."""
+        return cls(np.asarray(centroid, np.float32)[None], np.asarray([radius], np.float32))
 
 
 @dataclass
@@ -59,7 +82,9 @@ class Decision:
 class Modulator(nn.Module):
     """Weights over the registered adapters plus "none" (see the module docstring)."""
 
-    centroids: torch.Tensor
+    keys: torch.Tensor
+    key_slot: torch.Tensor
+    key_radius: torch.Tensor
     present: torch.Tensor
 
     def __init__(self, config: ModulatorConfig, dim: int = 384) -> None:
@@ -75,9 +100,13 @@ class Modulator(nn.Module):
         self.head = nn.Linear(config.hidden, slots + 1)
         nn.init.zeros_(self.head.weight)  # untrained: the centroid prior alone decides
         nn.init.zeros_(self.head.bias)
-        self.register_buffer("centroids", torch.zeros(slots, dim))  # (slots, dim)
+        self.dim = dim
+        self.register_buffer("keys", torch.zeros(0, dim))  # (keys, dim)
+        self.register_buffer("key_slot", torch.zeros(0, dtype=torch.long))  # (keys,)
+        self.register_buffer("key_radius", torch.zeros(0))  # (keys,)
         self.register_buffer("present", torch.zeros(slots, dtype=torch.bool))  # (slots,)
         self.names: list[str | None] = [None] * slots
+        self._scopes: dict[str, Scope] = {}
         self.eval()
         for param in self.parameters():
             param.requires_grad_(False)
@@ -86,11 +115,17 @@ class Modulator(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def set_adapters(self, centroids: Mapping[str, np.ndarray | None]) -> None:
-        """The routable adapters (those with a centroid). An adapter keeps its output slot
-        while it stays routable (a trained network's corrections stay with their
-        adapter); a new one takes the first free slot, whose trained weights are cleared."""
-        routable = sorted(name for name, c in centroids.items() if c is not None)
+    def set_adapters(self, scopes: Mapping[str, Scope | np.ndarray | None]) -> None:
+        """The routable adapters and their scopes (a bare vector is a topic centroid; None:
+        not routable, only used when pinned). An adapter keeps its output slot while it
+        stays routable (a trained network's corrections stay with their adapter); a new
+        one takes the first free slot, whose trained weights are cleared."""
+        given = {
+            name: s if isinstance(s, Scope) else Scope.topic(s, self.config.none_similarity)
+            for name, s in scopes.items()
+            if s is not None and len(s if isinstance(s, np.ndarray) else s.keys)
+        }
+        routable = sorted(given)
         keep = {name: slot for slot, name in enumerate(self.names) if name in routable}
         if len(routable) > len(self.names):
             # Publishing keeps the population within modulator.max_adapters (npllm/adapters.py,
@@ -103,27 +138,41 @@ class Modulator(nn.Module):
                 "%d routable adapters but modulator.max_adapters = %d: routing to %s only",
                 wanted, len(self.names), ", ".join(routable),
             )  # fmt: skip
-        self.centroids.zero_()
         self.present.zero_()
         names: list[str | None] = [n if n in keep else None for n in self.names]
         free = iter(slot for slot, name in enumerate(names) if name is None)
+        keys, owners, radii = [], [], []
         for name in routable:
             slot = keep[name] if name in keep else next(free)
             if name not in keep:
                 self._clear_slot(slot)
-            vector = torch.as_tensor(centroids[name], dtype=torch.float32)
-            self.centroids[slot] = vector / vector.norm().clamp_min(1e-8)
+            scope = given[name]
+            vectors = torch.as_tensor(np.asarray(scope.keys), dtype=torch.float32)
+            keys.append(vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            owners.append(torch.full((len(vectors),), slot, dtype=torch.long))
+            radii.append(torch.as_tensor(np.asarray(scope.radii), dtype=torch.float32))
             self.present[slot] = True
             names[slot] = name
+        self.keys = torch.cat(keys) if keys else torch.zeros(0, self.dim)
+        self.key_slot = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
+        self.key_radius = torch.cat(radii) if radii else torch.zeros(0)
         self.names = names
+        self._scopes = {name: given[name] for name in routable}
 
-    def routable(self) -> dict[str, np.ndarray]:
-        """Name → centroid of the adapters it routes to (what set_adapters was given)."""
-        return {
-            name: self.centroids[slot].numpy().copy()
-            for slot, name in enumerate(self.names)
-            if name is not None and bool(self.present[slot])
-        }
+    def routable(self) -> dict[str, Scope]:
+        """Name → scope of the adapters it routes to (what set_adapters was given)."""
+        return dict(self._scopes)
+
+    def inside(self, query: torch.Tensor) -> torch.Tensor:
+        """(batch, slots): how far each query is inside each adapter's scope (> 0: inside;
+        −inf for a slot with no adapter)."""
+        slots = self.present.shape[0]
+        out = torch.full((query.shape[0], slots), float("-inf"))
+        if len(self.keys):
+            margin = query @ self.keys.T - self.key_radius  # (batch, keys)
+            index = self.key_slot.expand(query.shape[0], -1)
+            out = out.scatter_reduce(1, index, margin, reduce="amax")
+        return out
 
     @torch.no_grad()
     def _clear_slot(self, slot: int) -> None:
@@ -133,11 +182,10 @@ class Modulator(nn.Module):
     def logits(self, query: torch.Tensor) -> torch.Tensor:
         """Logits over [none, slot 0, slot 1, ...] for (batch, dim) queries; differentiable
         in the network's parameters (training, consolidation/routing.py)."""
-        t = self.config.temperature
-        sims = query @ self.centroids.T  # (batch, slots)
-        sims = sims.masked_fill(~self.present, float("-inf"))
-        none = torch.full((query.shape[0], 1), self.config.none_similarity)  # (batch, 1)
-        prior = torch.cat([none, sims], dim=1) / t  # (batch, slots + 1)
+        t, none_similarity = self.config.temperature, self.config.none_similarity
+        inside = self.inside(query) + none_similarity  # (batch, slots)
+        none = torch.full((query.shape[0], 1), none_similarity)  # (batch, 1)
+        prior = torch.cat([none, inside], dim=1) / t  # (batch, slots + 1)
         return prior + self.head(self.net(query))
 
     def save(self, path: Path) -> None:
@@ -145,7 +193,7 @@ class Modulator(nn.Module):
         from safetensors.torch import save_file
 
         tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
-        tensors = {k: v for k, v in tensors.items() if k not in ("centroids", "present")}
+        tensors = {k: v for k, v in tensors.items() if k not in _ROUTING}
         slots = json.dumps(self.names)
         save_file(tensors, str(path), metadata={"slots": slots, "hidden": str(self.config.hidden)})
 
@@ -162,7 +210,7 @@ class Modulator(nn.Module):
             raise ModelError(
                 f"cannot load the modulator from {path}: {type(exc).__name__}: {exc}"
             ) from exc
-        own = {k: v for k, v in self.state_dict().items() if k not in ("centroids", "present")}
+        own = {k: v for k, v in self.state_dict().items() if k not in _ROUTING}
         wrong = [k for k, v in own.items() if k not in tensors or tensors[k].shape != v.shape]
         if wrong or len(slots) != len(self.names):
             raise ModelError(
@@ -176,7 +224,7 @@ class Modulator(nn.Module):
             )
         self.load_state_dict(tensors, strict=False)
         self.names = slots
-        self.present.zero_()  # centroids come with set_adapters
+        self.present.zero_()  # scopes come with set_adapters
 
     @torch.inference_mode()
     def forward(self, query: torch.Tensor) -> torch.Tensor:

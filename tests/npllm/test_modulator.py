@@ -64,7 +64,7 @@ def test_adapters_keep_their_slot_and_a_reused_slot_starts_untrained(
     assert mod.names == ["a", "d", "c", None]
     assert mod.head.bias[1:4].tolist() == [1.0, 0.0, 3.0]  # d does not inherit b's
     assert set(mod.routable()) == {"a", "c", "d"}
-    assert np.allclose(mod.routable()["d"], E[3])
+    assert np.allclose(mod.routable()["d"].keys[0], E[3])
     # More adapters than slots (only if modulator.max_adapters was lowered: publishing keeps
     # within it): the ones that fit are routed, the others only served pinned — no error.
     mod.set_adapters({"c": E[2], **{k: E[i] for i, k in enumerate("vwxy")}})
@@ -97,3 +97,22 @@ def test_a_saved_modulator_loads_back_identical_and_bad_files_are_refused(
     mod.save(tmp_path / "nan.safetensors")
     with pytest.raises(ModelError, match="NaN or infinite weights"):
         Modulator(SMALL).load(tmp_path / "nan.safetensors")
+
+
+def test_an_adapter_taught_questions_answers_inside_their_scope_only() -> None:
+    """A scope is a union of balls around the questions an adapter was taught: a question
+    that means the same (inside a ball) is routed to it; a neighbouring one, even nearer
+    the adapter's centroid than that, is not."""
+    from npllm.modulator import Scope
+
+    config = ModulatorConfig(hidden=32, max_adapters=4, scope_similarity=0.8)
+    mod = Modulator(config)
+    taught = np.stack([E[0], E[1]])  # two questions, unrelated to each other
+    mod.set_adapters({"facts": Scope(taught, np.full(2, config.scope_similarity, np.float32))})
+    paraphrase = _unit(E[0] + 0.4 * E[5])  # cos 0.93 to the first question
+    neighbour = _unit(E[0] + E[1] + 0.9 * E[6])  # cos 0.6 to each, 0.85 to their centroid
+    assert mod.decide(paraphrase).chosen == [("facts", 1.0)]
+    assert mod.decide(neighbour).chosen == []
+    # The same adapter as a topic (its centroid, radius none_similarity) takes both.
+    mod.set_adapters({"facts": _unit(E[0] + E[1])})
+    assert mod.decide(neighbour).chosen == [("facts", 1.0)]
