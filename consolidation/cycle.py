@@ -297,7 +297,7 @@ def train_modulator(ctx: CycleContext, cycle: int) -> dict[str, Any]:
             return {
                 "verdict": f"skipped: the active modulator v{found.version} does not load: {exc}"
             }
-    current.set_adapters({v.adapter: c for v, c in ctx.registry.active()})
+    current.set_adapters(ctx.registry.scopes(ctx.settings.modulator))
     report = modulator_training.consolidate(
         ctx.settings, ctx.pool, current, cycle, int(ctx.seed or 0)
     )

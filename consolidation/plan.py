@@ -33,6 +33,9 @@ from npllm.config import Settings
 from npllm.errors import AdapterError
 from npllm.versions import Registry
 
+# Most samples a stale adapter is rebuilt from in one night (everything it learned, usually).
+REBUILD_LIMIT = 1000
+
 
 def learnable(item: replay.ReplayItem) -> bool:
     """What a night can learn from: the user's correction, or an answer they liked."""
@@ -48,9 +51,18 @@ def make_plan(
     new = [i for i in replay.sample(pool, sleep.max_samples, seed=seed, new_only=True)
            if learnable(i)]  # fmt: skip
     centroids: dict[str, np.ndarray] = {v.adapter: c for v, c in registry.active() if c is not None}
-    # Stale adapters (trained for another base) are rebuilt from the samples they attract.
+    scopes = registry.scopes(settings.modulator)
+    # Stale adapters (trained for another base) take part with the scope and centroid of the
+    # version they serve under that base, and are rebuilt from everything they learned.
+    stale = registry.stale_versions()
     centroids.update(registry.stale_centroids())
-    router, _ = modulator.routing(settings, pool, centroids)
+    for version in stale:
+        keys = registry.keys(version)
+        if keys.texts:
+            scopes[version.adapter] = keys.scope(settings.modulator)
+        elif version.adapter in centroids:
+            scopes[version.adapter] = centroids[version.adapter]  # type: ignore[assignment]
+    router, _ = modulator.routing(settings, pool, scopes)
     listing = {a["name"]: a for a in registry.listing()}
     vectors = np.asarray(embedder.embed([i.question for i in new])) if new else None
     assigned, unplaced = (
@@ -68,11 +80,26 @@ def make_plan(
         if vectors is not None
         else ({}, [])
     )
+    for version in stale:  # rebuilt for this base from everything it was taught
+        taught = [i for i in replay.sample(pool, REBUILD_LIMIT, seed=seed, adapter=version.adapter)
+                  if learnable(i)]  # fmt: skip
+        topic = assigned.setdefault(version.adapter, topics.Topic(version.adapter))
+        known = {i.interaction_id for i in topic.items}
+        for item in taught:
+            if item.interaction_id not in known:
+                topic.add(item, embedder.embed_one(item.question))
+        topic.why = (topic.why + "; " if topic.why else "") + (
+            f"rebuilt for this base from the {len(taught)} sample(s) it learned for "
+            f"another (v{version.version})"
+        )
     groups: dict[str, dict[str, Any]] = {}
+    rebuilt = {v.adapter for v in stale}
     for name, topic in assigned.items():
+        if not topic.items:  # a stale adapter that learned only its dataset (added below)
+            continue
         rehearse: list[replay.ReplayItem] = []
         budget = min(math.ceil(sleep.rehearsal_ratio * len(topic.items)), sleep.max_rehearsal)
-        if not topic.new and budget:
+        if not topic.new and budget and name not in rebuilt:
             rehearse = [
                 i
                 for i in replay.sample(pool, budget, seed=seed, adapter=name,

@@ -18,7 +18,7 @@ from pathlib import Path
 # its cycles, and the retention probe (examples of earlier cycles), written by the sleep
 # cycle; peft's answer to the parity probe, written by the trainer
 # (npllm/engines/gguf_export.py).
-EXTRAS = ("mas_omega.safetensors", "probe.jsonl", "reference.json")
+EXTRAS = ("mas_omega.safetensors", "probe.jsonl", "reference.json", "scope.safetensors")
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> None:

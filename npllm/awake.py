@@ -140,13 +140,15 @@ class AwakePath:
 
     def load_adapters(self, registry: Registry) -> list[Version]:
         """Load every active version for this base and route to them (at start-up)."""
-        active = registry.active()
-        served = {v.key for v in self.adapters.serve([v for v, _ in active])}
-        active = [(v, c) for v, c in active if v.key in served]
+        active = [v for v, _ in registry.active()]
+        served = {v.key for v in self.adapters.serve(active)}
+        scopes = registry.scopes(self.settings.modulator)
         self.modulator, self.modulator_version = modulator_versions.routing(
-            self.settings, self.pool, {v.adapter: c for v, c in active}
+            self.settings,
+            self.pool,
+            {v.adapter: scopes.get(v.adapter) for v in active if v.key in served},
         )
-        return [v for v, _ in active]
+        return [v for v in active if v.key in served]
 
     def _learn_from_turn(
         self,

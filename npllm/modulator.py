@@ -46,6 +46,7 @@ from torch import nn
 from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig, Settings
 from npllm.errors import AdapterError, ModelError
+from npllm.scope import Scope
 from npllm.versions import ANY_BASE, Registry, Version
 
 log = logging.getLogger("npllm.modulator")
@@ -54,20 +55,6 @@ NONE = "none"
 FILE = "modulator.safetensors"  # in <data_dir>/modulator/v<N>/
 # Buffers that are the adapters' scopes, set by set_adapters, not the network's weights.
 _ROUTING = ("keys", "key_slot", "key_radius", "present")
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Where an adapter answers: unit key vectors (n, dim) and each one's radius (n,), the
-    similarity a question needs to one of them (see the module docstring)."""
-
-    keys: np.ndarray
-    radii: np.ndarray
-
-    @classmethod
-    def topic(cls, centroid: np.ndarray, radius: float) -> Scope:
-        """A whole topic, around its centroid (the routing before scopes)."""
-        return cls(np.asarray(centroid, np.float32)[None], np.asarray([radius], np.float32))
 
 
 @dataclass

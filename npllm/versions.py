@@ -18,6 +18,7 @@ every kind.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ from psycopg.types.json import Jsonb
 
 from npllm.adapters import AdapterShape, check_name
 from npllm.artifacts import copy_files
-from npllm.config import Settings
+from npllm.config import ModulatorConfig, Settings
 from npllm.errors import AdapterError, NotFoundError, RequestError
+from npllm.scope import Scope
 
 
 class Shape(Protocol):
@@ -66,6 +68,77 @@ class Version:
         return f"{self.adapter}@v{self.version}"
 
 
+SCOPE_FILE = "scope.safetensors"  # a version's routing keys, beside its weights
+
+
+@dataclass(frozen=True)
+class Keys:
+    """A version's routing keys (npllm.routing_keys): per key its kind (question,
+    paraphrase, topic), text, unit embedding (row of `embeddings`) and, for a question, the
+    interaction it was taught from. A trained version carries them in its directory
+    (`SCOPE_FILE`: the embeddings as a tensor, the rest as JSON in the header), so they
+    reach the store with its weights whoever publishes it."""
+
+    kinds: list[str]
+    texts: list[str]
+    embeddings: np.ndarray  # (keys, dim)
+    interactions: list[int | None]
+
+    @classmethod
+    def topic(cls, centroid: np.ndarray, text: str) -> Keys:
+        return cls(["topic"], [text or "topic centroid"],
+                   np.asarray(centroid, np.float32)[None], [None])  # fmt: skip
+
+    def save(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        meta = {"kinds": self.kinds, "texts": self.texts, "interactions": self.interactions}
+        save_file({"embeddings": np.ascontiguousarray(self.embeddings, np.float32)},
+                  str(directory / SCOPE_FILE), metadata={"keys": json.dumps(meta)})  # fmt: skip
+
+    @classmethod
+    def load(cls, directory: Path) -> Keys | None:
+        """The keys saved in `directory` (None without a scope file); AdapterError when the
+        file is not a scope file."""
+        from safetensors import SafetensorError, safe_open
+
+        path = directory / SCOPE_FILE
+        if not path.exists():
+            return None
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                meta = json.loads((fh.metadata() or {})["keys"])
+                embeddings = fh.get_tensor("embeddings")
+            keys = cls(list(meta["kinds"]), list(meta["texts"]), embeddings,
+                       list(meta["interactions"]))  # fmt: skip
+        except (OSError, KeyError, ValueError, TypeError, SafetensorError) as exc:
+            raise AdapterError(f"{path} is not a readable scope file: {exc}") from exc
+        n = len(keys.kinds)
+        if (embeddings.ndim != 2 or embeddings.shape[0] != n or len(keys.texts) != n
+                or len(keys.interactions) != n or not np.isfinite(embeddings).all()
+                or set(keys.kinds) - {"question", "paraphrase", "topic"}):  # fmt: skip
+            raise AdapterError(f"{path} is not a valid scope file (its keys do not match)")
+        return keys
+
+    def scope(self, config: ModulatorConfig) -> Scope:
+        """These keys as a scope: questions and paraphrases at ``modulator.scope_similarity``,
+        topics at ``modulator.none_similarity``."""
+        radii = [config.none_similarity if k == "topic" else config.scope_similarity
+                 for k in self.kinds]  # fmt: skip
+        return Scope(self.embeddings, np.asarray(radii, np.float32))
+
+    def rows(self, name: str, version: int) -> dict[str, Any]:
+        """The parameters of _ADD_KEYS."""
+        return {
+            "name": name,
+            "version": version,
+            "kinds": self.kinds,
+            "texts": self.texts,
+            "embeddings": [str([float(x) for x in row]) for row in self.embeddings],
+            "interactions": self.interactions,
+        }
+
+
 @dataclass(frozen=True)
 class BaseIdentity:
     """Which base LLM a version is trained for (the modulator: any; see ANY_BASE)."""
@@ -78,31 +151,55 @@ class BaseIdentity:
 ANY_BASE = BaseIdentity("any base LLM (routes query embeddings)", "any")
 
 
+# A new adapter's row; an existing one keeps everything that routes or serves it (centroid,
+# dataset, base, status) until a version of it is activated (_ADOPT).
 _UPSERT_ADAPTER = """
-INSERT INTO npllm.adapters (name, description, tags, centroid, base_model, base_fingerprint,
-                            shape, dataset, kind)
-VALUES (%(name)s, %(description)s, %(tags)s, %(centroid)s, %(base_model)s, %(fingerprint)s,
-        %(shape)s, %(dataset)s, %(kind)s)
+INSERT INTO npllm.adapters (name, description, tags, base_model, base_fingerprint, shape, kind)
+VALUES (%(name)s, %(description)s, %(tags)s, %(base_model)s, %(fingerprint)s, %(shape)s,
+        %(kind)s)
 ON CONFLICT (name) DO UPDATE SET
     description = CASE WHEN EXCLUDED.description = '' THEN npllm.adapters.description
                        ELSE EXCLUDED.description END,
     tags = CASE WHEN cardinality(EXCLUDED.tags) = 0 THEN npllm.adapters.tags
                 ELSE EXCLUDED.tags END,
-    centroid = coalesce(EXCLUDED.centroid, npllm.adapters.centroid),
-    base_model = EXCLUDED.base_model, base_fingerprint = EXCLUDED.base_fingerprint,
-    shape = EXCLUDED.shape, dataset = coalesce(EXCLUDED.dataset, npllm.adapters.dataset),
+    updated_at = now()
+"""
+# The adapter row takes the activated version's centroid, dataset and base.
+_ADOPT = """
+UPDATE npllm.adapters a
+SET centroid = coalesce(v.centroid, a.centroid), dataset = coalesce(v.dataset, a.dataset),
+    base_model = %(base_model)s, base_fingerprint = v.base_fingerprint, shape = %(shape)s,
     status = 'active', updated_at = now()
+FROM npllm.model_versions v
+WHERE a.name = v.adapter AND v.adapter = %(name)s AND v.version = %(version)s
+"""
+_ADD_KEYS = """
+INSERT INTO npllm.routing_keys (adapter, version, kind, text, embedding, interaction_id)
+SELECT %(name)s, %(version)s, k.kind, k.text, k.embedding::vector, k.interaction_id
+FROM unnest(%(kinds)s::text[], %(texts)s::text[], %(embeddings)s::text[],
+            %(interactions)s::bigint[]) AS k(kind, text, embedding, interaction_id)
+"""
+# Where the active versions for this base route: their keys, or (a version from before
+# keys, or published by hand) its centroid as a topic.
+_SCOPES = """
+SELECT v.adapter, k.kind, k.embedding, coalesce(v.centroid, a.centroid)
+FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
+LEFT JOIN npllm.routing_keys k ON k.adapter = v.adapter AND k.version = v.version
+WHERE v.status = 'active' AND a.status = 'active' AND v.base_fingerprint = %(fingerprint)s
+  AND a.kind = %(kind)s
+ORDER BY v.adapter, k.id
 """
 _NEXT_VERSION = """
 SELECT coalesce(max(version), 0) + 1 FROM npllm.model_versions WHERE adapter = %(name)s
 """
 _ADD_VERSION = """
 INSERT INTO npllm.model_versions (adapter, version, artifact_path, base_fingerprint, metrics,
-                                  status)
-VALUES (%(name)s, %(version)s, %(path)s, %(fingerprint)s, %(metrics)s, 'candidate')
+                                  status, centroid, dataset)
+VALUES (%(name)s, %(version)s, %(path)s, %(fingerprint)s, %(metrics)s, 'candidate',
+        %(centroid)s, %(dataset)s)
 """
 _ACTIVE = """
-SELECT v.adapter, v.version, v.artifact_path, v.status, a.centroid
+SELECT v.adapter, v.version, v.artifact_path, v.status, coalesce(v.centroid, a.centroid)
 FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
 WHERE v.status = 'active' AND a.status = 'active' AND v.base_fingerprint = %(fingerprint)s
   AND a.kind = %(kind)s
@@ -122,9 +219,10 @@ WHERE adapter = %(name)s AND status = 'retired' AND version < %(version)s
   AND base_fingerprint = %(fingerprint)s
 ORDER BY version DESC LIMIT 1
 """
+# The active version for this base retires (one active version per adapter and base).
 _RETIRE = """
 UPDATE npllm.model_versions SET status = 'retired', status_reason = %(reason)s
-WHERE adapter = %(name)s AND status = 'active'
+WHERE adapter = %(name)s AND status = 'active' AND base_fingerprint = %(fingerprint)s
 """
 _ACTIVATE = """
 UPDATE npllm.model_versions SET status = 'active', status_reason = NULL, activated_at = now()
@@ -156,12 +254,22 @@ UPDATE npllm.model_versions SET status = %(status)s, status_reason = %(reason)s,
        metrics = metrics || %(metrics)s
 WHERE adapter = %(name)s AND version = %(version)s
 """
+# Stale: an active version for another base and none for this one (rebuilt at the next
+# sleep); active again when the base it was trained for comes back.
 _STALE = """
-UPDATE npllm.adapters SET status = CASE WHEN base_fingerprint = %(fingerprint)s
-                                        THEN 'active' ELSE 'stale' END, updated_at = now()
-WHERE status <> CASE WHEN base_fingerprint = %(fingerprint)s THEN 'active' ELSE 'stale' END
-  AND kind = %(kind)s
-RETURNING name, status
+WITH wanted AS (
+    SELECT a.name, CASE
+        WHEN EXISTS (SELECT 1 FROM npllm.model_versions v WHERE v.adapter = a.name
+                     AND v.status = 'active' AND v.base_fingerprint = %(fingerprint)s)
+            THEN 'active'
+        WHEN EXISTS (SELECT 1 FROM npllm.model_versions v WHERE v.adapter = a.name
+                     AND v.status = 'active') THEN 'stale'
+        ELSE 'active' END AS status
+    FROM npllm.adapters a WHERE a.kind = %(kind)s
+)
+UPDATE npllm.adapters a SET status = wanted.status, updated_at = now()
+FROM wanted WHERE a.name = wanted.name AND a.status <> wanted.status
+RETURNING a.name, a.status
 """
 _LIST = """
 SELECT a.name, a.description, a.tags, a.status, a.base_model, a.dataset, a.centroid IS NOT NULL,
@@ -255,12 +363,16 @@ class Registry:
         dataset: str | None = None,
         metrics: dict[str, Any] | None = None,
         check_capacity: bool = True,
+        keys: Keys | None = None,
     ) -> Version:
         """Check and copy an adapter into the data dir as a new candidate version (refused,
         with nothing written, when it could never be served under the cap; a candidate that
-        is kept only as a refused one passes `check_capacity=False`)."""
+        is kept only as a refused one passes `check_capacity=False`). Where it routes once
+        active: `keys` (its scope), else `centroid` as a topic; nothing of it routes or
+        serves until :meth:`activate`."""
         check_name(name, self.kind)
         self.shape.check(source)
+        keys = keys or Keys.load(source)  # checked before anything is written
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%(name)s))", {"name": name})
             if check_capacity:
@@ -271,11 +383,9 @@ class Registry:
                     "name": name,
                     "description": description,
                     "tags": tags or [],
-                    "centroid": centroid,
                     "base_model": self.base.model_id,
                     "fingerprint": self.base.fingerprint,
                     "shape": Jsonb(self.shape.to_dict()),
-                    "dataset": dataset,
                     "kind": self.kind,
                 },
             )
@@ -292,8 +402,14 @@ class Registry:
                     "path": str(target),
                     "fingerprint": self.base.fingerprint,
                     "metrics": Jsonb(metrics or {}),
+                    "centroid": centroid,
+                    "dataset": dataset,
                 },
             )
+            if keys is None and centroid is not None:
+                keys = Keys.topic(centroid, f"dataset {dataset}" if dataset else description)
+            if keys is not None and keys.texts:
+                conn.execute(_ADD_KEYS, keys.rows(name, version))
         return Version(name, version, target, "candidate")
 
     def activate(self, version: Version, reason: str = "replaced by a newer version") -> None:
@@ -302,8 +418,12 @@ class Registry:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(_POPULATION_LOCK)
             self.check_capacity(version.adapter, conn)
-            conn.execute(_RETIRE, {"name": version.adapter, "reason": reason})
+            conn.execute(_RETIRE, {"name": version.adapter, "reason": reason,
+                                   "fingerprint": self.base.fingerprint})  # fmt: skip
             conn.execute(_ACTIVATE, {"name": version.adapter, "version": version.version})
+            conn.execute(_ADOPT, {"name": version.adapter, "version": version.version,
+                                  "base_model": self.base.model_id,
+                                  "shape": Jsonb(self.shape.to_dict())})  # fmt: skip
         self.prune(version.adapter)
 
     def prune(self, name: str) -> list[int]:
@@ -351,7 +471,8 @@ class Registry:
         to untrained routing); the version retired, if any."""
         old = self.current(name)
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(_RETIRE, {"name": name, "reason": reason})
+            conn.execute(_RETIRE, {"name": name, "reason": reason,
+                                   "fingerprint": self.base.fingerprint})  # fmt: skip
         return old
 
     def version(self, name: str, version: int) -> Version:
@@ -415,6 +536,43 @@ class Registry:
             for r in rows
         ]
 
+    def scopes(self, config: ModulatorConfig) -> dict[str, Scope]:
+        """Where each active version for this base routes (npllm/scope.py): its keys
+        (:meth:`Keys.scope`), or, for a version without keys (published by hand, or from
+        before keys), its centroid as a topic. Adapters with neither are not routed."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                _SCOPES, {"fingerprint": self.base.fingerprint, "kind": self.kind}
+            ).fetchall()
+        kinds: dict[str, list[str]] = {}
+        vectors: dict[str, list[list[float]]] = {}
+        for name, kind, embedding, centroid in rows:
+            vector = embedding if embedding is not None else centroid
+            if vector is not None:  # no key: its centroid is its topic
+                kinds.setdefault(name, []).append(kind if embedding is not None else "topic")
+                vectors.setdefault(name, []).append(vector.to_list())
+        found = {
+            name: Keys(kinds[name], [""] * len(kinds[name]),
+                       np.asarray(vectors[name], np.float32), [None] * len(kinds[name]))
+            for name in kinds
+        }  # fmt: skip
+        return {name: keys.scope(config) for name, keys in found.items()}
+
+    def keys(self, version: Version) -> Keys:
+        """The routing keys stored with `version` (empty for one from before keys)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT kind, text, embedding, interaction_id FROM npllm.routing_keys "
+                "WHERE adapter = %(name)s AND version = %(version)s ORDER BY id",
+                {"name": version.adapter, "version": version.version},
+            ).fetchall()
+        return Keys(
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            np.asarray([r[2].to_list() for r in rows], np.float32).reshape(len(rows), -1),
+            [r[3] for r in rows],
+        )
+
     def sync_staleness(self) -> dict[str, str]:
         """Mark adapters trained for another base 'stale' (and back, if the base returns)."""
         with self.pool.connection() as conn:
@@ -433,6 +591,20 @@ class Registry:
                 {"kind": self.kind},
             ).fetchall()
         return [(r[0], np.asarray(r[1].to_list(), np.float32)) for r in rows]
+
+    def stale_versions(self) -> list[Version]:
+        """The version each stale adapter serves under the base it was trained for (the
+        newest, when it has been active for several): what its rebuild starts from — its
+        keys, its dataset."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT ON (v.adapter) v.adapter, v.version, v.artifact_path, v.status "
+                "FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter "
+                "WHERE a.status = 'stale' AND a.kind = %(kind)s AND v.status = 'active' "
+                "ORDER BY v.adapter, v.version DESC",
+                {"kind": self.kind},
+            ).fetchall()
+        return [_version(r) for r in rows]
 
     def stale(self) -> list[str]:
         """Adapters trained for another base: not served, rebuilt at the next sleep."""

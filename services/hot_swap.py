@@ -165,7 +165,7 @@ class AdapterSlot:
     def switch(self, version: Version | None, staged: Any) -> int | None:
         assert version is not None
         old = self.awake.adapters.activate(version)
-        self.awake.modulator.set_adapters({v.adapter: c for v, c in self.store.active()})
+        self.awake.modulator.set_adapters(self.store.scopes(self.awake.settings.modulator))
         return None if old is None else old.version
 
     answer = staticmethod(_swap_answer)
