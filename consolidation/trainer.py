@@ -51,7 +51,7 @@ from consolidation import mas
 from npllm.adapters import AdapterShape
 from npllm.config import TrainingConfig
 from npllm.engines import gguf_export
-from npllm.llm import weights_sha256
+from npllm.llm import GenerationParams, penalise, weights_sha256
 
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
 ANCHOR_CACHE_BYTES = 512 * 1024 * 1024  # base distributions kept for the anchor
@@ -71,31 +71,18 @@ class Sampler:
     margin the right token must win by: the recall check judges a taught answer as it will be
     served, not as teacher forcing in fp32 would produce it.
 
-    llama.cpp's penalties count the last `last_n` tokens *the prompt included* (measured: a
-    frequency penalty of 2 over the last 64 tokens stopped a fact in the system message from
-    being copied; with last_n 0 it was copied), so the words an answer must copy from its
-    own question are penalised: logit /= repeat (logit × repeat when negative), then
-    logit −= frequency × count + presence × (count > 0), for every token seen in the window.
-    The margin covers what teacher forcing in torch cannot see: llama.cpp's quantised
-    activations move logits by a little."""
+    `params`: the served sampling settings; their penalties (npllm/llm.py: `penalise`)
+    count the prompt too — measured on llama.cpp: a frequency penalty of 2 over the last
+    64 tokens stopped a fact in the system message from being copied — so the words an
+    answer must copy from its own question are penalised. `margin` covers what teacher
+    forcing in torch cannot see: llama.cpp's quantised activations move logits by a little."""
 
-    frequency: float = 0.0
-    presence: float = 0.0
-    repeat: float = 1.0
-    last_n: int = 64
+    params: GenerationParams
     margin: float = 0.0
 
-    def penalise(self, logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-        """`logits` (vocab,) with the penalties for the tokens in `window` (1-d ids)."""
-        if self.last_n == 0 or not len(window):
-            return logits
-        window = window[-self.last_n :] if self.last_n > 0 else window
-        counts = torch.bincount(window, minlength=logits.shape[0])[: logits.shape[0]]
-        seen = counts > 0
-        out = logits.clone()
-        if self.repeat != 1.0:
-            out[seen] = torch.where(out[seen] > 0, out[seen] / self.repeat, out[seen] * self.repeat)
-        return out - self.frequency * counts - self.presence * seen
+    def penalise(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """`logits` (vocab,) after the served penalties for the tokens `seen` before it."""
+        return penalise(logits.clone(), seen, self.params)
 
 
 @dataclass(frozen=True)
@@ -129,6 +116,7 @@ class TrainResult:
     to_recall: int = 0
     kept: int | None = None  # keep-targets whose greedy answer the adapter leaves unchanged
     to_keep: int = 0
+    served: int | None = None  # taught answers the serving engine reproduced (last check)
     held_out_loss: float | None = None  # best held-out loss, with a held-out set
 
     def metrics(self) -> dict[str, Any]:
@@ -141,6 +129,7 @@ class TrainResult:
             "to_recall": self.to_recall,
             "kept": self.kept,
             "to_keep": self.to_keep,
+            "served": self.served,
             "held_out_loss": self.held_out_loss,
             "resumed_at_step": self.resumed_at,
             "tokens": self.tokens,
@@ -561,6 +550,7 @@ def train_adapter(
     recall: Sequence[int] | None = None,
     keep: list[list[dict[str, str]]] | None = None,
     sampler: Sampler | None = None,
+    verify: Callable[[Path], list[bool]] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
@@ -582,7 +572,12 @@ def train_adapter(
     base (KL, ``training.anchor_weight``), ``training.keep_per_batch`` of them beside each
     micro-batch, and the stopping check also asks that the adapter leaves the base's greedy
     choice unchanged at every position of their answers (TrainResult.kept).
-    `sampler`: the served path's penalties and the margin the recall check applies."""
+    `sampler`: the served path's penalties and the margin the recall check applies.
+    `verify`: called with `out_dir` holding the adapter as it is (saved there) once the
+    check passes; says, per example of `recall`, whether the serving engine answers it as
+    taught (consolidation/served.py). Those it does not get a wider margin and training
+    goes on; while some are missing when the budget is spent, it grows (at most twice, by
+    half of it, within ``training.max_steps``)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
@@ -644,9 +639,14 @@ def train_adapter(
     every = config.recall_check_every
     if checked and every:
         every = max(every, math.ceil(len(encoded) / (config.batch_size * config.grad_accumulation)))
+    criterion = _Criterion(encoded, checked, must, pad_id, config, watch, result, sampler,
+                           kept, keep_want, verify, out_dir,
+                           lambda: _snapshot(peft_model, tokenizer, out_dir))  # fmt: skip
     started = time.perf_counter()
     try:
-        for step in range(first, steps + 1):
+        step = first - 1
+        while step < steps:
+            step += 1
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(config.grad_accumulation):
@@ -683,9 +683,9 @@ def train_adapter(
             result.losses.append(step_loss)
             stop = False
             if every and (step % every == 0 or step == steps):
-                stop = _should_stop(peft_model, encoded, checked, must, pad_id, config, step,
-                                    steps, watch, result, sampler,
-                                    (kept, keep_want))  # fmt: skip
+                stop = criterion.check(peft_model, step, steps)
+                if not stop and step == steps:
+                    steps = criterion.extend(steps)
             elif step == steps:
                 result.stop_reason = f"budget spent: {steps} of {steps} steps"
             every_ckpt = config.checkpoint_every
@@ -705,13 +705,9 @@ def train_adapter(
                 for name, param in peft_model.named_parameters():
                     if name in watch.weights:
                         param.copy_(watch.weights[name])
-        peft_model.eval()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(str(out_dir), safe_serialization=True)
-        # What a serving engine must reproduce with this adapter (its conversion check).
-        (out_dir / gguf_export.REFERENCE_FILE).write_text(
-            json.dumps(gguf_export.reference(peft_model, tokenizer))
-        )
+        if not criterion.saved:  # a verified adapter is saved already, as it is
+            _snapshot(peft_model, tokenizer, out_dir)
+        result.steps = steps
         result.seconds = time.perf_counter() - started
         result.base_sha256_after = weights_sha256(peft_model, control)
     finally:
@@ -719,62 +715,135 @@ def train_adapter(
     return result
 
 
-def _should_stop(
-    model: Any,
-    encoded: list[tuple[list[int], list[int]]],
-    checked: list[tuple[list[int], list[int]]],
-    must: list[int],
-    pad_id: int,
-    config: TrainingConfig,
-    step: int,
-    steps: int,
-    watch: _Watch,
-    result: TrainResult,
-    sampler: Sampler | None = None,
-    keep: tuple[list[tuple[list[int], list[int]]], list[list[int]]] = ([], []),
-) -> bool:
-    """One check of the stopping criterion (module docstring); sets result.stop_reason when
-    it says stop or when the budget is spent."""
-    recalled = True
-    if must:
-        exact = reproduced(
-            model, [encoded[i] for i in must], pad_id, config.batch_size * 2, sampler
+def _snapshot(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Save the adapter as it is to `out_dir`, with what a serving engine must reproduce with
+    it (its conversion check, npllm/engines/gguf_export.py)."""
+    was_training = model.training
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    (out_dir / gguf_export.REFERENCE_FILE).write_text(
+        json.dumps(gguf_export.reference(model, tokenizer))
+    )
+    model.train(was_training)
+
+
+MARGIN_STEP = 1.0  # how much wider a taught answer's margin gets when the engine missed it
+EXTENSIONS = 2  # how often a budget grows while taught answers are not served right
+
+
+class _Criterion:
+    """The stopping criterion (module docstring) across the checks of one run: the best
+    held-out loss so far (`watch`), each taught answer's required margin, the served check."""
+
+    def __init__(
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        checked: list[tuple[list[int], list[int]]],
+        must: list[int],
+        pad_id: int,
+        config: TrainingConfig,
+        watch: _Watch,
+        result: TrainResult,
+        sampler: Sampler | None,
+        keep: list[tuple[list[int], list[int]]],
+        keep_want: list[list[int]],
+        verify: Callable[[Path], list[bool]] | None,
+        out_dir: Path,
+        snapshot: Callable[[], None],
+    ) -> None:
+        self.encoded, self.checked, self.must, self.pad_id = encoded, checked, must, pad_id
+        self.config, self.watch, self.result, self.sampler = config, watch, result, sampler
+        self.keep, self.keep_want = keep, keep_want
+        self.verify, self.out_dir, self.snapshot = verify, out_dir, snapshot
+        self.need = [0.0 if sampler is None else sampler.margin for _ in must]
+        self.extensions = 0
+        self.saved = False  # the adapter in out_dir is the final one (verified)
+
+    def check(self, model: Any, step: int, steps: int) -> bool:
+        """One check; sets result.stop_reason when it says stop or the budget is spent."""
+        config, result = self.config, self.result
+        recalled = True
+        if self.must:
+            found = margins(model, [self.encoded[i] for i in self.must], self.pad_id,
+                            config.batch_size * 2, self.sampler)  # fmt: skip
+            exact = [m > need for m, need in zip(found, self.need, strict=True)]
+            result.recalled = sum(exact)
+            recalled = all(exact)
+        kept = True
+        if self.keep and (recalled or step == steps):  # checked once the taught answers hold
+            plain = None if self.sampler is None else replace(self.sampler, margin=0.0)
+            same = reproduced(model, self.keep, self.pad_id, config.batch_size * 2, plain,
+                              self.keep_want)  # fmt: skip
+            result.kept = sum(same)
+            kept = all(same)
+        plateau = True
+        if self.checked:
+            loss = _held_out_loss(model, self.checked, self.pad_id)
+            watch = self.watch
+            if loss < watch.best and recalled:  # best among weights that reproduce the taught
+                watch.best, watch.best_step, watch.stale = loss, step, 0
+                watch.weights = _trainable(model)
+            else:
+                watch.stale += 1
+            result.held_out_loss = round(watch.best, 5) if watch.weights is not None else None
+            plateau = watch.stale >= config.patience
+        served = True
+        if recalled and kept and plateau and self.must and self.verify is not None:
+            self.snapshot()
+            right = self.verify_now()
+            served = all(right)
+            self.saved = served
+        if recalled and kept and plateau and served and (self.must or self.checked):
+            result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(self._parts())
+            return True
+        if step == steps:
+            result.stop_reason = f"budget spent: {steps} of {steps} steps{self._counts()}"
+        return False
+
+    def verify_now(self) -> list[bool]:
+        """The engine's answers to the taught chats; those it missed need a wider margin."""
+        assert self.verify is not None
+        right = self.verify(self.out_dir)
+        for k, ok in enumerate(right):
+            if not ok:
+                self.need[k] += MARGIN_STEP
+        self.result.served = sum(right)
+        return right
+
+    def extend(self, steps: int) -> int:
+        """The budget, grown when taught answers are still not served right (else as is)."""
+        missing = self.result.to_recall - (self.result.served or 0)
+        if (self.verify is None or not missing or self.extensions >= EXTENSIONS
+                or steps >= self.config.max_steps):  # fmt: skip
+            return steps
+        self.extensions += 1
+        grown = min(steps + max(steps // 2, 1), self.config.max_steps)
+        self.result.budget_reason += (
+            f"; grown to {grown} steps: {missing} taught answer(s) not yet served as taught"
         )
-        result.recalled = sum(exact)
-        recalled = all(exact)
-    kept = True
-    keep_pairs, keep_want = keep
-    if keep_pairs and (recalled or step == steps):  # checked once the taught answers hold
-        same = reproduced(model, keep_pairs, pad_id, config.batch_size * 2,
-                          replace(sampler or Sampler(), margin=0.0), keep_want)  # fmt: skip
-        result.kept = sum(same)
-        kept = all(same)
-    plateau = True
-    if checked:
-        loss = _held_out_loss(model, checked, pad_id)
-        if loss < watch.best and recalled:  # best among weights that reproduce the taught
-            watch.best, watch.best_step, watch.stale = loss, step, 0
-            watch.weights = _trainable(model)
-        else:
-            watch.stale += 1
-        result.held_out_loss = round(watch.best, 5) if watch.weights is not None else None
-        plateau = watch.stale >= config.patience
-    if recalled and kept and plateau and (must or checked):
+        return grown
+
+    def _parts(self) -> list[str]:
         parts = []
-        if must:
-            parts.append(f"every taught answer ({len(must)}) reproduced exactly")
-        if keep_pairs:
-            parts.append(f"every neighbour ({len(keep_pairs)}) answered as before")
-        if checked:
+        if self.must:
+            parts.append(f"every taught answer ({len(self.must)}) reproduced exactly"
+                         + (" through the serving engine" if self.verify else ""))  # fmt: skip
+        if self.keep:
+            parts.append(f"every neighbour ({len(self.keep)}) answered as before")
+        if self.checked:
             parts.append(
-                f"held-out loss stopped improving (best {watch.best:.4f} at step "
-                f"{watch.best_step}, kept)"
+                f"held-out loss stopped improving (best {self.watch.best:.4f} at step "
+                f"{self.watch.best_step}, kept)"
             )
-        result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(parts)
-        return True
-    if step == steps:
-        got = f" ({result.recalled} of {len(must)} taught answers reproduced" if must else ""
-        if keep_pairs:
-            got += f"{'; ' if got else ' ('}{result.kept} of {len(keep_pairs)} neighbours as before"
-        result.stop_reason = f"budget spent: {steps} of {steps} steps{got}{')' if got else ''}"
-    return False
+        return parts
+
+    def _counts(self) -> str:
+        got = []
+        if self.must:
+            got.append(f"{self.result.recalled} of {len(self.must)} taught answers reproduced")
+            if self.result.served is not None:
+                got.append(f"{self.result.served} served as taught")
+        if self.keep:
+            got.append(f"{self.result.kept} of {len(self.keep)} neighbours as before")
+        return f" ({'; '.join(got)})" if got else ""

@@ -433,6 +433,23 @@ class SleepConfig(_Section):
         description="Least answers stored since the last successful cycle began (counted in "
         "the database, so a restart keeps them) to start one.",
     )
+    paraphrases: int = Field(
+        3,
+        ge=0,
+        le=8,
+        description="Paraphrases of each taught question the night makes by rule "
+        "(consolidation/variants.py) and trains with its answer; they also widen the "
+        "adapter's scope. 0: none.",
+    )
+    neighbours: int = Field(
+        4,
+        ge=0,
+        le=12,
+        description="Neighbouring questions per taught question (same subject, another "
+        "relation; same relation, a well-known subject; the public default; the topic's "
+        "general questions) the night asks the bare base and keeps answering as it does "
+        "(keep-targets), and the gate checks. 0: none.",
+    )
 
     @field_validator("window_start")
     @classmethod
@@ -524,6 +541,19 @@ class TrainingConfig(_Section):
         description="A taught answer counts as reproduced when, teacher-forced and after the "
         "served penalties, each of its tokens beats every other by this many logits (covers "
         "the serving engine's own small differences from training).",
+    )
+    served_check: bool = Field(
+        True,
+        description="Check the taught answers through the serving engine (quantised base, "
+        "the served framing and penalties) before a night counts them learned; training goes "
+        "on (within training.max_steps) while some are not reproduced.",
+    )
+    max_changed_neighbours: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="The gate refuses a version that changes the greedy answer of more than "
+        "this share of the night's neighbouring questions inside its scope.",
     )
     gate_min_improvement: float = Field(
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."

@@ -324,28 +324,31 @@ class _Halt:
         return torch.full((input_ids.shape[0],), halt, dtype=torch.bool, device=input_ids.device)
 
 
+def penalise(scores: torch.Tensor, seen: torch.Tensor, p: GenerationParams) -> torch.Tensor:
+    """llama.cpp's repetition penalties on one row of next-token logits (vocab,), given the
+    token ids before it (`seen`: the prompt included, as llama.cpp's sampler counts them):
+    over the last `repeat_last_n`, a token seen c times has its logit divided by
+    `repeat_penalty` (multiplied when negative), then lowered by
+    c × frequency_penalty + presence_penalty. In place; returns `scores`."""
+    window = seen[-p.repeat_last_n :] if p.repeat_last_n > 0 else seen
+    tokens, counts = torch.unique(window, return_counts=True)
+    logits = scores[tokens]  # (distinct,)
+    if p.repeat_penalty != 1.0:
+        logits = torch.where(logits > 0, logits / p.repeat_penalty, logits * p.repeat_penalty)
+    scores[tokens] = logits - counts.to(logits.dtype) * p.frequency_penalty - p.presence_penalty
+    return scores
+
+
 class _Penalties:
-    """llama.cpp's repetition penalties, as a transformers logits processor, so both engines
-    compute the same thing: over the last `repeat_last_n` tokens of the sequence (prompt
-    included, as llama.cpp's sampler sees it), a token seen c times has its logit divided
-    by `repeat_penalty` (multiplied when negative), then lowered by
-    c × frequency_penalty + presence_penalty."""
+    """The penalties (:func:`penalise`) as a transformers logits processor, so both engines
+    compute the same thing."""
 
     def __init__(self, params: GenerationParams) -> None:
         self.params = params
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        window = input_ids[:, -p.repeat_last_n :] if p.repeat_last_n > 0 else input_ids
         for row in range(scores.shape[0]):
-            tokens, counts = torch.unique(window[row], return_counts=True)
-            logits = scores[row, tokens]  # (distinct,)
-            if p.repeat_penalty != 1.0:
-                logits = torch.where(
-                    logits > 0, logits / p.repeat_penalty, logits * p.repeat_penalty
-                )
-            logits = logits - counts.to(logits.dtype) * p.frequency_penalty - p.presence_penalty
-            scores[row, tokens] = logits
+            penalise(scores[row], input_ids[row], self.params)
         return scores
 
 

@@ -25,7 +25,7 @@ class WorkingMemory:
     dropped_memories: int
 
 
-def _system_message(system_prompt: str, own: list[str], memories: list[Recalled]) -> str:
+def system_message(system_prompt: str, own: list[str], memories: list[Recalled]) -> str:
     """Past exchanges are the model's own earlier answers and are marked as such; what the
     user taught (notes, facts, documents) comes last, nearest the question, because
     small models follow the most recent context most closely."""
@@ -58,7 +58,7 @@ def assemble(
     kept = sorted(memories, key=lambda m: m.score, reverse=True)  # dropped from the end
     budget = llm.context_length - max_new_tokens
     while True:
-        system = _system_message(system_prompt, own_system, kept)
+        system = system_message(system_prompt, own_system, kept)
         messages = [{"role": "system", "content": system}, *turns]
         ids = llm.encode_chat(messages)
         if len(ids) <= budget:

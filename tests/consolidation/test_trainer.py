@@ -300,3 +300,31 @@ def test_a_cycle_yields_inside_every_block_forward_and_backward() -> None:
     seen.clear()
     model(input_ids=ids, labels=ids).loss.backward()
     assert seen == []
+
+
+def test_with_a_held_out_set_the_weights_kept_still_reproduce_the_corrections(
+    own_base: Any, tmp_path: Path
+) -> None:
+    """Regression (b): with corrections and a held-out set both present, the weights with
+    the best held-out loss were restored after the stop — from before the corrections were
+    learned — while the run reported them recalled. The best is now taken only among
+    weights that reproduce every correction, and what is saved is what is reported."""
+    model, tokenizer = own_base.model, own_base.tokenizer
+    config = TrainingConfig(anchor_weight=0.0, patience=1)
+    taught = [_chat("What port does the Blorvik relay use?", "The Blorvik relay uses port 5122.")]
+    # Held-out answers that the correction makes less likely: their loss is best at the start.
+    held_out = [_chat("What port does the Blorvik relay use?", "It uses port 80."),
+                _chat("Which port is the Blorvik relay on?", "Port 80.")]  # fmt: skip
+    out = tmp_path / "held"
+    result = train_adapter(model, tokenizer, taught, config, SHAPE, out, SYSTEM,
+                           held_out=held_out, recall=[0])  # fmt: skip
+    assert result.stop_reason.startswith("stopped at step"), result.stop_reason
+    assert result.recalled == 1
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(model, str(out))
+    try:
+        encoded = [encode_example(tokenizer, taught[0], SYSTEM, 512)]
+        assert reproduced(adapted, encoded, tokenizer.pad_token_id or 0) == [True]
+    finally:
+        adapted.unload()
