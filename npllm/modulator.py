@@ -54,7 +54,7 @@ log = logging.getLogger("npllm.modulator")
 NONE = "none"
 FILE = "modulator.safetensors"  # in <data_dir>/modulator/v<N>/
 # Buffers that are the adapters' scopes, set by set_adapters, not the network's weights.
-_ROUTING = ("keys", "key_slot", "key_radius", "present")
+_ROUTING = ("keys", "key_slot", "key_radius", "avoid", "avoid_slot", "present")
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Modulator(nn.Module):
     keys: torch.Tensor
     key_slot: torch.Tensor
     key_radius: torch.Tensor
+    avoid: torch.Tensor
+    avoid_slot: torch.Tensor
     present: torch.Tensor
 
     def __init__(self, config: ModulatorConfig, dim: int = 384) -> None:
@@ -91,6 +93,8 @@ class Modulator(nn.Module):
         self.register_buffer("keys", torch.zeros(0, dim))  # (keys, dim)
         self.register_buffer("key_slot", torch.zeros(0, dtype=torch.long))  # (keys,)
         self.register_buffer("key_radius", torch.zeros(0))  # (keys,)
+        self.register_buffer("avoid", torch.zeros(0, dim))  # (neighbours, dim)
+        self.register_buffer("avoid_slot", torch.zeros(0, dtype=torch.long))  # (neighbours,)
         self.register_buffer("present", torch.zeros(slots, dtype=torch.bool))  # (slots,)
         self.names: list[str | None] = [None] * slots
         self._scopes: dict[str, Scope] = {}
@@ -128,7 +132,7 @@ class Modulator(nn.Module):
         self.present.zero_()
         names: list[str | None] = [n if n in keep else None for n in self.names]
         free = iter(slot for slot, name in enumerate(names) if name is None)
-        keys, owners, radii = [], [], []
+        keys, owners, radii, avoid, avoid_owners = [], [], [], [], []
         for name in routable:
             slot = keep[name] if name in keep else next(free)
             if name not in keep:
@@ -138,11 +142,19 @@ class Modulator(nn.Module):
             keys.append(vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-8))
             owners.append(torch.full((len(vectors),), slot, dtype=torch.long))
             radii.append(torch.as_tensor(np.asarray(scope.radii), dtype=torch.float32))
+            if scope.avoid.size:
+                others = torch.as_tensor(np.asarray(scope.avoid), dtype=torch.float32)
+                avoid.append(others / others.norm(dim=1, keepdim=True).clamp_min(1e-8))
+                avoid_owners.append(torch.full((len(others),), slot, dtype=torch.long))
             self.present[slot] = True
             names[slot] = name
         self.keys = torch.cat(keys) if keys else torch.zeros(0, self.dim)
         self.key_slot = torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long)
         self.key_radius = torch.cat(radii) if radii else torch.zeros(0)
+        self.avoid = torch.cat(avoid) if avoid else torch.zeros(0, self.dim)
+        self.avoid_slot = (
+            torch.cat(avoid_owners) if avoid_owners else torch.zeros(0, dtype=torch.long)
+        )
         self.names = names
         self._scopes = {name: given[name] for name in routable}
 
@@ -152,14 +164,23 @@ class Modulator(nn.Module):
 
     def inside(self, query: torch.Tensor) -> torch.Tensor:
         """(batch, slots): how far each query is inside each adapter's scope (> 0: inside;
-        −inf for a slot with no adapter)."""
-        slots = self.present.shape[0]
-        out = torch.full((query.shape[0], slots), float("-inf"))
-        if len(self.keys):
-            margin = query @ self.keys.T - self.key_radius  # (batch, keys)
-            index = self.key_slot.expand(query.shape[0], -1)
-            out = out.scatter_reduce(1, index, margin, reduce="amax")
-        return out
+        −inf for a slot with no adapter): within a ball of one of its keys, and nearer its
+        nearest key than its nearest neighbour (npllm/scope.py)."""
+        if not len(self.keys):
+            return torch.full((query.shape[0], self.present.shape[0]), float("-inf"))
+        sims = query @ self.keys.T  # (batch, keys)
+        ball = self._per_slot(sims - self.key_radius, self.key_slot)
+        nearest = self._per_slot(sims, self.key_slot)
+        if len(self.avoid):
+            neighbour = self._per_slot(query @ self.avoid.T, self.avoid_slot)
+            known = torch.isfinite(neighbour)  # slots with neighbours (no -inf - -inf)
+            ball = torch.where(known, torch.minimum(ball, nearest - neighbour), ball)
+        return ball
+
+    def _per_slot(self, values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """(batch, slots): the largest of `values` (batch, n) over each slot's columns."""
+        out = torch.full((values.shape[0], self.present.shape[0]), float("-inf"))
+        return out.scatter_reduce(1, slots.expand(values.shape[0], -1), values, reduce="amax")
 
     @torch.no_grad()
     def _clear_slot(self, slot: int) -> None:

@@ -69,6 +69,7 @@ class Version:
 
 
 SCOPE_FILE = "scope.safetensors"  # a version's routing keys, beside its weights
+KEY_KINDS = ("question", "paraphrase", "topic", "neighbour")  # npllm.routing_keys.kind
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,18 @@ class Keys:
         n = len(keys.kinds)
         if (embeddings.ndim != 2 or embeddings.shape[0] != n or len(keys.texts) != n
                 or len(keys.interactions) != n or not np.isfinite(embeddings).all()
-                or set(keys.kinds) - {"question", "paraphrase", "topic"}):  # fmt: skip
+                or set(keys.kinds) - set(KEY_KINDS)):  # fmt: skip
             raise AdapterError(f"{path} is not a valid scope file (its keys do not match)")
         return keys
 
     def scope(self, config: ModulatorConfig) -> Scope:
         """These keys as a scope: questions and paraphrases at ``modulator.scope_similarity``,
-        topics at ``modulator.none_similarity``."""
+        topics at ``modulator.none_similarity``, neighbours to avoid."""
+        taught = [k != "neighbour" for k in self.kinds]
         radii = [config.none_similarity if k == "topic" else config.scope_similarity
-                 for k in self.kinds]  # fmt: skip
-        return Scope(self.embeddings, np.asarray(radii, np.float32))
+                 for k in self.kinds if k != "neighbour"]  # fmt: skip
+        avoid = self.embeddings[[not t for t in taught]]
+        return Scope(self.embeddings[taught], np.asarray(radii, np.float32), avoid)
 
     def rows(self, name: str, version: int) -> dict[str, Any]:
         """The parameters of _ADD_KEYS."""

@@ -27,8 +27,12 @@ CREATE TABLE npllm.routing_keys (
     version        integer NOT NULL,
     -- question: a question the version was taught (a correction or a liked answer);
     -- paraphrase: one the night made of it (consolidation/variants.py);
-    -- topic: the centroid of a topic it was trained on (an imported dataset).
-    kind           text    NOT NULL CHECK (kind IN ('question', 'paraphrase', 'topic')),
+    -- topic: the centroid of a topic it was trained on (an imported dataset);
+    -- neighbour: a question it must leave to the base (the same subject with another
+    -- relation, a public default, a question the user asked and did not correct): a
+    -- question nearer a neighbour than to every other key is not routed to it.
+    kind           text    NOT NULL
+                   CHECK (kind IN ('question', 'paraphrase', 'topic', 'neighbour')),
     text           text    NOT NULL,
     embedding      vector(384) NOT NULL,
     interaction_id bigint  REFERENCES npllm.interactions (id) ON DELETE SET NULL,
@@ -39,4 +43,5 @@ CREATE INDEX routing_keys_version ON npllm.routing_keys (adapter, version);
 COMMENT ON TABLE npllm.routing_keys IS
     'Where each version answers: a question is routed to an adapter when it is at least '
     'modulator.scope_similarity alike to one of its question/paraphrase keys (or '
-    'modulator.none_similarity to a topic key) of its active version.';
+    'modulator.none_similarity to a topic key) of its active version, and nearer that key '
+    'than to any of its neighbour keys.';

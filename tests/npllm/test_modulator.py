@@ -116,3 +116,21 @@ def test_an_adapter_taught_questions_answers_inside_their_scope_only() -> None:
     # The same adapter as a topic (its centroid, radius none_similarity) takes both.
     mod.set_adapters({"facts": _unit(E[0] + E[1])})
     assert mod.decide(neighbour).chosen == [("facts", 1.0)]
+
+
+def test_a_question_nearer_a_known_neighbour_than_any_taught_one_is_left_to_the_base() -> None:
+    """Inside a ball but nearer a neighbour (a question the adapter must leave alone) than
+    to anything it was taught: not routed."""
+    from npllm.modulator import Scope
+
+    config = ModulatorConfig(hidden=32, max_adapters=4, scope_similarity=0.5)
+    mod = Modulator(config)
+    taught = E[[0]]
+    neighbour = _unit(E[0] + E[1])  # cos 0.71 to the taught question
+    near_neighbour = _unit(E[0] + 1.2 * E[1])  # cos 0.64 to it, 0.99 to the neighbour
+    paraphrase = _unit(E[0] + 0.5 * E[2])  # cos 0.89 to it, 0.63 to the neighbour
+    mod.set_adapters({"facts": Scope(taught, np.full(1, 0.5, np.float32), neighbour[None])})
+    assert mod.decide(paraphrase).chosen == [("facts", 1.0)]
+    assert mod.decide(near_neighbour).chosen == []
+    mod.set_adapters({"facts": Scope(taught, np.full(1, 0.5, np.float32))})  # no neighbours
+    assert mod.decide(near_neighbour).chosen == [("facts", 1.0)]
