@@ -88,8 +88,12 @@ def _teach(http: Any, question: str, answer: str) -> None:
     first = _ask(http, question)
     http.post(
         "/v1/feedback",
-        json={"interaction_id": first["npllm"]["interaction_id"], "event": "edited",
-              "text": answer, "comment": "thanks, that's right!"},  # fmt: skip
+        json={
+            "interaction_id": first["npllm"]["interaction_id"],
+            "event": "edited",
+            "text": answer,
+            "comment": "thanks, that's right!",
+        },  # fmt: skip
     ).raise_for_status()
 
 
@@ -122,8 +126,19 @@ def _night(http: Any) -> dict[str, Any]:
         "status": cycle["status"],
         "wall_s": round(time.perf_counter() - started, 1),
         "adapters": {
-            name: {k: r.get(k) for k in ("samples", "rehearsed", "steps_done", "steps",
-                                          "stopped", "verdict", "served", "locality")}
+            name: {
+                k: r.get(k)
+                for k in (
+                    "samples",
+                    "rehearsed",
+                    "steps_done",
+                    "steps",
+                    "stopped",
+                    "verdict",
+                    "served",
+                    "locality",
+                )
+            }
             for name, r in cycle["metrics"].get("adapters", {}).items()
         },  # fmt: skip
     }

@@ -45,23 +45,34 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from consolidation import bookkeeping, datasets, gate, mas, modulator_training
+from consolidation import bookkeeping, gate, mas, modulator_training
 from consolidation.bookkeeping import refuse_if_running
+from consolidation.lesson import Examples, Lesson, build
 from consolidation.plan import make_plan, mark_learned, resumable, write_plan
-from consolidation.publisher import Kind, Publisher, Trained
-from consolidation.runs import finish_run, record_version, split_held_out, start_run
-from consolidation.trainer import TrainResult, encode_example, plan_budget, train_adapter, yielding
+from consolidation.publisher import Publisher, Trained
+from consolidation.runs import finish_run, record_version, start_run
+from consolidation.served import Served, served_params
+from consolidation.served import reproduced as served_reproduced
+from consolidation.trainer import (
+    Sampler,
+    TrainResult,
+    encode_example,
+    plan_budget,
+    reproduced,
+    train_adapter,
+    yielding,
+)
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, MODULATOR, AdapterShape
 from npllm.config import Settings
-from npllm.errors import ModelError, NotFoundError, NpllmError
+from npllm.errors import ModelError, NpllmError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
 from npllm.versions import Registry, Version
@@ -79,7 +90,10 @@ class CycleContext:
     `publisher`: where versions whose gate passed go (consolidation/publisher.py);
     `on_phase`: told each phase as it starts (also written to the cycle's row);
     `control`: called between steps and inside the model's compute, raises CycleStopped
-    to stop; `cerebellum`: its model and registry, to train it too (None: not trained)."""
+    to stop; `cerebellum`: its model and registry, to train it too (None: not trained);
+    `served`: the serving engine the night checks its taught answers and its neighbours
+    with (consolidation/served.py; None: teacher forcing alone, ``training.served_check``
+    off)."""
 
     settings: Settings
     pool: Any
@@ -92,43 +106,7 @@ class CycleContext:
     on_phase: Callable[[str], None] | None = None
     control: Callable[[], None] | None = None
     cerebellum: tuple[BaseLLM, Registry] | None = None
-
-
-@dataclass(frozen=True)
-class Lesson:
-    """What one adapter (or the cerebellum) learns tonight, and on which model."""
-
-    name: str
-    llm: BaseLLM
-    registry: Registry
-    items: list[replay.ReplayItem]  # tonight's new samples
-    rehearse: list[replay.ReplayItem] = field(default_factory=list)  # earlier ones it learned
-    centroid: np.ndarray | None = None  # where the modulator routes from now on
-    dataset: dict[str, Any] | None = None  # {"dataset", "sha256"}: new or changed
-
-    @property
-    def kind(self) -> Kind:
-        return "cerebellum" if self.name == CEREBELLUM else "adapter"
-
-    @property
-    def dataset_name(self) -> str | None:
-        return None if self.dataset is None else self.dataset["dataset"]
-
-
-@dataclass(frozen=True)
-class _Examples:
-    taught: list[Chat]  # the samples and rehearsed ones: each must be reproduced exactly
-    imported: list[Chat]  # the adapter's dataset
-    imported_train: list[Chat]
-    held_out: list[Chat]  # 1 in 5 of a large dataset; corrections are never held out
-
-    @property
-    def train(self) -> list[Chat]:
-        return self.taught + self.imported_train
-
-    @property
-    def validation(self) -> list[Chat]:
-        return self.held_out or self.train
+    served: Served | None = None
 
 
 def run_cycle(ctx: CycleContext) -> dict[str, Any]:
@@ -224,6 +202,7 @@ def _learn(
 ) -> None:  # fmt: skip
     """Every adapter of the plan, then the cerebellum and the modulator; the plan records
     each as it finishes (a resumed cycle skips those)."""
+    stale = {v.adapter: v for v in ctx.registry.stale_versions()}
     for name, g in plan["groups"].items():
         if name not in plan["done"]:  # else finished before the cycle it continues was killed
             lesson = Lesson(
@@ -234,6 +213,7 @@ def _learn(
                 [by_id[k] for k in g["rehearse"] if k in by_id],
                 np.asarray(g["centroid"], np.float32),
                 plan.get("datasets", {}).get(name),
+                rebuilds=stale.get(name),
             )
             plan["done"][name] = _consolidate(ctx, cycle, lesson)
             write_plan(staging, plan)
@@ -314,16 +294,19 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     """Train, gate and publish the next version of `lesson.name` on tonight's samples, the
     earlier ones it rehearses and its dataset (if new or changed)."""
     llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
-    ex = _examples(ctx, lesson)
+    previous = lesson.registry.current(lesson.name)
+    ex = build(ctx.settings, ctx.pool, ctx.embedder, lesson, previous or lesson.rebuilds)
     if not ex.taught and not ex.imported:
         return {"samples": 0, "verdict": f"skipped: dataset {lesson.dataset_name!r} is gone"}
-    previous = lesson.registry.current(lesson.name)
     stored = None if previous is None else previous.path
     probe, omega = gate.read_probe(stored), mas.read_omega(stored)
     with _loaded(llm, stored) as model:  # a stop inside leaves the model as it was
         before = gate.measure(model, llm.tokenizer, ex.validation, probe, prompt)
+    checks = _Checks(ctx, cycle, lesson, ex, previous)
     run_id, result, staging = _train(ctx, cycle, lesson, ex, previous, omega)
     _phase(ctx, cycle, f"gating {lesson.name}")
+    right = _served_right(ctx, lesson, ex, staging)
+    locality = checks.after(staging)
     # What tonight taught is what the next nights must protect; rehearsed samples were
     # counted in the nights that taught them.
     new = [item.chat()["messages"] for item in lesson.items] + ex.imported_train
@@ -333,8 +316,13 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
         new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
     mas.save(new_omega, staging / mas.OMEGA_FILE)
     gate.write_probe(staging, probe + new)
-    verdict = gate.judge(before, after, ctx.settings.training)
+    if ex.keys is not None:
+        ex.keys.save(staging)
+    taught = gate.Taught(len(lesson.items), sum(right[: len(lesson.items)]),
+                         len(lesson.rehearse), sum(right[len(lesson.items) :]))  # fmt: skip
+    verdict = gate.judge(before, after, ctx.settings.training, taught, locality)
     report = _report(cycle, lesson, ex, previous, result, verdict)
+    report["unlearned"] = [k for k, ok in zip(ex.sources, right, strict=True) if not ok]
     _phase(ctx, cycle, f"trained {lesson.name}: {result.stop_reason}")
     _publish_or_keep(ctx, cycle, lesson, run_id, staging, report, verdict)
     shutil.rmtree(staging, ignore_errors=True)
@@ -342,17 +330,79 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     return report
 
 
-def _examples(ctx: CycleContext, lesson: Lesson) -> _Examples:
-    taught = [item.chat()["messages"] for item in lesson.items + lesson.rehearse]
-    imported: list[Chat] = []
-    if lesson.dataset is not None:  # the adapter's imported dataset is trained with its samples
-        try:
-            rows = datasets.dataset_examples(ctx.pool, lesson.dataset["dataset"])
-        except NotFoundError:  # deleted since the cycle was planned
-            rows = []
-        imported = [e["messages"] for e in rows[: ctx.settings.sleep.max_samples]]
-    imported_train, held_out = split_held_out(imported, ctx.settings.training)
-    return _Examples(taught, imported, imported_train, held_out)
+def _sampler(ctx: CycleContext) -> Sampler | None:
+    """The served penalties and margin the trainer's recall check applies (None for the
+    cerebellum's draft, which the base verifies anyway)."""
+    params = served_params(ctx.settings, ctx.settings.server.default_max_tokens)
+    return Sampler(params, ctx.settings.training.recall_margin)
+
+
+def _served_right(ctx: CycleContext, lesson: Lesson, ex: Examples, staging: Path) -> list[bool]:
+    """Per taught chat: does the version answer it as taught — through the serving engine
+    (ctx.served), else teacher-forced with the served penalties?"""
+    if not ex.taught:
+        return []
+    if ctx.served is not None and lesson.kind == "adapter":
+        names = ctx.served.load({"candidate": staging})
+        return served_reproduced(ctx.served, names["candidate"], ex.taught)
+    llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
+    encoded = [encode_example(llm.tokenizer, m, prompt, 512) for m in ex.taught]
+    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
+    with _loaded(llm, staging) as candidate:
+        return reproduced(candidate, encoded, pad, sampler=_sampler(ctx))
+
+
+class _Checks:
+    """The gate's neighbouring questions (`ex.checks`), answered as served before the night
+    and, for those the new version's scope takes, by the version (gate.Locality)."""
+
+    TOKENS = 32  # greedy answer length compared
+
+    def __init__(
+        self, ctx: CycleContext, cycle: int, lesson: Lesson, ex: Examples,
+        previous: Version | None,
+    ) -> None:  # fmt: skip
+        self.ctx, self.ex, self.lesson = ctx, ex, lesson
+        self.questions = [c[-1]["content"] for c in ex.checks]
+        self.vectors = (np.asarray(ctx.embedder.embed(self.questions))
+                        if self.questions else np.zeros((0, 384)))  # fmt: skip
+        self.previous = previous
+        old = None if previous is None else lesson.registry.keys(previous)
+        self.routed_before = self._routed(old if old is not None and old.texts else None)
+        self.before: dict[int, str] = {}
+        if ctx.served is None or not self.questions:
+            return
+        _phase(ctx, cycle, f"asking {lesson.name}'s neighbours before training")
+        names = ctx.served.load({"previous": previous.path}) if previous else {}
+        for k, question in enumerate(self.questions):
+            adapter = names.get("previous") if self.routed_before[k] else None
+            (self.before[k],) = ctx.served.answers([[{"role": "user", "content": question}]],
+                                                   adapter, self.TOKENS)  # fmt: skip
+
+    def _routed(self, keys: Any) -> list[bool]:
+        """Which of the questions a version with `keys` is routed to (its scope alone)."""
+        if keys is None or not self.questions:
+            return [False] * len(self.questions)
+        router = Modulator(self.ctx.settings.modulator)
+        router.set_adapters({self.lesson.name: keys.scope(self.ctx.settings.modulator)})
+        return [bool(router.decide(v).chosen) for v in self.vectors]
+
+    def after(self, staging: Path) -> gate.Locality | None:
+        """The new version's answers to the questions its scope takes, against before."""
+        if self.ctx.served is None or not self.questions or self.ex.keys is None:
+            return None
+        routed = self._routed(self.ex.keys)
+        names = self.ctx.served.load({"candidate": staging})
+        changed = []
+        for k, question in enumerate(self.questions):
+            if not routed[k] and not self.routed_before[k]:
+                continue  # the base answers it, before and after
+            adapter = names["candidate"] if routed[k] else None
+            (now,) = self.ctx.served.answers([[{"role": "user", "content": question}]],
+                                             adapter, self.TOKENS)  # fmt: skip
+            if now != self.before[k]:
+                changed.append(question)
+        return gate.Locality(len(self.questions), sum(routed), changed)
 
 
 @contextlib.contextmanager
@@ -371,7 +421,7 @@ def _loaded(llm: BaseLLM, adapter: Path | None) -> Iterator[Any]:
 
 
 def _train(
-    ctx: CycleContext, cycle: int, lesson: Lesson, ex: _Examples, previous: Version | None,
+    ctx: CycleContext, cycle: int, lesson: Lesson, ex: Examples, previous: Version | None,
     omega: mas.Matrices | None,
 ) -> tuple[int, TrainResult, Path]:  # fmt: skip
     """The next version, trained into staging from the active one (or a fresh adapter);
@@ -405,6 +455,8 @@ def _train(
             ),  # fmt: skip
             held_out=ex.held_out or None,
             recall=range(len(ex.taught)),  # the corrections and liked answers: exactly
+            sampler=_sampler(ctx),
+            verify=_verifier(ctx, lesson, ex),
         )
     except BaseException as exc:
         finish_run(pool, run_id, None, exc)
@@ -413,8 +465,24 @@ def _train(
     return run_id, result, staging
 
 
+def _verifier(
+    ctx: CycleContext, lesson: Lesson, ex: Examples
+) -> Callable[[Path], list[bool]] | None:
+    """What the trainer calls once teacher forcing says every taught answer holds: the
+    serving engine's own answers (consolidation/served.py)."""
+    if ctx.served is None or lesson.kind != "adapter":
+        return None
+    check = ctx.served
+
+    def verify(directory: Path) -> list[bool]:
+        names = check.load({"candidate": directory})
+        return served_reproduced(check, names["candidate"], ex.taught)
+
+    return verify
+
+
 def _report(
-    cycle: int, lesson: Lesson, ex: _Examples, previous: Version | None, result: TrainResult,
+    cycle: int, lesson: Lesson, ex: Examples, previous: Version | None, result: TrainResult,
     verdict: gate.Verdict,
 ) -> dict[str, Any]:  # fmt: skip
     """The adapter's entry in the cycle's metrics (its verdict is added when known)."""
@@ -432,6 +500,12 @@ def _report(
             }
         ),
         "train": len(ex.train),
+        "paraphrases": len(ex.variants),
+        "keys": None
+        if ex.keys is None
+        else {kind: ex.keys.kinds.count(kind) for kind in dict.fromkeys(ex.keys.kinds)},
+        "served": verdict.taught.summary() if verdict.taught else None,
+        "locality": None if verdict.locality is None else verdict.locality.summary(),
         "validation": len(ex.validation),
         "previous_version": None if previous is None else previous.version,
         **{k: trained[k] for k in _TRAINED},
@@ -472,7 +546,7 @@ def _publish_or_keep(
         return
     reason = "; ".join(verdict.reasons)
     kept = registry.add_version(lesson.name, staging, centroid=lesson.centroid, metrics=report,
-                                check_capacity=False)  # fmt: skip
+                                check_capacity=False, dataset=lesson.dataset_name)  # fmt: skip
     registry.refuse(kept, reason, {})
     report["verdict"] = "rejected: " + reason
     report["candidate_version"] = kept.version

@@ -5,9 +5,15 @@ validation loss (the examples it was taught, or the held-out fifth of a large im
 dataset) and the loss on its **probe set** — earlier cycles' examples, kept with each
 version (``probe.jsonl``, at most `PROBE_LIMIT`). `judge` passes it when
 
-- the validation loss improved by ``training.gate_min_improvement`` (relative), and
+- the validation loss improved by ``training.gate_min_improvement`` (relative),
 - the retention score, exp(−probe loss), dropped by at most
-  ``training.retention_tolerance`` (no probe set yet: nothing to retain).
+  ``training.retention_tolerance`` (no probe set yet: nothing to retain),
+- it learned something: at least one of tonight's taught answers is served as taught
+  (`Taught`, checked through the serving engine: consolidation/served.py) — those it
+  does not reproduce are not counted learned and stay new, and
+- it leaves the neighbours alone (`Locality`): of the night's neighbouring questions
+  (other relations about the same subject, the topic's general questions), the share whose
+  served greedy answer changed is at most ``training.max_changed_neighbours``.
 
 A version that fails is kept as ``candidate`` with the reasons.
 """
@@ -30,6 +36,41 @@ Chat = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
+class Taught:
+    """How many of tonight's taught answers (and of the rehearsed earlier ones) the version
+    answers as taught, through the serving engine."""
+
+    new: int
+    new_right: int
+    rehearsed: int
+    rehearsed_right: int
+
+    def summary(self) -> str:
+        text = f"{self.new_right} of {self.new} new"
+        if self.rehearsed:
+            text += f", {self.rehearsed_right} of {self.rehearsed} rehearsed"
+        return text + " served as taught"
+
+
+@dataclass(frozen=True)
+class Locality:
+    """The night's neighbouring questions: how many, how many the version's scope takes
+    (routed to it), and those whose served greedy answer changed."""
+
+    questions: int
+    routed: int
+    changed: list[str]
+
+    @property
+    def share(self) -> float:
+        return len(self.changed) / self.questions if self.questions else 0.0
+
+    def summary(self) -> str:
+        return (f"{len(self.changed)} of {self.questions} neighbouring questions changed "
+                f"({self.routed} in its scope)")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Verdict:
     passed: bool
     reasons: list[str]  # why it failed, each a sentence; empty when it passed
@@ -37,9 +78,17 @@ class Verdict:
     after: Losses
     retention_before: float | None  # exp(−probe loss); None without a probe set
     retention_after: float | None
+    taught: Taught | None = None
+    locality: Locality | None = None
 
 
-def judge(before: Losses, after: Losses, config: TrainingConfig) -> Verdict:
+def judge(
+    before: Losses,
+    after: Losses,
+    config: TrainingConfig,
+    taught: Taught | None = None,
+    locality: Locality | None = None,
+) -> Verdict:
     """Does the version measured `after` (against `before`) pass the gate?"""
     improved = after[0] <= before[0] * (1 - config.gate_min_improvement)
     retention_before = None if before[1] is None else math.exp(-before[1])
@@ -60,7 +109,18 @@ def judge(before: Losses, after: Losses, config: TrainingConfig) -> Verdict:
             f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
             f"(tolerance {config.retention_tolerance})"
         )
-    return Verdict(not reasons, reasons, before, after, retention_before, retention_after)
+    if taught is not None and taught.new and not taught.new_right:
+        reasons.append(f"it learned none of tonight's {taught.new} taught answers "
+                       "(not one is served as taught)")  # fmt: skip
+    if locality is not None and locality.share > config.max_changed_neighbours:
+        shown = "; ".join(repr(q) for q in locality.changed[:3])
+        reasons.append(
+            f"it changed the answers to {len(locality.changed)} of {locality.questions} "
+            f"neighbouring questions ({locality.share:.0%} > training.max_changed_neighbours "
+            f"= {config.max_changed_neighbours:.0%}), e.g. {shown}"
+        )
+    return Verdict(not reasons, reasons, before, after, retention_before, retention_after,
+                   taught, locality)  # fmt: skip
 
 
 def measure(

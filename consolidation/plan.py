@@ -238,15 +238,20 @@ def mark_learned(pool: Any, plan: dict[str, Any], cycle: int | None) -> None:
     """Each sample (and the duplicates it stands for) marked with the adapter that learned
     it — only where that adapter's version was published, and only the samples its served
     check reproduced (the report's "unlearned" lists the others). A rejected or refused
-    night's samples, and those not reproduced, stay new: the next night tries them again."""
+    night's samples, and those not reproduced, stay new: the next night tries them again; a
+    rehearsed sample the published version no longer reproduces becomes new again."""
     learned: dict[int, str] = {}
+    forgotten: list[int] = []
     for name, g in plan["groups"].items():
         report = plan["done"].get(name) or {}
         if report.get("verdict") != "published":
             continue
         missed = set(report.get("unlearned", []))
         learned.update({k: name for k in g["items"] + g["rehearse"] if k not in missed})
+        forgotten += [k for k in g["rehearse"] if k in missed]
     for rep, twins in plan.get("duplicates", {}).items():
         learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
     if learned:
         replay.mark_sampled(pool, list(learned), cycle, learned)
+    if forgotten:  # an earlier answer the published version no longer serves: taught again
+        replay.mark_new(pool, forgotten)

@@ -86,9 +86,7 @@ class Served:
             raise AdapterError(f"the serving engine could not load {', '.join(missing)}")
         return {label: v.adapter for label, v in zip(adapters, versions, strict=True)}
 
-    def answers(
-        self, chats: Sequence[Chat], adapter: str | None, max_tokens: int
-    ) -> list[str]:
+    def answers(self, chats: Sequence[Chat], adapter: str | None, max_tokens: int) -> list[str]:
         """Each chat's greedy answer through the engine, in the served framing, with
         `adapter` (a name `load` returned; None: the bare base)."""
         params = served_params(self.settings, max_tokens)
@@ -116,4 +114,3 @@ def reproduced(served: Served, adapter: str, taught: Sequence[Chat]) -> list[boo
         (text,) = served.answers([question], adapter, limit)
         out.append(same_answer(text, answer["content"]))
     return out
-

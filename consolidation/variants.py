@@ -28,14 +28,13 @@ import re
 from collections.abc import Sequence
 
 # Words that carry no subject or relation (a question's keywords are the others).
-_STOP = frozenset(
-    (
-        "a an the of to in on at for from with by about into onto our your my their his her its "
-        "we us you i me it this that these those is are was were be been being do does did "
-        "done have has had can could should would will shall may might must please tell "
-        "know what which who whom whose when where why how there here any some"
-    ).split()
+_STOP_WORDS = (
+    "a an the of to in on at for from with by about into onto our your my their his her its "
+    "we us you i me it this that these those is are was were be been being do does did "
+    "done have has had can could should would will shall may might must please tell "
+    "know what which who whom whose when where why how there here any some"
 )
+STOP = frozenset(_STOP_WORDS.split())
 _TEAM = re.compile(r"\b(our|ours|we|us|here|my team|in our setup|at our company)\b", re.I)
 # "What port ..." ↔ "Which port ..." (not "What is", "What's", "What does": no noun follows).
 _WH = re.compile(r"^(what|which)\b(?!'s|\s+(?:is|are|was|were|does|do|did|can|should)\b)", re.I)
@@ -45,19 +44,20 @@ _TRAILING = re.compile(
     r"(?P<tail>(?:the|our|a|an)\s+[^?]+?|[A-Z][^?]*?)\?$"
 )
 # Nouns that end a named thing ("the Quibblix gateway", "the Moravel billing service").
-_HEADS = frozenset(
-    (
-        "gateway broker service proxy api server cluster pipeline job database db queue app "
-        "application frontend backend cli library lib project repo repository team worker "
-        "daemon cache indexer scheduler warehouse store bucket bot tool plugin module sdk "
-        "portal dashboard site website platform engine agent router mailer tracer vault "
-        "ledger system monitor collector exporter controller operator runner build"
-    ).split()
+_HEAD_WORDS = (
+    "gateway broker service proxy api server cluster pipeline job database db queue app "
+    "application frontend backend cli library lib project repo repository team worker "
+    "daemon cache indexer scheduler warehouse store bucket bot tool plugin module sdk "
+    "portal dashboard site website platform engine agent router mailer tracer vault "
+    "ledger system monitor collector exporter controller operator runner build"
 )
+_HEADS = frozenset(_HEAD_WORDS.split())
 # Well-known subjects a question's relation is asked about instead ("same relation, another
 # subject"); their answers are public knowledge the base may hold and must keep.
 KNOWN = ("PostgreSQL", "Redis", "nginx", "Kafka", "Docker", "MySQL", "RabbitMQ", "Jenkins")
-# Other relations about the same subject.
+# Other relations about the same subject: the first are kept apart by routing (the
+# adapter's neighbour keys), the last only checked by the gate — so that the gate tests
+# relations the keys never saw.
 _RELATIONS = (
     "Who maintains {s}?",
     "What is {s} used for?",
@@ -65,6 +65,19 @@ _RELATIONS = (
     "How do I restart {s}?",
     "Where are the logs of {s}?",
     "What does {s} depend on?",
+    "Who is on call for {s}?",
+    "How do I deploy {s}?",
+    "What version of {s} do we run?",
+    "Where is the config of {s}?",
+    "How do I monitor {s}?",
+    "What database does {s} use?",
+    "What port does {s} listen on?",
+    "Who owns {s}?",
+)
+_CHECKED = (
+    "How do I install {s}?",
+    "What are the known problems with {s}?",
+    "How do I test changes to {s}?",
 )
 # General programming questions, the topic-level neighbours of any correction: the ones
 # nearest a taught question are asked before and after the night. Written for npllm (not
@@ -114,7 +127,7 @@ def keywords(question: str) -> list[str]:
     out = []
     for word in _words(question):
         bare = word.strip("`'.,:;?!").removesuffix("'s")
-        if bare and bare.lower() not in _STOP:
+        if bare and bare.lower() not in STOP:
             out.append(bare)
     return out
 
@@ -140,9 +153,7 @@ def subject(question: str) -> str | None:
             ahead = [w.strip("?.,").removesuffix("'s") for w in words[k : k + 3]]
             for end in range(len(ahead), 0, -1):
                 tail = ahead[:end]
-                if tail[-1].lower() in _HEADS and all(
-                    w.islower() and w not in _STOP for w in tail
-                ):
+                if tail[-1].lower() in _HEADS and all(w.islower() and w not in STOP for w in tail):
                     run += tail
                     k += end
                     break
@@ -194,30 +205,49 @@ def paraphrases(question: str, limit: int = 6) -> list[str]:
 
 def neighbours(question: str, limit: int = 6) -> list[str]:
     """Questions near `question` that must keep the answer they have (see the module
-    docstring), most telling first, at most `limit` (the topic's probes are added by the
-    night, by meaning: :func:`nearest_probes`)."""
+    docstring), most telling first, at most `limit`: the adapter's neighbour keys."""
+    return _around(question, _RELATIONS, KNOWN[:1], public=True)[:limit]
+
+
+def checks(question: str) -> list[str]:
+    """Other neighbours of `question` — relations and a well-known subject the keys never
+    use — whose answers the gate compares before and after the night."""
+    return _around(question, _CHECKED, KNOWN[1:2], public=False)
+
+
+def _around(
+    question: str, relations: Sequence[str], known: Sequence[str], public: bool
+) -> list[str]:
     q = " ".join(question.strip().split())
     found: list[str] = []
     name = subject(q)
-    if _TEAM.search(q):  # the public default behind a team's own setting
-        public = _TEAM.sub("", q).replace("  ", " ").rstrip("?! ").strip()
-        public = re.sub(r"\b(do|does)\s+(merge|use|run|keep|deploy)\b", r"\1 people \2", public)
-        found.append(_sentence(public) + " by default?")
+    if public and _TEAM.search(q):  # the public default behind a team's own setting
+        text = _TEAM.sub("", q).replace("  ", " ").rstrip("?! ").strip()
+        text = re.sub(r"\b(do|does)\s+(merge|use|run|keep|deploy)\b", r"\1 people \2", text)
+        found.append(_sentence(text) + " by default?")
     if name:
         pattern = re.compile(r"\b(?:the\s+|our\s+)?" + re.escape(name) + r"(?:'s)?", re.I)
-        for other in KNOWN:
+        for other in known:
             if other.lower() not in q.lower():
                 found.append(_sentence(pattern.sub(other, q, count=1)))
-                break
         own = name if name[:1].isupper() and " " not in name else f"the {name}"
-        found += [template.format(s=own) for template in _RELATIONS]
+        found += [template.format(s=own) for template in relations]
     seen = {q.lower()}
     out = []
     for text in found:
-        if text.lower() not in seen:
+        if text.lower() not in seen and not _same_relation(q, text, name):
             seen.add(text.lower())
             out.append(text)
-    return out[:limit]
+    return out
+
+
+def _same_relation(question: str, other: str, name: str | None) -> bool:
+    """Is `other` (about the same subject) asking the same thing as `question` — the same
+    keywords once the subject is set aside? Then it is a paraphrase, not a neighbour."""
+    named = set() if name is None else {w.lower() for w in keywords(name)}
+    mine = {w.lower() for w in keywords(question)} - named
+    theirs = {w.lower() for w in keywords(other)} - named
+    return bool(theirs) and theirs <= mine
 
 
 def nearest_probes(

@@ -316,8 +316,12 @@ class AwakePath:
         return {
             "document_id": str(document_id) if document_id else None,
             "data": [
-                {"id": c.id, "chunk_index": c.chunk_index, "merged": c.merged,
-                 "replaced": c.replaced}
+                {
+                    "id": c.id,
+                    "chunk_index": c.chunk_index,
+                    "merged": c.merged,
+                    "replaced": c.replaced,
+                }
                 for c in chunks
             ],
         }

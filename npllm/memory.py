@@ -250,8 +250,10 @@ class MemoryStore:
             if alike >= self.config.dedup_similarity and content(nearest[1]) == content(text):
                 conn.execute(_MERGE, {"id": nearest[0]})
                 return StoredChunk(int(nearest[0]), index, merged=True)
-            if kind in ("note", "fact") and alike >= UPDATE_SIMILARITY and restates(
-                nearest[1], text
+            if (
+                kind in ("note", "fact")
+                and alike >= UPDATE_SIMILARITY
+                and restates(nearest[1], text)
             ):
                 conn.execute(_REPLACE, {"id": nearest[0]})
                 replaced = int(nearest[0])

@@ -349,7 +349,7 @@ def listing(store: Registry) -> list[dict[str, Any]]:
 
 
 def routing(
-    settings: Settings, pool: Any, centroids: Mapping[str, np.ndarray | None]
+    settings: Settings, pool: Any, centroids: Mapping[str, Scope | np.ndarray | None]
 ) -> tuple[Modulator, int | None]:
     """The modulator as the daemon routes: its active trained version if there is one (and
     it loads; else the untrained one, logged), over `centroids`' adapters. With the version

@@ -327,6 +327,16 @@ def overview(pool: ConnectionPool) -> list[dict[str, Any]]:
     return rows
 
 
+def mark_new(pool: ConnectionPool, interaction_ids: Sequence[int]) -> int:
+    """These rows are to be learned again (a night's version no longer reproduces them):
+    the next night samples them as new; they keep the adapter that learned them."""
+    with pool.connection() as conn:
+        return conn.execute(
+            "UPDATE npllm.replay_buffer SET trained_at = NULL WHERE interaction_id = ANY(%(ids)s)",
+            {"ids": list(interaction_ids)},
+        ).rowcount
+
+
 def mark_sampled(
     pool: ConnectionPool,
     interaction_ids: Iterable[int],

@@ -222,6 +222,7 @@ def run_cycle_here(
 
     db = Database(settings)
     db.open(migrate=True)
+    served = None
     try:
         refuse_if_running(db.pool)  # before loading the models: say it at once
         refuse_untrainable(db.pool, settings, trigger, seed)
@@ -249,6 +250,11 @@ def run_cycle_here(
             control=control,
             offline=None if parent is not None else OfflinePublisher(registries),
         )
+        if settings.training.served_check:  # the night checks what the engine will serve
+            from consolidation.served import Served
+            from npllm.engines import load_engine
+
+            served = Served(settings, load_engine(settings))
         started = time.perf_counter()
         return run_cycle(
             CycleContext(
@@ -263,9 +269,12 @@ def run_cycle_here(
                 on_phase=lambda p: _say(f"[{time.perf_counter() - started:6.1f} s] {p}"),
                 control=control,
                 cerebellum=cerebellum,
+                served=served,
             )
         )
     finally:
+        if served is not None:
+            served.close()
         db.close()
 
 

@@ -16,7 +16,8 @@ def _corrected(db: Database, embedder: Any, settings: Any, question: str, truth:
     embedding = embedder.embed_one(question)
     with db.pool.connection() as conn, conn.transaction():
         iid = interactions.record(
-            conn, Interaction([{"role": "user", "content": question}], question, "no", "m", embedding)
+            conn,
+            Interaction([{"role": "user", "content": question}], question, "no", "m", embedding),
         )
         replay.admit(conn, iid, embedding, [])
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
@@ -31,8 +32,13 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
     learned nothing — its samples stay new and are tried again; within a published
     version, a taught answer the served check did not reproduce stays new too."""
     db = fresh_database
-    ids = [_corrected(db, embedder, settings, f"Which port does service {n} use?", f"Port {n}.")
-           for n in (101, 102, 103, 104)]  # fmt: skip
+    asked = [
+        "Which port does the Quibblix gateway use?",
+        "Who wrote the Frobnar parser?",
+        "What is the code name of the next Plimsoll release?",
+        "Where do Hexwing logs go?",
+    ]
+    ids = [_corrected(db, embedder, settings, q, "It is 101.") for q in asked]  # fmt: skip
     plan = {
         "groups": {
             "published": {"items": ids[:2], "rehearse": []},
@@ -54,6 +60,12 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
             "SELECT adapter FROM npllm.replay_buffer WHERE interaction_id = %(id)s", {"id": ids[0]}
         ).fetchone()
     assert adapter == ("published",)
+    # The next night rehearses ids[0] and its version no longer reproduces it: new again.
+    plan["groups"] = {"published": {"items": ids[1:2], "rehearse": ids[:1]}}
+    plan["done"] = {"published": {"verdict": "published", "unlearned": [ids[0]]}}
+    mark_learned(db.pool, plan, cycle=None)
+    new = {i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)}
+    assert new == {ids[0], *ids[2:]}
 
 
 def test_the_latest_correction_of_a_question_wins_everywhere(
@@ -74,7 +86,9 @@ def test_the_latest_correction_of_a_question_wins_everywhere(
         with db.pool.connection() as conn, conn.transaction():
             iid = interactions.record(
                 conn,
-                Interaction([{"role": "user", "content": question}], question, "no", "m", embedding),
+                Interaction(
+                    [{"role": "user", "content": question}], question, "no", "m", embedding
+                ),
             )
             replay.admit(conn, iid, embedding, [])
         feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))

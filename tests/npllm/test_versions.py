@@ -23,7 +23,9 @@ ROUTING = ModulatorConfig()
 
 
 def _keys(*rows: int) -> Keys:
-    return Keys(["question"] * len(rows), [f"q{r}" for r in rows], E[list(rows)], [None] * len(rows))
+    return Keys(
+        ["question"] * len(rows), [f"q{r}" for r in rows], E[list(rows)], [None] * len(rows)
+    )
 
 
 def test_a_refused_version_moves_nothing_that_routes(fresh_database: Any, tmp_path: Path) -> None:

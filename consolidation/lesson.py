@@ -1,0 +1,267 @@
+"""What one adapter learns in a night, as training examples and as routing keys.
+
+A correction is an edit (DESIGN.md, "Learning precisely"). Tonight's lesson for one
+adapter is:
+
+- **taught**: each new sample (a correction, or a liked answer) and each earlier one it
+  rehearses, in the conversation it came from — these must be reproduced exactly, as the
+  serving engine will answer them (consolidation/served.py);
+- **variants**: each new question rephrased by rule (`sleep.paraphrases`,
+  consolidation/variants.py) with the same answer — trained, never checked;
+- **keys** (npllm/scope.py): where the version answers — every question the adapter has
+  learned and not seen superseded (from the replay buffer, so a rebuilt or upgraded adapter
+  keeps them), the paraphrases, the centroid of its dataset as a topic — and the
+  neighbours it must leave to the base: questions about the same subject with another
+  relation, the public default behind a team's setting (`sleep.neighbours` by rule), and
+  the user's own questions near a taught one that were answered and never corrected;
+- **checks**: other neighbouring questions (other relations, the topic's general
+  questions) whose served answers the gate compares before and after the night.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from consolidation import datasets, variants
+from consolidation.runs import split_held_out
+from npllm import replay
+from npllm.adapters import CEREBELLUM
+from npllm.config import Settings
+from npllm.errors import NotFoundError
+from npllm.memory import content
+from npllm.versions import Keys, Registry, Version
+
+Chat = list[dict[str, str]]
+# Neighbouring questions from the user's own history, per taught question, at most.
+HISTORY = 8
+# The gate's general questions per taught question (PROBES nearest to it).
+PROBES_PER_QUESTION = 2
+
+# The questions an adapter has learned and that nothing superseded since, with their
+# embeddings (interactions keep them): its question keys.
+_LEARNED = """
+SELECT r.interaction_id, i.question, i.question_embedding
+FROM npllm.replay_buffer r JOIN npllm.interactions i ON i.id = r.interaction_id
+WHERE r.adapter = %(adapter)s AND r.trained_at IS NOT NULL AND r.superseded_by IS NULL
+  AND i.question_embedding IS NOT NULL
+ORDER BY r.interaction_id
+"""
+# Questions the user asked near this one that were answered and never corrected nor
+# disliked, and not learned by this adapter: neighbours to leave alone.
+_HISTORY = """
+SELECT i.id, i.question, i.answer, i.question_embedding
+FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
+WHERE i.question_embedding IS NOT NULL AND i.id <> ALL(%(taught)s)
+  AND r.corrected_answer IS NULL AND r.reward >= 0
+  AND r.adapter IS DISTINCT FROM %(adapter)s
+  AND 1 - (i.question_embedding <=> %(embedding)s) < %(same)s
+ORDER BY i.question_embedding <=> %(embedding)s
+LIMIT %(k)s
+"""
+_SUPERSEDED = """
+SELECT interaction_id FROM npllm.replay_buffer
+WHERE interaction_id = ANY(%(ids)s) AND superseded_by IS NOT NULL
+"""
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """What one adapter (or the cerebellum) learns tonight, and on which model."""
+
+    name: str
+    llm: Any  # npllm.llm.BaseLLM
+    registry: Registry
+    items: list[replay.ReplayItem]  # tonight's new samples
+    rehearse: list[replay.ReplayItem] = field(default_factory=list)  # earlier ones it learned
+    centroid: np.ndarray | None = None  # where the modulator routes from now on
+    dataset: dict[str, Any] | None = None  # {"dataset", "sha256"}: new or changed
+    # A stale adapter's version under the base it was trained for: rebuilt tonight for this
+    # base, it keeps that version's paraphrase and neighbour keys.
+    rebuilds: Version | None = None
+
+    @property
+    def kind(self) -> Literal["adapter", "cerebellum"]:
+        return "cerebellum" if self.name == CEREBELLUM else "adapter"
+
+    @property
+    def dataset_name(self) -> str | None:
+        return None if self.dataset is None else self.dataset["dataset"]
+
+
+@dataclass(frozen=True)
+class Examples:
+    taught: list[Chat]  # tonight's samples and the rehearsed ones: each must be reproduced
+    sources: list[int]  # the interaction each taught chat comes from
+    variants: list[Chat]  # tonight's questions rephrased, with their answers
+    imported: list[Chat]  # the adapter's dataset
+    imported_train: list[Chat]
+    held_out: list[Chat]  # 1 in 5 of a large dataset; corrections are never held out
+    keys: Keys | None = None  # where the version answers (None: the cerebellum, not routed)
+    checks: list[Chat] = field(default_factory=list)  # neighbours the gate compares
+
+    @property
+    def train(self) -> list[Chat]:
+        return self.taught + self.variants + self.imported_train
+
+    @property
+    def validation(self) -> list[Chat]:
+        return self.held_out or self.taught + self.imported_train
+
+
+def _question(chat: Chat) -> str:
+    return next(m["content"] for m in reversed(chat) if m["role"] == "user")
+
+
+def _rephrased(chat: Chat, question: str) -> Chat:
+    """`chat` (ending with its answer) with its last user turn replaced by `question`."""
+    *context, answer = chat
+    last = max(k for k, m in enumerate(context) if m["role"] == "user")
+    return [*context[:last], {"role": "user", "content": question}, *context[last + 1 :], answer]
+
+
+def build(
+    settings: Settings, pool: Any, embedder: Any, lesson: Lesson, previous: Version | None
+) -> Examples:
+    """Tonight's examples, keys and checks for `lesson` (see the module docstring);
+    `previous`: the version it continues (its paraphrase and neighbour keys carry over)."""
+    items = lesson.items + lesson.rehearse
+    taught = [item.chat()["messages"] for item in items]
+    imported: list[Chat] = []
+    if lesson.dataset is not None:  # the adapter's imported dataset is trained with its samples
+        try:
+            rows = datasets.dataset_examples(pool, lesson.dataset["dataset"])
+        except NotFoundError:  # deleted since the cycle was planned
+            rows = []
+        imported = [e["messages"] for e in rows[: settings.sleep.max_samples]]
+    imported_train, held_out = split_held_out(imported, settings.training)
+    new = [(item, item.chat()["messages"]) for item in lesson.items]
+    count = settings.sleep.paraphrases
+    rephrasings = [
+        (item, p) for item, chat in new for p in variants.paraphrases(_question(chat), count)
+    ]
+    chats = {item.interaction_id: chat for item, chat in new}
+    extra = [_rephrased(chats[item.interaction_id], p) for item, p in rephrasings]
+    examples = Examples(taught, [i.interaction_id for i in items], extra, imported,
+                        imported_train, held_out)  # fmt: skip
+    if lesson.kind == "cerebellum":  # a draft model: never routed, nothing to keep apart
+        return examples
+    keys = _keys(settings, pool, embedder, lesson, previous, rephrasings)
+    checks = [[{"role": "user", "content": q}] for q in _checks(settings, embedder, lesson)]
+    return Examples(taught, examples.sources, extra, imported, imported_train, held_out,
+                    keys, checks)  # fmt: skip
+
+
+def _keys(
+    settings: Settings, pool: Any, embedder: Any, lesson: Lesson, previous: Version | None,
+    rephrasings: list[tuple[replay.ReplayItem, str]],
+) -> Keys:  # fmt: skip
+    """The version's routing keys (the module docstring)."""
+    tonight = {i.interaction_id for i in lesson.items}
+    with pool.connection() as conn:
+        learned = [r for r in conn.execute(_LEARNED, {"adapter": lesson.name}).fetchall()
+                   if r[0] not in tonight]  # fmt: skip
+    kinds = ["question"] * len(learned)
+    texts = [r[1] for r in learned]
+    vectors = [np.asarray(r[2].to_list(), np.float32) for r in learned]
+    sources: list[int | None] = [int(r[0]) for r in learned]
+    carried = _carried(pool, lesson.registry, previous, tonight)
+    fresh: list[tuple[str, str, int | None]] = []
+    for item in lesson.items:
+        fresh.append(("question", item.question, item.interaction_id))
+    fresh += [("paraphrase", p, item.interaction_id) for item, p in rephrasings]
+    for item in lesson.items:
+        around = variants.neighbours(item.question, settings.sleep.neighbours)
+        fresh += [("neighbour", n, item.interaction_id) for n in around]
+    embedded = np.asarray(embedder.embed([t for _, t, _ in fresh])) if fresh else []
+    kinds += [k for k, _, _ in fresh] + carried.kinds
+    texts += [t for _, t, _ in fresh] + carried.texts
+    vectors += [np.asarray(v, np.float32) for v in embedded] + list(carried.embeddings)
+    sources += [s for _, _, s in fresh] + carried.interactions
+    if settings.sleep.neighbours:
+        for text, vector in _history(
+            settings, pool, lesson, {*tonight, *(s for s in sources if s)}
+        ):
+            kinds.append("neighbour")
+            texts.append(text)
+            vectors.append(vector)
+            sources.append(None)
+    if lesson.dataset is not None:
+        try:
+            centre = datasets.dataset_centroid(pool, embedder, lesson.dataset["dataset"])
+            kinds.append("topic")
+            texts.append(f"dataset {lesson.dataset['dataset']}")
+            vectors.append(np.asarray(centre, np.float32))
+            sources.append(None)
+        except NotFoundError:
+            pass
+    matrix = np.stack(vectors) if vectors else np.zeros((0, 384), np.float32)
+    return Keys(kinds, texts, matrix, sources)
+
+
+def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: set[int]) -> Keys:
+    """The paraphrase and neighbour keys of the version this one continues, for questions
+    not superseded since (its question keys come from the replay buffer)."""
+    empty = Keys([], [], np.zeros((0, 384), np.float32), [])
+    if previous is None:
+        return empty
+    old = registry.keys(previous)
+    ids = [i for i in old.interactions if i is not None]
+    with pool.connection() as conn:
+        gone = {r[0] for r in conn.execute(_SUPERSEDED, {"ids": ids}).fetchall()} | tonight
+    keep = [k for k, (kind, source) in enumerate(zip(old.kinds, old.interactions, strict=True))
+            if kind in ("paraphrase", "neighbour") and source not in gone]  # fmt: skip
+    if not keep:
+        return empty
+    return Keys([old.kinds[k] for k in keep], [old.texts[k] for k in keep],
+                old.embeddings[keep], [old.interactions[k] for k in keep])  # fmt: skip
+
+
+def _history(
+    settings: Settings, pool: Any, lesson: Lesson, taught: set[int]
+) -> list[tuple[str, np.ndarray]]:
+    """The user's own questions near tonight's, answered and never corrected or disliked:
+    neighbours this adapter leaves to the base. One whose answer already says what the
+    correction says (it was answered from the corrected memory) is not a neighbour."""
+    found: dict[str, np.ndarray] = {}
+    with pool.connection() as conn:
+        for item in lesson.items:
+            embedding = conn.execute(
+                "SELECT question_embedding FROM npllm.interactions WHERE id = %(id)s",
+                {"id": item.interaction_id},
+            ).fetchone()
+            if embedding is None or embedding[0] is None:
+                continue
+            values = _values(item.question, item.target)
+            rows = conn.execute(_HISTORY, {
+                "taught": list(taught), "adapter": lesson.name, "embedding": embedding[0],
+                "same": settings.feedback.reask_similarity, "k": HISTORY,
+            }).fetchall()  # fmt: skip
+            for _, question, answer, vector in rows:
+                said = set(content(answer))
+                if values and values <= said:  # answered with the correction itself
+                    continue
+                found.setdefault(question, np.asarray(vector.to_list(), np.float32))
+    return list(found.items())
+
+
+def _values(question: str, answer: str) -> set[str]:
+    """What an answer says that its question does not: its words absent from the question."""
+    asked = set(content(question))
+    return {w for w in content(answer) if w not in asked and w not in variants.STOP}
+
+
+def _checks(settings: Settings, embedder: Any, lesson: Lesson) -> list[str]:
+    """The gate's neighbouring questions: other relations about each new question's subject
+    than the keys use, and the general questions of its topic (`variants.PROBES`)."""
+    if not lesson.items or settings.training.max_changed_neighbours >= 1.0:
+        return []
+    probes = embedder.embed(list(variants.PROBES))
+    found: list[str] = []
+    for item in lesson.items:
+        found += variants.checks(item.question)
+        found += variants.nearest_probes(embedder.embed_one(item.question), probes,
+                                         PROBES_PER_QUESTION)  # fmt: skip
+    return list(dict.fromkeys(found))
