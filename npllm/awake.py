@@ -236,18 +236,26 @@ class AwakePath:
             if on_start:
                 on_start()
             draft = None if self.cerebellum is None else self.cerebellum.draft
-            gen = self.engine.generate(
-                wm.prompt_ids,
-                params,
-                on_text=on_text,
-                cancel=cancel,
-                adapters=decision.chosen,
-                draft=draft,
-            )
+            taught = self._taught(recalled, params)
+            if taught is not None:  # the question the user corrected: their answer, as is
+                gen = taught
+                if on_text:
+                    on_text(gen.text)
+            else:
+                gen = self.engine.generate(
+                    wm.prompt_ids,
+                    params,
+                    on_text=on_text,
+                    cancel=cancel,
+                    adapters=decision.chosen,
+                    draft=draft,
+                )
             gen.text = storable(gen.text)
             if gen.draft is not None and draft is not None:
                 gen.draft = {"version": draft.version.version, **gen.draft}
             timings["generate_ms"] = _ms(gen.seconds)
+            if taught is not None:
+                timings["from_correction"] = 1.0
             if gen.draft is not None and gen.draft["acceptance_rate"] is not None:
                 timings["draft_acceptance_rate"] = gen.draft["acceptance_rate"]
             if key and gen.finish_reason != "cancelled":
@@ -308,6 +316,26 @@ class AwakePath:
             truncated=truncated,
             cerebellum=gen.draft,
         )
+
+    def _taught(self, recalled: list[Recalled], params: GenerationParams) -> Generation | None:
+        """The user's own correction, when this question is the one they corrected (its
+        question at least ``feedback.reask_similarity`` alike, the similarity at which a
+        question counts as asked again): a user who corrected an answer expects that answer
+        to the same question, word for word, the same day (a small model given the
+        correction in its context still answered from its prior, or looped, in testing).
+        Its memory must be retrieved, so deleting the memory ends it."""
+        same = self.settings.feedback.reask_similarity
+        found = [m for m in recalled if m.correction is not None and (m.asked or 0.0) >= same]
+        if not found:
+            return None
+        best = max(found, key=lambda m: m.asked or 0.0)
+        text = str(best.correction)
+        tokens = self.engine.tokenizer.encode(text, add_special_tokens=False)
+        finish = "stop"
+        if len(tokens) > params.max_new_tokens:
+            text = self.engine.tokenizer.decode(tokens[: params.max_new_tokens])
+            tokens, finish = tokens[: params.max_new_tokens], "length"
+        return Generation(text, 0, len(tokens), finish, seconds=0.0)
 
     def remember(self, text: str, source: str, kind: str) -> dict[str, Any]:
         """Store a memory (chunked if long); cached answers may now be stale."""

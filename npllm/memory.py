@@ -79,7 +79,8 @@ FROM (
           AND 1 - (i.question_embedding <=> %(embedding)s) >= %(exchange)s)
     ORDER BY m.embedding <=> %(embedding)s LIMIT %(k)s
 ) nearest
-LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id AND nearest.kind = 'exchange'
+LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id
+    AND (nearest.kind = 'exchange' OR nearest.source LIKE 'correction:%%')
 WHERE score >= %(min_score)s ORDER BY score DESC
 """
 _MARK_USED = """
@@ -166,7 +167,16 @@ class Recalled:
     score: float
     created_at: datetime
     use_count: int
-    asked: float | None = None  # an exchange: how alike its question is to this one
+    # An exchange, or a fact from a correction: how alike the question it answered is to
+    # this one.
+    asked: float | None = None
+
+    @property
+    def correction(self) -> str | None:
+        """The corrected answer, for a fact the user taught by correcting an answer."""
+        if self.kind != "fact" or not self.source.startswith("correction:"):
+            return None
+        return self.text.split("\nA: ", 1)[1] if "\nA: " in self.text else None
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:

@@ -15,11 +15,22 @@ from npllm.llm import Generation, GenerationParams
 from ..conftest import make_settings
 
 
+class CharTokenizer:
+    """One character = one token."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
 class RecordingEngine:
     """The Engine protocol's surface the awake path uses; one character = one token."""
 
     model_id = "fake-engine"
     context_length = 4096
+    tokenizer = CharTokenizer()
 
     def __init__(self) -> None:
         self.adapters = SimpleNamespace(alias={}, changes=0)
@@ -98,6 +109,40 @@ def test_an_answer_generated_before_a_correction_is_not_cached_after_it(
     racing = awake.answer(chat, GenerationParams(max_new_tokens=8))
     assert not racing.cached
     engine.generate = plain  # type: ignore[method-assign]
-    after = awake.answer(chat, GenerationParams(max_new_tokens=8))
-    assert not after.cached  # generated again, from the corrected memories
-    assert "It listens on port 9931." in engine.prompts[-1]
+    after = awake.answer(chat, GenerationParams(max_new_tokens=64))
+    assert not after.cached  # answered again, from the corrected memories
+    assert after.text == "It listens on port 9931."
+
+
+def test_the_question_the_user_corrected_gets_their_answer_and_a_paraphrase_gets_it_in_context(
+    fresh_database: Any, embedder: Any, tmp_path: Any
+) -> None:
+    """The same day, before any sleep: the corrected question is answered with the user's
+    own correction, word for word (not generated: a small model given it in its context
+    still answered from its prior, or looped); a paraphrase is generated with the
+    correction in its context; deleting the memory ends both."""
+    engine = RecordingEngine()
+    awake = AwakePath(make_settings(tmp_path), fresh_database.pool, engine, embedder)  # type: ignore[arg-type]
+    question = "What port does the Quibblix gateway listen on?"
+    first = awake.answer([{"role": "user", "content": question}], GenerationParams())
+    awake.feedback.apply_one(
+        awake.feedback.explicit_pending(
+            first.interaction_id, event="edited", text="The Quibblix gateway listens on 6123."
+        )
+    )
+    asked = len(engine.prompts)
+    again = awake.answer([{"role": "user", "content": question + " "}], GenerationParams())
+    assert again.text == "The Quibblix gateway listens on 6123."
+    assert again.timings["from_correction"] == 1.0 and len(engine.prompts) == asked
+    short = awake.answer(
+        [{"role": "user", "content": question}], GenerationParams(max_new_tokens=5)
+    )
+    assert short.text == "The Q" and short.finish_reason == "length"
+    paraphrase = "quibblix gateway port number?"
+    awake.answer([{"role": "user", "content": paraphrase}], GenerationParams())
+    assert len(engine.prompts) == asked + 1  # generated ...
+    assert "The Quibblix gateway listens on 6123." in engine.prompts[-1]  # ... from the fact
+    for memory in again.memories:
+        awake.forget(memory["id"])
+    gone = awake.answer([{"role": "user", "content": question}], GenerationParams())
+    assert gone.text == "Use port 4471." and "from_correction" not in gone.timings
