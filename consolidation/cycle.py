@@ -75,7 +75,7 @@ from npllm.config import Settings
 from npllm.errors import ModelError, NpllmError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
-from npllm.versions import Registry, Version
+from npllm.versions import Keys, Registry, Version
 
 Chat = list[dict[str, str]]
 # What the report keeps of the trainer's metrics.
@@ -306,7 +306,7 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     run_id, result, staging = _train(ctx, cycle, lesson, ex, previous, omega)
     _phase(ctx, cycle, f"gating {lesson.name}")
     right = _served_right(ctx, lesson, ex, staging)
-    locality = checks.after(staging)
+    locality, keys = checks.after(staging)
     # What tonight taught is what the next nights must protect; rehearsed samples were
     # counted in the nights that taught them.
     new = [item.chat()["messages"] for item in lesson.items] + ex.imported_train
@@ -316,8 +316,8 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
         new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
     mas.save(new_omega, staging / mas.OMEGA_FILE)
     gate.write_probe(staging, probe + new)
-    if ex.keys is not None:
-        ex.keys.save(staging)
+    if keys is not None:
+        keys.save(staging)
     taught = gate.Taught(len(lesson.items), sum(right[: len(lesson.items)]),
                          len(lesson.rehearse), sum(right[len(lesson.items) :]))  # fmt: skip
     verdict = gate.judge(before, after, ctx.settings.training, taught, locality)
@@ -366,18 +366,25 @@ class _Checks:
         self.questions = [c[-1]["content"] for c in ex.checks]
         self.vectors = (np.asarray(ctx.embedder.embed(self.questions))
                         if self.questions else np.zeros((0, 384)))  # fmt: skip
-        self.previous = previous
         old = None if previous is None else lesson.registry.keys(previous)
         self.routed_before = self._routed(old if old is not None and old.texts else None)
+        self.routed_after = self._routed(ex.keys)
+        # Only a question one of the two versions takes can change: the base answers the rest.
+        self.asked = [k for k in range(len(self.questions))
+                      if self.routed_before[k] or self.routed_after[k]]  # fmt: skip
         self.before: dict[int, str] = {}
-        if ctx.served is None or not self.questions:
+        if ctx.served is None or not self.asked:
             return
         _phase(ctx, cycle, f"asking {lesson.name}'s neighbours before training")
         names = ctx.served.load({"previous": previous.path}) if previous else {}
-        for k, question in enumerate(self.questions):
+        for k in self.asked:
             adapter = names.get("previous") if self.routed_before[k] else None
-            (self.before[k],) = ctx.served.answers([[{"role": "user", "content": question}]],
-                                                   adapter, self.TOKENS)  # fmt: skip
+            self.before[k] = self._answer(k, adapter)
+
+    def _answer(self, k: int, adapter: str | None) -> str:
+        assert self.ctx.served is not None
+        chat = [{"role": "user", "content": self.questions[k]}]
+        return self.ctx.served.answers([chat], adapter, self.TOKENS)[0]
 
     def _routed(self, keys: Any) -> list[bool]:
         """Which of the questions a version with `keys` is routed to (its scope alone)."""
@@ -387,22 +394,38 @@ class _Checks:
         router.set_adapters({self.lesson.name: keys.scope(self.ctx.settings.modulator)})
         return [bool(router.decide(v).chosen) for v in self.vectors]
 
-    def after(self, staging: Path) -> gate.Locality | None:
-        """The new version's answers to the questions its scope takes, against before."""
-        if self.ctx.served is None or not self.questions or self.ex.keys is None:
-            return None
-        routed = self._routed(self.ex.keys)
-        names = self.ctx.served.load({"candidate": staging})
-        changed = []
-        for k, question in enumerate(self.questions):
-            if not routed[k] and not self.routed_before[k]:
-                continue  # the base answers it, before and after
-            adapter = names["candidate"] if routed[k] else None
-            (now,) = self.ctx.served.answers([[{"role": "user", "content": question}]],
-                                             adapter, self.TOKENS)  # fmt: skip
-            if now != self.before[k]:
-                changed.append(question)
-        return gate.Locality(len(self.questions), sum(routed), changed)
+    def after(self, staging: Path) -> tuple[gate.Locality | None, Keys | None]:
+        """The new version's answers to the questions its scope takes, against before; and
+        its keys, with the scope narrowed around what it changed.
+
+        Routing learns its scope here: a neighbour whose answer the version changed becomes
+        one of its neighbour keys — left to the base from now on — unless it is as alike to
+        a question the version was taught as a question asked again
+        (``feedback.reask_similarity``): routing cannot tell those apart, so they count
+        against the version at the gate."""
+        keys = self.ex.keys
+        if self.ctx.served is None or not self.questions or keys is None:
+            return None, keys
+        names = self.ctx.served.load({"candidate": staging}) if self.asked else {}
+        changed = [
+            k
+            for k in self.asked
+            if self._answer(k, names["candidate"] if self.routed_after[k] else None)
+            != self.before[k]
+        ]
+        taught = keys.embeddings[[kind in ("question", "paraphrase") for kind in keys.kinds]]
+        alike = (self.vectors[changed] @ taught.T).max(axis=1) if changed and len(taught) else []
+        same = self.ctx.settings.feedback.reask_similarity
+        kept = [k for k, a in zip(changed, alike, strict=True) if a < same]
+        counted = [self.questions[k] for k in changed if k not in kept]
+        if kept:
+            keys = Keys(keys.kinds + ["neighbour"] * len(kept),
+                        keys.texts + [self.questions[k] for k in kept],
+                        np.concatenate([keys.embeddings, self.vectors[kept]]),
+                        keys.interactions + [None] * len(kept))  # fmt: skip
+        excluded = [self.questions[k] for k in kept]
+        return gate.Locality(len(self.questions), sum(self.routed_after), counted,
+                             excluded), keys  # fmt: skip
 
 
 @contextlib.contextmanager

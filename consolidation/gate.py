@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,14 @@ class Taught:
 @dataclass(frozen=True)
 class Locality:
     """The night's neighbouring questions: how many, how many the version's scope takes
-    (routed to it), and those whose served greedy answer changed."""
+    (routed to it), those whose served greedy answer changed and routing cannot keep apart
+    (`changed`), and those it changed and that are now left to the base (`excluded`: the
+    scope learned from them, consolidation/cycle.py)."""
 
     questions: int
     routed: int
     changed: list[str]
+    excluded: list[str] = field(default_factory=list)
 
     @property
     def share(self) -> float:
@@ -67,7 +70,7 @@ class Locality:
 
     def summary(self) -> str:
         return (f"{len(self.changed)} of {self.questions} neighbouring questions changed "
-                f"({self.routed} in its scope)")  # fmt: skip
+                f"({self.routed} in its scope, {len(self.excluded)} taken out of it)")  # fmt: skip
 
 
 @dataclass(frozen=True)
