@@ -401,8 +401,10 @@ class _Checks:
         Routing learns its scope here: a neighbour whose answer the version changed becomes
         one of its neighbour keys — left to the base from now on — unless it is as alike to
         a question the version was taught as a question asked again
-        (``feedback.reask_similarity``): routing cannot tell those apart, so they count
-        against the version at the gate."""
+        (``feedback.reask_similarity``), where routing cannot tell them apart: one of the
+        user's own questions (`ex.firm`) then counts against the version at the gate; a
+        rule-made one so alike is no evidence either way ("How do I install X?" beside a
+        taught "How do I deploy X?") and is reported, not counted."""
         keys = self.ex.keys
         if self.ctx.served is None or not self.questions or keys is None:
             return None, keys
@@ -417,15 +419,18 @@ class _Checks:
         alike = (self.vectors[changed] @ taught.T).max(axis=1) if changed and len(taught) else []
         same = self.ctx.settings.feedback.reask_similarity
         kept = [k for k, a in zip(changed, alike, strict=True) if a < same]
-        counted = [self.questions[k] for k in changed if k not in kept]
+        counted = [self.questions[k] for k in changed
+                   if k not in kept and self.questions[k] in self.ex.firm]  # fmt: skip
         if kept:
             keys = Keys(keys.kinds + ["neighbour"] * len(kept),
                         keys.texts + [self.questions[k] for k in kept],
                         np.concatenate([keys.embeddings, self.vectors[kept]]),
                         keys.interactions + [None] * len(kept))  # fmt: skip
         excluded = [self.questions[k] for k in kept]
+        unclear = [self.questions[k] for k in changed if k not in kept
+                   and self.questions[k] not in self.ex.firm]  # fmt: skip
         return gate.Locality(len(self.questions), sum(self.routed_after), counted,
-                             excluded), keys  # fmt: skip
+                             excluded, unclear), keys  # fmt: skip
 
 
 @contextlib.contextmanager

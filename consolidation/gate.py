@@ -63,6 +63,9 @@ class Locality:
     routed: int
     changed: list[str]
     excluded: list[str] = field(default_factory=list)
+    # Changed, as alike to a taught question as a question asked again, and made by rule:
+    # no evidence either way, reported only.
+    unclear: list[str] = field(default_factory=list)
 
     @property
     def share(self) -> float:
@@ -70,7 +73,8 @@ class Locality:
 
     def summary(self) -> str:
         return (f"{len(self.changed)} of {self.questions} neighbouring questions changed "
-                f"({self.routed} in its scope, {len(self.excluded)} taken out of it)")  # fmt: skip
+                f"({self.routed} in its scope, {len(self.excluded)} taken out of it, "
+                f"{len(self.unclear)} too alike to a taught one to tell)")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,12 @@ ORDER BY r.interaction_id
 # Questions the user asked near this one that were answered and never corrected nor
 # disliked, and not learned by this adapter: neighbours to leave alone.
 _HISTORY = """
-SELECT i.id, i.question, i.answer, i.question_embedding
+SELECT i.id, i.question, i.answer, i.question_embedding,
+       1 - (i.question_embedding <=> %(embedding)s) AS alike
 FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
 WHERE i.question_embedding IS NOT NULL AND i.id <> ALL(%(taught)s)
-  AND r.corrected_answer IS NULL AND r.reward >= 0
+  AND r.corrected_answer IS NULL AND r.reward >= 0 AND r.superseded_by IS NULL
   AND r.adapter IS DISTINCT FROM %(adapter)s
-  AND 1 - (i.question_embedding <=> %(embedding)s) < %(same)s
 ORDER BY i.question_embedding <=> %(embedding)s
 LIMIT %(k)s
 """
@@ -101,6 +101,9 @@ class Examples:
     held_out: list[Chat]  # 1 in 5 of a large dataset; corrections are never held out
     keys: Keys | None = None  # where the version answers (None: the cerebellum, not routed)
     checks: list[Chat] = field(default_factory=list)  # neighbours the gate compares
+    # Of the checks, the user's own questions as alike to a taught one as a question asked
+    # again: routing cannot keep them apart, so a change to one counts against the version.
+    firm: frozenset[str] = frozenset()
 
     @property
     def train(self) -> list[Chat]:
@@ -148,15 +151,17 @@ def build(
                         imported_train, held_out)  # fmt: skip
     if lesson.kind == "cerebellum":  # a draft model: never routed, nothing to keep apart
         return examples
-    keys = _keys(settings, pool, embedder, lesson, previous, rephrasings)
-    checks = [[{"role": "user", "content": q}] for q in _checks(settings, embedder, lesson)]
+    apart, firm = _history(settings, pool, lesson, examples.sources)
+    keys = _keys(settings, pool, embedder, lesson, previous, rephrasings, apart)
+    asked = [*_checks(settings, embedder, lesson), *firm]
+    checks = [[{"role": "user", "content": q}] for q in dict.fromkeys(asked)]
     return Examples(taught, examples.sources, extra, imported, imported_train, held_out,
-                    keys, checks)  # fmt: skip
+                    keys, checks, frozenset(firm))  # fmt: skip
 
 
 def _keys(
     settings: Settings, pool: Any, embedder: Any, lesson: Lesson, previous: Version | None,
-    rephrasings: list[tuple[replay.ReplayItem, str]],
+    rephrasings: list[tuple[replay.ReplayItem, str]], history: list[tuple[str, np.ndarray]],
 ) -> Keys:  # fmt: skip
     """The version's routing keys (the module docstring)."""
     tonight = {i.interaction_id for i in lesson.items}
@@ -220,12 +225,16 @@ def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: s
 
 
 def _history(
-    settings: Settings, pool: Any, lesson: Lesson, taught: set[int]
-) -> list[tuple[str, np.ndarray]]:
+    settings: Settings, pool: Any, lesson: Lesson, taught: list[int]
+) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """The user's own questions near tonight's, answered and never corrected or disliked:
-    neighbours this adapter leaves to the base. One whose answer already says what the
-    correction says (it was answered from the corrected memory) is not a neighbour."""
-    found: dict[str, np.ndarray] = {}
+    neighbours this adapter leaves to the base — (those routing can keep apart, as keys;
+    those as alike to a taught question as a question asked again, which only the gate can
+    check). One whose answer already says what the correction says (it was answered from
+    the corrected memory) is neither."""
+    apart: dict[str, np.ndarray] = {}
+    firm: list[str] = []
+    same = settings.feedback.reask_similarity
     with pool.connection() as conn:
         for item in lesson.items:
             embedding = conn.execute(
@@ -236,15 +245,17 @@ def _history(
                 continue
             values = _values(item.question, item.target)
             rows = conn.execute(_HISTORY, {
-                "taught": list(taught), "adapter": lesson.name, "embedding": embedding[0],
-                "same": settings.feedback.reask_similarity, "k": HISTORY,
+                "taught": taught, "adapter": lesson.name, "embedding": embedding[0],
+                "k": HISTORY,
             }).fetchall()  # fmt: skip
-            for _, question, answer, vector in rows:
-                said = set(content(answer))
-                if values and values <= said:  # answered with the correction itself
+            for _, question, answer, vector, alike in rows:
+                if values and values <= set(content(answer)):  # answered with the correction
                     continue
-                found.setdefault(question, np.asarray(vector.to_list(), np.float32))
-    return list(found.items())
+                if alike >= same:
+                    firm.append(question)
+                else:
+                    apart.setdefault(question, np.asarray(vector.to_list(), np.float32))
+    return list(apart.items()), list(dict.fromkeys(firm))
 
 
 def _values(question: str, answer: str) -> set[str]:
