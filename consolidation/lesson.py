@@ -186,9 +186,7 @@ def _keys(
     vectors += [np.asarray(v, np.float32) for v in embedded] + list(carried.embeddings)
     sources += [s for _, _, s in fresh] + carried.interactions
     if settings.sleep.neighbours:
-        for text, vector in _history(
-            settings, pool, lesson, {*tonight, *(s for s in sources if s)}
-        ):
+        for text, vector in history:
             kinds.append("neighbour")
             texts.append(text)
             vectors.append(vector)
