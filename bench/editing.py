@@ -8,7 +8,7 @@ the way knowledge-editing work measures an edit — through the real daemon and 
 Facts come from bench/data/editing.json (hand-written for this benchmark; see its "about"):
 team facts about invented systems and overrides of a public default, each with 3
 paraphrases and 6 neighbouring questions written independently of the night's own
-paraphrase rules (consolidation/variants.py). The **tune** split was used to choose
+paraphrase rules (npllm/variants.py). The **tune** split was used to choose
 settings; figures reported in docs/performance.md come from the **report** split.
 
 A real `npllm serve` (the shipped settings, or the `plain` arm: a LoRA fine-tune of the

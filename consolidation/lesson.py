@@ -7,7 +7,7 @@ adapter is:
   rehearses, in the conversation it came from — these must be reproduced exactly, as the
   serving engine will answer them (consolidation/served.py);
 - **variants**: each new question rephrased by rule (`sleep.paraphrases`,
-  consolidation/variants.py) with the same answer — trained, never checked;
+  npllm/variants.py) with the same answer — trained, never checked;
 - **keys** (npllm/scope.py): where the version answers — every question the adapter has
   learned and not seen superseded (from the replay buffer, so a rebuilt or upgraded adapter
   keeps them), the paraphrases, the centroid of its dataset as a topic — and the
@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from consolidation import datasets, variants
+from consolidation import datasets
 from consolidation.runs import split_held_out
-from npllm import replay
+from npllm import replay, variants
 from npllm.adapters import CEREBELLUM
 from npllm.config import Settings
 from npllm.errors import NotFoundError

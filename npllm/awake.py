@@ -21,6 +21,7 @@ from npllm import modulator as modulator_versions
 from npllm.cache import ShortTermCache, cache_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
+from npllm.corrections import Corrections, Verdict
 from npllm.embeddings import Embedder
 from npllm.engines.base import Engine
 from npllm.errors import RequestError
@@ -107,6 +108,7 @@ class AwakePath:
             on_memory_change=self.cache.clear,  # and answers cached before it are stale
         )
         self.tagger = TopicTagger(embedder, settings.feedback)
+        self.corrections = Corrections(embedder, settings.memory.correction_similarity)
         self.adapters = engine.adapters
         self.modulator = Modulator(settings.modulator)
         self.modulator_version: int | None = None  # the trained version routing, if any
@@ -212,6 +214,13 @@ class AwakePath:
             timings["embed_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             recalled = self.memory.relevant(embedding)
+            verdicts = {
+                m.id: v for m in recalled if (v := self.corrections.judge(m, embedding)) is not None
+            }
+            # A correction of a neighbouring question stays out of this one's context.
+            recalled = [
+                m for m in recalled if m.id not in verdicts or not verdicts[m.id].about_a_neighbour
+            ]
             timings["retrieve_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             decision = self.route(embedding, adapters)
@@ -236,7 +245,7 @@ class AwakePath:
             if on_start:
                 on_start()
             draft = None if self.cerebellum is None else self.cerebellum.draft
-            taught = self._taught(recalled, params)
+            taught = self._taught(recalled, verdicts, params)
             if taught is not None:  # the question the user corrected: their answer, as is
                 gen = taught
                 if on_text:
@@ -317,18 +326,18 @@ class AwakePath:
             cerebellum=gen.draft,
         )
 
-    def _taught(self, recalled: list[Recalled], params: GenerationParams) -> Generation | None:
-        """The user's own correction, when this question is the one they corrected (its
-        question at least ``feedback.reask_similarity`` alike, the similarity at which a
-        question counts as asked again): a user who corrected an answer expects that answer
-        to the same question, word for word, the same day (a small model given the
-        correction in its context still answered from its prior, or looped, in testing).
-        Its memory must be retrieved, so deleting the memory ends it."""
-        same = self.settings.feedback.reask_similarity
-        found = [m for m in recalled if m.correction is not None and (m.asked or 0.0) >= same]
+    def _taught(
+        self, recalled: list[Recalled], verdicts: dict[int, Verdict], params: GenerationParams
+    ) -> Generation | None:
+        """The user's own correction, as they wrote it, when this question is one it answers
+        (npllm/corrections.py: as alike as ``memory.correction_similarity`` to a way of
+        asking the corrected question, nearer that than any neighbouring question): a user
+        who corrected an answer expects that answer, the same day. Its memory must be
+        retrieved, so deleting the memory ends it."""
+        found = [m for m in recalled if m.id in verdicts and verdicts[m.id].direct]
         if not found:
             return None
-        best = max(found, key=lambda m: m.asked or 0.0)
+        best = max(found, key=lambda m: verdicts[m.id].alike)
         text = str(best.correction)
         tokens = self.engine.tokenizer.encode(text, add_special_tokens=False)
         finish = "stop"

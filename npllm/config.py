@@ -210,6 +210,14 @@ class MemoryConfig(_Section):
         "question it answered is at least this similar to the new one: the same question "
         "asked again.",
     )
+    correction_similarity: float = Field(
+        0.8,
+        ge=-1.0,
+        le=1.0,
+        description="A question at least this similar to one the user corrected (or to a way "
+        "of asking it: npllm/variants.py), and nearer it than to any of its neighbouring "
+        "questions, is answered with the user's correction as they wrote it, the same day.",
+    )
     hnsw_ef_search: int = Field(
         100,
         ge=1,
@@ -438,7 +446,7 @@ class SleepConfig(_Section):
         ge=0,
         le=8,
         description="Paraphrases of each taught question the night makes by rule "
-        "(consolidation/variants.py) and trains with its answer; they also widen the "
+        "(npllm/variants.py) and trains with its answer; they also widen the "
         "adapter's scope. 0: none.",
     )
     neighbours: int = Field(

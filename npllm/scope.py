@@ -7,7 +7,7 @@ the adapter was taught (and each paraphrase the night made of one), with radius
 on (an imported dataset), with radius ``modulator.none_similarity`` — minus the questions
 nearer a known neighbour than any of those keys. Neighbours are questions the adapter must
 leave to the base: the same subject with another relation, the public default behind a
-team's own setting (consolidation/variants.py), and the user's own questions near a taught
+team's own setting (npllm/variants.py), and the user's own questions near a taught
 one that were answered and never corrected. A question is inside when it is within a
 ball *and* its nearest key is one the adapter was taught, not a neighbour (measured on the
 tune split of bench/data/editing.json: at the same share of neighbours routed, the

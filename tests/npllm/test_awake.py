@@ -114,13 +114,14 @@ def test_an_answer_generated_before_a_correction_is_not_cached_after_it(
     assert after.text == "It listens on port 9931."
 
 
-def test_the_question_the_user_corrected_gets_their_answer_and_a_paraphrase_gets_it_in_context(
+def test_the_question_the_user_corrected_gets_their_answer_and_a_neighbour_does_not(
     fresh_database: Any, embedder: Any, tmp_path: Any
 ) -> None:
-    """The same day, before any sleep: the corrected question is answered with the user's
-    own correction, word for word (not generated: a small model given it in its context
-    still answered from its prior, or looped); a paraphrase is generated with the
-    correction in its context; deleting the memory ends both."""
+    """The same day, before any sleep: the corrected question and a paraphrase of it are
+    answered with the user's own correction, word for word (not generated: a small model
+    given it in its context still answered from its prior, or looped); a neighbouring
+    question (the same subject, another relation) is generated without the correction in
+    its context; deleting the memory ends it."""
     engine = RecordingEngine()
     awake = AwakePath(make_settings(tmp_path), fresh_database.pool, engine, embedder)  # type: ignore[arg-type]
     question = "What port does the Quibblix gateway listen on?"
@@ -131,17 +132,18 @@ def test_the_question_the_user_corrected_gets_their_answer_and_a_paraphrase_gets
         )
     )
     asked = len(engine.prompts)
-    again = awake.answer([{"role": "user", "content": question + " "}], GenerationParams())
-    assert again.text == "The Quibblix gateway listens on 6123."
-    assert again.timings["from_correction"] == 1.0 and len(engine.prompts) == asked
+    for same in (question + " ", "On which port can I reach the Quibblix gateway from my laptop?"):
+        again = awake.answer([{"role": "user", "content": same}], GenerationParams())
+        assert again.text == "The Quibblix gateway listens on 6123."
+        assert again.timings["from_correction"] == 1.0 and len(engine.prompts) == asked
     short = awake.answer(
         [{"role": "user", "content": question}], GenerationParams(max_new_tokens=5)
     )
     assert short.text == "The Q" and short.finish_reason == "length"
-    paraphrase = "quibblix gateway port number?"
-    awake.answer([{"role": "user", "content": paraphrase}], GenerationParams())
-    assert len(engine.prompts) == asked + 1  # generated ...
-    assert "The Quibblix gateway listens on 6123." in engine.prompts[-1]  # ... from the fact
+    neighbour = awake.answer([{"role": "user", "content": "Who maintains the Quibblix gateway?"}],
+                             GenerationParams())  # fmt: skip
+    assert len(engine.prompts) == asked + 1 and neighbour.memories == []
+    assert "6123" not in engine.prompts[-1]
     for memory in again.memories:
         awake.forget(memory["id"])
     gone = awake.answer([{"role": "user", "content": question}], GenerationParams())

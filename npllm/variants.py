@@ -58,7 +58,7 @@ KNOWN = ("PostgreSQL", "Redis", "nginx", "Kafka", "Docker", "MySQL", "RabbitMQ",
 # Other relations about the same subject: the first are kept apart by routing (the
 # adapter's neighbour keys), the last only checked by the gate — so that the gate tests
 # relations the keys never saw.
-_RELATIONS = (
+RELATIONS = (
     "Who maintains {s}?",
     "What is {s} used for?",
     "What language is {s} written in?",
@@ -206,7 +206,7 @@ def paraphrases(question: str, limit: int = 6) -> list[str]:
 def neighbours(question: str, limit: int = 6) -> list[str]:
     """Questions near `question` that must keep the answer they have (see the module
     docstring), most telling first, at most `limit`: the adapter's neighbour keys."""
-    return _around(question, _RELATIONS, KNOWN[:1], public=True)[:limit]
+    return _around(question, RELATIONS, KNOWN[:1], public=True)[:limit]
 
 
 def checks(question: str) -> list[str]:
