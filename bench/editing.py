@@ -256,13 +256,15 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first fact of the split")
     parser.add_argument("--arm", choices=("shipped", "plain"), default="shipped")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run the daemon in this directory and leave it (to inspect)")  # fmt: skip
     args = parser.parse_args()
     data = json.loads(DATA.read_text())[args.split]
     facts, ordinary = data["facts"][args.first :], data["ordinary"]
     settings = load_settings()
     env = PLAIN if args.arm == "plain" else {}
     started = time.perf_counter()
-    with live_daemon(settings.model_cache_path, **env) as live:
+    with live_daemon(settings.model_cache_path, keep=args.keep, **env) as live:
         if args.scenario == "one-night":
             result = one_night(live.http, facts[: args.facts])
         elif args.scenario == "sequential":

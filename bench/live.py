@@ -25,20 +25,25 @@ class Live:
 
 
 @contextmanager
-def live_daemon(model_cache: Path, timeout: float = 240.0, **extra: str) -> Iterator[Live]:
+def live_daemon(
+    model_cache: Path, timeout: float = 240.0, keep: Path | None = None, **extra: str
+) -> Iterator[Live]:
     """Start the daemon (`extra`: more NPLLM_* variables), wait until /v1/status answers,
-    stop it (SIGTERM) on exit."""
+    stop it (SIGTERM) on exit. `keep`: a directory to run in and leave behind (its data dir,
+    the daemon's and the worker's logs), to look into afterwards; default a temp dir."""
     import httpx
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+        data = (keep or Path(tmp)) / "data"
         env = {
             "NPLLM_DATA_DIR": str(data),
             "NPLLM_MODELS__CACHE_DIR": str(model_cache),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             **extra,
         }
-        log = Path(tmp) / "serve.log"
+        log = (keep or Path(tmp)) / "serve.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve"],
             env=env,

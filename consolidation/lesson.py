@@ -57,9 +57,15 @@ SELECT i.id, i.question, i.answer, i.question_embedding,
 FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
 WHERE i.question_embedding IS NOT NULL AND i.id <> ALL(%(taught)s)
   AND r.corrected_answer IS NULL AND r.reward >= 0 AND r.superseded_by IS NULL
-  AND r.adapter IS DISTINCT FROM %(adapter)s
+  AND r.adapter IS DISTINCT FROM %(adapter)s AND i.created_at < %(taught_at)s
 ORDER BY i.question_embedding <=> %(embedding)s
 LIMIT %(k)s
+"""
+# A taught question's embedding, and when it was taught (corrected, or last rated).
+_TAUGHT = """
+SELECT i.question_embedding, coalesce(r.corrected_at, r.updated_at)
+FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
+WHERE i.id = %(id)s AND i.question_embedding IS NOT NULL
 """
 _SUPERSEDED = """
 SELECT interaction_id FROM npllm.replay_buffer
@@ -225,26 +231,24 @@ def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: s
 def _history(
     settings: Settings, pool: Any, lesson: Lesson, taught: list[int]
 ) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """The user's own questions near tonight's, answered and never corrected or disliked:
-    neighbours this adapter leaves to the base — (those routing can keep apart, as keys;
-    those as alike to a taught question as a question asked again, which only the gate can
-    check). One whose answer already says what the correction says (it was answered from
-    the corrected memory) is neither."""
+    """The user's own questions near tonight's, asked before it was taught, answered and
+    never corrected or disliked: neighbours this adapter leaves to the base — (those
+    routing can keep apart, as keys; those as alike to a taught question as a question
+    asked again, which only the gate can check). A question asked after the teaching is no
+    evidence (the user may be trying the correction out), nor one whose answer already says
+    what the correction says."""
     apart: dict[str, np.ndarray] = {}
     firm: list[str] = []
     same = settings.feedback.reask_similarity
     with pool.connection() as conn:
         for item in lesson.items:
-            embedding = conn.execute(
-                "SELECT question_embedding FROM npllm.interactions WHERE id = %(id)s",
-                {"id": item.interaction_id},
-            ).fetchone()
-            if embedding is None or embedding[0] is None:
+            row = conn.execute(_TAUGHT, {"id": item.interaction_id}).fetchone()
+            if row is None:
                 continue
             values = _values(item.question, item.target)
             rows = conn.execute(_HISTORY, {
-                "taught": taught, "adapter": lesson.name, "embedding": embedding[0],
-                "k": HISTORY,
+                "taught": taught, "adapter": lesson.name, "embedding": row[0],
+                "taught_at": row[1], "k": HISTORY,
             }).fetchall()  # fmt: skip
             for _, question, answer, vector, alike in rows:
                 if values and values <= set(content(answer)):  # answered with the correction

@@ -1,0 +1,74 @@
+"""What one adapter learns in a night (consolidation/lesson.py): examples and routing keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from consolidation.lesson import Lesson, build
+from npllm import interactions, replay
+from npllm.adapters import AdapterShape
+from npllm.config import Settings
+from npllm.db import Database
+from npllm.feedback import Feedback
+from npllm.interactions import Interaction
+from npllm.modulator import Modulator
+from npllm.tone import NeutralTone
+from npllm.versions import BaseIdentity, Registry
+
+
+def _asked(db: Database, embedder: Any, question: str, answer: str = "It is 80.") -> int:
+    embedding = embedder.embed_one(question)
+    with db.pool.connection() as conn, conn.transaction():
+        iid = interactions.record(
+            conn,
+            Interaction([{"role": "user", "content": question}], question, answer, "m", embedding),
+        )
+        replay.admit(conn, iid, embedding, [])
+    return iid
+
+
+def test_a_lesson_trains_paraphrases_and_keeps_its_neighbours_out_of_its_scope(
+    fresh_database: Database, embedder: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """One correction: trained as asked and in other words; routed for the question and its
+    paraphrases, not for the questions about the same subject with another relation nor for
+    the user's own earlier question about the public default — which is also what the gate
+    checks. A question asked after the teaching is no neighbour."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    before = _asked(db, embedder, "What is the default port of PostgreSQL?", "It is 5432.")
+    feedback.apply_one(feedback.explicit_pending(before, event="copied"))
+    taught = _asked(db, embedder, "What port does our PostgreSQL listen on?")
+    feedback.apply_one(feedback.explicit_pending(taught, event="edited", text="Port 5433."))
+    after = _asked(db, embedder, "Which port do we run Postgres on?", "Port 5432.")
+    (item,) = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
+               if i.interaction_id == taught]  # fmt: skip
+    registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
+                        BaseIdentity("m", "f" * 32))  # fmt: skip
+    lesson = Lesson("general", None, registry, [item])
+    ex = build(settings, db.pool, embedder, lesson, None)
+    assert ex.taught == [item.chat()["messages"]] and ex.sources == [taught]
+    assert len(ex.variants) == settings.sleep.paraphrases
+    assert all(v[-1]["content"] == "Port 5433." for v in ex.variants)
+    assert ex.keys is not None
+    texts = dict(zip(ex.keys.texts, ex.keys.kinds, strict=True))
+    assert texts["What port does our PostgreSQL listen on?"] == "question"
+    assert texts["What is the default port of PostgreSQL?"] == "neighbour"  # asked before
+    assert "Which port do we run Postgres on?" not in texts  # asked after: no evidence
+    assert after not in ex.keys.interactions
+    router = Modulator(settings.modulator)
+    router.set_adapters({"general": ex.keys.scope(settings.modulator)})
+    routed = {q: bool(router.decide(embedder.embed_one(q)).chosen) for q in (
+        "What port does our PostgreSQL listen on?",
+        "Which port is our Postgres server listening on?",
+        "What is the default port of PostgreSQL?",
+        "Who maintains PostgreSQL?",
+    )}  # fmt: skip
+    assert routed == {
+        "What port does our PostgreSQL listen on?": True,
+        "Which port is our Postgres server listening on?": True,
+        "What is the default port of PostgreSQL?": False,
+        "Who maintains PostgreSQL?": False,
+    }
+    assert ex.checks and all(c[-1]["role"] == "user" for c in ex.checks)
