@@ -256,8 +256,9 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help="first fact of the split")
     parser.add_argument("--arm", choices=("shipped", "plain"), default="shipped")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="run the daemon in this directory and leave it (to inspect)")  # fmt: skip
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="run the daemon in this directory and leave it"
+    )
     args = parser.parse_args()
     data = json.loads(DATA.read_text())[args.split]
     facts, ordinary = data["facts"][args.first :], data["ordinary"]
