@@ -207,7 +207,21 @@ def _keys(
         except NotFoundError:
             pass
     matrix = np.stack(vectors) if vectors else np.zeros((0, 384), np.float32)
-    return Keys(kinds, texts, matrix, sources)
+    return _apart(Keys(kinds, texts, matrix, sources), settings.feedback.reask_similarity)
+
+
+def _apart(keys: Keys, same: float) -> Keys:
+    """`keys` without the neighbours that are the same question (at least `same` alike) as
+    one the adapter answers: a neighbour of one taught fact can be another fact it learned
+    ("What port does X listen on?" beside a taught "Who owns X?"), and a tie leaves both
+    to the base."""
+    taught = keys.embeddings[[k != "neighbour" for k in keys.kinds]]
+    if not len(taught):
+        return keys
+    alike = (keys.embeddings @ taught.T).max(axis=1)
+    keep = [k for k, kind in enumerate(keys.kinds) if kind != "neighbour" or alike[k] < same]
+    return Keys([keys.kinds[k] for k in keep], [keys.texts[k] for k in keep],
+                keys.embeddings[keep], [keys.interactions[k] for k in keep])  # fmt: skip
 
 
 def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: set[int]) -> Keys:

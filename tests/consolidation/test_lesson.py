@@ -72,3 +72,27 @@ def test_a_lesson_trains_paraphrases_and_keeps_its_neighbours_out_of_its_scope(
         "Who maintains PostgreSQL?": False,
     }
     assert ex.checks and all(c[-1]["role"] == "user" for c in ex.checks)
+
+
+def test_a_neighbour_of_one_fact_that_is_another_fact_it_learned_is_no_neighbour(
+    fresh_database: Database, embedder: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """Two facts about one subject in one adapter: "What port does X listen on?" is a rule's
+    neighbour of "Who owns X?", and also a question the adapter learned — it stays routed
+    (a neighbour key equal to a taught one used to tie it with "none")."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    for question, truth in (("What port does the Quibblix gateway listen on?", "Port 7443."),
+                            ("Who owns the Quibblix gateway?", "Marta owns it.")):  # fmt: skip
+        iid = _asked(db, embedder, question)
+        feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
+    items = replay.sample(db.pool, 5, seed=0, new_only=True)
+    registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
+                        BaseIdentity("m", "f" * 32))  # fmt: skip
+    ex = build(settings, db.pool, embedder, Lesson("general", None, registry, items), None)
+    assert ex.keys is not None
+    router = Modulator(settings.modulator)
+    router.set_adapters({"general": ex.keys.scope(settings.modulator)})
+    for question in ("What port does the Quibblix gateway listen on?",
+                     "Who owns the Quibblix gateway?"):  # fmt: skip
+        assert router.decide(embedder.embed_one(question)).chosen == [("general", 1.0)]
