@@ -305,7 +305,7 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     checks = _Checks(ctx, cycle, lesson, ex, previous)
     run_id, result, staging = _train(ctx, cycle, lesson, ex, previous, omega)
     _phase(ctx, cycle, f"gating {lesson.name}")
-    right = _served_right(ctx, lesson, ex, staging)
+    right = result.verified or _served_right(ctx, lesson, ex, staging)
     locality, keys = checks.after(staging)
     # What tonight taught is what the next nights must protect; rehearsed samples were
     # counted in the nights that taught them.
@@ -343,7 +343,7 @@ def _served_right(ctx: CycleContext, lesson: Lesson, ex: Examples, staging: Path
     if not ex.taught:
         return []
     if ctx.served is not None and lesson.kind == "adapter":
-        names = ctx.served.load({"candidate": staging})
+        names = ctx.served.load({"candidate": staging}, snapshot=True)
         return served_reproduced(ctx.served, names["candidate"], ex.taught)
     llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
     encoded = [encode_example(llm.tokenizer, m, prompt, 512) for m in ex.taught]
@@ -408,7 +408,7 @@ class _Checks:
         keys = self.ex.keys
         if self.ctx.served is None or not self.questions or keys is None:
             return None, keys
-        names = self.ctx.served.load({"candidate": staging}) if self.asked else {}
+        names = self.ctx.served.load({"candidate": staging}, snapshot=True) if self.asked else {}
         changed = [
             k
             for k in self.asked
@@ -503,7 +503,7 @@ def _verifier(
     check = ctx.served
 
     def verify(directory: Path) -> list[bool]:
-        names = check.load({"candidate": directory})
+        names = check.load({"candidate": directory}, snapshot=True)
         return served_reproduced(check, names["candidate"], ex.taught)
 
     return verify

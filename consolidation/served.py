@@ -70,13 +70,20 @@ class Served:
     def __post_init__(self) -> None:
         self._serial = itertools.count(1)
 
-    def load(self, adapters: dict[str, Path]) -> dict[str, str]:
+    def load(self, adapters: dict[str, Path], snapshot: bool = False) -> dict[str, str]:
         """Serve these adapter directories (label → directory) side by side, replacing what
-        was loaded; label → the name to pass to `answers`. Each is converted and checked as a
-        publish would (llama.cpp: GGUF LoRA, parity with peft)."""
+        was loaded; label → the name to pass to `answers`. Each is converted as a publish
+        would (llama.cpp: a GGUF LoRA beside its peft files). `snapshot`: the directories are
+        tonight's training, saved anew since the last load — converted again, and their
+        conversion is checked against peft when they are published, not here."""
+        from npllm.engines import gguf_export
+
         serial = next(self._serial)
         versions = [Version(f"night-{label}", serial, path, "candidate")
                     for label, path in adapters.items()]  # fmt: skip
+        for version in versions if snapshot else []:
+            (version.path / gguf_export.GGUF_FILE).unlink(missing_ok=True)
+            (version.path / gguf_export.PARITY_MARK).touch()
         served = {v.adapter for v in self.engine.adapters.serve(versions)}
         missing = [label for label, v in zip(adapters, versions, strict=True)
                    if v.adapter not in served]  # fmt: skip

@@ -117,6 +117,9 @@ class TrainResult:
     kept: int | None = None  # keep-targets whose greedy answer the adapter leaves unchanged
     to_keep: int = 0
     served: int | None = None  # taught answers the serving engine reproduced (last check)
+    # Per taught answer, the serving engine's verdict on the weights saved (None: they were
+    # not checked through it as they are).
+    verified: list[bool] | None = None
     held_out_loss: float | None = None  # best held-out loss, with a held-out set
 
     def metrics(self) -> dict[str, Any]:
@@ -641,7 +644,7 @@ def train_adapter(
         every = max(every, math.ceil(len(encoded) / (config.batch_size * config.grad_accumulation)))
     criterion = _Criterion(encoded, checked, must, pad_id, config, watch, result, sampler,
                            kept, keep_want, verify, out_dir,
-                           lambda: _snapshot(peft_model, tokenizer, out_dir))  # fmt: skip
+                           lambda: _save_weights(peft_model, out_dir))  # fmt: skip
     started = time.perf_counter()
     try:
         step = first - 1
@@ -705,8 +708,8 @@ def train_adapter(
                 for name, param in peft_model.named_parameters():
                     if name in watch.weights:
                         param.copy_(watch.weights[name])
-        if not criterion.saved:  # a verified adapter is saved already, as it is
-            _snapshot(peft_model, tokenizer, out_dir)
+        # A verified adapter's weights are saved already, as they are.
+        _snapshot(peft_model, tokenizer, out_dir, weights=not criterion.saved)
         result.steps = steps
         result.seconds = time.perf_counter() - started
         result.base_sha256_after = weights_sha256(peft_model, control)
@@ -715,17 +718,24 @@ def train_adapter(
     return result
 
 
-def _snapshot(model: Any, tokenizer: Any, out_dir: Path) -> None:
-    """Save the adapter as it is to `out_dir`, with what a serving engine must reproduce with
-    it (its conversion check, npllm/engines/gguf_export.py)."""
+def _snapshot(model: Any, tokenizer: Any, out_dir: Path, weights: bool = True) -> None:
+    """Save the adapter as it is to `out_dir` (`weights`), with what a serving engine must
+    reproduce with it (its conversion check at publish, npllm/engines/gguf_export.py)."""
     was_training = model.training
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if weights:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / gguf_export.REFERENCE_FILE).write_text(
         json.dumps(gguf_export.reference(model, tokenizer))
     )
     model.train(was_training)
+
+
+def _save_weights(model: Any, out_dir: Path) -> None:
+    """The adapter's weights alone, for the serving engine to check (no reference yet)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
 MARGIN_STEP = 1.0  # how much wider a taught answer's margin gets when the engine missed it
@@ -794,6 +804,7 @@ class _Criterion:
             right = self.verify_now()
             served = all(right)
             self.saved = served
+            result.verified = right if served else None
         if recalled and kept and plateau and served and (self.must or self.checked):
             result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(self._parts())
             return True

@@ -240,31 +240,41 @@ def reference(
 
     prompt = encode_chat(tokenizer, chat or PROBE_CHAT)
     ids = list(prompt)
-    steps: list[dict[str, Any]] = []
     with torch.inference_mode():
+        past, step_ids = None, ids  # greedy, one token at a time, with the KV cache
         for _ in range(tokens):
-            probs = _next_probs(model, ids)  # (vocab,)
-            top = torch.topk(probs, TOP_K)
-            pairs = [[int(i), float(p)] for p, i in zip(top.values, top.indices, strict=True)]
-            steps.append({"top": pairs})
-            ids.append(int(pairs[0][0]))
-            if pairs[0][0] == tokenizer.eos_token_id:
+            out = model(input_ids=torch.tensor([step_ids]), past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+            ids.append(token)
+            step_ids = [token]
+            if token == tokenizer.eos_token_id:
                 break
+        # The probabilities at every answer position, teacher-forced along it (one pass).
+        probs = _probs(model, ids, len(prompt))  # (answer, vocab)
+        bare = None
         if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                for step, want in enumerate(steps):
-                    bare = _next_probs(model, ids[: len(prompt) + step])
-                    want["bare"] = [float(bare[t]) for t, _ in want["top"]]
+                bare = _probs(model, ids, len(prompt))
+    steps: list[dict[str, Any]] = []
+    for step, row in enumerate(probs):
+        top = torch.topk(row, TOP_K)
+        pairs = [[int(i), float(q)] for q, i in zip(top.values, top.indices, strict=True)]
+        want: dict[str, Any] = {"top": pairs}
+        if bare is not None:
+            want["bare"] = [float(bare[step][t]) for t, _ in pairs]
+        steps.append(want)
     return {"prompt_ids": prompt, "eos": tokenizer.eos_token_id, "tokens": ids[len(prompt) :],
             "steps": steps}  # fmt: skip
 
 
-def _next_probs(model: Any, ids: list[int]) -> Any:
+def _probs(model: Any, ids: list[int], start: int) -> Any:
+    """Next-token probabilities at positions start-1 … len(ids)-2: those that predict the
+    tokens from `start` on. (answer tokens, vocab)"""
     import torch
 
     tensor = torch.tensor([ids])  # (1, seq)
     logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
-    return torch.softmax(logits[0, -1].float(), dim=-1)  # (vocab,)
+    return torch.softmax(logits[0, start - 1 : len(ids) - 1].float(), dim=-1)
 
 
 def compare(
