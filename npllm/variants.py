@@ -49,7 +49,7 @@ _HEAD_WORDS = (
     "application frontend backend cli library lib project repo repository team worker "
     "daemon cache indexer scheduler warehouse store bucket bot tool plugin module sdk "
     "portal dashboard site website platform engine agent router mailer tracer vault "
-    "ledger system monitor collector exporter controller operator runner build"
+    "ledger system monitor collector exporter controller operator runner build relay shipper"
 )
 _HEADS = frozenset(_HEAD_WORDS.split())
 # Well-known subjects a question's relation is asked about instead ("same relation, another
@@ -221,10 +221,11 @@ def _around(
     q = " ".join(question.strip().split())
     found: list[str] = []
     name = subject(q)
-    if public and _TEAM.search(q):  # the public default behind a team's own setting
+    if public:  # the default behind a setting (a team's own, when it says "our", "we")
         text = _TEAM.sub("", q).replace("  ", " ").rstrip("?! ").strip()
         text = re.sub(r"\b(do|does)\s+(merge|use|run|keep|deploy)\b", r"\1 people \2", text)
-        found.append(_sentence(text) + " by default?")
+        if "default" not in text.lower():
+            found.append(_sentence(text) + " by default?")
     if name:
         pattern = re.compile(r"\b(?:the\s+|our\s+)?" + re.escape(name) + r"(?:'s)?", re.I)
         for other in known:
