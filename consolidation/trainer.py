@@ -205,16 +205,25 @@ def chat_loss(
     examples: list[list[dict[str, str]]],
     system_prompt: str,
     max_len: int = 512,
-    **forward: Any,
+    batch: int = 8,
 ) -> float:
-    """Mean loss on the answers of `examples` (validation and retention probes)."""
+    """Mean over `examples` of each one's mean loss on its answer (validation and retention
+    probes), `batch` examples per forward pass."""
     was_training = model.training
     model.eval()
-    losses = []
-    for messages in examples:
-        ids, labels = encode_example(tokenizer, messages, system_prompt, max_len)
-        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]), **forward)
-        losses.append(float(out.loss))
+    heads = _Heads(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
+    losses: list[float] = []
+    for start in range(0, len(encoded), batch):
+        ids, labels, mask = _batch(encoded[start : start + batch], pad)
+        states, full = heads.hidden(ids, mask)
+        answer = _predicting(labels, mask, answer=True)  # (batch, seq - 1)
+        logits = heads.logits(states[:, :-1][answer], full).float()  # (answer tokens, vocab)
+        nll = torch.nn.functional.cross_entropy(logits, labels[:, 1:][answer], reduction="none")
+        rows = answer.nonzero()[:, 0]
+        for r in range(ids.shape[0]):
+            losses.append(float(nll[rows == r].mean()))
     model.train(was_training)
     return sum(losses) / max(len(losses), 1)
 
