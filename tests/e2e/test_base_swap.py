@@ -62,8 +62,8 @@ def test_a_base_swap_rebuilds_what_the_weights_learned_and_a_swap_back_serves_it
         with first.http() as http:
             for question, (truth, _) in FACTS.items():
                 iid = _ask(http, question)["npllm"]["interaction_id"]
-                assert http.post("/v1/feedback", json={"interaction_id": iid, "event": "edited",
-                                                       "text": truth}).status_code == 201  # fmt: skip
+                body = {"interaction_id": iid, "event": "edited", "text": truth}
+                assert http.post("/v1/feedback", json=body).status_code == 201
         night = _night(data_dir)
         assert "published" in night, night
         with first.http() as http:

@@ -145,7 +145,7 @@ def test_a_compressed_week_of_corrections_is_learned_kept_and_leaves_the_rest_al
         stdout = _night(week.data_dir, seed=day)
         assert "published" in stdout, stdout
         _forget(http, list(taught))
-        for question, (_, key, paraphrase) in facts.items():
+        for question, (_, key, _) in facts.items():
             said = _text(_ask(http, question))
             report.append(f"night {day}: {question!r} -> {said!r}")
             assert key in said, (stdout, said)  # learned that night, from the weights
