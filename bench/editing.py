@@ -55,12 +55,11 @@ from npllm.config import load_settings  # noqa: E402
 
 DATA = REPO / "bench" / "data" / "editing.json"
 TOKENS = 48  # greedy answers this long are compared for locality
-# The plain arm: the night as it was before scopes, paraphrases, keep-targets and the
-# served check (routing by the adapter's centroid).
+# The plain arm: the night as it was before scopes, paraphrases and the served check (a
+# fine-tune of the corrections alone, routed by the adapter's centroid).
 PLAIN = {
     "NPLLM_SLEEP__PARAPHRASES": "0",
     "NPLLM_SLEEP__NEIGHBOURS": "0",
-    "NPLLM_TRAINING__KEEP_PER_BATCH": "0",
     "NPLLM_TRAINING__RECALL_MARGIN": "0",
     "NPLLM_TRAINING__SERVED_CHECK": "false",
     "NPLLM_MODULATOR__SCOPE_SIMILARITY": "0.35",

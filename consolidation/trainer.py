@@ -41,7 +41,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,6 @@ class TrainResult:
     stop_reason: str = ""
     recalled: int | None = None  # taught answers reproduced exactly at the last check
     to_recall: int = 0
-    kept: int | None = None  # keep-targets whose greedy answer the adapter leaves unchanged
-    to_keep: int = 0
     served: int | None = None  # taught answers the serving engine reproduced (last check)
     # Per taught answer, the serving engine's verdict on the weights saved (None: they were
     # not checked through it as they are).
@@ -130,8 +128,6 @@ class TrainResult:
             "stopped": self.stop_reason,
             "recalled": self.recalled,
             "to_recall": self.to_recall,
-            "kept": self.kept,
-            "to_keep": self.to_keep,
             "served": self.served,
             "held_out_loss": self.held_out_loss,
             "resumed_at_step": self.resumed_at,
@@ -282,17 +278,13 @@ def _base_distributions(
     return out
 
 
-def _anchor_sample(
-    prompt: torch.Tensor, k: int, generator: torch.Generator, every: Sequence[bool] = ()
-) -> list[torch.Tensor]:
+def _anchor_sample(prompt: torch.Tensor, k: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Per row, the indices (into that row's prompt positions, in order) of at most `k` of
-    them, drawn without replacement: the anchor's positions this step. Rows marked in
-    `every` (keep-targets: the whole answer is anchored) take all of theirs."""
+    them, drawn without replacement: the anchor's positions this step."""
     out = []
-    for r, row in enumerate(prompt):
+    for row in prompt:
         n = int(row.sum())
-        whole = not k or n <= k or (r < len(every) and every[r])
-        pick = torch.arange(n) if whole else torch.randperm(n, generator=generator)[:k]
+        pick = torch.randperm(n, generator=generator)[:k] if k and n > k else torch.arange(n)
         out.append(pick.sort().values)
     return out
 
@@ -305,27 +297,21 @@ def _losses(
     base: list[torch.Tensor] | None,
     anchor_k: int,
     generator: torch.Generator,
-    keep_rows: Sequence[bool] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(task loss on the answers, anchor KL or None) of one micro-batch. The anchor is
     KL(base ‖ adapted) of the next-token distributions at up to `anchor_k` prompt positions
     per example (system prompt and question: what the adapter is not trained to change);
     `base`: the batch's cached base log-probabilities, else computed here with the adapter
-    disabled. `anchor_k` 0: every prompt position; negative: no anchor. `keep_rows`: rows
-    that are keep-targets (labelled IGNORE throughout: the base's own answer to a
-    neighbouring question), anchored at every position."""
+    disabled. `anchor_k` 0: every prompt position; negative: no anchor."""
     states, full = heads.hidden(ids, mask)
     states = states[:, :-1]  # position t predicts token t + 1
     answer = _predicting(labels, mask, answer=True)
-    if answer.any():
-        logits = heads.logits(states[answer], full)  # (answer tokens, vocab)
-        task = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][answer])
-    else:  # a micro-batch of keep-targets only
-        task = states.sum() * 0.0
+    logits = heads.logits(states[answer], full)  # (answer tokens, vocab)
+    task = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][answer])
     if anchor_k < 0:
         return task, None
     prompt = _predicting(labels, mask, answer=False)  # (batch, seq - 1)
-    picks = _anchor_sample(prompt, anchor_k, generator, keep_rows)
+    picks = _anchor_sample(prompt, anchor_k, generator)
     if not sum(len(p) for p in picks):
         return task, None
     rows = torch.cat([torch.full((len(p),), r) for r, p in enumerate(picks)])
@@ -350,14 +336,12 @@ def reproduced(
     pad_id: int,
     batch: int = 8,
     sampler: Sampler | None = None,
-    want: Sequence[list[int]] | None = None,
 ) -> list[bool]:
     """Per example: is every answer token (end of turn included) the model's greedy choice,
     teacher-forced — after `sampler`'s penalties and by its margin? Exactly when greedy
-    decoding reproduces the answer from its prompt. `want`: per example, the token expected
-    at each answer position (default: the answer's own tokens)."""
-    return [m > (sampler.margin if sampler else 0.0) for m in margins(
-        model, encoded, pad_id, batch, sampler, want)]  # fmt: skip
+    decoding reproduces the answer from its prompt."""
+    need = sampler.margin if sampler else 0.0
+    return [m > need for m in margins(model, encoded, pad_id, batch, sampler)]
 
 
 @torch.no_grad()
@@ -367,7 +351,6 @@ def margins(
     pad_id: int,
     batch: int = 8,
     sampler: Sampler | None = None,
-    want: Sequence[list[int]] | None = None,
 ) -> list[float]:
     """Per example, the smallest margin over its answer positions by which the expected
     token beats every other (after `sampler`'s penalties): > 0 when greedy decoding picks it
@@ -388,45 +371,12 @@ def margins(
             row = logits[n]
             if sampler is not None:
                 row = sampler.penalise(row, ids[r, : c + 1])
-            k = start + r
-            target = labels[r, c + 1] if want is None else want[k][_rank(labels[r], c + 1)]
+            target = labels[r, c + 1]
             best_other = torch.cat([row[:target], row[target + 1 :]]).max()
             worst[r] = min(worst[r], float(row[target] - best_other))
         out += worst
     model.train(was_training)
     return out
-
-
-@torch.no_grad()
-def _choices(
-    model: Any,
-    encoded: Sequence[tuple[list[int], list[int]]],
-    pad_id: int,
-    sampler: Sampler | None,
-) -> list[list[int]]:
-    """Per example, the model's greedy choice (after `sampler`'s penalties) at each answer
-    position, teacher-forced along the answer: what a keep-target's check compares with."""
-    was_training = model.training
-    model.eval()
-    heads = _Heads(model)
-    out: list[list[int]] = []
-    for pair in encoded:
-        ids, labels, mask = _batch([pair], pad_id)
-        states, full = heads.hidden(ids, mask)
-        answer = _predicting(labels, mask, answer=True)[0]
-        logits = heads.logits(states[0, :-1][answer], full).float()  # (answer tokens, vocab)
-        cols = answer.nonzero().flatten().tolist()
-        out.append([
-            int((sampler.penalise(row, ids[0, : c + 1]) if sampler else row).argmax())
-            for row, c in zip(logits, cols, strict=True)
-        ])  # fmt: skip
-    model.train(was_training)
-    return out
-
-
-def _rank(labels: torch.Tensor, position: int) -> int:
-    """Which answer token (0, 1, ...) sits at `position` of a row's labels."""
-    return int((labels[:position] != IGNORE).sum())
 
 
 def _held_out_loss(
@@ -490,7 +440,6 @@ def _save_checkpoint(
     order: list[int],
     result: TrainResult,
     watch: _Watch,
-    keep_order: list[int],
 ) -> None:
     """Write step-NNNNNN/ beside the others through a temporary name, then drop the older
     ones: a kill at any moment leaves at least one complete checkpoint."""
@@ -505,7 +454,6 @@ def _save_checkpoint(
         "rng": rng.getstate(),
         "torch_rng": torch.get_rng_state(),
         "order": list(order),
-        "keep_order": list(keep_order),
         "losses": list(result.losses),
         "watch": watch.state(),
     }
@@ -560,7 +508,6 @@ def train_adapter(
     checkpoint: Path | None = None,
     held_out: list[list[dict[str, str]]] | None = None,
     recall: Sequence[int] | None = None,
-    keep: list[list[dict[str, str]]] | None = None,
     sampler: Sampler | None = None,
     verify: Callable[[Path], list[bool]] | None = None,
 ) -> TrainResult:
@@ -579,11 +526,6 @@ def train_adapter(
     ``training.checkpoint_every`` optimizer steps and, when a checkpoint is already there,
     continues from it: same examples, same order, same optimizer and random state, so a
     run killed and resumed ends where an uninterrupted one would.
-    `keep`: keep-targets — neighbouring questions with the answer the bare base gives them
-    now. They are never learned as answers: every position of theirs is anchored to the
-    base (KL, ``training.anchor_weight``), ``training.keep_per_batch`` of them beside each
-    micro-batch, and the stopping check also asks that the adapter leaves the base's greedy
-    choice unchanged at every position of their answers (TrainResult.kept).
     `sampler`: the served path's penalties and the margin the recall check applies.
     `verify`: called with `out_dir` holding the adapter as it is (saved there) once the
     check passes; says, per example of `recall`, whether the serving engine answers it as
@@ -596,21 +538,14 @@ def train_adapter(
     rng = random.Random(seed)
     encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
     checked = [encode_example(tokenizer, m, system_prompt, max_len) for m in held_out or []]
-    kept = [encode_example(tokenizer, m, system_prompt, max_len) for m in keep or []]
     must = list(range(len(encoded))) if recall is None and not checked else list(recall or [])
     budget = plan_budget(len(encoded), config, incremental=init_from is not None)
     steps = budget.steps
     result = TrainResult(steps=steps, examples=len(encoded), budget_reason=budget.reason)
     result.to_recall = len(must)
-    result.to_keep = len(kept)
     result.base_sha256_before = weights_sha256(model, control)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Keep-targets train as anchor-only rows (labels IGNORE throughout); what the check
-    # compares them with is the base's own greedy choice at each answer position.
-    anchored = [(ids, [IGNORE] * len(ids)) for ids, _ in kept]
-    keep_want = _choices(model, kept, pad_id, sampler) if kept else []
-    pairs = encoded + anchored
-    base = _base_distributions(model, pairs, pad_id) if config.anchor_weight else None
+    base = _base_distributions(model, encoded, pad_id) if config.anchor_weight else None
     lora = LoraConfig(
         r=shape.r,
         lora_alpha=shape.alpha,
@@ -634,7 +569,6 @@ def train_adapter(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     order: list[int] = []
-    keep_order: list[int] = []
     first = 1
     watch = _Watch()
     if saved is not None:
@@ -643,7 +577,6 @@ def train_adapter(
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         order, result.losses = state["order"], state["losses"]
-        keep_order = state.get("keep_order", [])
         watch = _Watch.of(state.get("watch"))
         result.resumed_at = first = state["step"]
         first += 1
@@ -652,7 +585,7 @@ def train_adapter(
     if checked and every:
         every = max(every, math.ceil(len(encoded) / (config.batch_size * config.grad_accumulation)))
     criterion = _Criterion(encoded, checked, must, pad_id, config, watch, result, sampler,
-                           kept, keep_want, verify, out_dir,
+                           verify, out_dir,
                            lambda: _save_weights(peft_model, out_dir))  # fmt: skip
     started = time.perf_counter()
     try:
@@ -667,19 +600,13 @@ def train_adapter(
                 if len(order) < config.batch_size:
                     order += rng.sample(range(len(encoded)), len(encoded))
                 picked, order = order[: config.batch_size], order[config.batch_size :]
-                extra = min(config.keep_per_batch, len(kept))
-                if len(keep_order) < extra:
-                    keep_order += rng.sample(range(len(kept)), len(kept))
-                picked += [len(encoded) + i for i in keep_order[:extra]]
-                keep_order = keep_order[extra:]
-                ids, labels, mask = _batch([pairs[i] for i in picked], pad_id)
+                ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
                 result.tokens += int(mask.sum())
                 task, kl = _losses(
                     heads, ids, mask, labels,
                     None if base is None else [base[i] for i in picked],
                     config.anchor_positions if config.anchor_weight else -1,
                     torch.Generator().manual_seed(seed * 1_000_003 + step),
-                    [i >= len(encoded) for i in picked],
                 )  # fmt: skip
                 loss = task
                 if kl is not None:
@@ -702,8 +629,7 @@ def train_adapter(
                 result.stop_reason = f"budget spent: {steps} of {steps} steps"
             every_ckpt = config.checkpoint_every
             if checkpoint and every_ckpt and step % every_ckpt == 0 and step < steps and not stop:
-                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch,
-                                 keep_order)  # fmt: skip
+                _save_checkpoint(checkpoint, step, peft_model, optimizer, rng, order, result, watch)
             if on_progress:
                 on_progress(
                     Progress(
@@ -765,15 +691,12 @@ class _Criterion:
         watch: _Watch,
         result: TrainResult,
         sampler: Sampler | None,
-        keep: list[tuple[list[int], list[int]]],
-        keep_want: list[list[int]],
         verify: Callable[[Path], list[bool]] | None,
         out_dir: Path,
         snapshot: Callable[[], None],
     ) -> None:
         self.encoded, self.checked, self.must, self.pad_id = encoded, checked, must, pad_id
         self.config, self.watch, self.result, self.sampler = config, watch, result, sampler
-        self.keep, self.keep_want = keep, keep_want
         self.verify, self.out_dir, self.snapshot = verify, out_dir, snapshot
         self.need = [0.0 if sampler is None else sampler.margin for _ in must]
         self.extensions = 0
@@ -789,13 +712,6 @@ class _Criterion:
             exact = [m > need for m, need in zip(found, self.need, strict=True)]
             result.recalled = sum(exact)
             recalled = all(exact)
-        kept = True
-        if self.keep and (recalled or step == steps):  # checked once the taught answers hold
-            plain = None if self.sampler is None else replace(self.sampler, margin=0.0)
-            same = reproduced(model, self.keep, self.pad_id, config.batch_size * 2, plain,
-                              self.keep_want)  # fmt: skip
-            result.kept = sum(same)
-            kept = all(same)
         plateau = True
         if self.checked:
             loss = _held_out_loss(model, self.checked, self.pad_id)
@@ -808,13 +724,13 @@ class _Criterion:
             result.held_out_loss = round(watch.best, 5) if watch.weights is not None else None
             plateau = watch.stale >= config.patience
         served = True
-        if recalled and kept and plateau and self.must and self.verify is not None:
+        if recalled and plateau and self.must and self.verify is not None:
             self.snapshot()
             right = self.verify_now()
             served = all(right)
             self.saved = served
             result.verified = right if served else None
-        if recalled and kept and plateau and served and (self.must or self.checked):
+        if recalled and plateau and served and (self.must or self.checked):
             result.stop_reason = f"stopped at step {step} of {steps}: " + "; ".join(self._parts())
             return True
         if step == steps:
@@ -849,8 +765,6 @@ class _Criterion:
         if self.must:
             parts.append(f"every taught answer ({len(self.must)}) reproduced exactly"
                          + (" through the serving engine" if self.verify else ""))  # fmt: skip
-        if self.keep:
-            parts.append(f"every neighbour ({len(self.keep)}) answered as before")
         if self.checked:
             parts.append(
                 f"held-out loss stopped improving (best {self.watch.best:.4f} at step "
@@ -864,6 +778,4 @@ class _Criterion:
             got.append(f"{self.result.recalled} of {len(self.must)} taught answers reproduced")
             if self.result.served is not None:
                 got.append(f"{self.result.served} served as taught")
-        if self.keep:
-            got.append(f"{self.result.kept} of {len(self.keep)} neighbours as before")
         return f" ({'; '.join(got)})" if got else ""

@@ -450,13 +450,13 @@ class SleepConfig(_Section):
         "adapter's scope. 0: none.",
     )
     neighbours: int = Field(
-        4,
+        12,
         ge=0,
-        le=12,
+        le=16,
         description="Neighbouring questions per taught question (same subject, another "
-        "relation; same relation, a well-known subject; the public default; the topic's "
-        "general questions) the night asks the bare base and keeps answering as it does "
-        "(keep-targets), and the gate checks. 0: none.",
+        "relation; same relation, a well-known subject; the default behind a setting) the "
+        "adapter leaves to the base: its scope's neighbour keys. 0: none (nor the user's own "
+        "earlier questions).",
     )
 
     @field_validator("window_start")
@@ -536,12 +536,6 @@ class TrainingConfig(_Section):
         description="Prompt positions per example the anchor's KL is taken at, drawn anew "
         "each step (an unbiased estimate of the mean over all of them, at a fraction of the "
         "vocabulary projections); 0: every prompt position.",
-    )
-    keep_per_batch: int = Field(
-        4,
-        ge=0,
-        description="Keep-targets (neighbouring questions answered as the bare base answers "
-        "them, anchored at every position) added to each micro-batch; 0: none.",
     )
     recall_margin: float = Field(
         1.0,
