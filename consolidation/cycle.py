@@ -42,6 +42,7 @@ their own modules.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -72,10 +73,12 @@ from consolidation.trainer import (
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, MODULATOR, AdapterShape
 from npllm.config import Settings
-from npllm.errors import ModelError, NpllmError
+from npllm.errors import AdapterError, ModelError, NpllmError
 from npllm.llm import BaseLLM, weights_sha256
 from npllm.modulator import Modulator
 from npllm.versions import Keys, Registry, Version
+
+log = logging.getLogger("npllm.cycle")
 
 Chat = list[dict[str, str]]
 # What the report keeps of the trainer's metrics.
@@ -343,13 +346,26 @@ def _served_right(ctx: CycleContext, lesson: Lesson, ex: Examples, staging: Path
     if not ex.taught:
         return []
     if ctx.served is not None and lesson.kind == "adapter":
-        names = ctx.served.load({"candidate": staging}, snapshot=True)
-        return served_reproduced(ctx.served, names["candidate"], ex.taught)
+        name = _candidate(ctx.served, staging)
+        if name is None:  # the engine cannot serve it: nothing it was taught is served
+            return [False] * len(ex.taught)
+        return served_reproduced(ctx.served, name, ex.taught)
     llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
     encoded = [encode_example(llm.tokenizer, m, prompt, 512) for m in ex.taught]
     pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
     with _loaded(llm, staging) as candidate:
         return reproduced(candidate, encoded, pad, sampler=_sampler(ctx))
+
+
+def _candidate(served: Served, directory: Path) -> str | None:
+    """Tonight's adapter in `directory`, loaded into the worker's engine; its name, or None
+    when the engine cannot serve it (a conversion that fails, weights that are not finite):
+    then nothing it was taught counts as served."""
+    try:
+        return served.load({"candidate": directory}, snapshot=True)["candidate"]
+    except (AdapterError, ModelError, OSError, ValueError) as exc:
+        log.warning("the serving engine cannot load %s: %s", directory, exc)
+        return None
 
 
 class _Checks:
@@ -408,12 +424,13 @@ class _Checks:
         keys = self.ex.keys
         if self.ctx.served is None or not self.questions or keys is None:
             return None, keys
-        names = self.ctx.served.load({"candidate": staging}, snapshot=True) if self.asked else {}
+        name = _candidate(self.ctx.served, staging) if self.asked else None
+        if self.asked and name is None:  # not servable: refused anyway (it learned nothing)
+            return None, keys
         changed = [
             k
             for k in self.asked
-            if self._answer(k, names["candidate"] if self.routed_after[k] else None)
-            != self.before[k]
+            if self._answer(k, name if self.routed_after[k] else None) != self.before[k]
         ]
         taught = keys.embeddings[[kind in ("question", "paraphrase") for kind in keys.kinds]]
         alike = (self.vectors[changed] @ taught.T).max(axis=1) if changed and len(taught) else []
@@ -503,8 +520,10 @@ def _verifier(
     check = ctx.served
 
     def verify(directory: Path) -> list[bool]:
-        names = check.load({"candidate": directory}, snapshot=True)
-        return served_reproduced(check, names["candidate"], ex.taught)
+        name = _candidate(check, directory)
+        if name is None:
+            return [False] * len(ex.taught)
+        return served_reproduced(check, name, ex.taught)
 
     return verify
 

@@ -148,9 +148,7 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
 
     pool = fresh_database.pool
     settings = make_settings(tmp_path, NPLLM_MODULATOR__TRAIN_STEPS="150")
-    registry = SimpleNamespace(
-        active=lambda: [(SimpleNamespace(adapter="x"), E[0]), (SimpleNamespace(adapter="y"), E[2])]
-    )
+    registry = SimpleNamespace(scopes=lambda config: {"x": E[0], "y": E[2]})
     with pool.connection() as conn:
         row = conn.execute("INSERT INTO npllm.sleep_cycles (seed) VALUES (0) RETURNING id")
         cycle = int(row.fetchone()[0])  # type: ignore[index]

@@ -29,8 +29,8 @@ ENV = {
     "NPLLM_CEREBELLUM__ROLE": "draft",
 }
 # For the tests about the cycle's mechanics (gate, kill, resume), run with `--here`: keeps
-# them short — no cerebellum, no anchor pass (what is learned is the teaching test's
-# business).
+# them short — no cerebellum, no anchor pass, no served check (what is learned is the
+# teaching tests' business: here and tests/e2e/test_editing.py).
 MECHANICS_ONLY = {
     "NPLLM_CEREBELLUM__ROLE": "off",
     "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
@@ -38,6 +38,7 @@ MECHANICS_ONLY = {
     "NPLLM_TRAINING__INCREMENTAL_EPOCHS": "1",
     "NPLLM_TRAINING__MIN_STEPS": "4",
     "NPLLM_TRAINING__RECALL_CHECK_EVERY": "0",  # every step of the budget: killable
+    "NPLLM_TRAINING__SERVED_CHECK": "false",  # no engine in the worker: the served check
 }
 # More about the fourth topic, one per mechanics test: a night needs something new.
 EXTRA = [
