@@ -333,9 +333,8 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     return report
 
 
-def _sampler(ctx: CycleContext) -> Sampler | None:
-    """The served penalties and margin the trainer's recall check applies (None for the
-    cerebellum's draft, which the base verifies anyway)."""
+def _sampler(ctx: CycleContext) -> Sampler:
+    """The served penalties and margin the trainer's recall check applies."""
     params = served_params(ctx.settings, ctx.settings.server.default_max_tokens)
     return Sampler(params, ctx.settings.training.recall_margin)
 
@@ -438,12 +437,9 @@ class _Checks:
         kept = [k for k, a in zip(changed, alike, strict=True) if a < same]
         counted = [self.questions[k] for k in changed
                    if k not in kept and self.questions[k] in self.ex.firm]  # fmt: skip
-        if kept:
-            keys = Keys(keys.kinds + ["neighbour"] * len(kept),
-                        keys.texts + [self.questions[k] for k in kept],
-                        np.concatenate([keys.embeddings, self.vectors[kept]]),
-                        keys.interactions + [None] * len(kept))  # fmt: skip
         excluded = [self.questions[k] for k in kept]
+        if kept:
+            keys = keys.plus("neighbour", excluded, self.vectors[kept])
         unclear = [self.questions[k] for k in changed if k not in kept
                    and self.questions[k] not in self.ex.firm]  # fmt: skip
         return gate.Locality(len(self.questions), sum(self.routed_after), counted,

@@ -219,9 +219,9 @@ def _apart(keys: Keys, same: float) -> Keys:
     if not len(taught):
         return keys
     alike = (keys.embeddings @ taught.T).max(axis=1)
-    keep = [k for k, kind in enumerate(keys.kinds) if kind != "neighbour" or alike[k] < same]
-    return Keys([keys.kinds[k] for k in keep], [keys.texts[k] for k in keep],
-                keys.embeddings[keep], [keys.interactions[k] for k in keep])  # fmt: skip
+    return keys.only(
+        [k for k, kind in enumerate(keys.kinds) if kind != "neighbour" or alike[k] < same]
+    )
 
 
 def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: set[int]) -> Keys:
@@ -236,10 +236,7 @@ def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: s
         gone = {r[0] for r in conn.execute(_SUPERSEDED, {"ids": ids}).fetchall()} | tonight
     keep = [k for k, (kind, source) in enumerate(zip(old.kinds, old.interactions, strict=True))
             if kind in ("paraphrase", "neighbour") and source not in gone]  # fmt: skip
-    if not keep:
-        return empty
-    return Keys([old.kinds[k] for k in keep], [old.texts[k] for k in keep],
-                old.embeddings[keep], [old.interactions[k] for k in keep])  # fmt: skip
+    return old.only(keep) if keep else empty
 
 
 def _history(

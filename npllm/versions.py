@@ -90,6 +90,17 @@ class Keys:
         return cls(["topic"], [text or "topic centroid"],
                    np.asarray(centroid, np.float32)[None], [None])  # fmt: skip
 
+    def plus(self, kind: str, texts: list[str], embeddings: np.ndarray) -> Keys:
+        """These keys and more of one kind (not taught from an interaction)."""
+        return Keys(self.kinds + [kind] * len(texts), self.texts + texts,
+                    np.concatenate([self.embeddings, embeddings]),
+                    self.interactions + [None] * len(texts))  # fmt: skip
+
+    def only(self, keep: list[int]) -> Keys:
+        """The keys at these positions."""
+        return Keys([self.kinds[k] for k in keep], [self.texts[k] for k in keep],
+                    self.embeddings[keep], [self.interactions[k] for k in keep])  # fmt: skip
+
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
