@@ -302,9 +302,10 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     if not ex.taught and not ex.imported:
         return {"samples": 0, "verdict": f"skipped: dataset {lesson.dataset_name!r} is gone"}
     stored = None if previous is None else previous.path
-    probe, omega = gate.read_probe(stored), mas.read_omega(stored)
+    probe, omega = _probe(ctx, stored), mas.read_omega(stored)
+    chats = [chat for chat, _ in probe]
     with _loaded(llm, stored) as model:  # a stop inside leaves the model as it was
-        before = gate.measure(model, llm.tokenizer, ex.validation, probe, prompt)
+        before = gate.measure(model, llm.tokenizer, ex.validation, chats, prompt)
     checks = _Checks(ctx, cycle, lesson, ex, previous)
     run_id, result, staging = _train(ctx, cycle, lesson, ex, previous, omega)
     _phase(ctx, cycle, f"gating {lesson.name}")
@@ -312,13 +313,18 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     locality, keys = checks.after(staging)
     # What tonight taught is what the next nights must protect; rehearsed samples were
     # counted in the nights that taught them.
-    new = [item.chat()["messages"] for item in lesson.items] + ex.imported_train
+    learned: gate.Probe = [
+        (item.chat()["messages"], item.interaction_id)
+        for item, ok in zip(lesson.items, right, strict=False)
+        if ok
+    ]
+    learned += [(m, None) for m in ex.imported_train]
     with _loaded(llm, staging) as candidate:
-        after = gate.measure(candidate, llm.tokenizer, ex.validation, probe, prompt)
-        samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m in new]
+        after = gate.measure(candidate, llm.tokenizer, ex.validation, chats, prompt)
+        samples = [encode_example(llm.tokenizer, m, prompt, 512)[0] for m, _ in learned]
         new_omega = mas.accumulate(omega, mas.importance(candidate, "default", samples))
     mas.save(new_omega, staging / mas.OMEGA_FILE)
-    gate.write_probe(staging, probe + new)
+    gate.write_probe(staging, probe + learned)
     if keys is not None:
         keys.save(staging)
     taught = gate.Taught(len(lesson.items), sum(right[: len(lesson.items)]),
@@ -331,6 +337,14 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(staging.parent / f"{lesson.name}.checkpoint", ignore_errors=True)
     return report
+
+
+def _probe(ctx: CycleContext, stored: Path | None) -> gate.Probe:
+    """The probe set of the version `stored` (its earlier nights' examples), without those a
+    later correction superseded: an old value the user replaced is not to be retained."""
+    probe = gate.read_probe(stored)
+    gone = replay.superseded(ctx.pool, [i for _, i in probe if i is not None])
+    return [(chat, i) for chat, i in probe if i not in gone]
 
 
 def _sampler(ctx: CycleContext) -> Sampler:
@@ -498,6 +512,12 @@ def _train(
             recall=range(len(ex.taught)),  # the corrections and liked answers: exactly
             sampler=_sampler(ctx),
             verify=_verifier(ctx, lesson, ex),
+            # A correction is the user's own words, foreign to the model: it must win by the
+            # margin. A liked answer is the model's own: served greedily as it is, it needs none.
+            margins_needed=[
+                training.recall_margin if item.corrected_answer is not None else 0.0
+                for item in lesson.items + lesson.rehearse
+            ],
         )
     except BaseException as exc:
         finish_run(pool, run_id, None, exc)

@@ -140,15 +140,21 @@ def measure(
     return chat_loss(model, tokenizer, validation, prompt), probe_loss
 
 
-def read_probe(directory: Path | None) -> list[Chat]:
-    """The probe set stored with a version (its directory; None: no version yet)."""
+Probe = list[tuple[Chat, int | None]]  # an example, and the interaction it was taught from
+
+
+def read_probe(directory: Path | None) -> Probe:
+    """The probe set stored with a version (its directory; None: no version yet): each
+    example with the interaction it was taught from (None: a dataset's, or from before)."""
     path = None if directory is None else directory / PROBE_FILE
     if path is None or not path.exists():
         return []
-    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [(row["messages"], row.get("interaction_id")) for row in rows]
 
 
-def write_probe(directory: Path, examples: list[Chat]) -> None:
+def write_probe(directory: Path, examples: Probe) -> None:
     """Store the newest `PROBE_LIMIT` of `examples` as the version's probe set."""
-    lines = (json.dumps({"messages": m}) + "\n" for m in examples[-PROBE_LIMIT:])
+    lines = (json.dumps({"messages": m, "interaction_id": i}) + "\n"
+             for m, i in examples[-PROBE_LIMIT:])  # fmt: skip
     (directory / PROBE_FILE).write_text("".join(lines))

@@ -67,10 +67,6 @@ SELECT i.question_embedding, coalesce(r.corrected_at, r.updated_at)
 FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
 WHERE i.id = %(id)s AND i.question_embedding IS NOT NULL
 """
-_SUPERSEDED = """
-SELECT interaction_id FROM npllm.replay_buffer
-WHERE interaction_id = ANY(%(ids)s) AND superseded_by IS NOT NULL
-"""
 
 
 @dataclass(frozen=True)
@@ -231,9 +227,7 @@ def _carried(pool: Any, registry: Registry, previous: Version | None, tonight: s
     if previous is None:
         return empty
     old = registry.keys(previous)
-    ids = [i for i in old.interactions if i is not None]
-    with pool.connection() as conn:
-        gone = {r[0] for r in conn.execute(_SUPERSEDED, {"ids": ids}).fetchall()} | tonight
+    gone = replay.superseded(pool, [i for i in old.interactions if i is not None]) | tonight
     keep = [k for k, (kind, source) in enumerate(zip(old.kinds, old.interactions, strict=True))
             if kind in ("paraphrase", "neighbour") and source not in gone]  # fmt: skip
     return old.only(keep) if keep else empty
@@ -247,7 +241,8 @@ def _history(
     routing can keep apart, as keys; those as alike to a taught question as a question
     asked again, which only the gate can check). A question asked after the teaching is no
     evidence (the user may be trying the correction out), nor one whose answer already says
-    what the correction says."""
+    what the correction says, nor the taught question itself asked earlier (the same
+    keywords): its correction is what the user wants it answered with now."""
     apart: dict[str, np.ndarray] = {}
     firm: list[str] = []
     same = settings.feedback.reask_similarity
@@ -261,14 +256,21 @@ def _history(
                 "taught": taught, "adapter": lesson.name, "embedding": row[0],
                 "taught_at": row[1], "k": HISTORY,
             }).fetchall()  # fmt: skip
+            asked = _words(item.question)
             for _, question, answer, vector, alike in rows:
                 if values and values <= set(content(answer)):  # answered with the correction
                     continue
                 if alike >= same:
-                    firm.append(question)
+                    if _words(question) != asked:  # not the same question asked earlier
+                        firm.append(question)
                 else:
                     apart.setdefault(question, np.asarray(vector.to_list(), np.float32))
     return list(apart.items()), list(dict.fromkeys(firm))
+
+
+def _words(question: str) -> set[str]:
+    """A question's keywords, lower case: two questions with the same ones ask the same."""
+    return {w.lower() for w in variants.keywords(question)}
 
 
 def _values(question: str, answer: str) -> set[str]:

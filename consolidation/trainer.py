@@ -510,6 +510,7 @@ def train_adapter(
     recall: Sequence[int] | None = None,
     sampler: Sampler | None = None,
     verify: Callable[[Path], list[bool]] | None = None,
+    margins_needed: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
@@ -526,7 +527,8 @@ def train_adapter(
     ``training.checkpoint_every`` optimizer steps and, when a checkpoint is already there,
     continues from it: same examples, same order, same optimizer and random state, so a
     run killed and resumed ends where an uninterrupted one would.
-    `sampler`: the served path's penalties and the margin the recall check applies.
+    `sampler`: the served path's penalties and the margin the recall check applies (or,
+    per example of `recall`, `margins_needed`).
     `verify`: called with `out_dir` holding the adapter as it is (saved there) once the
     check passes; says, per example of `recall`, whether the serving engine answers it as
     taught (consolidation/served.py). Those it does not get a wider margin and training
@@ -584,8 +586,10 @@ def train_adapter(
     every = config.recall_check_every
     if checked and every:
         every = max(every, math.ceil(len(encoded) / (config.batch_size * config.grad_accumulation)))
+    margin = 0.0 if sampler is None else sampler.margin
+    need = list(margins_needed) if margins_needed is not None else [margin] * len(must)
     criterion = _Criterion(encoded, checked, must, pad_id, config, watch, result, sampler,
-                           verify, out_dir,
+                           verify, out_dir, need,
                            lambda: _save_weights(peft_model, out_dir))  # fmt: skip
     started = time.perf_counter()
     try:
@@ -693,12 +697,13 @@ class _Criterion:
         sampler: Sampler | None,
         verify: Callable[[Path], list[bool]] | None,
         out_dir: Path,
+        need: list[float],
         snapshot: Callable[[], None],
     ) -> None:
         self.encoded, self.checked, self.must, self.pad_id = encoded, checked, must, pad_id
         self.config, self.watch, self.result, self.sampler = config, watch, result, sampler
         self.verify, self.out_dir, self.snapshot = verify, out_dir, snapshot
-        self.need = [0.0 if sampler is None else sampler.margin for _ in must]
+        self.need = need  # per taught answer, the margin it must win by
         self.extensions = 0
         self.saved = False  # the adapter in out_dir is the final one (verified)
 

@@ -327,6 +327,17 @@ def overview(pool: ConnectionPool) -> list[dict[str, Any]]:
     return rows
 
 
+def superseded(pool: ConnectionPool, interaction_ids: Sequence[int]) -> set[int]:
+    """Which of these interactions a later correction of the same question superseded."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT interaction_id FROM npllm.replay_buffer "
+            "WHERE interaction_id = ANY(%(ids)s) AND superseded_by IS NOT NULL",
+            {"ids": list(interaction_ids)},
+        ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
 def mark_new(pool: ConnectionPool, interaction_ids: Sequence[int]) -> int:
     """These rows are to be learned again (a night's version no longer reproduces them):
     the next night samples them as new; they keep the adapter that learned them."""

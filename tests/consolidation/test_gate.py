@@ -50,6 +50,9 @@ def test_without_a_probe_set_only_the_improvement_counts() -> None:
 
 def test_the_probe_set_keeps_the_newest_examples(tmp_path: Path) -> None:
     assert read_probe(None) == [] and read_probe(tmp_path) == []
-    examples = [[{"role": "user", "content": f"q{k}"}] for k in range(PROBE_LIMIT + 3)]
-    write_probe(tmp_path, examples)
+    examples = [([{"role": "user", "content": f"q{k}"}], k or None) for k in range(PROBE_LIMIT + 3)]
+    write_probe(tmp_path, examples)  # each with the interaction it was taught from
     assert read_probe(tmp_path) == examples[-PROBE_LIMIT:]
+    # A probe file from before interaction ids: its examples, from no known interaction.
+    (tmp_path / "probe.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    assert read_probe(tmp_path) == [([{"role": "user", "content": "q"}], None)]

@@ -96,3 +96,24 @@ def test_a_neighbour_of_one_fact_that_is_another_fact_it_learned_is_no_neighbour
     for question in ("What port does the Quibblix gateway listen on?",
                      "Who owns the Quibblix gateway?"):  # fmt: skip
         assert router.decide(embedder.embed_one(question)).chosen == [("general", 1.0)]
+
+
+def test_the_question_asked_before_it_was_corrected_is_no_neighbour(
+    fresh_database: Database, embedder: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """A question asked (and its answer kept) before the user corrected that very question
+    — a fact that changed — is what the correction replaces, not a neighbour to keep: only
+    a different question as alike ("... by default?") is checked by the gate."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    question = "What port does the Vintrel ingest service listen on?"
+    _asked(db, embedder, question, "The Vintrel ingest service listens on port 7219.")
+    _asked(db, embedder, question.replace("?", " by default?"), "It listens on 8080.")
+    taught = _asked(db, embedder, question)
+    feedback.apply_one(feedback.explicit_pending(taught, event="edited", text="Port 7290 now."))
+    items = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
+             if i.interaction_id == taught]  # fmt: skip
+    registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
+                        BaseIdentity("m", "f" * 32))  # fmt: skip
+    ex = build(settings, db.pool, embedder, Lesson("general", None, registry, items), None)
+    assert ex.firm == {question.replace("?", " by default?")}
