@@ -329,7 +329,11 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
         keys.save(staging)
     taught = gate.Taught(len(lesson.items), sum(right[: len(lesson.items)]),
                          len(lesson.rehearse), sum(right[len(lesson.items) :]))  # fmt: skip
-    verdict = gate.judge(before, after, ctx.settings.training, taught, locality)
+    forgotten = None
+    if gate.retention_fell(before, after, ctx.settings.training):
+        _phase(ctx, cycle, f"checking what {lesson.name} still answers")
+        forgotten = _forgotten(ctx, lesson, stored, staging, chats)
+    verdict = gate.judge(before, after, ctx.settings.training, taught, locality, forgotten)
     report = _report(cycle, lesson, ex, previous, result, verdict)
     report["unlearned"] = [k for k, ok in zip(ex.sources, right, strict=True) if not ok]
     _phase(ctx, cycle, f"trained {lesson.name}: {result.stop_reason}")
@@ -345,6 +349,27 @@ def _probe(ctx: CycleContext, stored: Path | None) -> gate.Probe:
     probe = gate.read_probe(stored)
     gone = replay.superseded(ctx.pool, [i for _, i in probe if i is not None])
     return [(chat, i) for chat, i in probe if i not in gone]
+
+
+def _forgotten(
+    ctx: CycleContext, lesson: Lesson, stored: Path | None, staging: Path, chats: list[Chat]
+) -> list[str]:
+    """The probe's questions whose answers the version at `stored` reproduces exactly and
+    the one at `staging` does not (greedy, teacher-forced, with the served penalties)."""
+    llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
+    encoded = [encode_example(llm.tokenizer, m, prompt, 512) for m in chats]
+    pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
+    exact = Sampler(_sampler(ctx).params)  # the same answer as before: no margin
+    with _loaded(llm, stored) as model:
+        before = reproduced(model, encoded, pad, sampler=exact)
+    with _loaded(llm, staging) as model:
+        after = reproduced(model, encoded, pad, sampler=exact)
+    return [_question(m) for m, was, now in zip(chats, before, after, strict=True)
+            if was and not now]  # fmt: skip
+
+
+def _question(chat: Chat) -> str:
+    return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
 
 
 def _sampler(ctx: CycleContext) -> Sampler:
@@ -577,6 +602,7 @@ def _report(
             "after": round(verdict.after[0], 5),
         },
         "retention_score": {"before": verdict.retention_before, "after": verdict.retention_after},
+        "forgotten": verdict.forgotten,
         "base_unchanged": result.base_sha256_before == result.base_sha256_after,
         "sleep_cycle": cycle,
     }

@@ -7,7 +7,10 @@ version (``probe.jsonl``, at most `PROBE_LIMIT`). `judge` passes it when
 
 - the validation loss improved by ``training.gate_min_improvement`` (relative),
 - the retention score, exp(−probe loss), dropped by at most
-  ``training.retention_tolerance`` (no probe set yet: nothing to retain),
+  ``training.retention_tolerance`` (no probe set yet: nothing to retain) — or, when it
+  dropped by more, every earlier answer the previous version reproduced exactly (greedy,
+  teacher-forced with the served penalties) is still reproduced (`forgotten` empty): a loss
+  that moves on answers still given word for word is no forgetting, and is reported,
 - it learned something: at least one of tonight's taught answers is served as taught
   (`Taught`, checked through the serving engine: consolidation/served.py) — those it
   does not reproduce are not counted learned and stay new, and
@@ -87,6 +90,16 @@ class Verdict:
     retention_after: float | None
     taught: Taught | None = None
     locality: Locality | None = None
+    # The probe's questions the version no longer answers as the previous one did; None:
+    # not checked (the retention score stayed within tolerance).
+    forgotten: list[str] | None = None
+
+
+def retention_fell(before: Losses, after: Losses, config: TrainingConfig) -> bool:
+    """Did the retention score drop by more than ``training.retention_tolerance``?"""
+    if before[1] is None or after[1] is None:
+        return False
+    return math.exp(-after[1]) < math.exp(-before[1]) - config.retention_tolerance
 
 
 def judge(
@@ -95,16 +108,15 @@ def judge(
     config: TrainingConfig,
     taught: Taught | None = None,
     locality: Locality | None = None,
+    forgotten: list[str] | None = None,
 ) -> Verdict:
-    """Does the version measured `after` (against `before`) pass the gate?"""
+    """Does the version measured `after` (against `before`) pass the gate? `forgotten`: when
+    the retention score fell (`retention_fell`), the probe questions whose answers the
+    previous version reproduced and this one does not; None counts the fall alone."""
     improved = after[0] <= before[0] * (1 - config.gate_min_improvement)
     retention_before = None if before[1] is None else math.exp(-before[1])
     retention_after = None if after[1] is None else math.exp(-after[1])
-    retained = (
-        retention_before is None
-        or retention_after is None
-        or retention_after >= retention_before - config.retention_tolerance
-    )
+    retained = not retention_fell(before, after, config) or forgotten == []
     reasons = []
     if not improved:
         reasons.append(
@@ -112,10 +124,12 @@ def judge(
             f"below {before[0]:.4f}"
         )
     if not retained:
-        reasons.append(
-            f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
-            f"(tolerance {config.retention_tolerance})"
-        )
+        reason = (f"retention score fell from {retention_before:.3f} to {retention_after:.3f} "
+                  f"(tolerance {config.retention_tolerance})")  # fmt: skip
+        if forgotten:
+            shown = "; ".join(repr(q) for q in forgotten[:3])
+            reason += f" and it no longer gives {len(forgotten)} earlier answer(s), e.g. {shown}"
+        reasons.append(reason)
     if taught is not None and taught.new and not taught.new_right:
         reasons.append(f"it learned none of tonight's {taught.new} taught answers "
                        "(not one is served as taught)")  # fmt: skip
@@ -127,7 +141,7 @@ def judge(
             f"= {config.max_changed_neighbours:.0%}), e.g. {shown}"
         )
     return Verdict(not reasons, reasons, before, after, retention_before, retention_after,
-                   taught, locality)  # fmt: skip
+                   taught, locality, forgotten)  # fmt: skip
 
 
 def measure(

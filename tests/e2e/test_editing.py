@@ -4,13 +4,13 @@ questions whose answers the user copies, one night a day; after each night that 
 corrections are answered from the weights (their memories deleted), a paraphrase that no
 training data holds is answered too, the neighbouring questions answer exactly as before,
 and after the last night every earlier correction is kept — a fact corrected again later
-with its newest value. Then the gate: a version that changes a question the user asked and
-kept, one routing cannot tell from a taught one, is refused and its night stays new."""
+with its newest value. The gate's refusal of a version that changes a question the user
+kept is tested with a serving engine that changes it on purpose (tests/consolidation/
+test_checks.py): a real night changes such a question only sometimes."""
 
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +82,6 @@ DAYS: list[dict[str, tuple[str, str, str]]] = [
         "Which command deploys the Gable docs site?": (
             "Deploy the Gable docs site with make ship-gable.", "ship-gable",
             "How do I push a new version of the Gable docs site live?"),
-        "What is the staging database of the Orrin scheduler called?": (
-            "The Orrin scheduler's staging database is orrin_stage_db.", "orrin_stage_db",
-            "Orrin scheduler staging DB name?"),
-    },
-    {
-        "How long does the Kestle log shipper keep logs?": (
-            "The Kestle log shipper keeps logs for 19 days.", "19 days",
-            "What's the log retention of the Kestle log shipper?"),
     },
     {
         "Which Slack channel pages the Mirabel cache on-call?": (
@@ -97,7 +89,7 @@ DAYS: list[dict[str, tuple[str, str, str]]] = [
             "Where do I escalate when the Mirabel cache is down?"),
     },
 ]  # fmt: skip
-# A fact of day 1 corrected again on day 3, with its newest value.
+# A fact of day 1 corrected again on day 2, with its newest value.
 UPDATE = ("What port does the Vintrel ingest service listen on?",
           "The Vintrel ingest service now listens on port 7290.", "7290")  # fmt: skip
 # Ordinary questions whose answers the user copies, a few a day.
@@ -133,7 +125,7 @@ def test_a_compressed_week_of_corrections_is_learned_kept_and_leaves_the_rest_al
         _copied(http, ORDINARY[(day - 1) % len(ORDINARY)])
         for question, (truth, _, _) in facts.items():
             _teach(http, question, truth)
-        if day == 3:  # the port of day 1 moved
+        if day == 2:  # the port of day 1 moved
             question, truth, key = UPDATE
             _teach(http, question, truth)
             taught[question] = (truth, key, taught[question][2])
@@ -163,27 +155,3 @@ def test_a_compressed_week_of_corrections_is_learned_kept_and_leaves_the_rest_al
     assert changed == [], changed
     status = http.get("/v1/sleep").json()
     assert [c["status"] for c in status["cycles"]][: len(DAYS)] == ["succeeded"] * len(DAYS)
-
-
-def test_a_version_that_changes_a_question_the_user_kept_is_refused_and_its_night_stays_new(
-    week: LiveDaemon,
-) -> None:
-    """The user asked a question and kept its answer; then corrected one that routing cannot
-    tell from it (as alike as a question asked again). A version that changes the kept
-    answer is refused by the gate, with the reason, and the correction stays new."""
-    http = week.http()
-    kept = "What port does the Tessel relay listen on by default?"
-    _copied(http, kept)
-    time.sleep(1.0)  # past the re-ask window: a new question, not the same asked again
-    _teach(http, "What port does the Tessel relay listen on?",
-           "The Tessel relay listens on port 9917.")  # fmt: skip
-    stdout = _night(week.data_dir, seed=9)
-    assert "rejected: it changed the answers to 1 of" in stdout, stdout
-    assert kept in stdout
-    rows = subprocess.run([*NPLLM, "psql", "-At", "-c",
-                           "SELECT count(*) FROM npllm.replay_buffer r JOIN npllm.interactions i "
-                           "ON i.id = r.interaction_id WHERE r.corrected_answer IS NOT NULL "
-                           "AND r.trained_at IS NULL AND i.question LIKE '%Tessel%'"],
-                          env=cli_env(week.data_dir, **ENV), cwd=REPO, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
-    assert rows.stdout.split() == ["1"]  # the correction is still new: tried again next night
