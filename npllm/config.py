@@ -561,7 +561,12 @@ class TrainingConfig(_Section):
         0.05, ge=0.0, lt=1.0, description="Validation loss must improve by this share to publish."
     )
     retention_tolerance: float = Field(
-        0.02, ge=0.0, lt=1.0, description="Largest allowed drop on the retention probe set."
+        0.02,
+        ge=0.0,
+        lt=1.0,
+        description="Largest drop of the retention score on the probe set the gate lets pass "
+        "unchecked; past it, a version is refused only if it no longer gives an earlier answer "
+        "the active one gave word for word.",
     )
     keep_versions: int = Field(3, ge=1, description="Old versions kept per adapter for rollback.")
     checkpoint_every: int = Field(
