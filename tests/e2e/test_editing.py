@@ -84,6 +84,11 @@ DAYS: list[dict[str, tuple[str, str, str]]] = [
             "How do I push a new version of the Gable docs site live?"),
     },
     {
+        "How long does the Kestle log shipper keep logs?": (
+            "The Kestle log shipper keeps logs for 19 days.", "19 days",
+            "What's the log retention of the Kestle log shipper?"),
+    },
+    {
         "Which Slack channel pages the Mirabel cache on-call?": (
             "Page the Mirabel cache on-call in #mirabel-pager.", "mirabel-pager",
             "Where do I escalate when the Mirabel cache is down?"),
