@@ -293,9 +293,16 @@ def train_modulator(ctx: CycleContext, cycle: int) -> dict[str, Any]:
     return report
 
 
-def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any]:
+def _consolidate(
+    ctx: CycleContext, cycle: int, lesson: Lesson, retry: bool = True
+) -> dict[str, Any]:
     """Train, gate and publish the next version of `lesson.name` on tonight's samples, the
-    earlier ones it rehearses and its dataset (if new or changed)."""
+    earlier ones it rehearses and its dataset (if new or changed).
+
+    A version refused only because it no longer gives earlier answers it gave (the gate's
+    `forgotten`) is trained once more from the same active version, rehearsing those too:
+    rehearsal samples a few earlier answers a night, and the ones it left out are what
+    the night forgot. The first attempt stays a refused candidate; the report says so."""
     llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
     previous = lesson.registry.current(lesson.name)
     ex = build(ctx.settings, ctx.pool, ctx.embedder, lesson, previous or lesson.rebuilds)
@@ -340,7 +347,28 @@ def _consolidate(ctx: CycleContext, cycle: int, lesson: Lesson) -> dict[str, Any
     _publish_or_keep(ctx, cycle, lesson, run_id, staging, report, verdict)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(staging.parent / f"{lesson.name}.checkpoint", ignore_errors=True)
+    again = _rehearse_again(ctx, lesson, probe, verdict) if retry else []
+    if again:
+        _phase(ctx, cycle, f"training {lesson.name} again, rehearsing {len(again)} it forgot")
+        second = _consolidate(ctx, cycle, replace(lesson, rehearse=lesson.rehearse + again),
+                              retry=False)  # fmt: skip
+        second["first_attempt"] = report["verdict"]
+        return second
     return report
+
+
+def _rehearse_again(
+    ctx: CycleContext, lesson: Lesson, probe: gate.Probe, verdict: gate.Verdict
+) -> list[replay.ReplayItem]:
+    """The replay samples behind the earlier answers a refused version no longer gives, when
+    that alone refused it (nothing else to retry for)."""
+    if verdict.passed or not verdict.forgotten or len(verdict.reasons) != 1:
+        return []
+    forgotten = set(verdict.forgotten)
+    have = {i.interaction_id for i in lesson.items + lesson.rehearse}
+    ids = [i for chat, i in probe if i is not None and i not in have
+           and _question(chat) in forgotten]  # fmt: skip
+    return replay.fetch(ctx.pool, list(dict.fromkeys(ids)))
 
 
 def _probe(ctx: CycleContext, stored: Path | None) -> gate.Probe:

@@ -86,3 +86,45 @@ def test_a_version_that_changes_nothing_it_should_not_passes_with_its_scope_as_t
     assert locality.changed == locality.excluded == locality.unclear == []
     assert keys.texts == [TAUGHT]
     assert judge((2.0, None), (1.0, None), settings.training, locality=locality).passed
+
+
+def test_a_version_refused_for_forgetting_alone_is_retrained_rehearsing_what_it_forgot(
+    fresh_database: Any, embedder: Any, settings: Settings
+) -> None:
+    """The night retries once, rehearsing the replay samples behind the earlier answers the
+    refused version no longer gives — only when that alone refused it."""
+    from consolidation.gate import Verdict
+    from npllm import interactions, replay
+    from npllm.interactions import Interaction
+
+    ids = []
+    for question in ("Who owns Sorrel?", "What port does Vintrel use?"):
+        embedding = embedder.embed_one(question)
+        with fresh_database.pool.connection() as conn, conn.transaction():
+            iid = interactions.record(
+                conn,
+                Interaction(
+                    [{"role": "user", "content": question}], question, "Team A.", "m", embedding
+                ),
+            )
+            replay.admit(conn, iid, embedding, [])
+        ids.append(iid)
+    probe = [
+        ([{"role": "user", "content": q}, {"role": "assistant", "content": "Team A."}], i)
+        for q, i in zip(("Who owns Sorrel?", "What port does Vintrel use?"), ids, strict=True)
+    ]
+    ctx = SimpleNamespace(pool=fresh_database.pool)
+    lesson = SimpleNamespace(items=[], rehearse=[])
+    forgot = Verdict(False, ["retention score fell …"], (1.0, 0.1), (0.5, 0.2), 0.9, 0.8,
+                     forgotten=["What port does Vintrel use?"])  # fmt: skip
+    again = cycle._rehearse_again(ctx, lesson, probe, forgot)  # type: ignore[arg-type]
+    assert [i.interaction_id for i in again] == [ids[1]]
+    # Refused for something else too, or passed, or nothing forgotten: no second attempt.
+    more = Verdict(False, ["retention …", "it changed the answers …"], (1.0, 0.1), (0.5, 0.2),
+                   0.9, 0.8, forgotten=["What port does Vintrel use?"])  # fmt: skip
+    assert cycle._rehearse_again(ctx, lesson, probe, more) == []  # type: ignore[arg-type]
+    passed = Verdict(True, [], (1.0, 0.1), (0.5, 0.1), 0.9, 0.9, forgotten=[])
+    assert cycle._rehearse_again(ctx, lesson, probe, passed) == []  # type: ignore[arg-type]
+    # Already rehearsed tonight: nothing to add.
+    lesson.rehearse = again
+    assert cycle._rehearse_again(ctx, lesson, probe, forgot) == []  # type: ignore[arg-type]
