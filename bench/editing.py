@@ -3,7 +3,7 @@ the way knowledge-editing work measures an edit — through the real daemon and 
 
     .venv/bin/python bench/editing.py [--scenario one-night|week|sequential]
         [--split report|tune] [--facts 10] [--nights 10] [--arm shipped|plain]
-        [--out bench/results]
+        [--unseen] [--out bench/results]
 
 Facts come from bench/data/editing.json (hand-written for this benchmark; see its "about"):
 team facts about invented systems and overrides of a public default, each with 3
@@ -24,7 +24,10 @@ change. Then:
 - **next morning**, with the facts' memories deleted (only the weights can answer):
   efficacy (the exact question), generalisation (the paraphrases, never trained on) and
   locality (a neighbour's greedy answer identical to its answer before teaching, its own
-  memories deleted too).
+  memories deleted too). The before-answers are asked of the daemon itself before teaching,
+  so they are the user's history, which the night keeps out of the adapter's scope
+  (consolidation/lesson.py); with `--unseen` they are asked of a separate fresh daemon and
+  the taught one never sees the neighbours before the morning.
 
 Scenarios: `one-night` (`--facts` corrections, one night); `sequential` (`--nights`
 nights of `--facts` corrections each; after every night its facts are scored, and after
@@ -188,8 +191,12 @@ def _before(http: Any, facts: list[dict[str, Any]]) -> dict[str, str]:
     return {n: _text(_ask(http, n)) for f in facts for n in f["neighbours"]}
 
 
-def one_night(http: Any, facts: list[dict[str, Any]]) -> dict[str, Any]:
-    before = _before(http, facts)
+def one_night(
+    http: Any, facts: list[dict[str, Any]], before: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`before`: the neighbours' answers asked of another daemon (`--unseen`), so the one
+    taught never saw them; None: asked of this one before teaching, as a user's history."""
+    before = before if before is not None else _before(http, facts)
     for fact in facts:
         _teach(http, fact["question"], fact["answer"])
     same_day = _same_day(http, facts)
@@ -258,15 +265,26 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, default=None, help="run the daemon in this directory and leave it"
     )
+    parser.add_argument(
+        "--unseen", action="store_true",
+        help="one-night: ask the neighbours' before-answers of a separate fresh daemon, so the "
+        "taught one never saw them (no user history about them)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.unseen and args.scenario != "one-night":
+        parser.error("--unseen is for --scenario one-night")
     data = json.loads(DATA.read_text())[args.split]
     facts, ordinary = data["facts"][args.first :], data["ordinary"]
     settings = load_settings()
     env = PLAIN if args.arm == "plain" else {}
     started = time.perf_counter()
+    before = None
+    if args.unseen:
+        with live_daemon(settings.model_cache_path, **env) as fresh:
+            before = _before(fresh.http, facts[: args.facts])
     with live_daemon(settings.model_cache_path, keep=args.keep, **env) as live:
         if args.scenario == "one-night":
-            result = one_night(live.http, facts[: args.facts])
+            result = one_night(live.http, facts[: args.facts], before)
         elif args.scenario == "sequential":
             result = sequential(live.http, facts[: args.facts * args.nights], args.facts)
         else:
@@ -276,6 +294,7 @@ def main() -> None:
         "scenario": args.scenario,
         "split": args.split,
         "arm": args.arm,
+        "neighbours": "unseen" if args.unseen else "asked before teaching",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {platform.node()}",
         "minutes": round((time.perf_counter() - started) / 60, 1),
@@ -283,13 +302,15 @@ def main() -> None:
     }
     _print(report)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"editing-{args.scenario}-{args.split}-{args.arm}.json"
+    unseen = "-unseen" if args.unseen else ""
+    out = args.out / f"editing-{args.scenario}-{args.split}-{args.arm}{unseen}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 
 
 def _print(report: dict[str, Any]) -> None:
-    print(f"\n{report['scenario']} ({report['split']} split, {report['arm']} arm)")
+    print(f"\n{report['scenario']} ({report['split']} split, {report['arm']} arm, neighbours "
+          f"{report['neighbours']})")  # fmt: skip
     print(f"{'measure':40s} {'efficacy':>9s} {'generalisation':>15s} {'locality':>9s}")
 
     def row(label: str, s: dict[str, Any], locality: bool = True) -> None:
