@@ -242,15 +242,28 @@ def _history(
     asked again, which only the gate can check). A question asked after the teaching is no
     evidence (the user may be trying the correction out), nor one whose answer already says
     what the correction says, nor the taught question itself asked earlier (the same
-    keywords): its correction is what the user wants it answered with now."""
+    keywords): its correction is what the user wants it answered with now. Nor one nearer
+    another question the adapter learned than this one: it is about that question (often
+    the user trying it in other words), whose own night weighed it — a neighbour key there
+    would send that question's paraphrases to the base."""
     apart: dict[str, np.ndarray] = {}
     firm: list[str] = []
     same = settings.feedback.reask_similarity
     with pool.connection() as conn:
+        taught_rows = {i.interaction_id: conn.execute(_TAUGHT, {"id": i.interaction_id})
+                       .fetchone() for i in lesson.items}  # fmt: skip
+        learned = {
+            int(r[0]): np.asarray(r[2].to_list(), np.float32)
+            for r in conn.execute(_LEARNED, {"adapter": lesson.name}).fetchall()
+        }
+        learned.update({k: np.asarray(r[0].to_list(), np.float32)
+                        for k, r in taught_rows.items() if r is not None})  # fmt: skip
         for item in lesson.items:
-            row = conn.execute(_TAUGHT, {"id": item.interaction_id}).fetchone()
+            row = taught_rows[item.interaction_id]
             if row is None:
                 continue
+            others = [v for k, v in learned.items() if k != item.interaction_id]
+            other = np.stack(others) if others else np.zeros((0, len(learned[item.interaction_id])))
             values = _values(item.question, item.target)
             rows = conn.execute(_HISTORY, {
                 "taught": taught, "adapter": lesson.name, "embedding": row[0],
@@ -260,11 +273,14 @@ def _history(
             for _, question, answer, vector, alike in rows:
                 if values and values <= set(content(answer)):  # answered with the correction
                     continue
+                embedding = np.asarray(vector.to_list(), np.float32)
+                if len(other) and float((other @ embedding).max()) > alike:
+                    continue  # about another question the adapter learned
                 if alike >= same:
                     if _words(question) != asked:  # not the same question asked earlier
                         firm.append(question)
                 else:
-                    apart.setdefault(question, np.asarray(vector.to_list(), np.float32))
+                    apart.setdefault(question, embedding)
     return list(apart.items()), list(dict.fromkeys(firm))
 
 

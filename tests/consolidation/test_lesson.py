@@ -117,3 +117,34 @@ def test_the_question_asked_before_it_was_corrected_is_no_neighbour(
                         BaseIdentity("m", "f" * 32))  # fmt: skip
     ex = build(settings, db.pool, embedder, Lesson("general", None, registry, items), None)
     assert ex.firm == {question.replace("?", " by default?")}
+
+
+def test_a_question_about_another_fact_the_adapter_learned_is_not_this_ones_neighbour(
+    fresh_database: Database, embedder: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """The morning after a port was learned the user asks it in other words; then corrects
+    who owns the same service. That question is about the port (the adapter's own fact):
+    as a neighbour key of the owner it would send the port's paraphrases to the base."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    port = _asked(db, embedder, "What port does the Quibblix gateway listen on?")
+    feedback.apply_one(feedback.explicit_pending(port, event="edited", text="Port 7443."))
+    tried = "Which port is the Quibblix gateway on?"
+    _asked(db, embedder, tried, "It uses port 8080.")
+    owner = _asked(db, embedder, "Who owns the Quibblix gateway?")
+    feedback.apply_one(feedback.explicit_pending(owner, event="edited", text="Marta owns it."))
+    registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
+                        BaseIdentity("m", "f" * 32))  # fmt: skip
+    items = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
+             if i.interaction_id == owner]  # fmt: skip
+
+    def neighbours() -> list[str]:
+        ex = build(settings, db.pool, embedder, Lesson("general", None, registry, items), None)
+        assert ex.keys is not None
+        return [t for t, k in zip(ex.keys.texts, ex.keys.kinds, strict=True) if k == "neighbour"]
+
+    assert tried in neighbours()  # the port not learned by this adapter: a neighbour
+    with db.pool.connection() as conn:
+        conn.execute("UPDATE npllm.replay_buffer SET adapter = 'general', trained_at = now() "
+                     "WHERE interaction_id = %s", (port,))  # fmt: skip
+    assert tried not in neighbours()
