@@ -41,6 +41,22 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 NPLLM = [sys.executable, "-m", "services.cli"]
 
 
+def asked(pool: Any, embedder: Any, question: str, answer: str = "It is 80.") -> int:
+    """A question asked and answered, stored as the awake path stores it (an interaction and
+    its replay row); its interaction id."""
+    from npllm import interactions, replay
+    from npllm.interactions import Interaction
+
+    embedding = embedder.embed_one(question)
+    with pool.connection() as conn, conn.transaction():
+        iid = interactions.record(
+            conn,
+            Interaction([{"role": "user", "content": question}], question, answer, "m", embedding),
+        )
+        replay.admit(conn, iid, embedding, [])
+    return int(iid)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("npllm-data")

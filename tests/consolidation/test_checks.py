@@ -16,6 +16,8 @@ from consolidation.gate import judge
 from npllm.config import Settings
 from npllm.versions import Keys
 
+from ..conftest import asked
+
 TAUGHT = "What port does the Tessel relay listen on?"
 KEPT = "What port does the Tessel relay listen on by default?"  # the user's, asked and kept
 RULE = "What port does the Tessel relay listen on in production?"  # made by rule, as alike
@@ -94,21 +96,9 @@ def test_a_version_refused_for_forgetting_alone_is_retrained_rehearsing_what_it_
     """The night retries once, rehearsing the replay samples behind the earlier answers the
     refused version no longer gives — only when that alone refused it."""
     from consolidation.gate import Verdict
-    from npllm import interactions, replay
-    from npllm.interactions import Interaction
 
-    ids = []
-    for question in ("Who owns Sorrel?", "What port does Vintrel use?"):
-        embedding = embedder.embed_one(question)
-        with fresh_database.pool.connection() as conn, conn.transaction():
-            iid = interactions.record(
-                conn,
-                Interaction(
-                    [{"role": "user", "content": question}], question, "Team A.", "m", embedding
-                ),
-            )
-            replay.admit(conn, iid, embedding, [])
-        ids.append(iid)
+    ids = [asked(fresh_database.pool, embedder, q, "Team A.")
+           for q in ("Who owns Sorrel?", "What port does Vintrel use?")]  # fmt: skip
     probe = [
         ([{"role": "user", "content": q}, {"role": "assistant", "content": "Team A."}], i)
         for q, i in zip(("Who owns Sorrel?", "What port does Vintrel use?"), ids, strict=True)

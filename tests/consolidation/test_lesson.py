@@ -6,26 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from consolidation.lesson import Lesson, build
-from npllm import interactions, replay
+from npllm import replay
 from npllm.adapters import AdapterShape
 from npllm.config import Settings
 from npllm.db import Database
 from npllm.feedback import Feedback
-from npllm.interactions import Interaction
 from npllm.modulator import Modulator
 from npllm.tone import NeutralTone
 from npllm.versions import BaseIdentity, Registry
 
-
-def _asked(db: Database, embedder: Any, question: str, answer: str = "It is 80.") -> int:
-    embedding = embedder.embed_one(question)
-    with db.pool.connection() as conn, conn.transaction():
-        iid = interactions.record(
-            conn,
-            Interaction([{"role": "user", "content": question}], question, answer, "m", embedding),
-        )
-        replay.admit(conn, iid, embedding, [])
-    return iid
+from ..conftest import asked
 
 
 def test_a_lesson_trains_paraphrases_and_keeps_its_neighbours_out_of_its_scope(
@@ -37,11 +27,11 @@ def test_a_lesson_trains_paraphrases_and_keeps_its_neighbours_out_of_its_scope(
     checks. A question asked after the teaching is no neighbour."""
     db = fresh_database
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
-    before = _asked(db, embedder, "What is the default port of PostgreSQL?", "It is 5432.")
+    before = asked(db.pool, embedder, "What is the default port of PostgreSQL?", "It is 5432.")
     feedback.apply_one(feedback.explicit_pending(before, event="copied"))
-    taught = _asked(db, embedder, "What port does our PostgreSQL listen on?")
+    taught = asked(db.pool, embedder, "What port does our PostgreSQL listen on?")
     feedback.apply_one(feedback.explicit_pending(taught, event="edited", text="Port 5433."))
-    after = _asked(db, embedder, "Which port do we run Postgres on?", "Port 5432.")
+    after = asked(db.pool, embedder, "Which port do we run Postgres on?", "Port 5432.")
     (item,) = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
                if i.interaction_id == taught]  # fmt: skip
     registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
@@ -84,7 +74,7 @@ def test_a_neighbour_of_one_fact_that_is_another_fact_it_learned_is_no_neighbour
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
     for question, truth in (("What port does the Quibblix gateway listen on?", "Port 7443."),
                             ("Who owns the Quibblix gateway?", "Marta owns it.")):  # fmt: skip
-        iid = _asked(db, embedder, question)
+        iid = asked(db.pool, embedder, question)
         feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
     items = replay.sample(db.pool, 5, seed=0, new_only=True)
     registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
@@ -107,9 +97,9 @@ def test_the_question_asked_before_it_was_corrected_is_no_neighbour(
     db = fresh_database
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
     question = "What port does the Vintrel ingest service listen on?"
-    _asked(db, embedder, question, "The Vintrel ingest service listens on port 7219.")
-    _asked(db, embedder, question.replace("?", " by default?"), "It listens on 8080.")
-    taught = _asked(db, embedder, question)
+    asked(db.pool, embedder, question, "The Vintrel ingest service listens on port 7219.")
+    asked(db.pool, embedder, question.replace("?", " by default?"), "It listens on 8080.")
+    taught = asked(db.pool, embedder, question)
     feedback.apply_one(feedback.explicit_pending(taught, event="edited", text="Port 7290 now."))
     items = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
              if i.interaction_id == taught]  # fmt: skip
@@ -127,11 +117,11 @@ def test_a_question_about_another_fact_the_adapter_learned_is_not_this_ones_neig
     as a neighbour key of the owner it would send the port's paraphrases to the base."""
     db = fresh_database
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
-    port = _asked(db, embedder, "What port does the Quibblix gateway listen on?")
+    port = asked(db.pool, embedder, "What port does the Quibblix gateway listen on?")
     feedback.apply_one(feedback.explicit_pending(port, event="edited", text="Port 7443."))
     tried = "Which port is the Quibblix gateway on?"
-    _asked(db, embedder, tried, "It uses port 8080.")
-    owner = _asked(db, embedder, "Who owns the Quibblix gateway?")
+    asked(db.pool, embedder, tried, "It uses port 8080.")
+    owner = asked(db.pool, embedder, "Who owns the Quibblix gateway?")
     feedback.apply_one(feedback.explicit_pending(owner, event="edited", text="Marta owns it."))
     registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
                         BaseIdentity("m", "f" * 32))  # fmt: skip

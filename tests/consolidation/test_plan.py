@@ -5,21 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from consolidation.plan import mark_learned
-from npllm import interactions, replay
+from npllm import replay
 from npllm.db import Database
 from npllm.feedback import Feedback
-from npllm.interactions import Interaction
 from npllm.tone import NeutralTone
+
+from ..conftest import asked
 
 
 def _corrected(db: Database, embedder: Any, settings: Any, question: str, truth: str) -> int:
-    embedding = embedder.embed_one(question)
-    with db.pool.connection() as conn, conn.transaction():
-        iid = interactions.record(
-            conn,
-            Interaction([{"role": "user", "content": question}], question, "no", "m", embedding),
-        )
-        replay.admit(conn, iid, embedding, [])
+    iid = asked(db.pool, embedder, question, "no")
     feedback = Feedback(db.pool, settings.feedback, NeutralTone())
     feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
     return iid
@@ -82,15 +77,7 @@ def test_the_latest_correction_of_a_question_wins_everywhere(
     feedback = Feedback(db.pool, settings.feedback, NeutralTone(), memory=memory)
 
     def correct(question: str, truth: str) -> int:
-        embedding = embedder.embed_one(question)
-        with db.pool.connection() as conn, conn.transaction():
-            iid = interactions.record(
-                conn,
-                Interaction(
-                    [{"role": "user", "content": question}], question, "no", "m", embedding
-                ),
-            )
-            replay.admit(conn, iid, embedding, [])
+        iid = asked(db.pool, embedder, question, "no")
         feedback.apply_one(feedback.explicit_pending(iid, event="edited", text=truth))
         return iid
 
