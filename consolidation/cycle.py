@@ -55,7 +55,7 @@ import psycopg
 
 from consolidation import bookkeeping, gate, mas, modulator_training
 from consolidation.bookkeeping import refuse_if_running
-from consolidation.lesson import Examples, Lesson, build
+from consolidation.lesson import Examples, Lesson, build, question
 from consolidation.plan import make_plan, mark_learned, resumable, write_plan
 from consolidation.publisher import Publisher, Trained
 from consolidation.runs import finish_run, record_version, start_run
@@ -367,7 +367,7 @@ def _rehearse_again(
     forgotten = set(verdict.forgotten)
     have = {i.interaction_id for i in lesson.items + lesson.rehearse}
     ids = [i for chat, i in probe if i is not None and i not in have
-           and _question(chat) in forgotten]  # fmt: skip
+           and question(chat) in forgotten]  # fmt: skip
     return replay.fetch(ctx.pool, list(dict.fromkeys(ids)))
 
 
@@ -392,12 +392,8 @@ def _forgotten(
         before = reproduced(model, encoded, pad, sampler=exact)
     with _loaded(llm, staging) as model:
         after = reproduced(model, encoded, pad, sampler=exact)
-    return [_question(m) for m, was, now in zip(chats, before, after, strict=True)
+    return [question(m) for m, was, now in zip(chats, before, after, strict=True)
             if was and not now]  # fmt: skip
-
-
-def _question(chat: Chat) -> str:
-    return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
 
 
 def _sampler(ctx: CycleContext) -> Sampler:
@@ -412,10 +408,7 @@ def _served_right(ctx: CycleContext, lesson: Lesson, ex: Examples, staging: Path
     if not ex.taught:
         return []
     if ctx.served is not None and lesson.kind == "adapter":
-        name = _candidate(ctx.served, staging)
-        if name is None:  # the engine cannot serve it: nothing it was taught is served
-            return [False] * len(ex.taught)
-        return served_reproduced(ctx.served, name, ex.taught)
+        return _served_as_taught(ctx.served, staging, ex.taught)
     llm, prompt = lesson.llm, ctx.settings.memory.system_prompt
     encoded = [encode_example(llm.tokenizer, m, prompt, 512) for m in ex.taught]
     pad = llm.tokenizer.pad_token_id if llm.tokenizer.pad_token_id is not None else 0
@@ -432,6 +425,15 @@ def _candidate(served: Served, directory: Path) -> str | None:
     except (AdapterError, ModelError, OSError, ValueError) as exc:
         log.warning("the serving engine cannot load %s: %s", directory, exc)
         return None
+
+
+def _served_as_taught(served: Served, directory: Path, taught: list[Chat]) -> list[bool]:
+    """Per taught chat: does the adapter in `directory` answer it as taught through the
+    serving engine? None of them when the engine cannot serve it."""
+    name = _candidate(served, directory)
+    if name is None:
+        return [False] * len(taught)
+    return served_reproduced(served, name, taught)
 
 
 class _Checks:
@@ -589,10 +591,7 @@ def _verifier(
     check = ctx.served
 
     def verify(directory: Path) -> list[bool]:
-        name = _candidate(check, directory)
-        if name is None:
-            return [False] * len(ex.taught)
-        return served_reproduced(check, name, ex.taught)
+        return _served_as_taught(check, directory, ex.taught)
 
     return verify
 

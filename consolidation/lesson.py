@@ -116,8 +116,9 @@ class Examples:
         return self.held_out or self.taught + self.imported_train
 
 
-def _question(chat: Chat) -> str:
-    return next(m["content"] for m in reversed(chat) if m["role"] == "user")
+def question(chat: Chat) -> str:
+    """A chat's last user message: the question its answer answers ("" without one)."""
+    return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
 
 
 def _rephrased(chat: Chat, question: str) -> Chat:
@@ -145,7 +146,7 @@ def build(
     new = [(item, item.chat()["messages"]) for item in lesson.items]
     count = settings.sleep.paraphrases
     rephrasings = [
-        (item, p) for item, chat in new for p in variants.paraphrases(_question(chat), count)
+        (item, p) for item, chat in new for p in variants.paraphrases(question(chat), count)
     ]
     chats = {item.interaction_id: chat for item, chat in new}
     extra = [_rephrased(chats[item.interaction_id], p) for item, p in rephrasings]
