@@ -93,6 +93,7 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
     first = last = None
     pieces = 0
     meta: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
     with http.stream("POST", "/v1/chat/completions", json=body) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
@@ -101,6 +102,7 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
             event = json.loads(line[6:])
             if event.get("npllm"):
                 meta = event["npllm"]
+            usage = event.get("usage") or usage
             delta = (event.get("choices") or [{}])[0].get("delta", {}).get("content")
             if delta:
                 now = time.perf_counter()
@@ -109,7 +111,9 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
                 pieces += 1
     t = meta.get("timings", {})
     gen_s = t.get("generate_ms", 0) / 1000
+    produced = int(usage.get("completion_tokens") or pieces)
     return {
+        "client_tokens_per_s": round(produced / (last - started), 2) if last else 0.0,
         "ttft_ms": round(((first or started) - started) * 1000, 1),
         "tokens_per_s": t.get("tokens_per_s", 0.0),
         "decode_tokens_per_s": round((pieces - 1) / (last - first), 2)
@@ -122,10 +126,26 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
     }
 
 
+def whole(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> float:
+    """Tokens/s of one answer without streaming, as the client sees it."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}],
+                            "max_tokens": tokens, "temperature": 0.0}  # fmt: skip
+    if adapters is not None:
+        body["npllm"] = {"adapters": adapters}
+    started = time.perf_counter()
+    reply = http.post("/v1/chat/completions", json=body)
+    reply.raise_for_status()
+    return round(reply.json()["usage"]["completion_tokens"] / (time.perf_counter() - started), 2)
+
+
 def run_rows(http: Any, prompts: list[str], tokens: int, adapters: list[str] | None) -> dict:
     stream(http, "Say hello.", 8, adapters)  # warm-up
     rows = [stream(http, p, tokens, adapters) for p in prompts]
+    # Not streamed: the answer cache is off (memory.cache_size 0), so each is generated.
+    unstreamed = [whole(http, p, tokens, adapters) for p in prompts]
     return {
+        "client_tokens_per_s": statistics.mean(r["client_tokens_per_s"] for r in rows),
+        "client_tokens_per_s_unstreamed": statistics.mean(unstreamed),
         "ttft_ms": statistics.median(r["ttft_ms"] for r in rows),
         "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
         "decode_tokens_per_s": statistics.mean(r["decode_tokens_per_s"] for r in rows),
@@ -228,55 +248,34 @@ def swap_under_load(live: Any, path: Path) -> dict[str, Any]:
 
 
 def bare_rows(settings: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
-    """The same GGUF, threads and prompt tokens through xllamacpp directly."""
-    import xllamacpp as xlc
+    """The same GGUF, threads and prompt (system prompt + question) through xllamacpp alone,
+    in a clean child process (bench/bare_engine.py): the ceiling npllm is compared with."""
+    import subprocess
 
     from npllm.engines.llamacpp import free_cores, load_tokenizer
     from npllm.weights import resolve
 
     source = resolve(settings.models.base, "models.base")
     tokenizer = load_tokenizer(source, settings.model_cache_path)
-    params = xlc.CommonParams()
-    params.model.path = str(source.path)
-    params.n_ctx = 8192
-    params.n_parallel = 1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = free_cores()
-    params.verbosity = -1
-    socket = Path("/tmp/npllm-bench-bare.sock")
-    socket.unlink(missing_ok=True)
-    params.hostnames = [str(socket)]
-    server = xlc.Server(params)
     system = settings.memory.system_prompt
-
-    def one(prompt: str) -> dict[str, Any]:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
-            add_generation_prompt=True, tokenize=True, return_dict=False,
+    ids = [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": p}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
         )  # fmt: skip
-        times: list[float] = []
-        started = time.perf_counter()
-
-        def cb(chunk: dict[str, Any]) -> bool:
-            if chunk["choices"][0].get("text"):
-                times.append(time.perf_counter())
-            return False
-
-        server.handle_completions({"prompt": list(ids), "max_tokens": tokens, "temperature": 0,
-                                   "stream": True}, cb)  # fmt: skip
-        return {
-            "ttft_ms": round((times[0] - started) * 1000, 1),
-            "decode_tokens_per_s": round((len(times) - 1) / (times[-1] - times[0]), 2),
-            "tokens_per_s": round(len(times) / (times[-1] - started), 2),
-        }
-
-    one("Say hello.")
-    rows = [one(p) for p in prompts]
-    return {
-        "ttft_ms": statistics.median(r["ttft_ms"] for r in rows),
-        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in rows),
-        "decode_tokens_per_s": statistics.mean(r["decode_tokens_per_s"] for r in rows),
-        "rows": rows,
-    }
+        for p in prompts
+    ]
+    job = {"model": str(source.path), "threads": settings.models.threads or free_cores(),
+           "tokens": tokens, "prompts": ids}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bare_engine.py")],
+        input=json.dumps(job), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -288,6 +287,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--no-transformers", action="store_true", help="skip (c), the transformers engine rows"
+    )
     args = parser.parse_args()
     cache = REPO / ".venv" / "npllm-model-cache"
     settings = load_settings(environ={"NPLLM_MODELS__CACHE_DIR": str(cache)})
@@ -304,41 +306,61 @@ def main() -> None:
         }
         report["bare xllamacpp"] = bare_rows(settings, prompts, args.tokens)
         report["npllm llama.cpp"] = npllm_rows(cache, "llama.cpp", adapters, prompts, args.tokens)
-        report["npllm transformers"] = npllm_rows(
-            cache, "transformers", adapters, prompts, args.tokens
+        report["npllm transformers"] = (
+            {}
+            if args.no_transformers
+            else npllm_rows(cache, "transformers", adapters, prompts, args.tokens)
         )
     report["seconds"] = round(time.time() - started)
     a, b, c = report["npllm llama.cpp"], report["bare xllamacpp"], report["npllm transformers"]
-    zero = a["0 adapters"]["decode_tokens_per_s"]
+    zero, one = a["0 adapters"], a["1 adapter"]
     report["ratios"] = {
-        "a/b decode": round(zero / b["decode_tokens_per_s"], 3),
-        "a/c decode": round(zero / c["0 adapters"]["decode_tokens_per_s"], 2),
-        "1 adapter cost": round(1 - a["1 adapter"]["decode_tokens_per_s"] / zero, 3),
+        "client tok/s, streamed: npllm / bare": round(
+            zero["client_tokens_per_s"] / b["client_tokens_per_s"], 3
+        ),
+        "client tok/s, not streamed: npllm / bare": round(
+            zero["client_tokens_per_s_unstreamed"] / b["client_tokens_per_s_unstreamed"], 3
+        ),
+        "decode: npllm / bare": round(zero["decode_tokens_per_s"] / b["decode_tokens_per_s"], 3),
+        "npllm reported / client tok/s": round(
+            zero["tokens_per_s"] / zero["client_tokens_per_s_unstreamed"], 3
+        ),
+        "TTFT 1 adapter / none": round(one["ttft_ms"] / zero["ttft_ms"], 2),
+        "TTFT 3-blend / none": round(a["3-blend"]["ttft_ms"] / zero["ttft_ms"], 2),
+        "1 adapter decode cost": round(
+            1 - one["decode_tokens_per_s"] / zero["decode_tokens_per_s"], 3
+        ),
+        "3-blend decode cost": round(
+            1 - a["3-blend"]["decode_tokens_per_s"] / zero["decode_tokens_per_s"], 3
+        ),
         "20 loaded vs 1": round(
-            1
-            - a["20 loaded, 1 routed"]["decode_tokens_per_s"]
-            / a["1 adapter"]["decode_tokens_per_s"],
-            3,
-        ),  # fmt: skip
-        "memory path share": round(a["0 adapters"]["memory_path_share"], 4),
+            1 - a["20 loaded, 1 routed"]["decode_tokens_per_s"] / one["decode_tokens_per_s"], 3
+        ),
+        "memory path share": round(zero["memory_path_share"], 4),
     }
-    print(f"\n{'row':<40} {'decode tok/s':>12} {'tok/s (npllm)':>13} {'TTFT ms':>8}")
-    for engine in ("bare xllamacpp", "npllm llama.cpp", "npllm transformers"):
-        rows = report[engine]
-        for label, row in rows.items():
-            if isinstance(row, dict) and "decode_tokens_per_s" in row:
-                name = f"{engine}" + ("" if label == "rows" else f" · {label}")
-                print(f"{name:<40} {row['decode_tokens_per_s']:>12.1f} "
-                      f"{row['tokens_per_s']:>13.1f} {row['ttft_ms']:>8.0f}")  # fmt: skip
-        if engine == "bare xllamacpp":
-            print(f"{'bare xllamacpp':<40} {b['decode_tokens_per_s']:>12.1f} "
-                  f"{b['tokens_per_s']:>13.1f} {b['ttft_ms']:>8.0f}")  # fmt: skip
-    print(f"\nswap: {a['swap']}")
-    print(f"RSS idle: llama.cpp {a['rss_idle_mb']} MB, transformers {c['rss_idle_mb']} MB")
-    print(f"ratios: {report['ratios']}")
+    if c:
+        report["ratios"]["npllm llama.cpp / transformers decode"] = round(
+            zero["decode_tokens_per_s"] / c["0 adapters"]["decode_tokens_per_s"], 2
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "engines.json"
     path.write_text(json.dumps(report, indent=2))
+    print(f"\n{'row':<44} {'client':>7} {'unstr.':>7} {'decode':>7} {'npllm':>7} {'TTFT':>6}")
+    print(f"{'(tokens/s; TTFT in ms)':<44}")
+    table = [("bare xllamacpp (clean process)", b)] + [
+        (f"{engine} · {label}", row)
+        for engine in ("npllm llama.cpp", "npllm transformers")
+        for label, row in report[engine].items()
+        if isinstance(row, dict) and "decode_tokens_per_s" in row
+    ]
+    for name, row in table:
+        print(f"{name:<44} {row['client_tokens_per_s']:>7.1f} "
+              f"{row['client_tokens_per_s_unstreamed']:>7.1f} {row['decode_tokens_per_s']:>7.1f} "
+              f"{row.get('tokens_per_s', float('nan')):>7.1f} {row['ttft_ms']:>6.0f}")  # fmt: skip
+    print(f"\nswap: {a['swap']}")
+    print(f"RSS idle: llama.cpp {a['rss_idle_mb']} MB, transformers {c.get('rss_idle_mb')} MB")
+    for k, v in report["ratios"].items():
+        print(f"{k:<44} {v}")
     print(f"wrote {path}")
 
 

@@ -46,6 +46,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A PostgreSQL memory size with its unit (as postgresql.conf writes them), or 'auto'.
+_PG_MEMORY = r"^(auto|[1-9][0-9]{0,8} ?(kB|MB|GB|TB))$"
+
+
 class DatabaseConfig(_Section):
     """Where the hippocampus lives: embedded PostgreSQL+pgvector, or an external one."""
 
@@ -64,6 +68,43 @@ class DatabaseConfig(_Section):
     connect_timeout_s: float = Field(
         10.0, gt=0, description="Seconds to wait for a connection before failing."
     )
+    shared_buffers: str = Field(
+        "auto",
+        description="Embedded server: PostgreSQL's shared_buffers (e.g. '512MB', '2GB'). "
+        "'auto': RAM/16, between 128MB and 2GB. Applied with a restart of the embedded "
+        "server when it changes; an external server (dsn) keeps its own.",
+    )
+    effective_cache_size: str = Field(
+        "auto",
+        description="Embedded server: the planner's effective_cache_size. 'auto': RAM/2.",
+    )
+    maintenance_work_mem: str = Field(
+        "auto",
+        description="Embedded server: maintenance_work_mem, the memory an HNSW index build "
+        "uses (a graph that does not fit builds far slower). 'auto': RAM/16, between 64MB and "
+        "2GB.",
+    )
+
+    @field_validator("shared_buffers", "effective_cache_size", "maintenance_work_mem")
+    @classmethod
+    def _memory_size(cls, value: str, info: Any) -> str:
+        if not re.fullmatch(_PG_MEMORY, value):
+            raise ValueError(
+                f"database.{info.field_name} must be 'auto' or a size with its unit as "
+                f"PostgreSQL writes it, like '512MB' or '2GB' (got {value!r})"
+            )
+        return value
+
+    def server_settings(self, ram_bytes: int) -> dict[str, str]:
+        """The embedded server's memory settings, 'auto' sized for `ram_bytes` of RAM."""
+        mb = ram_bytes // 2**20
+        auto = {
+            "shared_buffers": f"{min(max(mb // 16, 128), 2048)}MB",
+            "effective_cache_size": f"{max(mb // 2, 128)}MB",
+            "maintenance_work_mem": f"{min(max(mb // 16, 64), 2048)}MB",
+        }
+        chosen = {k: getattr(self, k).replace(" ", "") for k in auto}
+        return {k: auto[k] if v == "auto" else v for k, v in chosen.items()}
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> DatabaseConfig:

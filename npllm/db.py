@@ -9,7 +9,10 @@ connection.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,27 @@ log = logging.getLogger(__name__)
 _VECTOR_PROBE = (
     "SELECT array_fill(1.0::real, ARRAY[384])::vector <=> array_fill(0.5::real, ARRAY[384])::vector"
 )
+
+
+_UNITS = {"kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def size_bytes(size: str, unit: str = "") -> int:
+    """A PostgreSQL memory size as bytes: '512MB', or a pg_settings value with its unit
+    ('16384' with '8kB')."""
+    if unit:
+        count = re.fullmatch(r"(\d*)(kB|MB|GB|TB)", unit)
+        assert count is not None, unit
+        return int(size) * int(count.group(1) or 1) * _UNITS[count.group(2)]
+    match = re.fullmatch(r"(\d+)\s*(kB|MB|GB|TB)", size.strip())
+    if match is None:
+        raise ValueError(f"not a PostgreSQL memory size: {size!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _ram_bytes() -> int:
+    """Physical memory of this machine."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def _pgserver() -> Any:
@@ -81,6 +105,9 @@ class EmbeddedPostgres:
             # cleanup_mode=None: we decide when to stop (see stop()), not pgserver's atexit
             # hook, whose bookkeeping keeps pids of crashed processes forever.
             self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+            # get_server hands back the handle this process made before, as it was; a
+            # server stopped since then (close(stop_server=True)) is started again.
+            self._server.ensure_postgres_running()
         except Exception as exc:
             log_file = self.pgdata / "log"
             tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
@@ -88,6 +115,27 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {self.pgdata} did not start: {exc}. "
                 f"Its log ends with: {tail.strip() or '(empty)'}"
             ) from exc
+
+    def restart(self) -> None:
+        """Restart the server (fast: open sessions are closed), keeping its start options."""
+        pgserver = _pgserver()
+        pgserver.pg_ctl(
+            ["-w", "-m", "fast", "-l", str(self.pgdata / "log"), "restart"],
+            pgdata=self.pgdata,
+            user=self._server.system_user,
+            timeout=60,
+        )
+
+    def forget_settings(self, names: list[str]) -> None:
+        """Take `names` out of postgresql.auto.conf (ALTER SYSTEM's file), for a server
+        that cannot start with them."""
+        conf = self.pgdata / "postgresql.auto.conf"
+        kept = [
+            line
+            for line in conf.read_text().splitlines(keepends=True)
+            if line.split("=", 1)[0].strip() not in names
+        ]
+        conf.write_text("".join(kept))
 
     def uri(self, database: str) -> str:
         return str(self._server.get_uri(database=database))
@@ -142,6 +190,7 @@ class Database:
         else:
             self.embedded = EmbeddedPostgres(self.settings.data_path / "pgdata")
             self.embedded.start()
+            self._size_server(self.embedded)
             self._create_database(self.embedded.uri("postgres"), cfg.name)
             self.dsn = self.embedded.uri(cfg.name)
         applied: list[str] = []
@@ -202,6 +251,57 @@ class Database:
             raise StorageError(
                 f"cannot connect to PostgreSQL at {self.url}: {exc}".strip()
                 + " (check database.dsn, or leave it empty for the embedded server)"
+            ) from exc
+
+    def _size_server(self, server: EmbeddedPostgres) -> None:
+        """Give the embedded server the memory settings of database.* (ALTER SYSTEM, so
+        psql sessions see them too). The server checks each value; one needing a restart
+        (shared_buffers) restarts it when this process started it, else waits for the
+        next start. A value it refuses, or cannot start with, is taken back and named."""
+        wanted = self.settings.database.server_settings(_ram_bytes())
+        with psycopg.connect(server.uri("postgres"), autocommit=True) as conn:
+            for name, value in wanted.items():
+                try:
+                    conn.execute(
+                        sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                            sql.Identifier(name), sql.Literal(value)
+                        )
+                    )
+                except psycopg.Error as exc:
+                    raise StorageError(
+                        f"database.{name} = {value!r}: PostgreSQL refused it: {str(exc).strip()}"
+                    ) from exc
+            conn.execute("SELECT pg_reload_conf()")
+            running = conn.execute(
+                "SELECT name, setting, unit, context FROM pg_settings WHERE name = ANY(%s)",
+                [list(wanted)],
+            ).fetchall()
+        # The ones the running server cannot take without a restart (shared_buffers).
+        pending = [
+            name
+            for name, setting, unit, context in running
+            if context == "postmaster" and size_bytes(setting, unit) != size_bytes(wanted[name])
+        ]
+        if not pending:
+            return
+        if not server.started_here:
+            log.warning(
+                "database.%s: applied at the embedded server's next start (it was already "
+                "running, started by another process)",
+                ", ".join(pending),
+            )
+            return
+        log.info(
+            json.dumps({"event": "database_restart", "settings": {k: wanted[k] for k in pending}})
+        )
+        try:
+            server.restart()
+        except Exception as exc:
+            server.forget_settings(pending)  # start again as it was, then say why
+            server.restart()
+            raise StorageError(
+                f"database.{', database.'.join(pending)}: the embedded PostgreSQL did not start "
+                f"with {', '.join(f'{k} = {wanted[k]}' for k in pending)}: {exc}"
             ) from exc
 
     @staticmethod

@@ -99,6 +99,19 @@ def configure_logging() -> None:
     logging.getLogger("npllm").setLevel(logging.INFO)
 
 
+def single_threaded_torch() -> None:
+    """Keep torch (the embedder, the modulator) on one thread in a process that serves with
+    llama.cpp. torch's wheel and llama.cpp's ggml share one OpenMP runtime (the first
+    ``libgomp.so.1`` loaded, torch's); a second thread team in it (torch's, made by the first
+    multi-threaded embedding) makes libgomp count more threads than cores and switch every
+    team to its "throttled" waits, which sleep at each of ggml's barriers: decoding fell
+    from ~100 to ~37 tokens/s here after one embedding (bench/engines.py, docs/performance.md).
+    One torch thread never opens a team, so ggml keeps its spinning barriers."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class Daemon:
     """One npllm daemon on one data directory."""
 
@@ -134,6 +147,8 @@ class Daemon:
         if applied:
             log.info(json.dumps({"event": "migrated", "applied": applied}))
         engine = load_engine(self.settings)
+        if engine.name == "llama.cpp":
+            single_threaded_torch()
         embedder = load_embedder(self.settings)
         awake = AwakePath(self.settings, self.database.pool, engine, embedder)
         registry = Registry.for_settings(

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from npllm.config import Settings
-from npllm.db import Database, mask_dsn
-from npllm.errors import StorageError
+from npllm.db import Database, _ram_bytes, mask_dsn, size_bytes
+from npllm.errors import ConfigError, StorageError
 
 from ..conftest import make_settings
 
@@ -20,6 +21,52 @@ def test_embedded_server_has_pgvector(database: Database) -> None:
     assert versions.pgvector.startswith("0.8")
     assert database.embedded is not None
     assert (database.settings.data_path / "pgdata" / "PG_VERSION").exists()
+
+
+def test_embedded_server_runs_with_the_memory_settings(database: Database) -> None:
+    wanted = database.settings.database.server_settings(_ram_bytes())
+    assert wanted["shared_buffers"] != "128MB"  # PostgreSQL's own default: sized here
+    with database.pool.connection() as conn:
+        for name, value in wanted.items():
+            shown = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            assert shown is not None
+            assert size_bytes(shown[0]) == size_bytes(value), name
+
+
+def test_a_changed_setting_restarts_the_server_and_a_refused_one_is_named(
+    tmp_path: Path,
+) -> None:
+    db = Database(make_settings(tmp_path, NPLLM_DATABASE__SHARED_BUFFERS="160MB"))
+    db.open()
+    try:
+        with db.pool.connection() as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",)
+    finally:
+        db.close(stop_server=True)
+    # Far more than the machine has: the server cannot start with it; the key is named,
+    # and the server is left as it was (it starts again with its previous value).
+    huge = f"{_ram_bytes() // 2**30 * 64}GB"
+    bad = Database(make_settings(tmp_path, NPLLM_DATABASE__SHARED_BUFFERS=huge))
+    with pytest.raises(StorageError) as err:
+        bad.open()
+    assert "database.shared_buffers" in str(err.value)
+    assert huge in str(err.value)
+    assert bad.embedded is not None
+    bad.embedded.stop()
+    again = Database(make_settings(tmp_path, NPLLM_DATABASE__SHARED_BUFFERS="160MB"))
+    again.open()
+    try:
+        with again.pool.connection() as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",)
+    finally:
+        again.close(stop_server=True)
+
+
+def test_a_memory_setting_without_a_unit_is_refused_with_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_settings(tmp_path, NPLLM_DATABASE__MAINTENANCE_WORK_MEM="1024")
+    assert "database.maintenance_work_mem" in str(err.value)
+    assert "'512MB'" in str(err.value)
 
 
 def test_pool_connections_know_the_vector_type(database: Database) -> None:
