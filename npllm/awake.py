@@ -263,6 +263,7 @@ class AwakePath:
             if gen.draft is not None and draft is not None:
                 gen.draft = {"version": draft.version.version, **gen.draft}
             timings["generate_ms"] = _ms(gen.seconds)
+            timings["prompt_cached_tokens"] = float(gen.cached_tokens)
             if taught is not None:
                 timings["from_correction"] = 1.0
             if gen.draft is not None and gen.draft["acceptance_rate"] is not None:

@@ -148,7 +148,17 @@ class ModelsConfig(_Section):
         0,
         ge=0,
         description="CPU threads of the serving engine (llama.cpp) and of torch; 0: llama.cpp "
-        "takes every core this process may use, torch keeps its default.",
+        "takes every core this process may use, torch keeps its default. A daemon serving "
+        "with llama.cpp runs its own torch work (the embedder) on one thread.",
+    )
+    prefix_slots: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="llama.cpp: prompt prefixes kept, one per adapter set recently used (server "
+        "slots sharing one KV cache of the model's context, so no extra memory): a request "
+        "reuses the prefix (system prompt, memories, earlier turns) computed under its own "
+        "adapters; 1 keeps only the previous request's.",
     )
     engine: Literal["auto", "llama.cpp", "transformers"] = Field(
         "auto",

@@ -210,6 +210,8 @@ class Generation:
     seconds: float = 0.0
     # With a draft model: tokens it proposed and how many of them the base LLM accepted.
     draft: dict[str, Any] | None = None
+    # Prompt tokens whose KV came from a cached prefix instead of being evaluated (llama.cpp).
+    cached_tokens: int = 0
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

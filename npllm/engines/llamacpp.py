@@ -112,11 +112,45 @@ class _Instance:
     draft: Draft | None
     socket: Path
     built_ms: float
-    last_lora: list[dict[str, Any]] | None = None  # of the request before: its KV is cached
+    prefixes: _Prefixes = field(default_factory=lambda: _Prefixes(1))
 
     def close(self) -> None:
         self.server = None  # the C++ server is freed with its last reference
         self.socket.unlink(missing_ok=True)
+
+
+class _Prefixes:
+    """Which llama.cpp slot keeps the prompt prefix computed under which adapter set.
+
+    The instance has `n` slots sharing one KV cache of the model's context (llama.cpp's
+    unified KV: each slot may use all of it, and idle slots' cells are given up when a
+    request needs them). A request goes to the slot of its adapter set and reuses the
+    prefix cached there (system prompt, memories, earlier turns); a set without a slot
+    takes the least recently used one with the prompt cache off, so a prefix computed under
+    other adapters is never reused (llama.cpp matches cached prompts by tokens alone)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._sets: dict[tuple[tuple[int, float], ...], int] = {}  # most recent last
+
+    def slot(self, lora: list[dict[str, Any]]) -> tuple[int, bool]:
+        """(slot id, whether its cached prefix was computed under exactly `lora`)."""
+        key = tuple(sorted((int(x["id"]), float(x["scale"])) for x in lora if x["scale"]))
+        if key in self._sets:
+            slot = self._sets.pop(key)
+            self._sets[key] = slot
+            return slot, True
+        if len(self._sets) < self.n:
+            slot = len(self._sets)
+        else:
+            oldest = next(iter(self._sets))
+            slot = self._sets.pop(oldest)
+        self._sets[key] = slot
+        return slot, False
+
+    def forget(self) -> None:
+        """Treat every slot as holding nothing reusable."""
+        self._sets.clear()
 
 
 @dataclass
@@ -164,14 +198,16 @@ class LlamaCppEngine:
         params = xlc.CommonParams()
         params.model.path = str(self.source.path)
         params.n_ctx = self.context_length
-        params.n_parallel = 1
+        slots = self.settings.models.prefix_slots
+        params.n_parallel = slots
+        params.kv_unified = True  # every slot may use the whole context (see _Prefixes)
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
         params.verbosity = -1
         # No prompt cache in RAM across requests: llama.cpp restores a saved prompt state
         # by token similarity alone, so a state computed under one adapter was reused for a
-        # request without it (tests/test_engines.py); the slot's own cache stays, guarded by
-        # last_lora in generate().
+        # request without it (tests/test_engines.py); the slots' own caches stay, one per
+        # adapter set (_Prefixes).
         params.cache_ram_mib = 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
@@ -192,7 +228,9 @@ class LlamaCppEngine:
             server = xlc.Server(params)
         except Exception as exc:
             raise ModelError(f"llama.cpp could not load {self.source.path}: {exc}") from exc
-        built = _Instance(server, {k: i for i, k in enumerate(keys)}, draft, socket, 0.0)
+        built = _Instance(
+            server, {k: i for i, k in enumerate(keys)}, draft, socket, 0.0, _Prefixes(slots)
+        )
         built.built_ms = round((time.perf_counter() - started) * 1000, 1)
         return built
 
@@ -229,10 +267,9 @@ class LlamaCppEngine:
         instance = self.current
         lora = self.adapters.lora_list(instance, adapters)
         body = self._body(prompt_ids, params, lora)
-        # Reuse the cached prompt only when it was computed with the same adapters: seen
+        # Reuse a cached prompt only when it was computed with the same adapters: seen
         # here, llama.cpp reused a prefix computed under a blend for a request without any.
-        body["cache_prompt"] = lora == instance.last_lora
-        instance.last_lora = lora
+        body["id_slot"], body["cache_prompt"] = instance.prefixes.slot(lora)
         result = self._run(instance, body, on_text, cancel)
         report = None
         if instance.draft is not None:
@@ -247,6 +284,7 @@ class LlamaCppEngine:
             finish_reason=finish,
             seconds=time.perf_counter() - started,
             draft=report,
+            cached_tokens=int(result.timings.get("cache_n", 0)),
         )
 
     def _body(
@@ -322,13 +360,13 @@ class LlamaCppEngine:
         reference's answer: one 1-token completion per position, each reusing the cached
         prompt of the one before (the parity check)."""
         probs = []
+        slot, _ = instance.prefixes.slot(lora)
         for step in range(len(ref["steps"])):
             ids = ref["prompt_ids"] + ref["tokens"][:step]
             body = self._body(ids, GenerationParams(max_new_tokens=1), lora)
-            body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=step > 0)
+            body.update(n_probs=gguf_export.LLAMA_TOP_K, cache_prompt=step > 0, id_slot=slot)
             result = self._run(instance, body, None, None)
             probs.append(result.probs[0] if result.probs else {})
-        instance.last_lora = lora
         return probs
 
     def build_draft(self, version: Version, cerebellum: Any) -> Draft:

@@ -221,6 +221,50 @@ def test_an_answer_without_adapters_after_a_blend_is_the_bare_base_s(
     assert _greedy(engine, kestrel) == plain
 
 
+def test_each_adapter_set_reuses_its_own_prefix_and_answers_as_without_reuse(
+    engine: Any, trained: dict[str, Version]
+) -> None:
+    """Requests alternating between no adapter, a pinned one, a blend and another pinned one
+    each reuse the prompt prefix computed under their own set (models.prefix_slots), and
+    answer as when nothing is reused (the prompt evaluated whole, alone)."""
+    for version in trained.values():
+        if version.adapter not in engine.adapters.alias:
+            engine.adapters.load(version)
+            engine.adapters.smoke(version)
+            engine.adapters.activate(version)
+    sets: list[list[tuple[str, float]]] = [
+        [], [("kestrel", 1.0)], [("kestrel", 0.5), ("umber", 0.5)], [("umber", 1.0)]
+    ]  # fmt: skip
+    questions = [FACTS["kestrel"][0], "What does git stash do?"]
+    instance = engine.current
+    assert instance.prefixes.n >= len(sets)
+
+    def alone(question: str, chosen: list[tuple[str, float]]) -> str:
+        body = engine._body(
+            engine.encode_chat(_chat(question)),
+            GenerationParams(max_new_tokens=24),
+            engine.adapters.lora_list(instance, chosen),
+        )
+        body.update(cache_prompt=False, id_slot=0)
+        return "".join(engine._run(instance, body, None, None).pieces)
+
+    expected = {(q, i): alone(q, chosen) for q in questions for i, chosen in enumerate(sets)}
+    instance.prefixes.forget()  # slot 0 now holds a prefix of the last set: never reused
+    assert len({expected[(questions[0], i)] for i in range(len(sets))}) > 1
+    reused = []
+    for rounds in range(2):
+        for q in questions:
+            for i, chosen in enumerate(sets):
+                ids = engine.encode_chat(_chat(q))
+                gen = engine.generate(ids, GenerationParams(max_new_tokens=24), adapters=chosen)
+                assert gen.text == expected[(q, i)], (q, chosen)
+                if rounds or q != questions[0]:
+                    reused.append(gen.cached_tokens)
+    # Every request after a set's first: the system prompt and chat framing came cached.
+    system_tokens = len(engine.encode_chat([{"role": "system", "content": SYSTEM}]))
+    assert min(reused) >= system_tokens - 2, reused
+
+
 def test_a_wrong_permutation_is_refused_and_the_served_version_stays(
     engine: Any, trained: dict[str, Version], tmp_path: Path
 ) -> None:
