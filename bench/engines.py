@@ -156,6 +156,21 @@ def run_rows(http: Any, prompts: list[str], tokens: int, adapters: list[str] | N
     }
 
 
+ALTERNATING = {"none": [], "1 adapter": ["b0"], "3-blend": ["b0", "b1", "b2"]}
+
+
+def alternating(http: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
+    """Each prompt asked under no adapter, one, and a blend in turn, so every request's
+    adapter set differs from the one before: time to first token per set."""
+    for chosen in ALTERNATING.values():
+        stream(http, "Say hello.", 8, chosen)  # warm-up
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label in ALTERNATING}
+    for prompt in prompts:
+        for label, chosen in ALTERNATING.items():
+            rows[label].append(stream(http, prompt, tokens, chosen))
+    return {label: statistics.median(r["ttft_ms"] for r in got) for label, got in rows.items()}
+
+
 def rss_mb(pid: int) -> float:
     import psutil
 
@@ -185,6 +200,7 @@ def npllm_rows(
         for i in (1, 2):
             publish(http, f"b{i}", adapters[i])
         out["3-blend"] = run_rows(http, prompts, tokens, ["b0", "b1", "b2"])
+        out["alternating TTFT"] = alternating(http, prompts, tokens)
         for i in range(3, 20):
             publish(http, f"b{i}", adapters[i])
         out["20 loaded, 1 routed"] = run_rows(http, prompts, tokens, ["b0"])
@@ -199,6 +215,17 @@ def npllm_rows(
         else:
             out["cerebellum draft"] = {"error": reply.text}
     return out
+
+
+def one_prefix_rows(cache: Path, adapters: list[Path], prompts: list[str], tokens: int) -> dict:
+    """The alternating rows with models.prefix_slots = 1 (one prefix, the previous
+    request's: the behaviour before per-set prefixes)."""
+    env = {"NPLLM_MODELS__ENGINE": "llama.cpp", "NPLLM_MEMORY__CACHE_SIZE": "0",
+           "NPLLM_MODELS__PREFIX_SLOTS": "1"}  # fmt: skip
+    with live_daemon(cache, **env) as live:
+        for i in range(3):
+            publish(live.http, f"b{i}", adapters[i])
+        return alternating(live.http, prompts, tokens)
 
 
 def swap_under_load(live: Any, path: Path) -> dict[str, Any]:
@@ -306,6 +333,9 @@ def main() -> None:
         }
         report["bare xllamacpp"] = bare_rows(settings, prompts, args.tokens)
         report["npllm llama.cpp"] = npllm_rows(cache, "llama.cpp", adapters, prompts, args.tokens)
+        report["npllm llama.cpp, prefix_slots 1"] = one_prefix_rows(
+            cache, adapters, prompts, args.tokens
+        )
         report["npllm transformers"] = (
             {}
             if args.no_transformers
@@ -327,6 +357,17 @@ def main() -> None:
         ),
         "TTFT 1 adapter / none": round(one["ttft_ms"] / zero["ttft_ms"], 2),
         "TTFT 3-blend / none": round(a["3-blend"]["ttft_ms"] / zero["ttft_ms"], 2),
+        "TTFT alternating, 1 adapter / none": round(
+            a["alternating TTFT"]["1 adapter"] / a["alternating TTFT"]["none"], 2
+        ),
+        "TTFT alternating, 3-blend / none": round(
+            a["alternating TTFT"]["3-blend"] / a["alternating TTFT"]["none"], 2
+        ),
+        "TTFT alternating, 1 adapter / none, prefix_slots 1": round(
+            report["npllm llama.cpp, prefix_slots 1"]["1 adapter"]
+            / report["npllm llama.cpp, prefix_slots 1"]["none"],
+            2,
+        ),
         "1 adapter decode cost": round(
             1 - one["decode_tokens_per_s"] / zero["decode_tokens_per_s"], 3
         ),
@@ -357,6 +398,8 @@ def main() -> None:
         print(f"{name:<44} {row['client_tokens_per_s']:>7.1f} "
               f"{row['client_tokens_per_s_unstreamed']:>7.1f} {row['decode_tokens_per_s']:>7.1f} "
               f"{row.get('tokens_per_s', float('nan')):>7.1f} {row['ttft_ms']:>6.0f}")  # fmt: skip
+    print(f"\nalternating adapter sets, TTFT ms: {a['alternating TTFT']}")
+    print(f"  with prefix_slots 1: {report['npllm llama.cpp, prefix_slots 1']}")
     print(f"\nswap: {a['swap']}")
     print(f"RSS idle: llama.cpp {a['rss_idle_mb']} MB, transformers {c.get('rss_idle_mb')} MB")
     for k, v in report["ratios"].items():

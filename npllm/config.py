@@ -133,6 +133,12 @@ class ModelsConfig(_Section):
         "match the database (384).",
         min_length=1,
     )
+    embedder_runtime: Literal["auto", "onnxruntime", "torch"] = Field(
+        "auto",
+        description="What computes embeddings on the CPU: 'onnxruntime' (the embedder exported "
+        "once to ONNX, kept in the model cache, used only when it gives torch's vectors), "
+        "'torch', or 'auto' (onnxruntime when the embedder can be exported, else torch).",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="Where models run; 'auto' picks cuda when available."
     )

@@ -48,6 +48,61 @@ def test_embedder_returns_normalised_384_dim_vectors(embedder: Any) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_the_onnx_embedder_finds_the_same_neighbours_as_torch(embedder: Any) -> None:
+    """The awake path's embedder (ONNX Runtime) against the torch model it was exported
+    from: every vector within 1e-5 and the same 5 nearest memories for every question."""
+    assert embedder.runtime == "onnxruntime"
+    memories = [
+        "The Kestrel gateway listens on port 4471.",
+        "Team Saffron owns the Umber pipeline.",
+        "Use git stash to put uncommitted changes aside.",
+        "A hash map resolves collisions by chaining or open addressing.",
+        "Python's GIL lets one thread run bytecode at a time.",
+        "Run the migrations before deploying the API service.",
+        "PostgreSQL's HNSW index trades recall for speed through ef_search.",
+        "The nightly build publishes wheels to the internal index.",
+        "Never force-push to main; open a pull request instead.",
+        "Our staging database is restored from last night's snapshot.",
+        "def add(a, b):\n    return a + b",
+        "SELECT email, count(*) FROM users GROUP BY email HAVING count(*) > 1;",
+        "Timeouts on the payment API are retried three times with backoff.",
+        "Le service de facturation tourne sur le port 8443.",
+        "ok",
+    ]
+    questions = [
+        "Which port does the Kestrel gateway use?",
+        "who maintains the umber pipeline",
+        "How do I save my work without committing?",
+        "find duplicate emails in SQL",
+        "what is the GIL?",
+        "How is the staging DB reset?",
+        "quel port pour la facturation ?",
+        "retry policy for payments",
+    ]
+    onnx = embedder.embed(memories + questions)
+    torch_vectors = embedder.torch_embed(memories + questions)
+    assert float(np.abs(onnx - torch_vectors).max()) < 1e-5
+    m = len(memories)
+    for i in range(len(questions)):
+        ours = np.argsort(-(onnx[:m] @ onnx[m + i]))[:5].tolist()
+        theirs = np.argsort(-(torch_vectors[:m] @ torch_vectors[m + i]))[:5].tolist()
+        assert ours == theirs, questions[i]
+
+
+def test_an_embedder_onnx_cannot_serve_stays_on_torch_or_is_refused_when_asked(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from npllm import embeddings
+
+    def refuse(*_: Any) -> Any:
+        raise embeddings._NotExportable("its modules are ['Transformer', 'Pooling'], not ...")
+
+    monkeypatch.setattr(embeddings, "_onnx_session", refuse)
+    assert load_embedder(settings).runtime == "torch"
+    with pytest.raises(ModelError, match="models.embedder_runtime = 'onnxruntime': its modules"):
+        load_embedder(settings, runtime="onnxruntime")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
