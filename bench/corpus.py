@@ -77,7 +77,9 @@ def collect() -> list[str]:
                     words = sentence.count(" ") + 1
                     if not 6 <= words <= 60:
                         continue
-                    if sum(c.isalpha() for c in sentence) < 0.6 * len(sentence):
+                    if "\x00" in sentence or sum(c.isalpha() for c in sentence) < 0.6 * len(
+                        sentence
+                    ):
                         continue
                     key = sentence.lower()
                     if key not in seen:

@@ -120,6 +120,10 @@ def stream(http: Any, prompt: str, tokens: int, adapters: list[str] | None) -> d
         if first and last and last > first
         else 0.0,
         "memory_path_ms": t.get("embed_ms", 0) + t.get("retrieve_ms", 0) + t.get("prompt_ms", 0),
+        "embed_ms": t.get("embed_ms", 0),
+        "retrieve_ms": t.get("retrieve_ms", 0),
+        "prompt_ms": t.get("prompt_ms", 0),
+        "prompt_cached_tokens": t.get("prompt_cached_tokens", 0),
         "generate_s": gen_s,
         "draft_acceptance_rate": t.get("draft_acceptance_rate"),
         "total_ms": t.get("total_ms", 0),
@@ -152,6 +156,10 @@ def run_rows(http: Any, prompts: list[str], tokens: int, adapters: list[str] | N
         "memory_path_share": statistics.mean(
             r["memory_path_ms"] / r["total_ms"] for r in rows if r["total_ms"]
         ),
+        "memory_path_ms": {
+            k: statistics.median(r[k] for r in rows)
+            for k in ("embed_ms", "retrieve_ms", "prompt_ms", "memory_path_ms")
+        },
         "rows": rows,
     }
 

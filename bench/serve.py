@@ -190,7 +190,8 @@ def bench_retrieval(
                         copy.set_types(["text", "text", "text", "vector"])
                         for i in range(loaded, size):
                             kind = "exchange" if exchange[i] else "document"
-                            copy.write_row([texts[i], kind, f"bench:{i}", vectors[i]])
+                            text = texts[i].replace("\x00", "")  # PostgreSQL text holds no NUL
+                            copy.write_row([text, kind, f"bench:{i}", vectors[i]])
                     conn.commit()
                     load_rate = (size - loaded) / (time.perf_counter() - started)
                     conn.execute("ANALYZE npllm.memories")

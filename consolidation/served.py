@@ -17,7 +17,7 @@ and after training, for the keep-targets and the gate's locality check.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ class Served:
 
     settings: Settings
     engine: Any  # an npllm.engines.base.Engine
+    # The worker's control (services/worker.py), called before each answer: a request to
+    # the daemon waits for one short generation here, not for the whole batch of checks.
+    control: Callable[[], None] | None = None
     _serial: Any = None
 
     def __post_init__(self) -> None:
@@ -100,6 +103,8 @@ class Served:
         chosen = [] if adapter is None else [(adapter, 1.0)]
         out = []
         for chat in chats:
+            if self.control is not None:
+                self.control()
             ids = self.engine.encode_chat(framed(self.settings, chat))
             out.append(self.engine.generate(ids, params, adapters=chosen).text.strip())
         return out

@@ -254,7 +254,7 @@ def run_cycle_here(
             from consolidation.served import Served
             from npllm.engines import load_engine
 
-            served = Served(settings, load_engine(settings))
+            served = Served(settings, load_engine(settings), control=control)
         started = time.perf_counter()
         return run_cycle(
             CycleContext(
