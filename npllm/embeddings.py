@@ -57,6 +57,7 @@ class Embedder:
     load_seconds: float
     session: Any = None  # an onnxruntime.InferenceSession, or None: torch
     runtime: str = "torch"
+    onnx_file: Path | None = None
 
     @property
     def model_id(self) -> str:
@@ -134,7 +135,9 @@ def load_embedder(settings: Settings, runtime: str | None = None) -> Embedder:
     wanted = runtime or settings.models.embedder_runtime
     if wanted != "torch" and device_for(settings.models.device) == "cpu":
         try:
-            embedder.session = _onnx_session(embedder, settings.model_cache_path)
+            embedder.session, embedder.onnx_file = _onnx_session(
+                embedder, settings.model_cache_path
+            )
             embedder.runtime = "onnxruntime"
         except _NotExportable as exc:
             if wanted == "onnxruntime":
@@ -158,9 +161,9 @@ def _fingerprint(path: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-def _onnx_session(embedder: Embedder, cache_root: Path) -> Any:
+def _onnx_session(embedder: Embedder, cache_root: Path) -> tuple[Any, Path]:
     """The ONNX Runtime session of the embedder's export (made now if not cached), checked
-    against torch on PARITY_TEXTS."""
+    against torch on PARITY_TEXTS, and the export's file."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -189,7 +192,7 @@ def _onnx_session(embedder: Embedder, cache_root: Path) -> Any:
     error = float(np.abs(probe.embed(PARITY_TEXTS) - embedder.torch_embed(PARITY_TEXTS)).max())
     if error > PARITY_TOLERANCE:
         raise _NotExportable(f"its ONNX export differs from torch by {error:.2e}")
-    return session
+    return session, target
 
 
 def _export(embedder: Embedder, target: Path) -> None:
