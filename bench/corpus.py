@@ -35,7 +35,23 @@ def _roots() -> list[Path]:
     return sorted({Path(paths["purelib"]), Path(paths["stdlib"])})
 
 
+# When the Python sources run out (about 560k texts here): the system's documentation and
+# manual pages (groff markup dropped), in every language they come in.
+_MORE = [Path("/usr/lib/python3/dist-packages"), Path("/usr/share/doc"), Path("/usr/share/man")]
+_GROFF = re.compile(r"\\f[BIRP]|\\f\(..|\\[-&e(]|\\s[-+]?\d")
+
+
 def _pieces(path: Path) -> Iterator[str]:
+    if path.suffix == ".gz":
+        import gzip
+
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            text = f.read(5_000_000)
+        if "/man/" in str(path):  # groff: drop requests and font escapes
+            lines = [ln for ln in text.splitlines() if not ln.startswith((".", "'"))]
+            text = _GROFF.sub("", "\n".join(lines))
+        yield from _SPLIT.split(text)
+        return
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix != ".py":
         yield from _SPLIT.split(text)
@@ -55,16 +71,20 @@ def _pieces(path: Path) -> Iterator[str]:
             yield stripped[2:]
 
 
-def collect() -> list[str]:
-    """Every usable sentence, deduplicated, in a fixed shuffled order."""
-    seen: set[str] = set()
+def collect(roots: list[Path] | None = None, seen: set[str] | None = None) -> list[str]:
+    """Every usable sentence under `roots` (default: the Python sources) not in `seen`,
+    deduplicated, in a fixed shuffled order."""
+    seen = set() if seen is None else seen
     found: list[str] = []
-    for root in _roots():
+    suffixes = (".py", ".md", ".rst", ".txt") + ((".gz",) if roots is not None else ())
+    for root in roots or _roots():
         for directory, dirs, files in os.walk(root):
             dirs.sort()
             for name in sorted(files):
                 path = Path(directory) / name
-                if path.suffix not in (".py", ".md", ".rst", ".txt"):
+                if path.suffix not in suffixes and not (
+                    roots is not None and name.upper().startswith(("README", "CHANGELOG"))
+                ):
                     continue
                 try:
                     if path.stat().st_size > 5_000_000:
@@ -100,6 +120,11 @@ def corpus(n: int, cache: Path) -> tuple[list[str], np.ndarray]:
         texts = collect()
         listing.write_text(json.dumps(texts))
         print(f"corpus: {len(texts)} texts in {time.time() - started:.0f} s", file=sys.stderr)
+    if n > len(texts):
+        more = collect(_MORE, {t.lower() for t in texts})
+        texts += more
+        listing.write_text(json.dumps(texts))
+        print(f"corpus: {len(more)} more texts from {[str(p) for p in _MORE]}", file=sys.stderr)
     if n > len(texts):
         raise SystemExit(f"only {len(texts)} distinct texts here, {n} asked for")
     embedder = None

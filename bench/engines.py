@@ -179,6 +179,21 @@ def alternating(http: Any, prompts: list[str], tokens: int) -> dict[str, Any]:
     return {label: statistics.median(r["ttft_ms"] for r in got) for label, got in rows.items()}
 
 
+def paired(http: Any, prompts: list[str], tokens: int, rounds: int = 2) -> dict[str, Any]:
+    """The decode cost of one adapter measured in pairs: each prompt without, then with it,
+    back to back (each set keeps its own prefix, so the pair differs only by the adapter);
+    the cost is 1 - the median of the pairs' ratios, which a drifting machine moves less
+    than two separate rows."""
+    ratios = []
+    for _ in range(rounds):
+        for prompt in prompts:
+            none = stream(http, prompt, tokens, [])["decode_tokens_per_s"]
+            one = stream(http, prompt, tokens, ["b0"])["decode_tokens_per_s"]
+            ratios.append(one / none)
+    return {"cost": round(1 - statistics.median(ratios), 3),
+            "ratios": [round(r, 3) for r in ratios]}  # fmt: skip
+
+
 def rss_mb(pid: int) -> float:
     import psutil
 
@@ -205,6 +220,7 @@ def npllm_rows(
         out["1 adapter"] = run_rows(http, prompts, tokens, ["b0"])
         if engine == "transformers":
             return out
+        out["1 adapter, paired"] = paired(http, prompts, tokens)
         for i in (1, 2):
             publish(http, f"b{i}", adapters[i])
         out["3-blend"] = run_rows(http, prompts, tokens, ["b0", "b1", "b2"])
@@ -379,6 +395,7 @@ def main() -> None:
         "1 adapter decode cost": round(
             1 - one["decode_tokens_per_s"] / zero["decode_tokens_per_s"], 3
         ),
+        "1 adapter decode cost, paired": a["1 adapter, paired"]["cost"],
         "3-blend decode cost": round(
             1 - a["3-blend"]["decode_tokens_per_s"] / zero["decode_tokens_per_s"], 3
         ),

@@ -105,6 +105,75 @@ def bench_latency(requests: int, model_cache: Path) -> dict[str, Any]:
     }
 
 
+def _timed(http: Any, question: str, seed: int) -> dict[str, float]:
+    """One streamed 64-token answer: time to first token and tokens/s as the client sees
+    them (request sent to last token)."""
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 64,
+            "temperature": 0.0001, "seed": seed, "stream": True}  # fmt: skip
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with http.stream("POST", "/v1/chat/completions", json=body) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
+            if (event.get("choices") or [{}])[0].get("delta", {}).get("content"):
+                last = time.perf_counter()
+                first = first or last
+    assert first is not None and last is not None
+    return {"ttft_ms": (first - started) * 1000, "tokens_per_s": tokens / (last - started)}
+
+
+def bench_during_sleep(model_cache: Path, requests: int = 6) -> dict[str, Any]:
+    """Answers while the sleep worker trains, beside the same answers before it started:
+    three questions answered and corrected, `POST /v1/sleep {"now": true}`, then requests
+    while its phase reads "training" (each pauses the worker and waits for it to say so)."""
+    with live_daemon(model_cache) as live:
+        http = live.http
+        taught = [
+            ("What port does the Vireo billing service use?", "Vireo billing uses port 7311."),
+            ("Who owns the Larkspur ingest job?", "Team Ochre owns the Larkspur ingest job."),
+            ("Which database backs the Quill wiki?", "The Quill wiki runs on MariaDB 10.11."),
+        ]  # fmt: skip
+        for question, answer in taught:
+            reply = http.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": question}], "max_tokens": 24},
+            ).json()
+            http.post("/v1/feedback", json={"interaction_id": reply["npllm"]["interaction_id"],
+                                            "event": "edited", "text": answer})  # fmt: skip
+        _timed(http, "Say hello.", 0)  # warm-up
+        awake = [_timed(http, QUESTIONS[i], 100 + i) for i in range(requests)]
+        http.post("/v1/sleep", json={"now": True, "seed": 1}).raise_for_status()
+        deadline = time.monotonic() + 900
+        asleep: list[dict[str, float]] = []
+        phases = []
+        while len(asleep) < requests and time.monotonic() < deadline:
+            status = http.get("/v1/sleep").json()
+            phase = (status.get("cycles") or [{}])[0].get("phase") or ""
+            if status["state"] == "awake" and status.get("latest_cycle"):
+                break  # the cycle ended before enough requests ran during it
+            if "training" not in phase:
+                time.sleep(0.5)
+                continue
+            phases.append(phase)
+            asleep.append(_timed(http, QUESTIONS[len(asleep)], 200 + len(asleep)))
+            time.sleep(1.0)  # let training resume between requests
+
+    def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {
+            "requests": len(rows),
+            "ttft_p50_ms": round(percentile([r["ttft_ms"] for r in rows], 50), 1) if rows else 0,
+            "ttft_max_ms": round(max((r["ttft_ms"] for r in rows), default=0), 1),
+            "tokens_per_s": round(statistics.mean(r["tokens_per_s"] for r in rows), 1)
+            if rows else 0.0,
+        }  # fmt: skip
+
+    return {"awake": summary(awake), "while training": summary(asleep), "phases": phases}
+
+
 def _index(conn: Any, m: int, ef_construction: int) -> float:
     """Drop and build the memories' HNSW index with these parameters; seconds."""
     conn.execute("DROP INDEX IF EXISTS npllm.memories_embedding_hnsw")
@@ -281,7 +350,11 @@ def main() -> None:
         help="m:ef_construction pairs built at the first size",
     )  # fmt: skip
     parser.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200, 400])
-    parser.add_argument("--no-latency", action="store_true", help="retrieval only")
+    parser.add_argument("--no-latency", action="store_true", help="no end-to-end latency part")
+    parser.add_argument("--no-retrieval", action="store_true", help="no retrieval part")
+    parser.add_argument(
+        "--sleep", action="store_true", help="also answers while the sleep worker trains"
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "npllm-bench")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--model-cache", type=Path, default=REPO / ".venv" / "npllm-model-cache")
@@ -307,6 +380,14 @@ def main() -> None:
             f"share of total mean {latency['memory_path_share_mean']:.2%} "
             f"max {latency['memory_path_share_max']:.2%}"
         )
+    if args.sleep:
+        during = report["during_sleep"] = bench_during_sleep(args.model_cache)
+        print(f"\nanswers while the sleep worker trains: {during['while training']}")
+        print(f"the same kind of answers before it started: {during['awake']}")
+    if args.no_retrieval:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "serve.json").write_text(json.dumps(report, indent=2))
+        return
     retrieval = report["retrieval"] = bench_retrieval(args.sizes, sweep, args.ef, args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "serve.json"
