@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -236,7 +237,9 @@ def bench_retrieval(
     exchange[::10] = True  # every tenth memory: an exchange the search must skip
     out: dict[str, Any] = {"corpus_texts": len(texts), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(environ={"NPLLM_DATA_DIR": tmp})
+        # NPLLM_* from the environment apply (e.g. NPLLM_DATABASE__MAINTENANCE_WORK_MEM).
+        own = {k: v for k, v in os.environ.items() if k.startswith("NPLLM_DATABASE__")}
+        settings = load_settings(environ={**own, "NPLLM_DATA_DIR": tmp})
         db = Database(settings)
         db.open()
         try:
@@ -363,7 +366,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()} {platform.processor() or ''} "
-        f"{__import__('os').cpu_count()} cores".strip(),
+        f"{os.cpu_count()} cores".strip(),
     }
     if not args.no_latency:
         latency = report["latency"] = bench_latency(args.requests, args.model_cache)
