@@ -39,6 +39,8 @@ _VECTOR_PROBE = (
 
 
 _UNITS = {"kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+# The server settings npllm sizes (database.*), in ALTER SYSTEM's file.
+MANAGED_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
 
 
 def size_bytes(size: str, unit: str = "") -> int:
@@ -46,7 +48,8 @@ def size_bytes(size: str, unit: str = "") -> int:
     ('16384' with '8kB')."""
     if unit:
         count = re.fullmatch(r"(\d*)(kB|MB|GB|TB)", unit)
-        assert count is not None, unit
+        if count is None:
+            raise ValueError(f"not a PostgreSQL memory unit: {unit!r}")
         return int(size) * int(count.group(1) or 1) * _UNITS[count.group(2)]
     match = re.fullmatch(r"(\d+)\s*(kB|MB|GB|TB)", size.strip())
     if match is None:
@@ -104,10 +107,16 @@ class EmbeddedPostgres:
         try:
             # cleanup_mode=None: we decide when to stop (see stop()), not pgserver's atexit
             # hook, whose bookkeeping keeps pids of crashed processes forever.
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
-            # get_server hands back the handle this process made before, as it was; a
-            # server stopped since then (close(stop_server=True)) is started again.
-            self._server.ensure_postgres_running()
+            try:
+                self._start(pgserver)
+            except Exception:
+                # A memory setting it cannot start with (written by a process that died
+                # before taking it back): start without npllm's settings, which the
+                # caller then applies again and names if they still fail.
+                if not self.forget_settings(list(MANAGED_SETTINGS)):
+                    raise
+                log.warning("the embedded PostgreSQL started without npllm's memory settings")
+                self._start(pgserver)
         except Exception as exc:
             log_file = self.pgdata / "log"
             tail = log_file.read_text(errors="replace")[-800:] if log_file.exists() else ""
@@ -115,6 +124,14 @@ class EmbeddedPostgres:
                 f"the embedded PostgreSQL in {self.pgdata} did not start: {exc}. "
                 f"Its log ends with: {tail.strip() or '(empty)'}"
             ) from exc
+
+    def _start(self, pgserver: Any) -> None:
+        self._server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        # get_server hands back the handle this process made before, as it was; a server
+        # stopped since then (close(stop_server=True)) is started again, under pgserver's
+        # own inter-process lock as get_server does.
+        with self._server._lock:
+            self._server.ensure_postgres_running()
 
     def restart(self) -> None:
         """Restart the server (fast: open sessions are closed), keeping its start options."""
@@ -126,16 +143,32 @@ class EmbeddedPostgres:
             timeout=60,
         )
 
-    def forget_settings(self, names: list[str]) -> None:
-        """Take `names` out of postgresql.auto.conf (ALTER SYSTEM's file), for a server
-        that cannot start with them."""
+    def auto_conf(self) -> str:
+        """postgresql.auto.conf (ALTER SYSTEM's file) as it is now."""
         conf = self.pgdata / "postgresql.auto.conf"
-        kept = [
-            line
-            for line in conf.read_text().splitlines(keepends=True)
-            if line.split("=", 1)[0].strip() not in names
-        ]
-        conf.write_text("".join(kept))
+        return conf.read_text() if conf.exists() else ""
+
+    def restore_auto_conf(self, text: str) -> None:
+        """Put postgresql.auto.conf back as `text` (whole or not at all)."""
+        conf = self.pgdata / "postgresql.auto.conf"
+        tmp = conf.with_name(f".{conf.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        if conf.exists():  # the server's own user must still be able to rewrite it
+            st = conf.stat()
+            os.chmod(tmp, st.st_mode)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        os.replace(tmp, conf)
+
+    def forget_settings(self, names: list[str]) -> bool:
+        """Take `names` out of postgresql.auto.conf, for a server that cannot start with
+        them; whether any was there."""
+        text = self.auto_conf()
+        lines = text.splitlines(keepends=True)
+        kept = [ln for ln in lines if ln.split("=", 1)[0].strip() not in names]
+        if len(kept) != len(lines):
+            self.restore_auto_conf("".join(kept))
+        return len(kept) != len(lines)
 
     def uri(self, database: str) -> str:
         return str(self._server.get_uri(database=database))
@@ -255,41 +288,45 @@ class Database:
 
     def _size_server(self, server: EmbeddedPostgres) -> None:
         """Give the embedded server the memory settings of database.* (ALTER SYSTEM, so
-        psql sessions see them too). The server checks each value; one needing a restart
-        (shared_buffers) restarts it when this process started it, else waits for the
-        next start. A value it refuses, or cannot start with, is taken back and named."""
+        psql sessions see them too), when this process started it (a process that finds it
+        running leaves it as its starter configured it). The server checks each value; one
+        that needs a restart (shared_buffers) restarts it. A value it refuses, or cannot
+        start with, is taken back (postgresql.auto.conf as it was before) and named."""
+        if not server.started_here:
+            return
         wanted = self.settings.database.server_settings(_ram_bytes())
-        with psycopg.connect(server.uri("postgres"), autocommit=True) as conn:
-            for name, value in wanted.items():
-                try:
-                    conn.execute(
-                        sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                            sql.Identifier(name), sql.Literal(value)
+        before = server.auto_conf()
+        try:
+            with psycopg.connect(server.uri("postgres"), autocommit=True) as conn:
+                for name, value in wanted.items():
+                    try:
+                        conn.execute(
+                            sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                                sql.Identifier(name), sql.Literal(value)
+                            )
                         )
-                    )
-                except psycopg.Error as exc:
-                    raise StorageError(
-                        f"database.{name} = {value!r}: PostgreSQL refused it: {str(exc).strip()}"
-                    ) from exc
-            conn.execute("SELECT pg_reload_conf()")
-            running = conn.execute(
-                "SELECT name, setting, unit, context FROM pg_settings WHERE name = ANY(%s)",
-                [list(wanted)],
-            ).fetchall()
-        # The ones the running server cannot take without a restart (shared_buffers).
+                    except psycopg.Error as exc:
+                        raise StorageError(
+                            f"database.{name} = {value!r}: PostgreSQL refused it: "
+                            f"{str(exc).strip()}"
+                        ) from exc
+                conn.execute("SELECT pg_reload_conf()")
+                running = conn.execute(
+                    "SELECT name, setting, unit, context FROM pg_settings WHERE name = ANY(%s)",
+                    [list(wanted)],
+                ).fetchall()
+        except StorageError:
+            server.restore_auto_conf(before)
+            raise
+        # The ones the running server cannot take without a restart (shared_buffers; it
+        # rounds to whole 8kB pages).
         pending = [
             name
             for name, setting, unit, context in running
-            if context == "postmaster" and size_bytes(setting, unit) != size_bytes(wanted[name])
+            if context == "postmaster"
+            and size_bytes(setting, unit) != size_bytes(wanted[name]) // 8192 * 8192
         ]
         if not pending:
-            return
-        if not server.started_here:
-            log.warning(
-                "database.%s: applied at the embedded server's next start (it was already "
-                "running, started by another process)",
-                ", ".join(pending),
-            )
             return
         log.info(
             json.dumps({"event": "database_restart", "settings": {k: wanted[k] for k in pending}})
@@ -297,8 +334,14 @@ class Database:
         try:
             server.restart()
         except Exception as exc:
-            server.forget_settings(pending)  # start again as it was, then say why
-            server.restart()
+            server.restore_auto_conf(before)  # start again as it was, then say why
+            try:
+                server.restart()
+            except Exception as again:
+                raise StorageError(
+                    f"the embedded PostgreSQL in {server.pgdata} did not start again after "
+                    f"database.{pending[0]} was taken back: {again}"
+                ) from again
             raise StorageError(
                 f"database.{', database.'.join(pending)}: the embedded PostgreSQL did not start "
                 f"with {', '.join(f'{k} = {wanted[k]}' for k in pending)}: {exc}"

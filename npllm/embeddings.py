@@ -36,6 +36,9 @@ DATABASE_DIM = 384
 # vectors; measured ~1e-7 for MiniLM).
 PARITY_TOLERANCE = 1e-4
 PARITY_TEXTS = [
+    "  leading and trailing spaces  ",
+    # longer than MiniLM's 256-token window: truncated alike by both
+    " ".join(f"step {i}: run the migration, then restart the worker." for i in range(60)),
     "How does git rebase differ from git merge?",
     "The Kestrel gateway listens on port 4471.",
     "Write a SQL query that finds duplicate emails in a users table.",
@@ -175,24 +178,32 @@ def _onnx_session(embedder: Embedder, cache_root: Path) -> tuple[Any, Path]:
     )  # sentence-transformers 5+ / before
     if modules != ["Transformer", "Pooling", "Normalize"] or not mean:
         raise _NotExportable(f"its modules are {modules}, not a transformer with mean pooling")
-    target = cache_root / "embedders" / f"{_fingerprint(embedder.source.path)}.onnx"
-    if not target.exists():
-        _export(embedder, target)
+    try:
+        target = cache_root / "embedders" / f"{_fingerprint(embedder.source.path)}.onnx"
+    except OSError as exc:
+        raise _NotExportable(f"cannot read its files: {exc}") from exc
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # a question is a few dozen tokens: one core is enough
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        session = onnxruntime.InferenceSession(
-            str(target), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise _NotExportable(f"ONNX Runtime cannot load {target}: {exc}") from exc
-    probe = Embedder(embedder.model, embedder.source, 0.0, session, "onnxruntime")
-    error = float(np.abs(probe.embed(PARITY_TEXTS) - embedder.torch_embed(PARITY_TEXTS)).max())
-    if error > PARITY_TOLERANCE:
-        raise _NotExportable(f"its ONNX export differs from torch by {error:.2e}")
-    return session, target
+    problem = ""
+    for _attempt in (1, 2):  # a cached export that fails is made again, once
+        if not target.exists():
+            _export(embedder, target)
+        try:
+            session = onnxruntime.InferenceSession(
+                str(target), options, providers=["CPUExecutionProvider"]
+            )
+            probe = Embedder(embedder.model, embedder.source, 0.0, session, "onnxruntime")
+            got, want = probe.embed(PARITY_TEXTS), embedder.torch_embed(PARITY_TEXTS)
+            error = float(np.abs(got - want).max())
+            if error <= PARITY_TOLERANCE:
+                return session, target
+            problem = f"its ONNX export differs from torch by {error:.2e}"
+        except Exception as exc:  # onnxruntime raises its own types
+            problem = f"ONNX Runtime cannot run {target}: {exc}"
+        target.unlink(missing_ok=True)
+    raise _NotExportable(problem)
 
 
 def _export(embedder: Embedder, target: Path) -> None:
@@ -215,12 +226,12 @@ def _export(embedder: Embedder, target: Path) -> None:
             return torch.nn.functional.normalize(mean, dim=-1)
 
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
     module = Pooled(embedder.model[0].auto_model).eval()
     sample = embedder.model.tokenizer(["an example sentence"], return_tensors="pt")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     axes = {0: "batch", 1: "tokens"}
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(

@@ -5,6 +5,6 @@
 -- against 0.983 with the defaults; 16/128 needs ef_search 200 (p95 4.8 ms) for 0.99.
 -- The build uses maintenance_work_mem (database.maintenance_work_mem): about a minute per
 -- 100k memories on two cores.
-DROP INDEX npllm.memories_embedding_hnsw;
+DROP INDEX IF EXISTS npllm.memories_embedding_hnsw;
 CREATE INDEX memories_embedding_hnsw ON npllm.memories
     USING hnsw (embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);

@@ -135,18 +135,28 @@ class _Prefixes:
 
     def slot(self, lora: list[dict[str, Any]]) -> tuple[int, bool]:
         """(slot id, whether its cached prefix was computed under exactly `lora`)."""
-        key = tuple(sorted((int(x["id"]), float(x["scale"])) for x in lora if x["scale"]))
+        key = self._key(lora)
         if key in self._sets:
             slot = self._sets.pop(key)
             self._sets[key] = slot
             return slot, True
-        if len(self._sets) < self.n:
-            slot = len(self._sets)
+        free = sorted(set(range(self.n)) - set(self._sets.values()))
+        if free:
+            slot = free[0]
         else:
             oldest = next(iter(self._sets))
             slot = self._sets.pop(oldest)
         self._sets[key] = slot
         return slot, False
+
+    @staticmethod
+    def _key(lora: list[dict[str, Any]]) -> tuple[tuple[int, float], ...]:
+        """An adapter set, whatever its order; a scale of 0 is no adapter."""
+        return tuple(sorted((int(x["id"]), float(x["scale"])) for x in lora if x["scale"]))
+
+    def drop(self, lora: list[dict[str, Any]]) -> None:
+        """Forget the slot of this adapter set (its next request evaluates the whole prompt)."""
+        self._sets.pop(self._key(lora), None)
 
     def forget(self) -> None:
         """Treat every slot as holding nothing reusable."""
@@ -209,6 +219,7 @@ class LlamaCppEngine:
         # request without it (tests/test_engines.py); the slots' own caches stay, one per
         # adapter set (_Prefixes).
         params.cache_ram_mib = 0
+        params.cache_idle_slots = False  # (llama.cpp's default saves idle slots to that cache)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
         socket.unlink(missing_ok=True)  # left by a crashed process: llama.cpp would not bind
@@ -270,7 +281,11 @@ class LlamaCppEngine:
         # Reuse a cached prompt only when it was computed with the same adapters: seen
         # here, llama.cpp reused a prefix computed under a blend for a request without any.
         body["id_slot"], body["cache_prompt"] = instance.prefixes.slot(lora)
-        result = self._run(instance, body, on_text, cancel)
+        try:
+            result = self._run(instance, body, on_text, cancel)
+        except ModelError:
+            instance.prefixes.drop(lora)  # what the slot holds now is not known
+            raise
         report = None
         if instance.draft is not None:
             t = result.timings

@@ -221,6 +221,41 @@ def test_an_answer_without_adapters_after_a_blend_is_the_bare_base_s(
     assert _greedy(engine, kestrel) == plain
 
 
+def test_a_prefix_is_reused_only_by_its_own_adapter_set() -> None:
+    """The slot map alone: order and zero scales do not make another set; a sixth set
+    evicts the least recently used; a refused request's slot is never reused."""
+    from npllm.engines.llamacpp import _Prefixes
+
+    def lora(*pairs: tuple[int, float]) -> list[dict[str, Any]]:
+        return [{"id": i, "scale": w} for i, w in pairs]
+
+    prefixes = _Prefixes(4)
+    none, a, blend, b, c = (
+        [],
+        lora((0, 1.0)),
+        lora((0, 0.5), (1, 0.5)),
+        lora((1, 1.0)),
+        lora((2, 1.0)),
+    )
+    seen = {}
+    for chosen in (none, a, blend, b):
+        slot, reuse = prefixes.slot(chosen)
+        assert not reuse and slot not in seen.values()
+        seen[str(chosen)] = slot
+    assert prefixes.slot(lora((1, 0.5), (0, 0.5))) == (seen[str(blend)], True)  # any order
+    assert prefixes.slot(lora((0, 0.0))) == (seen[str(none)], True)  # scale 0: no adapter
+    assert prefixes.slot(a) == (seen[str(a)], True)
+    # b is now the least recently used: c takes its slot, without reuse, and b loses it.
+    assert prefixes.slot(c) == (seen[str(b)], False)
+    assert prefixes.slot(b)[1] is False
+    # A request that failed: its set's slot holds something unknown, so it starts over.
+    prefixes.drop(c)
+    slot, reuse = prefixes.slot(c)
+    assert reuse is False
+    held = [prefixes.slot(x)[0] for x in (none, a, blend, b, c)]
+    assert len(set(held[-4:])) == 4  # no two sets ever share a slot
+
+
 def test_each_adapter_set_reuses_its_own_prefix_and_answers_as_without_reuse(
     engine: Any, trained: dict[str, Version]
 ) -> None:
