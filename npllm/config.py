@@ -48,6 +48,8 @@ class _Section(BaseModel):
 
 # A PostgreSQL memory size with its unit (as postgresql.conf writes them), or 'auto'.
 _PG_MEMORY = r"^(auto|[1-9][0-9]{0,8} ?(kB|MB|GB|TB))$"
+# The embedded server's settings npllm sizes (database.*, same names as PostgreSQL's).
+PG_MEMORY_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
 
 
 class DatabaseConfig(_Section):
@@ -85,7 +87,7 @@ class DatabaseConfig(_Section):
         "2GB.",
     )
 
-    @field_validator("shared_buffers", "effective_cache_size", "maintenance_work_mem")
+    @field_validator(*PG_MEMORY_SETTINGS)
     @classmethod
     def _memory_size(cls, value: str, info: Any) -> str:
         if not re.fullmatch(_PG_MEMORY, value):
@@ -103,7 +105,7 @@ class DatabaseConfig(_Section):
             "effective_cache_size": f"{max(mb // 2, 128)}MB",
             "maintenance_work_mem": f"{min(max(mb // 16, 64), 2048)}MB",
         }
-        chosen = {k: getattr(self, k).replace(" ", "") for k in auto}
+        chosen = {k: getattr(self, k).replace(" ", "") for k in PG_MEMORY_SETTINGS}
         return {k: auto[k] if v == "auto" else v for k, v in chosen.items()}
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from npllm.config import Settings
+from npllm.config import PG_MEMORY_SETTINGS, Settings
 from npllm.errors import StorageError
 from npllm.migrations import apply_migrations
 
@@ -39,8 +39,6 @@ _VECTOR_PROBE = (
 
 
 _UNITS = {"kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
-# The server settings npllm sizes (database.*), in ALTER SYSTEM's file.
-MANAGED_SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
 
 
 def size_bytes(size: str, unit: str = "") -> int:
@@ -113,7 +111,7 @@ class EmbeddedPostgres:
                 # A memory setting it cannot start with (written by a process that died
                 # before taking it back): start without npllm's settings, which the
                 # caller then applies again and names if they still fail.
-                if not self.forget_settings(list(MANAGED_SETTINGS)):
+                if not self.forget_settings(list(PG_MEMORY_SETTINGS)):
                     raise
                 log.warning("the embedded PostgreSQL started without npllm's memory settings")
                 self._start(pgserver)

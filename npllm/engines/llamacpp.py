@@ -112,7 +112,7 @@ class _Instance:
     draft: Draft | None
     socket: Path
     built_ms: float
-    prefixes: _Prefixes = field(default_factory=lambda: _Prefixes(1))
+    prefixes: _Prefixes
 
     def close(self) -> None:
         self.server = None  # the C++ server is freed with its last reference
@@ -157,10 +157,6 @@ class _Prefixes:
     def drop(self, lora: list[dict[str, Any]]) -> None:
         """Forget the slot of this adapter set (its next request evaluates the whole prompt)."""
         self._sets.pop(self._key(lora), None)
-
-    def forget(self) -> None:
-        """Treat every slot as holding nothing reusable."""
-        self._sets.clear()
 
 
 @dataclass

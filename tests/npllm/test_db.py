@@ -34,22 +34,21 @@ def test_embedded_server_runs_with_the_memory_settings(database: Database) -> No
             assert size_bytes(shown[0]) == size_bytes(value), name
 
 
-def _shared_buffers(db: Database) -> str:
-    with db.pool.connection() as conn:
-        row = conn.execute("SHOW shared_buffers").fetchone()
-    assert row is not None
-    return str(row[0])
+def _starts_with_160mb(data_dir: Path) -> None:
+    """A daemon's database opened with shared_buffers = 160MB runs with it."""
+    db = Database(make_settings(data_dir, NPLLM_DATABASE__SHARED_BUFFERS="160MB"))
+    db.open()
+    try:
+        with db.pool.connection() as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",)
+    finally:
+        db.close(stop_server=True)
 
 
 def test_a_changed_setting_restarts_the_server_and_a_bad_one_is_named_and_taken_back(
     tmp_path: Path,
 ) -> None:
-    db = Database(make_settings(tmp_path, NPLLM_DATABASE__SHARED_BUFFERS="160MB"))
-    db.open()
-    try:
-        assert _shared_buffers(db) == "160MB"
-    finally:
-        db.close(stop_server=True)
+    _starts_with_160mb(tmp_path)
     conf = tmp_path / "pgdata" / "postgresql.auto.conf"
     kept = conf.read_text()
 
@@ -79,12 +78,7 @@ def test_a_changed_setting_restarts_the_server_and_a_bad_one_is_named_and_taken_
     # Left behind by a process killed between writing a value and taking it back: the next
     # start drops npllm's settings, starts, and applies its own again.
     conf.write_text(kept + f"shared_buffers = '{huge}'\n")
-    again = Database(make_settings(tmp_path, NPLLM_DATABASE__SHARED_BUFFERS="160MB"))
-    again.open()
-    try:
-        assert _shared_buffers(again) == "160MB"
-    finally:
-        again.close(stop_server=True)
+    _starts_with_160mb(tmp_path)
 
 
 def test_a_memory_setting_without_a_unit_is_refused_with_its_key(tmp_path: Path) -> None:

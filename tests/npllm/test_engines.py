@@ -262,6 +262,8 @@ def test_each_adapter_set_reuses_its_own_prefix_and_answers_as_without_reuse(
     """Requests alternating between no adapter, a pinned one, a blend and another pinned one
     each reuse the prompt prefix computed under their own set (models.prefix_slots), and
     answer as when nothing is reused (the prompt evaluated whole, alone)."""
+    from npllm.engines.llamacpp import _Prefixes
+
     for version in trained.values():
         if version.adapter not in engine.adapters.alias:
             engine.adapters.load(version)
@@ -284,7 +286,8 @@ def test_each_adapter_set_reuses_its_own_prefix_and_answers_as_without_reuse(
         return "".join(engine._run(instance, body, None, None).pieces)
 
     expected = {(q, i): alone(q, chosen) for q in questions for i, chosen in enumerate(sets)}
-    instance.prefixes.forget()  # slot 0 now holds a prefix of the last set: never reused
+    # Slot 0 now holds a prefix of the last set: nothing of it is to be reused.
+    instance.prefixes = _Prefixes(instance.prefixes.n)
     assert len({expected[(questions[0], i)] for i in range(len(sets))}) > 1
     reused = []
     for rounds in range(2):
