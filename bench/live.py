@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,63 @@ def live_daemon(
             http.close()
             proc.terminate()
             proc.wait(60)
+
+
+def stream(
+    http: Any,
+    prompt: str,
+    tokens: int,
+    adapters: list[str] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One streamed answer over `http` (greedy; `extra`: more request fields): time to first
+    token, the rates a client sees (request sent → last token) and decodes at, the npllm
+    timings."""
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stream": True,
+        **(extra or {}),
+    }
+    if adapters is not None:
+        body["npllm"] = {"adapters": adapters}
+    started = time.perf_counter()
+    first = last = None
+    pieces = 0
+    meta: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    with http.stream("POST", "/v1/chat/completions", json=body) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("npllm"):
+                meta = event["npllm"]
+            usage = event.get("usage") or usage
+            delta = (event.get("choices") or [{}])[0].get("delta", {}).get("content")
+            if delta:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                pieces += 1
+    t = meta.get("timings", {})
+    gen_s = t.get("generate_ms", 0) / 1000
+    produced = int(usage.get("completion_tokens") or pieces)
+    return {
+        "client_tokens_per_s": round(produced / (last - started), 2) if last else 0.0,
+        "ttft_ms": round(((first or started) - started) * 1000, 1),
+        "tokens_per_s": t.get("tokens_per_s", 0.0),
+        "decode_tokens_per_s": round((pieces - 1) / (last - first), 2)
+        if first and last and last > first
+        else 0.0,
+        "memory_path_ms": t.get("embed_ms", 0) + t.get("retrieve_ms", 0) + t.get("prompt_ms", 0),
+        "embed_ms": t.get("embed_ms", 0),
+        "retrieve_ms": t.get("retrieve_ms", 0),
+        "prompt_ms": t.get("prompt_ms", 0),
+        "prompt_cached_tokens": t.get("prompt_cached_tokens", 0),
+        "generate_s": gen_s,
+        "draft_acceptance_rate": t.get("draft_acceptance_rate"),
+        "total_ms": t.get("total_ms", 0),
+    }

@@ -37,7 +37,7 @@ from npllm.db import Database  # noqa: E402
 from npllm.memory import _RELEVANT  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from live import live_daemon  # noqa: E402
+from live import live_daemon, stream  # noqa: E402
 
 QUESTIONS = [
     "Explain how a hash map handles collisions.",
@@ -106,27 +106,6 @@ def bench_latency(requests: int, model_cache: Path) -> dict[str, Any]:
     }
 
 
-def _timed(http: Any, question: str, seed: int) -> dict[str, float]:
-    """One streamed 64-token answer: time to first token and tokens/s as the client sees
-    them (request sent to last token)."""
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 64,
-            "temperature": 0.0001, "seed": seed, "stream": True}  # fmt: skip
-    started = time.perf_counter()
-    first = last = None
-    tokens = 0
-    with http.stream("POST", "/v1/chat/completions", json=body) as reply:
-        for line in reply.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            tokens = (event.get("usage") or {}).get("completion_tokens", tokens)
-            if (event.get("choices") or [{}])[0].get("delta", {}).get("content"):
-                last = time.perf_counter()
-                first = first or last
-    assert first is not None and last is not None
-    return {"ttft_ms": (first - started) * 1000, "tokens_per_s": tokens / (last - started)}
-
-
 def bench_during_sleep(model_cache: Path, requests: int = 6) -> dict[str, Any]:
     """Answers while the sleep worker trains, beside the same answers before it started:
     three questions answered and corrected, `POST /v1/sleep {"now": true}`, then requests
@@ -145,11 +124,16 @@ def bench_during_sleep(model_cache: Path, requests: int = 6) -> dict[str, Any]:
             ).json()
             http.post("/v1/feedback", json={"interaction_id": reply["npllm"]["interaction_id"],
                                             "event": "edited", "text": answer})  # fmt: skip
-        _timed(http, "Say hello.", 0)  # warm-up
-        awake = [_timed(http, QUESTIONS[i], 100 + i) for i in range(requests)]
+
+        # Distinct seeds (and a temperature above 0): no answer comes from the answer cache.
+        def timed(question: str, seed: int) -> dict[str, Any]:
+            return stream(http, question, 64, None, {"temperature": 0.0001, "seed": seed})
+
+        timed("Say hello.", 0)  # warm-up
+        awake = [timed(QUESTIONS[i], 100 + i) for i in range(requests)]
         http.post("/v1/sleep", json={"now": True, "seed": 1}).raise_for_status()
         deadline = time.monotonic() + 900
-        asleep: list[dict[str, float]] = []
+        asleep: list[dict[str, Any]] = []
         phases = []
         while len(asleep) < requests and time.monotonic() < deadline:
             status = http.get("/v1/sleep").json()
@@ -160,15 +144,15 @@ def bench_during_sleep(model_cache: Path, requests: int = 6) -> dict[str, Any]:
                 time.sleep(0.5)
                 continue
             phases.append(phase)
-            asleep.append(_timed(http, QUESTIONS[len(asleep)], 200 + len(asleep)))
+            asleep.append(timed(QUESTIONS[len(asleep)], 200 + len(asleep)))
             time.sleep(1.0)  # let training resume between requests
 
-    def summary(rows: list[dict[str, float]]) -> dict[str, float]:
+    def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         return {
             "requests": len(rows),
             "ttft_p50_ms": round(percentile([r["ttft_ms"] for r in rows], 50), 1) if rows else 0,
             "ttft_max_ms": round(max((r["ttft_ms"] for r in rows), default=0), 1),
-            "tokens_per_s": round(statistics.mean(r["tokens_per_s"] for r in rows), 1)
+            "tokens_per_s": round(statistics.mean(r["client_tokens_per_s"] for r in rows), 1)
             if rows else 0.0,
         }  # fmt: skip
 
