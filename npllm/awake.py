@@ -159,12 +159,15 @@ class AwakePath:
         question: str,
         embedding: np.ndarray,
         finish_reason: str,
+        stopped_by_user: bool = False,
     ) -> None:
         """Implicit feedback: what this turn says about the previous answer, and an
-        abandoned stream. A failure here is logged; the answer is already stored."""
+        abandoned stream (not one its user stopped on purpose — Ctrl-C in `npllm chat`
+        says nothing about the answer; /bad does). A failure here is logged; the answer is
+        already stored."""
         try:
             self.feedback.infer(interaction_id, messages, question, embedding)
-            if finish_reason == "cancelled" and not self.stopping:
+            if finish_reason == "cancelled" and not self.stopping and not stopped_by_user:
                 self.feedback.abandoned(interaction_id)
         except Exception:
             log.exception("implicit feedback for interaction %s failed", interaction_id)
@@ -177,12 +180,15 @@ class AwakePath:
         cancel: threading.Event | None = None,
         on_start: Callable[[], None] | None = None,
         adapters: list[str] | None = None,
+        memory: bool = True,
     ) -> Answer:
         """Answer the conversation's latest user message; store the interaction.
 
         `on_start` is called once the request is known to fit (after the prompt is
         assembled), so a streaming caller can still turn earlier errors into 4xx.
-        `adapters`: None lets the modulator choose, [] uses none, names pin those."""
+        `adapters`: None lets the modulator choose, [] uses none, names pin those.
+        `memory`: False answers without recalling memories (the adapters alone). `cancel`
+        may carry `by_user = True` (services/api/service.py: Cancel): stopped on purpose."""
         started = time.perf_counter()
         for i, m in enumerate(messages):
             check_storable(m["content"], f"messages.{i}.content")
@@ -193,7 +199,7 @@ class AwakePath:
         if question is None:
             raise RequestError("messages must contain a user message", param="messages")
         deterministic = params.temperature == 0 or params.seed is not None
-        routing_key = {"adapters": adapters, "swaps": self.adapters.changes}
+        routing_key = {"adapters": adapters, "swaps": self.adapters.changes, "memory": memory}
         key = cache_key(messages, asdict(params) | routing_key) if deterministic else None
         hit = self.cache.get(key) if key else None
         timings: dict[str, float] = {}
@@ -213,7 +219,7 @@ class AwakePath:
             embedding = self.embedder.embed_one(question)
             timings["embed_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
-            recalled = self.memory.relevant(embedding)
+            recalled = self.memory.relevant(embedding) if memory else []
             verdicts = {
                 m.id: v for m in recalled if (v := self.corrections.judge(m, embedding)) is not None
             }
@@ -303,7 +309,14 @@ class AwakePath:
                     "chosen": Jsonb(used),
                 },
             )
-        self._learn_from_turn(interaction_id, messages, question, embedding, gen.finish_reason)
+        self._learn_from_turn(
+            interaction_id,
+            messages,
+            question,
+            embedding,
+            gen.finish_reason,
+            stopped_by_user=bool(getattr(cancel, "by_user", False)),
+        )
         self.memory.mark_used([m.id for m in recalled])
         if self.settings.memory.store_exchanges and gen.text.strip() and hit is None:
             self.memory.add(

@@ -37,6 +37,13 @@ from services.queue import GenerationQueue
 from services.sleep import Sleeper
 
 
+class Cancel(threading.Event):
+    """Stops one answer at its next token; `by_user` when its user asked for it
+    (POST /v1/chat/completions/{id}/cancel), not a client that went away."""
+
+    by_user = False
+
+
 @dataclass
 class Service:
     """What the routes need: config, the awake path, the queue, and facts for /v1/status."""
@@ -54,7 +61,19 @@ class Service:
     # Why the sleep cycle cannot train for this base (None: it can); see llm.untrainable_reason.
     untrainable: str | None = None
     started_at: float = field(default_factory=time.time)
-    in_flight: dict[str, threading.Event] = field(default_factory=dict)
+    in_flight: dict[str, Cancel] = field(default_factory=dict)
+
+    def stop_answer(self, response_id: str) -> None:
+        """Stop the answer `response_id` at its next token, as its user asked: it ends with
+        finish_reason "cancelled" and its interaction id, and is not taken as abandoned."""
+        cancel = self.in_flight.get(response_id)
+        if cancel is None:
+            raise NotFoundError(
+                f"no answer in progress with id {response_id!r} (it may have finished)",
+                param="id",
+            )
+        cancel.by_user = True
+        cancel.set()
 
     def cancel_all(self) -> None:
         """At shutdown: stop every running answer at its next token."""
@@ -110,8 +129,9 @@ class Service:
         params: GenerationParams,
         adapters: list[str] | None,
         emit: Callable[..., None],
-        cancel: threading.Event,
+        cancel: Cancel,
         stream: bool,
+        memory: bool = True,
     ) -> asyncio.Future[Answer]:
         """Queue one answer (QueueFull when every slot is taken); `emit(kind, text)` reports
         "start" (the prompt is assembled), "text" (streamed pieces) and "done" from the
@@ -127,6 +147,7 @@ class Service:
                     cancel=cancel,
                     on_start=lambda: emit("start"),
                     adapters=adapters,
+                    memory=memory,
                 )
             finally:
                 emit("done")

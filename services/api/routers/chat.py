@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from typing import Any
@@ -15,6 +14,7 @@ from services.api import openai
 from services.api.deps import ServiceDep
 from services.api.routers.chat_models import ChatCompletionRequest
 from services.api.schemas import ChatCompletion
+from services.api.service import Cancel
 from services.api.spec import errors
 
 router = APIRouter()
@@ -51,13 +51,16 @@ async def chat_completions(
     created = int(time.time())
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = Cancel()
 
     def emit(kind: str, text: str = "") -> None:
         loop.call_soon_threadsafe(events.put_nowait, (kind, text))
 
     adapters = body.npllm.adapters if body.npllm else None
-    future = service.chat(response_id, messages, params, adapters, emit, cancel, body.stream)
+    memory = body.npllm.memory if body.npllm else True
+    future = service.chat(
+        response_id, messages, params, adapters, emit, cancel, body.stream, memory=memory
+    )
     if not body.stream:
         try:
             answer = await future
@@ -77,3 +80,12 @@ async def chat_completions(
         await future  # raises the RequestError (or other) as a proper JSON error
     stream = openai.stream(service, request, response_id, created, model_id, events, future, cancel)
     return StreamingResponse(stream, media_type="text/event-stream")
+
+
+@router.post("/v1/chat/completions/{response_id}/cancel", responses=errors(404))
+async def cancel_completion(response_id: str, service: ServiceDep) -> dict[str, Any]:
+    """Stop an answer in progress (its id is the completion's, sent in the first streamed
+    chunk): the stream ends with finish_reason "cancelled" and the interaction id, so the
+    answer can still be rated; a stop asked for is not recorded as abandoned."""
+    service.stop_answer(response_id)
+    return {"id": response_id, "cancelled": True}

@@ -71,3 +71,6 @@ class NpllmOptions(BaseModel):
         description="llama.cpp's repetition penalty over the last server.repeat_last_n "
         "tokens (1 = off). Default: server.repeat_penalty.",
     )
+    memory: bool = Field(
+        True, description="false: answer without recalling memories (the adapters alone)."
+    )
