@@ -15,6 +15,7 @@ loading.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -185,7 +186,28 @@ class ServerConfig(_Section):
         "(the directory is made 0700, the socket 0600).",
     )
     tcp_port: int = Field(
-        0, ge=0, le=65535, description="Also listen on TCP 127.0.0.1:PORT; 0 opens no TCP port."
+        0,
+        ge=0,
+        le=65535,
+        description="Also listen on TCP server.tcp_host:PORT (for editors and browsers); 0 "
+        "opens no TCP port. Every request over TCP needs the API key (`npllm key`).",
+    )
+    tcp_host: str = Field(
+        "127.0.0.1",
+        description="The address the TCP port listens on: a loopback address (127.0.0.1, "
+        "::1) unless server.allow_remote is true.",
+    )
+    allow_remote: bool = Field(
+        False,
+        description="Let server.tcp_host be an address other machines can reach. The key is "
+        "still required, but it travels in clear text (no TLS): put npllm behind a TLS "
+        "proxy or an SSH tunnel instead where you can.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names a TCP request's Host (and a browser's Origin) may carry "
+        "besides localhost, 127.0.0.1 and [::1] (e.g. this machine's name when "
+        "allow_remote is on); any other is refused as a DNS-rebinding attempt.",
     )
     queue_size: int = Field(
         8, ge=1, description="Requests waiting for the model; beyond it the API answers 503."
@@ -236,6 +258,33 @@ class ServerConfig(_Section):
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM/SIGINT, seconds in-flight requests get to finish."
     )
+
+    @model_validator(mode="after")
+    def _tcp(self) -> ServerConfig:
+        host = self.tcp_host.strip().strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            raise ValueError(
+                f"server.tcp_host must be an IP address (127.0.0.1, ::1, ...), got {host!r}"
+            ) from None
+        if not loopback and not self.allow_remote:
+            raise ValueError(
+                f"server.tcp_host {host!r} is reachable from other machines; set "
+                "server.allow_remote = true to mean it (the API key is still required, and "
+                "travels unencrypted), or use 127.0.0.1"
+            )
+        for name in self.allowed_hosts:
+            if not name or any(c in name for c in "/:@ ") and not name.startswith("["):
+                raise ValueError(
+                    f"server.allowed_hosts: {name!r} is not a host name (no scheme, port or path)"
+                )
+        return self
+
+    @field_validator("tcp_host")
+    @classmethod
+    def _bare_host(cls, value: str) -> str:
+        return value.strip().strip("[]")
 
     @model_validator(mode="after")
     def _tokens(self) -> ServerConfig:

@@ -25,6 +25,7 @@ import uvicorn
 
 from npllm.config import Settings
 from npllm.errors import DaemonError
+from services.auth import KeyFile, key_path
 
 log = logging.getLogger("npllm.daemon")
 
@@ -112,6 +113,16 @@ def single_threaded_torch() -> None:
     torch.set_num_threads(1)
 
 
+def tcp_address(settings: Settings) -> str:
+    """host:port of the TCP listener as a URL has it ([::1]:8080)."""
+    host = settings.server.tcp_host
+    return (
+        f"[{host}]:{settings.server.tcp_port}"
+        if ":" in host
+        else f"{host}:{settings.server.tcp_port}"
+    )
+
+
 class Daemon:
     """One npllm daemon on one data directory."""
 
@@ -167,6 +178,8 @@ class Daemon:
                 }
             )
         )
+        # The TCP listener's key exists before anything listens (made on first use).
+        key_file = KeyFile(self.settings) if self.settings.server.tcp_port else None
         self.service = Service(
             settings=self.settings,
             database=self.database,
@@ -180,6 +193,7 @@ class Daemon:
             ),
             cerebellum_registry=cerebellum_registry,
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
+            key_file=key_file,
         )
         self._bind()
         log.info(
@@ -262,18 +276,30 @@ class Daemon:
             os.umask(old_umask)
         path.chmod(0o600)
         self._sockets.append(sock)
-        if self.settings.server.tcp_port:
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server = self.settings.server
+        if server.tcp_port:
+            family = socket.AF_INET6 if ":" in server.tcp_host else socket.AF_INET
+            tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            where = tcp_address(self.settings)
             try:
-                tcp.bind(("127.0.0.1", self.settings.server.tcp_port))
+                tcp.bind((server.tcp_host, server.tcp_port))
             except OSError as exc:
                 tcp.close()
                 raise DaemonError(
-                    f"cannot listen on 127.0.0.1:{self.settings.server.tcp_port}: {exc}; "
-                    "change server.tcp_port or set it to 0"
+                    f"cannot listen on {where}: {exc}; change server.tcp_port or set it to 0"
                 ) from exc
             self._sockets.append(tcp)
+            log.info(
+                json.dumps(
+                    {
+                        "event": "tcp_listening",
+                        "address": where,
+                        "key_file": str(key_path(self.settings)),
+                        "remote": server.allow_remote,
+                    }
+                )
+            )
 
     # ---- main loop --------------------------------------------------------------------------
 

@@ -132,6 +132,7 @@ class LiveDaemon:
 
         self.data_dir = data_dir
         self.socket = data_dir / "run" / "npllm.sock"
+        self.tcp_port = 0  # set by fixtures that open a TCP port
         self.log = data_dir.parent / f"{data_dir.name}-serve.log"
         self.proc = subprocess.Popen(
             [*NPLLM, "serve"],
@@ -221,9 +222,21 @@ def ask_ok(http: Any, question: str, **extra: Any) -> dict[str, Any]:
     return dict(reply.json())
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
-    live = LiveDaemon(tmp_path_factory.mktemp("daemon") / "data").wait_ready()
+    """The shared daemon; it also listens on TCP (`daemon.tcp_port`), as editors need."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("daemon") / "data"
+    live = LiveDaemon(data, NPLLM_SERVER__TCP_PORT=str(port)).wait_ready()
+    live.tcp_port = port
     yield live
     live.stop()
 

@@ -6,9 +6,11 @@ from fastapi import FastAPI
 
 import npllm
 from services.api.errors import install_error_handlers
+from services.api.guard import TcpGuard
 from services.api.middleware import BodyGuard
 from services.api.routers import (
     adapters,
+    auth,
     cerebellum,
     chat,
     datasets,
@@ -38,6 +40,7 @@ ROUTERS = (
     feedback,
     replay,
     datasets,
+    auth,
 )
 
 
@@ -49,6 +52,9 @@ def create_app(service: Service) -> FastAPI:
         description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
         "with retrieval over pgvector, plus memories and status.",
         responses=errors(400, 405, 503),
+        # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     install_openapi(app, service.settings)
     app.state.service = service
@@ -57,6 +63,13 @@ def create_app(service: Service) -> FastAPI:
         BodyGuard,
         max_bytes=service.settings.server.max_body_bytes,
         max_import_bytes=service.settings.server.max_import_bytes,
+    )
+    # Outermost: over TCP nothing (not even the body) is read before Host, Origin and key.
+    app.add_middleware(
+        TcpGuard,
+        key_file=service.key_file,
+        allowed_hosts=tuple(service.settings.server.allowed_hosts),
+        logins=service.logins,
     )
     for module in ROUTERS:
         app.include_router(module.router)

@@ -50,10 +50,38 @@ def unstorable_request(scope: Scope, body: bytes) -> JSONResponse | None:
     return error_response(400, f"{where} {what}", param=where, code="unstorable_value")
 
 
+JSON_TYPES = ("application/json",)
+LINES_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines")
+
+
+def wrong_content_type(scope: Scope) -> JSONResponse | None:
+    """A 415 unless the body is declared as what the route reads: JSON (a dataset import:
+    JSON Lines). Checked, never rewritten: a browser may send text/plain and form bodies to
+    any site without asking first, so a body that is not declared JSON is refused before
+    it is read (an empty body with no Content-Type passes: POST /v1/sleep, rollbacks)."""
+    declared = next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
+    if declared is None:
+        return None
+    mime = declared.decode("latin-1").split(";", 1)[0].strip().lower()
+    accepted = JSON_TYPES
+    if scope["path"].startswith("/v1/datasets/"):
+        accepted = (*LINES_TYPES, *JSON_TYPES)
+    if mime in accepted or (mime.startswith("application/") and mime.endswith("+json")):
+        return None
+    shown_type = mime or "an empty type"
+    return error_response(
+        415,
+        f"Content-Type {shown_type} is not accepted here: send {' or '.join(accepted)} "
+        "(curl: --json DATA, or -H 'Content-Type: application/json' -d DATA)",
+        param="Content-Type",
+        code="unsupported_media_type",
+    )
+
+
 class BodyGuard:
-    """ASGI middleware: refuse bodies over the size limit (413), JSON that is not UTF-8
-    (400) and values the database cannot store (400, npllm/text.py) before they reach a
-    route, and log one JSON line per request with its timings."""
+    """ASGI middleware: refuse bodies not declared JSON (415), over the size limit (413),
+    JSON that is not UTF-8 (400) and values the database cannot store (400, npllm/text.py)
+    before they reach a route, and log one JSON line per request with its timings."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
         self.app = app
@@ -78,11 +106,9 @@ class BodyGuard:
         refusal = None
         body = b""
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            body, refusal = await self._read(scope, receive)
-            # Every body here is JSON; accept it even when the client did not say so
-            # (plain `curl -d` sends application/x-www-form-urlencoded).
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope["headers"] = [*headers, (b"content-type", b"application/json")]
+            refusal = wrong_content_type(scope)
+            if refusal is None:
+                body, refusal = await self._read(scope, receive)
         if refusal is None:
             refusal = unstorable_request(scope, body)
         if refusal is not None:
@@ -146,4 +172,6 @@ class BodyGuard:
             "ms": round((time.perf_counter() - started) * 1000, 1),
         }
         entry.update(scope["state"].get("npllm_log", {}))
-        log.info(json.dumps(entry))
+        # Reads that worked are debug: `npllm sleep --follow` polls every second.
+        quiet = scope["method"] in ("GET", "HEAD") and status < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, json.dumps(entry))

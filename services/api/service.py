@@ -31,6 +31,8 @@ from npllm.feedback import Result
 from npllm.llm import GenerationParams
 from npllm.memory import Recalled
 from npllm.versions import Registry, Version
+from services.api.guard import LoginTokens
+from services.auth import KeyFile
 from services.feedback_writer import FeedbackWriter
 from services.hot_swap import AdapterSlot, CerebellumSlot, HotSwap, ModulatorSlot, Slot
 from services.queue import GenerationQueue
@@ -60,6 +62,9 @@ class Service:
     cerebellum_registry: Registry | None = None
     # Why the sleep cycle cannot train for this base (None: it can); see llm.untrainable_reason.
     untrainable: str | None = None
+    # The TCP listener's key (None: no TCP port) and the browser's one-time login links.
+    key_file: KeyFile | None = None
+    logins: LoginTokens = field(default_factory=LoginTokens)
     started_at: float = field(default_factory=time.time)
     in_flight: dict[str, Cancel] = field(default_factory=dict)
 

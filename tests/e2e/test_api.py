@@ -324,15 +324,25 @@ def test_bad_memory_requests(
     assert message in response.json()["error"]["message"]
 
 
-def test_curl_style_form_content_type_is_accepted(daemon: LiveDaemon) -> None:
+def test_a_body_not_declared_json_is_refused_not_rewritten(daemon: LiveDaemon) -> None:
+    """Plain `curl -d` declares a form: refused with how to send JSON (a browser may send
+    forms and text/plain to any site, so the type is checked, never rewritten)."""
     body = json.dumps({"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 2})
     with daemon.http() as http:
-        response = http.post(
+        for kind in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+            response = http.post(
+                "/v1/chat/completions", content=body, headers={"content-type": kind}
+            )
+            assert response.status_code == 415, kind
+            assert "curl: --json" in response.json()["error"]["message"]
+        declared = http.post(
             "/v1/chat/completions",
             content=body,
-            headers={"content-type": "application/x-www-form-urlencoded"},
+            headers={"content-type": "application/json; charset=utf-8"},
         )
-    assert response.status_code == 200
+        assert declared.status_code == 200
+        undeclared = http.post("/v1/chat/completions", content=body)  # no Content-Type
+        assert undeclared.status_code == 200
 
 
 # ---- feedback, replay buffer and datasets over the socket -----------------------------------

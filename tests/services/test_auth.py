@@ -1,0 +1,81 @@
+"""The TCP listener's key file, its settings and the guard's parsing (no daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from npllm.config import ServerConfig
+from npllm.errors import ConfigError
+from services.api.guard import LoginTokens, host_name, is_loopback
+from services.auth import KeyFile, key_path, load_or_create, matches, read_key, rotate
+
+from ..conftest import make_settings
+
+
+def test_the_key_is_made_once_0600_and_rotates(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    key = load_or_create(settings)
+    assert key.startswith("npllm-") and len(key) > 40
+    assert load_or_create(settings) == key
+    assert key_path(settings).stat().st_mode & 0o777 == 0o600
+    watched = KeyFile(settings)
+    new = rotate(settings)
+    assert new != key and watched.current() == new
+    assert matches(new, new) and not matches(key, new)
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    path = key_path(make_settings(tmp_path))
+    load_or_create(make_settings(tmp_path))
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by other users.*chmod 600"):
+        read_key(path)
+
+
+def test_a_file_without_a_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "api-key"
+    path.write_text("short\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="does not hold a key.*npllm key --rotate"):
+        read_key(path)
+
+
+def test_a_deleted_key_file_lets_nothing_pass(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    watched = KeyFile(settings)
+    key_path(settings).unlink()
+    assert watched.current() is None
+
+
+def test_tcp_host_must_be_loopback_unless_remote_is_allowed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="reachable from other machines.*allow_remote"):
+        make_settings(tmp_path, NPLLM_SERVER__TCP_HOST="0.0.0.0")
+    with pytest.raises(ConfigError, match="must be an IP address"):
+        make_settings(tmp_path, NPLLM_SERVER__TCP_HOST="my laptop")
+    remote = make_settings(
+        tmp_path, NPLLM_SERVER__TCP_HOST="0.0.0.0", NPLLM_SERVER__ALLOW_REMOTE="true"
+    )
+    assert remote.server.tcp_host == "0.0.0.0"
+    assert make_settings(tmp_path, NPLLM_SERVER__TCP_HOST="[::1]").server.tcp_host == "::1"
+    with pytest.raises(ValidationError, match="not a host name"):
+        ServerConfig(allowed_hosts=["http://box:8080"])
+    assert ServerConfig(allowed_hosts=["devbox.lan"]).allowed_hosts == ["devbox.lan"]
+
+
+def test_host_headers_and_loopback() -> None:
+    assert host_name("127.0.0.1:8080") == "127.0.0.1"
+    assert host_name("[::1]:8080") == "::1"
+    assert host_name("Localhost.") == "localhost"
+    assert host_name("evil.example:80") == "evil.example"
+    assert is_loopback("127.0.0.2") and is_loopback("[::1]") and not is_loopback("evil.example")
+
+
+def test_a_login_token_works_once() -> None:
+    logins = LoginTokens()
+    token, ttl = logins.issue()
+    assert ttl > 0
+    assert logins.redeem(token) and not logins.redeem(token)
+    assert not logins.redeem("made-up")
