@@ -13,6 +13,7 @@ from services.api.routers import (
     auth,
     cerebellum,
     chat,
+    completions,
     datasets,
     feedback,
     memories,
@@ -30,6 +31,7 @@ from services.api.spec import errors, install_openapi
 # matches only DELETE; /v1/datasets/{name:path} before /v1/datasets/{name}/examples).
 ROUTERS = (
     chat,
+    completions,
     models,
     status,
     memories,

@@ -15,18 +15,22 @@ from npllm.awake import Answer
 from npllm.config import Settings
 from npllm.errors import NpllmError, RequestError
 from npllm.llm import GenerationParams
-from services.api.routers.chat_models import ChatCompletionRequest
+from services.api.routers.chat_models import ChatCompletionRequest, ContentPart, Sampling
 
 if TYPE_CHECKING:
     from services.api.service import Service
 
 
-def params(body: ChatCompletionRequest, settings: Settings) -> GenerationParams:
+def params(
+    body: Sampling, settings: Settings, default_max_tokens: int | None = None
+) -> GenerationParams:
     """The request's sampling options, the server's defaults filling the gaps."""
     cap = settings.server.max_tokens_cap
     given = body.max_completion_tokens if body.max_tokens is None else body.max_tokens
     param = "max_tokens" if body.max_tokens is not None else "max_completion_tokens"
-    max_tokens = settings.server.default_max_tokens if given is None else given
+    if default_max_tokens is None:
+        default_max_tokens = settings.server.default_max_tokens
+    max_tokens = default_max_tokens if given is None else given
     if max_tokens <= 0:
         raise RequestError(f"{param} must be at least 1, got {max_tokens}", param=param)
     if max_tokens > cap:
@@ -57,17 +61,64 @@ def _given(value: float | None, default: float) -> float:
 
 
 def messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """The conversation as plain role/content pairs; it must end with a user's question."""
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    if messages[-1]["role"] != "user":
+    """The conversation as plain role/content pairs; it must end with a user's question.
+    What npllm cannot do is refused by name, never silently dropped: tools, tool results,
+    images and other non-text parts, JSON modes, more than one choice."""
+    if body.tools and body.tool_choice != "none":
         raise RequestError(
-            "the last message must come from the user", param=f"messages.{len(messages) - 1}.role"
+            "tools are not supported: npllm answers in text and calls no tools (send the "
+            'request without tools, or with tool_choice "none")',
+            param="tools",
         )
-    if not messages[-1]["content"].strip():
+    if body.response_format is not None and body.response_format.get("type") != "text":
         raise RequestError(
-            "the last user message is empty", param=f"messages.{len(messages) - 1}.content"
+            f"response_format {body.response_format.get('type')!r} is not supported: npllm "
+            'answers in plain text (omit response_format or use {"type": "text"})',
+            param="response_format",
         )
-    return messages
+    if body.n != 1:
+        raise RequestError(f"n must be 1 (one answer per request), got {body.n}", param="n")
+    found = []
+    for i, m in enumerate(body.messages):
+        if m.role in ("tool", "function"):
+            raise RequestError(
+                f"messages.{i}: role {m.role!r} (a tool's result) is not supported: npllm "
+                "calls no tools",
+                param=f"messages.{i}.role",
+            )
+        role = "system" if m.role == "developer" else m.role
+        found.append({"role": role, "content": _text(m.content, i)})
+    if found[-1]["role"] != "user":
+        raise RequestError(
+            "the last message must come from the user", param=f"messages.{len(found) - 1}.role"
+        )
+    if not found[-1]["content"].strip():
+        raise RequestError(
+            "the last user message is empty", param=f"messages.{len(found) - 1}.content"
+        )
+    return found
+
+
+def _text(content: str | list[ContentPart] | None, i: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    pieces = []
+    for j, part in enumerate(content):
+        if part.type != "text":
+            raise RequestError(
+                f"messages.{i}.content.{j}: {part.type!r} parts are not supported: the base "
+                "model reads text only (send the content as text parts or a string)",
+                param=f"messages.{i}.content.{j}.type",
+            )
+        if part.text is None:
+            raise RequestError(
+                f"messages.{i}.content.{j}: a text part needs its text",
+                param=f"messages.{i}.content.{j}.text",
+            )
+        pieces.append(part.text)
+    return "".join(pieces)
 
 
 def completion(answer: Answer, response_id: str, model: str, created: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM, MODULATOR
 from npllm.awake import Answer, AwakePath
 from npllm.cerebellum import Cerebellum
+from npllm.completion import Completion, complete
 from npllm.config import Settings
 from npllm.db import Database, ServerVersions
 from npllm.embeddings import DATABASE_DIM
@@ -37,6 +38,8 @@ from services.feedback_writer import FeedbackWriter
 from services.hot_swap import AdapterSlot, CerebellumSlot, HotSwap, ModulatorSlot, Slot
 from services.queue import GenerationQueue
 from services.sleep import Sleeper
+
+T = TypeVar("T")
 
 
 class Cancel(threading.Event):
@@ -157,6 +160,42 @@ class Service:
             finally:
                 emit("done")
 
+        return self.submit(response_id, work, cancel)
+
+    def complete(
+        self,
+        response_id: str,
+        prompt: str,
+        suffix: str | None,
+        params: GenerationParams,
+        adapters: list[str] | None,
+        emit: Callable[..., None],
+        cancel: Cancel,
+        stream: bool,
+    ) -> asyncio.Future[Completion]:
+        """Queue one raw completion (npllm/completion.py), reporting as `chat` does."""
+
+        def work() -> Completion:
+            try:
+                self.sleeper.wait_paused()
+                return complete(
+                    self.awake,
+                    prompt,
+                    suffix,
+                    params,
+                    on_text=(lambda t: emit("text", t)) if stream else None,
+                    cancel=cancel,
+                    adapters=adapters,
+                    on_start=lambda: emit("start"),
+                )
+            finally:
+                emit("done")
+
+        return self.submit(response_id, work, cancel)
+
+    def submit(self, response_id: str, work: Callable[[], T], cancel: Cancel) -> asyncio.Future[T]:
+        """Run `work` on the model thread (QueueFull when every slot is taken), known as
+        `response_id` to cancel routes and shutdown while it runs."""
         self.in_flight[response_id] = cancel
         self.sleeper.on_request()  # wakes a sleeping daemon: training pauses
         try:
