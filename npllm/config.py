@@ -255,6 +255,11 @@ class ServerConfig(_Section):
         ge=1024,
         description="Largest dataset file accepted by POST /v1/datasets/NAME, in bytes.",
     )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="The daemon's log lines: 'json' (one JSON object per line), 'text' (for "
+        "people), 'auto' (text on a terminal, JSON otherwise).",
+    )
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="On SIGTERM/SIGINT, seconds in-flight requests get to finish."
     )

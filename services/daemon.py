@@ -91,9 +91,36 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging() -> None:
+class Readable(logging.Formatter):
+    """One line a person reads on a terminal: time, level, event, then key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        try:
+            payload = json.loads(message)
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
+            payload = {"message": message}
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        event = payload.pop("event", None) or payload.pop("message", "")
+        fields = " ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+            for k, v in payload.items()
+            if v is not None
+        )
+        line = f"{when} {record.levelname.lower():<7} {event} {fields}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(log_format: str = "auto") -> None:
+    """JSON lines (for files, journald, grep/jq) unless stderr is a terminal, where each
+    line is written to be read (`server.log_format` chooses: auto, json or text)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLines())
+    readable = log_format == "text" or (log_format == "auto" and handler.stream.isatty())
+    handler.setFormatter(Readable() if readable else JsonLines())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -334,7 +361,9 @@ class Daemon:
         if self._lock_file is not None:
             self.lock_path.unlink(missing_ok=True)
             self._lock_file.close()
-        log.info(json.dumps({"event": "stopped"}))
+            # Only a daemon that got its data dir stopped: one refused at the lock (another
+            # is running) never started.
+            log.info(json.dumps({"event": "stopped"}))
 
     def run(self) -> None:
         try:
@@ -346,5 +375,5 @@ class Daemon:
 
 def serve(settings: Settings) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    configure_logging()
+    configure_logging(settings.server.log_format)
     Daemon(settings).run()

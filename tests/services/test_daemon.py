@@ -39,6 +39,7 @@ def test_second_daemon_on_the_same_data_dir_is_refused(daemon: LiveDaemon) -> No
     assert proc.returncode == 1
     assert "another npllm serve (pid " in proc.stderr
     assert f"is already running on data dir {daemon.data_dir}" in proc.stderr
+    assert '"stopped"' not in proc.stderr  # it never started, so it does not say it stopped
     assert daemon.http().get("/v1/status").status_code == 200  # the first one is unharmed
 
 
@@ -134,3 +135,33 @@ def test_full_queue_answers_503_then_sigterm_cleans_up(tmp_path: Path) -> None:
         env=cli_env(data), cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert stopped.stdout.split() == ["cancelled|t|0"], stopped.stderr
+
+
+def test_log_lines_are_json_for_machines_and_text_for_people() -> None:
+    import json
+    import logging
+
+    from services.daemon import JsonLines, Readable
+
+    record = logging.LogRecord(
+        "npllm.daemon",
+        logging.INFO,
+        __file__,
+        1,
+        json.dumps(
+            {
+                "event": "ready",
+                "tcp_port": 8,
+                "socket": "/run/x.sock",
+                "engine": {"threads": 2},
+                "skipped": None,
+            }
+        ),
+        None,
+        None,
+    )
+    assert json.loads(JsonLines().format(record))["event"] == "ready"
+    line = Readable().format(record)
+    assert line.split(" ", 2)[1:] == ["info", line.split(" ", 2)[2]]
+    assert 'ready tcp_port=8 socket=/run/x.sock engine={"threads": 2}' in line
+    assert "skipped" not in line
