@@ -108,17 +108,20 @@ class TcpGuard:
         self.logins = logins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not over_tcp(scope):
+        if scope["type"] not in ("http", "websocket") or not over_tcp(scope):
             await self.app(scope, receive, send)
             return
         refusal = self.check(scope)
+        if refusal is not None and scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation
+            return
         if refusal is not None:
             client = scope.get("client") or ("?", 0)
             log.warning(
                 json.dumps(
                     {
                         "event": "refused",
-                        "method": scope["method"],
+                        "method": scope.get("method", "WEBSOCKET"),
                         "path": scope["path"],
                         "status": refusal.status_code,
                         "client": f"{client[0]}:{client[1]}",
@@ -134,6 +137,7 @@ class TcpGuard:
 
     def check(self, scope: Scope) -> Any:
         headers: dict[bytes, bytes] = {}
+        method = scope.get("method", "GET")  # a websocket's handshake is a GET
         for k, v in scope.get("headers") or []:
             headers.setdefault(k, v)  # the first of repeated headers counts
         path = scope["path"]
@@ -174,7 +178,7 @@ class TcpGuard:
         if cookie is not None and matches(cookie, session_value(key)):
             return None
         token = _query_token(scope)
-        if token is not None and scope["method"] == "GET":
+        if token is not None and method == "GET":
             if self.logins.redeem(token):
                 return _login(scope, key)
             return _refuse(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from npllm.config import ServerConfig
 from npllm.errors import ConfigError
-from services.api.guard import LoginTokens, host_name, is_loopback
+from services.api.guard import LoginTokens, TcpGuard, host_name, is_loopback
 from services.auth import KeyFile, key_path, load_or_create, matches, read_key, rotate
 
 from ..conftest import make_settings
@@ -79,3 +81,32 @@ def test_a_login_token_works_once() -> None:
     assert ttl > 0
     assert logins.redeem(token) and not logins.redeem(token)
     assert not logins.redeem("made-up")
+
+
+def _call(guard: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    return sent
+
+
+def test_the_guard_covers_websockets_and_spares_the_unix_socket(tmp_path: Path) -> None:
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["type"])
+
+    guard = TcpGuard(app, KeyFile(make_settings(tmp_path)), (), LoginTokens())
+    tcp = {"server": ("127.0.0.1", 11435), "headers": [(b"host", b"127.0.0.1:11435")]}
+    closed = _call(guard, {"type": "websocket", "path": "/ws", **tcp})
+    assert closed == [{"type": "websocket.close", "code": 1008}] and not reached
+    refused = _call(guard, {"type": "http", "method": "GET", "path": "/v1/status", **tcp})
+    assert refused[0]["status"] == 401 and not reached
+    unix = {"type": "http", "method": "GET", "path": "/v1/status", "server": None, "headers": []}
+    assert _call(guard, unix) == [] and reached == ["http"]
