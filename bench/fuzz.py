@@ -1,13 +1,13 @@
 """Fuzz the whole API: schemathesis over /openapi.json against a live daemon.
 
 A real `npllm serve` (its own temp data dir, the real database and models) listens on TCP
-127.0.0.1 with the token cap lowered (answers of at most 8 tokens, so generated requests
-stay cheap); schemathesis runs every phase — the schema's examples, coverage, fuzzing and
-the stateful phase that follows the schema's links (an answer's interaction_id into
-POST /v1/feedback, a dataset's name into its export and deletion) — until its time budget
-is spent, and checks every response: no 5xx, status codes, content types, headers and
-bodies as documented, 405 with Allow for undeclared methods. POST /v1/sleep is left out
-(it would start a training cycle).
+127.0.0.1 (schemathesis sends the API key) with the token cap lowered (answers of at most 8
+tokens, so generated requests stay cheap); schemathesis runs every phase — the schema's
+examples, coverage, fuzzing and the stateful phase that follows the schema's links (an
+answer's interaction_id into POST /v1/feedback, a dataset's name into its export and
+deletion) — until its time budget is spent, and checks every response: no 5xx, status
+codes, content types, headers and bodies as documented, 405 with Allow for undeclared
+methods. POST /v1/sleep is left out (it would start a training cycle).
 
     .venv/bin/python bench/fuzz.py --minutes 10      # `make fuzz`
 
@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.live import REPO, live_daemon  # noqa: E402
+from services.auth import KEY_FILE, read_key  # noqa: E402
 
 CHECKS = (
     "not_a_server_error",
@@ -54,8 +55,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_schemathesis(base_url: str, seconds: int, seed: int, workdir: Path) -> dict[str, Any]:
-    """One schemathesis run; its summary (requests, failures, warnings, phases)."""
+def run_schemathesis(
+    base_url: str, seconds: int, seed: int, workdir: Path, key: str
+) -> dict[str, Any]:
+    """One schemathesis run with the TCP listener's `key`; its summary (requests, failures,
+    warnings, phases)."""
     report = workdir / "schemathesis.json"
     command = [
         sys.executable,
@@ -82,6 +86,8 @@ def run_schemathesis(base_url: str, seconds: int, seed: int, workdir: Path) -> d
         "json",
         "--report-json-path",
         str(report),
+        "--header",
+        f"Authorization: Bearer {key}",
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.fuzz_hooks", "PYTHONPATH": str(REPO)}
     started = time.monotonic()
@@ -119,8 +125,9 @@ def main() -> None:
     port = free_port()
     env = {**DAEMON_ENV, "NPLLM_SERVER__TCP_PORT": str(port)}
     with live_daemon(args.model_cache, 240.0, **env) as live, tempfile.TemporaryDirectory() as tmp:
+        key = read_key(Path(live.env["NPLLM_DATA_DIR"]) / KEY_FILE)
         summary = run_schemathesis(
-            f"http://127.0.0.1:{port}", int(args.minutes * 60), args.seed, Path(tmp)
+            f"http://127.0.0.1:{port}", int(args.minutes * 60), args.seed, Path(tmp), key
         )
         summary["daemon_answers_after"] = live.http.get("/v1/status").status_code == 200
     print(f"{'seed':<28}{summary['seed']}")

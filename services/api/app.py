@@ -53,7 +53,7 @@ def create_app(service: Service) -> FastAPI:
         version=npllm.__version__,
         description="Local sleep-cycle memory daemon: OpenAI-compatible chat completions "
         "with retrieval over pgvector, plus memories and status.",
-        responses=errors(400, 405, 503),
+        responses=errors(400, 401, 403, 405, 415, 503),
         # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
         docs_url=None,
         redoc_url=None,

@@ -55,7 +55,10 @@ class ErrorResponse(BaseModel):
 WHY = {
     400: "The request is invalid (names the parameter).",
     404: "What the request names does not exist.",
+    401: "Over TCP: no API key or a wrong one (Authorization: Bearer <key>; `npllm key`).",
+    403: "Over TCP: a Host or Origin that is not this machine (DNS rebinding, other sites).",
     405: "The path does not take this method (the Allow header lists those it takes).",
+    415: "The body is not declared application/json (dataset imports: application/x-ndjson).",
     409: "The daemon's current state does not allow it.",
     413: "The body is larger than server.max_body_bytes (or max_import_bytes).",
     503: "Busy (every generation slot taken; Retry-After) or the database is unavailable.",
@@ -108,6 +111,15 @@ def finish(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
         for operation in operations.values():
             # npllm answers 400 (listed on every route by create_app's `responses=`).
             operation["responses"].pop("422", None)
+    # Over TCP every route needs the key; the Unix socket none (services/api/guard.py).
+    document["components"]["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Over TCP: the key `npllm key` shows. The Unix socket needs none.",
+        }
+    }
+    document["security"] = [{"apiKey": []}, {}]
     _storable(document)
     _link(document)
     return document
@@ -121,6 +133,9 @@ def constraints(settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
         ("ChatCompletionRequest", "max_tokens"): tokens,
         ("ChatCompletionRequest", "max_completion_tokens"): tokens,
         ("ChatCompletionRequest", "stop"): {"minLength": 1, "maxItems": 4},
+        ("CompletionRequest", "max_tokens"): tokens,
+        ("CompletionRequest", "max_completion_tokens"): tokens,
+        ("CompletionRequest", "stop"): {"minLength": 1, "maxItems": 4},
         ("NpllmOptions", "adapters"): {"maxItems": 3, "items": {"type": "string", "pattern": NAME}},
         ("FeedbackIn", "event"): {"enum": list(EVENTS)},
         ("FeedbackIn", "rating"): {"minimum": -1, "maximum": 1},

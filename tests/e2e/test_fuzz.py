@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from bench.fuzz import DAEMON_ENV, free_port, run_schemathesis
+from services.auth import load_or_create
 
-from ..conftest import LiveDaemon
+from ..conftest import LiveDaemon, make_settings
 
 SECONDS = 75  # the suite's budget; `make fuzz` runs 10 minutes or more
 SEED = 20261202
@@ -34,7 +35,8 @@ def test_no_generated_request_gets_a_server_error_or_an_undocumented_answer(
     fuzzed: tuple[LiveDaemon, int], tmp_path: Path
 ) -> None:
     live, port = fuzzed
-    summary = run_schemathesis(f"http://127.0.0.1:{port}", SECONDS, SEED, tmp_path)
+    key = load_or_create(make_settings(live.data_dir))
+    summary = run_schemathesis(f"http://127.0.0.1:{port}", SECONDS, SEED, tmp_path, key)
     print(
         json.dumps(
             {k: v for k, v in summary.items() if k not in ("output", "output_tail")}, indent=2
