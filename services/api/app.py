@@ -12,10 +12,12 @@ from services.api.routers import (
     cerebellum,
     chat,
     datasets,
+    embeddings,
     feedback,
     memories,
     models,
     modulator,
+    ollama,
     replay,
     sleep,
     status,
@@ -38,6 +40,8 @@ ROUTERS = (
     feedback,
     replay,
     datasets,
+    embeddings,
+    ollama,
 )
 
 
