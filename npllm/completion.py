@@ -41,6 +41,10 @@ class Completion:
     truncated_prompt_tokens: int = 0
     fim: bool = False
     routing: dict[str, Any] = field(default_factory=dict)
+    # As an Answer has them, so routes treat both alike: nothing recalled, nothing stored.
+    interaction_id: None = None
+    memories: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False
 
     def metadata(self) -> dict[str, Any]:
         return {

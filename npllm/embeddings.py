@@ -108,6 +108,16 @@ class Embedder:
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
 
+    @property
+    def window(self) -> int:
+        """The tokens of a text that count (special ones included); the rest is cut off."""
+        return int(self.model.max_seq_length)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's tokens before it is cut to `window`, special tokens included."""
+        encoded = self.model.tokenizer(texts, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
 
 def load_embedder(settings: Settings, runtime: str | None = None) -> Embedder:
     """Load models.embedder; its dimension must match the database's vector(384).

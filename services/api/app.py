@@ -15,10 +15,12 @@ from services.api.routers import (
     chat,
     completions,
     datasets,
+    embeddings,
     feedback,
     memories,
     models,
     modulator,
+    ollama,
     replay,
     sleep,
     status,
@@ -43,6 +45,8 @@ ROUTERS = (
     replay,
     datasets,
     auth,
+    embeddings,
+    ollama,
 )
 
 

@@ -1,4 +1,5 @@
-"""Every error as JSON in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``:
+"""Every error as JSON in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``,
+or under /api/ (Ollama's API, services/api/ollama.py) in Ollama's ``{"error": "message"}``:
 one handler per kind of npllm error, and none of them takes the daemon down."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from npllm.errors import (
     AdapterError,
@@ -23,6 +25,29 @@ from npllm.errors import (
 
 log = logging.getLogger("npllm.api")
 
+# Paths of Ollama's API: their errors take Ollama's shape.
+OLLAMA_PATHS = "/api/"
+
+
+class ErrorJSON(JSONResponse):
+    """An error in OpenAI's shape, or in Ollama's under OLLAMA_PATHS. The path decides when
+    the answer is sent, so the body guard's refusals (made before any route runs) and the
+    handlers' answers both take the shape of the API the client speaks."""
+
+    def __init__(self, message: str, body: dict[str, Any], status: int, headers: Any) -> None:
+        super().__init__(body, status_code=status, headers=headers)
+        self.message = message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not scope["path"].startswith(OLLAMA_PATHS):
+            await super().__call__(scope, receive, send)
+            return
+        kept = {
+            k: v for k, v in self.headers.items() if k not in ("content-length", "content-type")
+        }
+        ollama = JSONResponse({"error": self.message}, status_code=self.status_code, headers=kept)
+        await ollama(scope, receive, send)
+
 
 def error_response(
     status: int,
@@ -33,7 +58,7 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ErrorJSON(message, body, status, headers)
 
 
 def validation_message(err: dict[str, Any]) -> tuple[str, str | None]:
@@ -44,7 +69,9 @@ def validation_message(err: dict[str, Any]) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     got = err.get("input")
     shown = (
-        f" (got {json.dumps(got)[:80]})" if got is not None and not isinstance(got, dict) else ""
+        f" (got {json.dumps(got, default=str)[:80]})"
+        if got is not None and not isinstance(got, dict)
+        else ""
     )
     return f"{param or 'body'}: {err['msg']}{shown}", param
 

@@ -243,6 +243,5 @@ def _login(scope: Scope, key: str) -> RedirectResponse:
 def _refuse(
     path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    if path.startswith("/api/"):  # Ollama's API answers errors as {"error": "..."}
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    # Under /api/ it goes out in Ollama's shape, {"error": "..."} (errors.ErrorJSON).
     return error_response(status, message, code=code, headers=headers)

@@ -58,20 +58,25 @@ def wrong_content_type(scope: Scope) -> JSONResponse | None:
     """A 415 unless the body is declared as what the route reads: JSON (a dataset import:
     JSON Lines). Checked, never rewritten: a browser may send text/plain and form bodies to
     any site without asking first, so a body that is not declared JSON is refused before
-    it is read (an empty body with no Content-Type passes: POST /v1/sleep, rollbacks)."""
-    declared = next((v for k, v in scope.get("headers") or [] if k == b"content-type"), None)
+    it is read; so is a body with no type at all, which a page may send as freely (FastAPI's
+    strict_content_type). An empty body needs none: POST /v1/sleep, rollbacks."""
+    headers = scope.get("headers") or []
+    declared = next((v for k, v in headers if k == b"content-type"), None)
     if declared is None:
-        return None
-    mime = declared.decode("latin-1").split(";", 1)[0].strip().lower()
+        length = next((v for k, v in headers if k == b"content-length"), b"0")
+        chunked = any(k == b"transfer-encoding" for k, _ in headers)
+        if length.strip() in (b"", b"0") and not chunked:
+            return None  # no body, nothing to declare
+    mime = (declared or b"").decode("latin-1").split(";", 1)[0].strip().lower()
     accepted = JSON_TYPES
     if scope["path"].startswith("/v1/datasets/"):
         accepted = (*LINES_TYPES, *JSON_TYPES)
     if mime in accepted or (mime.startswith("application/") and mime.endswith("+json")):
         return None
-    shown_type = mime or "an empty type"
+    shown_type = f"Content-Type {mime}" if mime else "a body without a Content-Type"
     return error_response(
         415,
-        f"Content-Type {shown_type} is not accepted here: send {' or '.join(accepted)} "
+        f"{shown_type} is not accepted here: send {' or '.join(accepted)} "
         "(curl: --json DATA, or -H 'Content-Type: application/json' -d DATA)",
         param="Content-Type",
         code="unsupported_media_type",

@@ -3,10 +3,8 @@ messages, and the answer as a completion or as server-sent chunks."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -18,7 +16,7 @@ from npllm.llm import GenerationParams
 from services.api.routers.chat_models import ChatCompletionRequest, ContentPart, Sampling
 
 if TYPE_CHECKING:
-    from services.api.service import Service
+    from services.api.pending import PendingAnswer
 
 
 def params(
@@ -172,26 +170,15 @@ def log_fields(answer: Answer) -> dict[str, Any]:
 
 
 async def stream(
-    service: Service,
-    request: Request,
-    response_id: str,
-    created: int,
-    model: str,
-    events: asyncio.Queue[tuple[str, str]],
-    future: Awaitable[Answer],
-    cancel: threading.Event,
+    pending: PendingAnswer, request: Request, response_id: str, created: int, model: str
 ) -> AsyncIterator[str]:
     """The answer as server-sent chunks, as the model thread emits its text."""
     try:
         yield chunk(response_id, model, created, {"role": "assistant", "content": ""})
-        while True:
-            kind, text = await events.get()
-            if kind == "done":
-                break
-            if kind == "text":
-                yield chunk(response_id, model, created, {"content": text})
+        async for text in pending.pieces():
+            yield chunk(response_id, model, created, {"content": text})
         try:
-            answer = await future
+            answer = await pending.future
         except NpllmError as exc:
             error = {"error": {"message": str(exc), "type": "server_error"}}
             yield f"data: {json.dumps(error)}\n\n"
@@ -208,6 +195,4 @@ async def stream(
         )
         yield "data: [DONE]\n\n"
     finally:
-        # The client went away or we finished: either way stop generating for it.
-        cancel.set()
-        service.in_flight.pop(response_id, None)
+        pending.close()  # the client went away or we finished: stop generating for it

@@ -31,7 +31,9 @@ from npllm.errors import ConflictError, NotFoundError, QueueFull, RequestError
 from npllm.feedback import Result
 from npllm.llm import GenerationParams
 from npllm.memory import Recalled
+from npllm.model_card import ModelCard, model_card
 from npllm.versions import Registry, Version
+from npllm.weights import resolve
 from services.api.guard import LoginTokens
 from services.auth import KeyFile
 from services.feedback_writer import FeedbackWriter
@@ -47,6 +49,19 @@ class Cancel(threading.Event):
     (POST /v1/chat/completions/{id}/cancel), not a client that went away."""
 
     by_user = False
+
+
+# Inputs one embeddings request may carry (each is cut to the embedder's window).
+MAX_EMBED_INPUTS = 256
+
+
+@dataclass
+class Embedded:
+    """The embeddings of one request's inputs."""
+
+    vectors: np.ndarray  # (inputs, dim) float32, rows of unit length
+    tokens: int  # tokens embedded, over all inputs
+    seconds: float
 
 
 @dataclass
@@ -246,6 +261,52 @@ class Service:
     def search_memories(self, query: str, k: int, min_score: float) -> list[Recalled]:
         embedding = self.awake.embedder.embed_one(query)
         return self.awake.memory.search(embedding, k=k, min_score=min_score)
+
+    async def embed(
+        self, texts: list[str], truncate: bool = True, dimensions: int | None = None
+    ) -> Embedded:
+        """The hippocampus's embeddings of `texts`, computed in a worker thread. Each text
+        is cut to the embedder's window; with `truncate` false a longer one is refused.
+        `dimensions`, if given, must be the embedder's (vectors are never shortened)."""
+        embedder = self.awake.embedder
+        if dimensions is not None and dimensions != embedder.dim:
+            raise RequestError(
+                f"dimensions is {dimensions}, but the embedder ({embedder.model_id}) makes "
+                f"{embedder.dim}-dimensional vectors only; leave dimensions out or set it "
+                f"to {embedder.dim}",
+                param="dimensions",
+            )
+        if not texts:
+            raise RequestError("input is empty: give a string or a list of strings", "input")
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise RequestError(
+                f"input has {len(texts)} texts, more than the {MAX_EMBED_INPUTS} one request "
+                "may embed; send them in several requests",
+                param="input",
+            )
+        return await asyncio.to_thread(self._embed, texts, truncate)
+
+    def _embed(self, texts: list[str], truncate: bool) -> Embedded:
+        started = time.perf_counter()
+        embedder = self.awake.embedder
+        counts = embedder.token_counts(texts)
+        window = embedder.window
+        if not truncate and max(counts) > window:
+            index = max(range(len(texts)), key=counts.__getitem__)
+            raise RequestError(
+                f"input {index} has {counts[index]} tokens, more than the embedder's window "
+                f"of {window}; shorten it or leave truncate on",
+                param="input",
+            )
+        vectors = embedder.embed(texts)
+        tokens = sum(min(count, window) for count in counts)
+        return Embedded(vectors, tokens, time.perf_counter() - started)
+
+    @functools.cached_property
+    def base_card(self) -> ModelCard:
+        """What a model listing says about the served base LLM (read once; blocking: its
+        file is hashed)."""
+        return model_card(resolve(self.settings.models.base, "models.base"))
 
     def served(self) -> dict[str, int]:
         """Adapter name → the version served."""

@@ -3,7 +3,8 @@
 FastAPI derives most of it from the routes' models; this module adds what it cannot know:
 
 - **Errors.** Every error is npllm's one JSON shape (:class:`ErrorResponse`, OpenAI's), with
-  the status codes each route can answer (:func:`errors`). FastAPI's default 422 is gone:
+  the status codes each route can answer (:func:`errors`); under /api/ (Ollama's API) it is
+  Ollama's (:class:`OllamaError`, :func:`ollama_errors`). FastAPI's default 422 is gone:
   npllm answers a body or parameter that does not validate with 400.
 - **Text PostgreSQL can store.** Every string (body, query, path) carries the pattern
   :data:`STORABLE`: no NUL character (npllm/text.py; the body guard refuses it with 400).
@@ -52,6 +53,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class OllamaError(BaseModel):
+    """Every error of Ollama's API (/api/*), in Ollama's shape."""
+
+    error: str = Field(description="One sentence naming what is wrong and how to fix it.")
+
+
 WHY = {
     400: "The request is invalid (names the parameter).",
     404: "What the request names does not exist.",
@@ -68,6 +75,14 @@ WHY = {
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route that can answer these error codes."""
     return {code: {"model": ErrorResponse, "description": WHY[code]} for code in codes}
+
+
+def ollama_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The same for a route of Ollama's API (services/api/errors.py gives its errors
+    Ollama's shape); it replaces the app's OpenAI-shaped 400, 405 and 503."""
+    return {
+        code: {"model": OllamaError, "description": WHY[code]} for code in (400, 405, 503, *codes)
+    }
 
 
 def jsonl(description: str) -> dict[int | str, dict[str, Any]]:

@@ -66,7 +66,12 @@ def dataset_import(
         data = file.read_bytes()
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {file}: {exc}") from exc
-    r = client_of(ctx).request("POST", f"/v1/datasets/{name}", content=data)
+    r = client_of(ctx).request(
+        "POST",
+        f"/v1/datasets/{name}",
+        content=data,
+        headers={"content-type": "application/x-ndjson"},
+    )
     typer.echo(f"imported {r['examples']} example(s) into dataset {r['name']!r}")
 
 

@@ -207,7 +207,7 @@ BAD_REQUESTS = [
     (
         "unknown role",
         {"messages": [{"role": "robot", "content": "hi"}]},
-        "messages.0.role: Input should be 'system', 'user' or 'assistant'",
+        "messages.0.role: Input should be 'system', 'developer', 'user', 'assistant', 'tool' or",
         "messages.0.role",
     ),
     ("empty messages", {"messages": []}, "messages: List should have at least 1 item", "messages"),
@@ -342,7 +342,8 @@ def test_a_body_not_declared_json_is_refused_not_rewritten(daemon: LiveDaemon) -
         )
         assert declared.status_code == 200
         undeclared = http.post("/v1/chat/completions", content=body)  # no Content-Type
-        assert undeclared.status_code == 200
+        assert undeclared.status_code == 415
+        assert "a body without a Content-Type" in undeclared.json()["error"]["message"]
 
 
 # ---- feedback, replay buffer and datasets over the socket -----------------------------------

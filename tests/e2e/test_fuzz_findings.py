@@ -15,6 +15,9 @@ from ..conftest import ask_ok as _ask
 
 HI = [{"role": "user", "content": "Say yes."}]
 
+JSON = {"content-type": "application/json"}
+JSON_LINES = {"content-type": "application/x-ndjson"}
+
 
 def _error(response: Any, status: int = 400) -> dict[str, Any]:
     assert response.status_code == status, response.text
@@ -78,7 +81,9 @@ def test_a_nul_in_feedback_and_in_publish_metrics_is_refused(daemon: LiveDaemon)
 def test_a_nul_in_a_dataset_line_names_the_line_and_imports_nothing(daemon: LiveDaemon) -> None:
     line = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\0"}]}
     with daemon.http() as http:
-        response = http.post("/v1/datasets/nul-test", content=json.dumps(line).encode())
+        response = http.post(
+            "/v1/datasets/nul-test", content=json.dumps(line).encode(), headers=JSON_LINES
+        )
         error = _error(response)
         assert "line 1: messages[1].content contains the NUL character" in error["message"]
         assert http.get("/v1/datasets/nul-test/examples").status_code == 404
@@ -91,7 +96,9 @@ def test_a_dataset_line_may_hold_a_line_separator_character(daemon: LiveDaemon) 
     }
     data = json.dumps(line, ensure_ascii=False).encode()
     with daemon.http() as http:
-        assert http.post("/v1/datasets/sep-test", content=data).status_code == 201
+        assert (
+            http.post("/v1/datasets/sep-test", content=data, headers=JSON_LINES).status_code == 201
+        )
         assert http.get("/v1/datasets/sep-test/examples").text.count("\n") == 1
         assert http.delete("/v1/datasets/sep-test").status_code == 200
 
@@ -146,7 +153,7 @@ def test_a_lone_surrogate_in_a_message_is_refused(daemon: LiveDaemon) -> None:
         # A surrogate pair is one character (an emoji) and is answered.
         pair = b'{"messages": [{"role": "user", "content": "Say yes \\ud83d\\ude00"}], '
         pair += b'"max_tokens": 2}'
-        assert http.post("/v1/chat/completions", content=pair).status_code == 200
+        assert http.post("/v1/chat/completions", content=pair, headers=JSON).status_code == 200
 
 
 def test_a_405_says_which_methods_the_path_takes(daemon: LiveDaemon) -> None:
@@ -155,7 +162,7 @@ def test_a_405_says_which_methods_the_path_takes(daemon: LiveDaemon) -> None:
     with daemon.http() as http:
         response = http.request("TRACE", "/v1/status")
         assert response.status_code == 405 and "GET" in response.headers["allow"]
-        response = http.post("/v1/datasets/x/examples", content=b"{}")
+        response = http.post("/v1/datasets/x/examples", content=b"{}", headers=JSON)
         assert response.status_code == 405 and response.headers["allow"] == "GET"
         assert http.delete("/v1/datasets/x/examples").status_code == 405
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -12,9 +11,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.api import openai
 from services.api.deps import ServiceDep
+from services.api.pending import PendingAnswer
 from services.api.routers.chat_models import ChatCompletionRequest
 from services.api.schemas import ChatCompletion
-from services.api.service import Cancel
 from services.api.spec import errors
 
 router = APIRouter()
@@ -49,36 +48,18 @@ async def chat_completions(
     model_id = service.awake.engine.model_id
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    cancel = Cancel()
-
-    def emit(kind: str, text: str = "") -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, text))
-
     adapters = body.npllm.adapters if body.npllm else None
     memory = body.npllm.memory if body.npllm else True
-    future = service.chat(
-        response_id, messages, params, adapters, emit, cancel, body.stream, memory=memory
+    pending = PendingAnswer.submit(
+        service, response_id, messages, params, adapters, body.stream, memory=memory
     )
     if not body.stream:
-        try:
-            answer = await future
-        except asyncio.CancelledError:
-            # Nobody will read this answer (the daemon is stopping and its grace period
-            # is over): stop generating it at the next token.
-            cancel.set()
-            raise
-        finally:
-            service.in_flight.pop(response_id, None)
+        answer = await pending.whole()
         request.scope["state"]["npllm_log"] = openai.log_fields(answer)
         return JSONResponse(openai.completion(answer, response_id, model_id, created))
     # Streaming: wait until the prompt is assembled so that errors up to then are 4xx.
-    first, _ = await events.get()
-    if first == "done":
-        service.in_flight.pop(response_id, None)
-        await future  # raises the RequestError (or other) as a proper JSON error
-    stream = openai.stream(service, request, response_id, created, model_id, events, future, cancel)
+    await pending.started()
+    stream = openai.stream(pending, request, response_id, created, model_id)
     return StreamingResponse(stream, media_type="text/event-stream")
 
 

@@ -4,7 +4,6 @@ shares with the chat path (engine, adapters, routing) and what not (memory, reco
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -18,8 +17,8 @@ from npllm.completion import Completion
 from npllm.errors import NpllmError, RequestError
 from services.api import openai
 from services.api.deps import ServiceDep
+from services.api.pending import PendingAnswer
 from services.api.routers.chat_models import CompletionRequest
-from services.api.service import Cancel, Service
 from services.api.spec import errors
 
 router = APIRouter()
@@ -58,32 +57,18 @@ async def completions(
     model = service.awake.engine.model_id
     response_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    cancel = Cancel()
-
-    def emit(kind: str, text: str = "") -> None:
-        loop.call_soon_threadsafe(events.put_nowait, (kind, text))
-
     adapters = body.npllm.adapters if body.npllm else None
-    future = service.complete(
-        response_id, prompt, body.suffix, params, adapters, emit, cancel, body.stream
+    pending = PendingAnswer.submit_completion(
+        service, response_id, prompt, body.suffix, params, adapters, body.stream
     )
     if not body.stream:
-        try:
-            done = await future
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
-        finally:
-            service.in_flight.pop(response_id, None)
+        done = await pending.whole()
         return JSONResponse(_object(done, done.text, response_id, model, created, final=True))
-    first, _ = await events.get()
-    if first == "done":
-        service.in_flight.pop(response_id, None)
-        await future  # the RequestError (or other) as a proper JSON error
-    stream = _stream(service, response_id, model, created, events, future, cancel)
-    return StreamingResponse(stream, media_type="text/event-stream")
+    await pending.started()  # errors up to the prompt's assembly are still 4xx
+    return StreamingResponse(_stream(pending, response_id, model, created), media_type=SSE)
+
+
+SSE = "text/event-stream"
 
 
 def _object(
@@ -114,31 +99,20 @@ def _object(
 
 
 async def _stream(
-    service: Service,
-    response_id: str,
-    model: str,
-    created: int,
-    events: asyncio.Queue[tuple[str, str]],
-    future: asyncio.Future[Completion],
-    cancel: Cancel,
+    pending: PendingAnswer, response_id: str, model: str, created: int
 ) -> AsyncIterator[str]:
     def sse(payload: dict[str, Any]) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     try:
-        while True:
-            kind, text = await events.get()
-            if kind == "done":
-                break
-            if kind == "text":
-                yield sse(_object(None, text, response_id, model, created, final=False))
+        async for text in pending.pieces():
+            yield sse(_object(None, text, response_id, model, created, final=False))
         try:
-            done = await future
+            done = await pending.future
         except NpllmError as exc:
             yield sse({"error": {"message": str(exc), "type": "server_error"}})
             return
         yield sse(_object(done, "", response_id, model, created, final=True))
         yield "data: [DONE]\n\n"
     finally:
-        cancel.set()  # the client went away or we finished
-        service.in_flight.pop(response_id, None)
+        pending.close()  # the client went away or we finished
