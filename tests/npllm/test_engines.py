@@ -537,3 +537,11 @@ def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> N
     server.load(one_v2)
     assert server.activate(one_v2) == one
     assert "one@v1" not in server.loaded and server.adapter_names([("one", 1.0)]) == ["one@v2"]
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_the_conversion_reference_uses_no_deprecated_transformers_argument(base_llm: Any) -> None:
+    # Written at every publish (`npllm adapter train`, the sleep worker): a FutureWarning
+    # here lands in the user's terminal and in sleep-worker.log.
+    ref = gguf_export.reference(base_llm.model, base_llm.tokenizer, tokens=3)
+    assert 1 <= len(ref["steps"]) <= 3
