@@ -15,6 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Per-tensor progress bars fill daemon logs; npllm logs one line per load instead.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# transformers draws some bars with tqdm directly, outside its own disable_progress_bar()
+# (dequantising a GGUF: "Converting and de-quantizing GGUF tensors..."); tqdm reads its
+# TQDM_* defaults when it is imported, so before any Hugging Face library is.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 # torch's wheel and llama.cpp's ggml share one OpenMP runtime (the first libgomp.so.1
 # loaded). Once torch has made its own thread team (a training step, an embedding), libgomp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,33 @@ def _data_dir(settings: Settings) -> Check:
     if not os.access(path, os.W_OK):
         return Check("data dir", False, f"{path} is not writable; set data_dir")
     return Check("data dir", True, str(path))
+
+
+def _running_daemon(settings: Settings) -> Check | None:
+    """A failed check when an `npllm serve` already holds this data dir, else None.
+
+    The daemon holds an flock on <data_dir>/npllm.lock with its pid in it for as long as
+    it runs (services/daemon.py, Daemon._take_lock); the file outlives a crash, the lock
+    does not. Probed with a shared lock released at once, so a stale file is no daemon."""
+    path = settings.data_path / "npllm.lock"
+    try:
+        lock = path.open()
+    except OSError:  # none (no daemon ever ran here, or it stopped cleanly) or unreadable
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = lock.read().strip() or "?"
+        else:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+    return Check(
+        "daemon",
+        False,
+        f"npllm serve (pid {pid}) is already running on {settings.data_path}: ask it with "
+        f"`npllm status`, or stop it (kill {pid}) before `npllm serve` or doctor",
+    )
 
 
 def _database(settings: Settings) -> list[Check]:
@@ -76,11 +104,7 @@ def _engine(settings: Settings) -> list[Check]:
         engine = load_engine(settings)
     except NpllmError as exc:
         return [Check("engine", False, str(exc))]
-    info = engine.info()
-    detail = f"{info['engine']} {info['version']}, {info['threads']} threads"
-    if "avx2" in info:
-        detail += f", AVX2 {'yes' if info['avx2'] else 'NO (slow)'}"
-    checks = [Check("engine", True, f"{detail}, context {engine.context_length} tokens")]
+    checks = [Check("engine", True, _engine_detail(engine.info(), engine.context_length))]
     if engine_name(settings) == "transformers":
         engine.close()
         return checks
@@ -91,6 +115,17 @@ def _engine(settings: Settings) -> list[Check]:
     engine.close()
     checks.append(_generated(gen))
     return checks
+
+
+def _engine_detail(info: dict[str, Any], context_length: int) -> str:
+    """The engine line: each library named with its own version."""
+    detail = f"{info['engine']} {info['version']}"
+    if "torch" in info:
+        detail += f" (torch {info['torch']})"
+    detail += f", {info['threads']} threads"
+    if "avx2" in info:
+        detail += f", AVX2 {'yes' if info['avx2'] else 'NO (slow)'}"
+    return f"{detail}, context {context_length} tokens"
 
 
 def _generated(gen: Any) -> Check:
@@ -149,9 +184,17 @@ def _embedder(settings: Settings) -> Check:
     )
 
 
+def _line(check: Check) -> str:
+    return f"{check.name:<12} {'ok  ' if check.ok else 'FAIL'} {check.detail}"
+
+
 def run_doctor(settings: Settings, echo: Callable[[str], None]) -> bool:
     """Run every check, print one line each; True when all pass."""
     echo(f"config       {', '.join(settings.sources) or 'built-in defaults'}")
+    running = _running_daemon(settings)
+    if running is not None:  # its models and database are in use: checking them says nothing
+        echo(_line(running))
+        return False
     checks = [_data_dir(settings)]
     if checks[0].ok:
         checks += _database(settings)
@@ -159,7 +202,7 @@ def run_doctor(settings: Settings, echo: Callable[[str], None]) -> bool:
         checks += _base_model(settings)
         checks.append(_embedder(settings))
     for check in checks:
-        echo(f"{check.name:<12} {'ok  ' if check.ok else 'FAIL'} {check.detail}")
+        echo(_line(check))
     failed = [c.name for c in checks if not c.ok]
     echo("all green" if not failed else f"not ready: {', '.join(failed)} failed")
     return not failed

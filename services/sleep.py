@@ -68,16 +68,17 @@ class SleepWindow:
         return t >= start or t < end
 
     def next_opening(self, now: datetime) -> datetime | None:
-        """When the window next opens: today's window_start if it is still ahead, else
-        tomorrow's (in `now`'s time zone; naive = local time). None if always open."""
+        """When the window opens (in `now`'s time zone; naive = local time); None if always
+        open. Inside the window, the opening of the window we are in — already past, so it
+        reads as "open since" (`npllm sleep --status` showed tomorrow's while the window was
+        open) — which is yesterday's window_start in a window past midnight (22:00–06:00 at
+        02:00). Outside it, the next window_start ahead: today's, else tomorrow's."""
         if self.start == "any":
             return None
-        opening = datetime.combine(now.date(), _hhmm(self.start), tzinfo=now.tzinfo)
-        if opening <= now:
-            opening = datetime.combine(
-                now.date() + timedelta(days=1), _hhmm(self.start), tzinfo=now.tzinfo
-            )
-        return opening
+        today = datetime.combine(now.date(), _hhmm(self.start), tzinfo=now.tzinfo)
+        if self.contains(now):
+            return today if today <= now else today - timedelta(days=1)
+        return today if today > now else today + timedelta(days=1)
 
 
 class SleepStateMachine:

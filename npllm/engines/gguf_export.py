@@ -22,6 +22,7 @@ fp32 model (``reference``) and once by llama.cpp.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -224,6 +225,13 @@ def check_file(path: Path, base: BaseInfo, config: dict[str, Any]) -> None:
 # ---- the parity check ---------------------------------------------------------------------
 
 
+def _cache_name(model: Any) -> str:
+    """What this transformers calls the KV cache, argument and output: `cache` since it
+    renamed `past_key_values` (which now raises a FutureWarning, and goes in 5.40)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(causal.forward).parameters else "past_key_values"
+
+
 def reference(
     model: Any,
     tokenizer: Any,
@@ -240,11 +248,12 @@ def reference(
 
     prompt = encode_chat(tokenizer, chat or PROBE_CHAT)
     ids = list(prompt)
+    cache = _cache_name(model)
     with torch.inference_mode():
         past, step_ids = None, ids  # greedy, one token at a time, with the KV cache
         for _ in range(tokens):
-            out = model(input_ids=torch.tensor([step_ids]), past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+            out = model(input_ids=torch.tensor([step_ids]), use_cache=True, **{cache: past})
+            past, token = getattr(out, cache), int(out.logits[0, -1].argmax())
             ids.append(token)
             step_ids = [token]
             if token == tokenizer.eos_token_id:

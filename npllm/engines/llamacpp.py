@@ -26,11 +26,13 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,9 +116,41 @@ class _Instance:
     built_ms: float
     prefixes: _Prefixes
 
+    def __post_init__(self) -> None:
+        # The socket goes when the instance is closed, dropped unclosed, or still alive when
+        # the process exits (the daemon's shutdown does not close its engine).
+        self._remove_socket = weakref.finalize(self, self.socket.unlink, missing_ok=True)
+
     def close(self) -> None:
         self.server = None  # the C++ server is freed with its last reference
-        self.socket.unlink(missing_ok=True)
+        self._remove_socket()
+
+
+_SOCKET = re.compile(r"^llama-(\d+)-\d+\.sock$")  # llama-<pid>-<serial>.sock (_build)
+
+
+def remove_stale_sockets(run_dir: Path) -> list[Path]:
+    """Remove the instance sockets that processes no longer alive left in `run_dir` (killed,
+    or from before sockets were removed at exit); those of live processes (the daemon, its
+    sleep worker) stay. The ones removed."""
+    removed = []
+    for path in run_dir.glob("llama-*.sock"):
+        match = _SOCKET.match(path.name)
+        if match is None or _alive(int(match[1])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class _Prefixes:
@@ -188,6 +222,8 @@ class LlamaCppEngine:
         self.threads = settings.models.threads or free_cores()
         self._serial = itertools.count(1)
         self._current: _Instance | None = None  # built by serve() or the first request
+        for path in remove_stale_sockets(run_dir):
+            log.info(json.dumps({"event": "stale_socket_removed", "socket": str(path)}))
         self.adapters = LlamaCppAdapters(self)
 
     @property
@@ -218,7 +254,7 @@ class LlamaCppEngine:
         params.cache_idle_slots = False  # (llama.cpp's default saves idle slots to that cache)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         socket = self.run_dir / f"llama-{os.getpid()}-{next(self._serial)}.sock"
-        socket.unlink(missing_ok=True)  # left by a crashed process: llama.cpp would not bind
+        socket.unlink(missing_ok=True)  # left by a crashed process of this pid: would not bind
         params.hostnames = [str(socket)]  # a Unix socket in the private run dir: no TCP port
         keys = list(files)
         params.lora_adapters = [xlc.CommonAdapterLoraInfo(str(files[k]), 0.0) for k in keys]

@@ -86,10 +86,12 @@ class TransformersEngine:
 
     def info(self) -> dict[str, Any]:
         import torch
+        import transformers
 
         return {
             "engine": self.name,
-            "version": torch.__version__,
+            "version": transformers.__version__,
+            "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "dtype": self.settings.models.dtype,
             "device": self.llm.device,

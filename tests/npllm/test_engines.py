@@ -5,8 +5,12 @@ Everything runs on the real shipped GGUF; adapters are trained here by the real 
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -537,3 +541,69 @@ def test_the_serving_map_routes_per_call_and_blends_exactly(tmp_path: Path) -> N
     server.load(one_v2)
     assert server.activate(one_v2) == one
     assert "one@v1" not in server.loaded and server.adapter_names([("one", 1.0)]) == ["one@v2"]
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_the_conversion_reference_uses_no_deprecated_transformers_argument(base_llm: Any) -> None:
+    # Written at every publish (`npllm adapter train`, the sleep worker): a FutureWarning
+    # here lands in the user's terminal and in sleep-worker.log.
+    ref = gguf_export.reference(base_llm.model, base_llm.tokenizer, tokens=3)
+    assert 1 <= len(ref["steps"]) <= 3
+
+
+def _instance_on(socket: Path) -> Any:
+    from npllm.engines.llamacpp import _Instance, _Prefixes
+
+    socket.touch()  # what llama.cpp binds when the instance is built
+    return _Instance(object(), {}, None, socket, 0.0, _Prefixes(1))
+
+
+def test_an_instance_socket_goes_when_it_is_closed_or_dropped(tmp_path: Path) -> None:
+    closed, dropped = _instance_on(tmp_path / "llama-1-1.sock"), _instance_on(tmp_path / "b")
+    closed.close()
+    closed.close()  # twice is harmless
+    del dropped
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_instance_socket_goes_when_the_process_exits_without_closing_it(
+    tmp_path: Path,
+) -> None:
+    # The daemon's shutdown ends the process without closing its engine.
+    socket = tmp_path / "run" / f"llama-{os.getpid()}-1.sock"
+    socket.parent.mkdir()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from npllm.engines.llamacpp import _Instance, _Prefixes\n"
+        "socket = Path(sys.argv[1])\n"
+        "socket.touch()\n"
+        "kept = _Instance(object(), {}, None, socket, 0.0, _Prefixes(1))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(socket)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not socket.exists()
+
+
+def test_sockets_of_dead_processes_are_removed_at_start_and_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    from npllm.engines.llamacpp import remove_stale_sockets
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f"llama-{int(done.stdout)}-3.sock"
+    mine = tmp_path / f"llama-{os.getpid()}-1.sock"
+    other = tmp_path / "llama-server.sock"  # not one of ours
+    for path in (dead, mine, other):
+        path.touch()
+    assert remove_stale_sockets(tmp_path) == [dead]
+    assert sorted(tmp_path.iterdir()) == sorted([mine, other])
+    assert remove_stale_sockets(tmp_path / "missing") == []

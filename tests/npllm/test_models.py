@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +139,19 @@ def test_gguf_is_refused_as_embedder(tmp_path: Path, base_llm: Any) -> None:
     settings = make_settings(tmp_path, NPLLM_MODELS__EMBEDDER=str(base_llm.source.path))
     with pytest.raises(ModelError, match="models.embedder = .* is a GGUF file"):
         load_embedder(settings)
+
+
+def test_dequantising_a_gguf_draws_no_progress_bar() -> None:
+    # transformers draws this bar with tqdm itself (not through its own
+    # disable_progress_bar()), so importing npllm must have turned tqdm's bars off.
+    code = (
+        "import npllm\n"
+        "from transformers import modeling_gguf_pytorch_utils as gguf\n"
+        "print(gguf.tqdm(range(1)).disable)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

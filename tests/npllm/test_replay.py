@@ -182,3 +182,30 @@ def test_a_night_takes_what_is_new_and_an_adapter_rehearses_what_it_learned(
     )
     assert [i.interaction_id for i in replay.sample(pool, 10, seed=3, new_only=True)] == [other]
     assert replay.sample(pool, 10, seed=3, adapter="python") == []
+
+
+def test_the_overview_counts_a_tier_s_interactions_once_whatever_their_tags(
+    fresh_database: Database, embedder: Any
+) -> None:
+    # Three premium answers: one with two tags, one with one, one untagged.
+    tagged = {
+        _add(fresh_database, embedder, "Why is my query slow?"): ["debugging", "optimization"],
+        _add(fresh_database, embedder, "Speed up my loop"): ["optimization"],
+        _add(fresh_database, embedder, "Hello there"): [],
+    }
+    with fresh_database.pool.connection() as conn:
+        for iid, tags in tagged.items():
+            conn.execute(
+                "UPDATE npllm.replay_buffer SET tier = 'premium', tags = %(tags)s, reward = 0.5,"
+                " quality = 0.5, times_sampled = 2 WHERE interaction_id = %(id)s",
+                {"tags": tags, "id": iid},
+            )
+    rows = [r for r in replay.overview(fresh_database.pool) if r["tier"] == "premium"]
+    counts = {r["tag"]: (r["interactions"], r["times_sampled"]) for r in rows}
+    assert rows[0]["tag"] == "(all)"  # a tier's total first
+    assert counts == {
+        "(all)": (3, 6),  # not 4 and 8: the two-tag answer is one interaction
+        "debugging": (1, 2),
+        "optimization": (2, 4),
+        "untagged": (1, 2),
+    }

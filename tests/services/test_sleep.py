@@ -68,6 +68,27 @@ def test_next_window_opening_is_the_next_start_time() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "now", "opening"),
+    [
+        # Inside the window: the opening of the window we are in, not tomorrow's.
+        ("01:00", "06:00", "2026-12-07 01:00", "2026-12-07 01:00"),
+        ("01:00", "06:00", "2026-12-07 03:30", "2026-12-07 01:00"),
+        ("22:00", "06:00", "2026-12-07 23:00", "2026-12-07 22:00"),
+        ("22:00", "06:00", "2026-12-08 02:00", "2026-12-07 22:00"),  # opened yesterday
+        # Outside it: the next opening ahead.
+        ("01:00", "06:00", "2026-12-07 06:00", "2026-12-08 01:00"),
+        ("22:00", "06:00", "2026-12-07 06:00", "2026-12-07 22:00"),
+        ("22:00", "06:00", "2026-12-07 21:59", "2026-12-07 22:00"),
+    ],
+)
+def test_inside_the_window_its_opening_is_the_current_one(
+    start: str, end: str, now: str, opening: str
+) -> None:
+    window = SleepWindow(start, end)
+    assert window.next_opening(datetime.fromisoformat(now)) == datetime.fromisoformat(opening)
+
+
 def test_falls_asleep_only_when_idle_in_the_window_then_wakes_and_resumes() -> None:
     machine, clock = _machine()
     assert machine.tick(QUIET) is None and machine.state == "awake"
