@@ -1,4 +1,5 @@
-"""The `npllm` command against the real parts: help, migrate, doctor, psql, key, and\nask, feedback, memories list, list, ps and adapter show against the session daemon."""
+"""The `npllm` command against the real parts: help, migrate, doctor, psql, key, and
+ask, feedback, memories list, list, ps and adapter show against the session daemon."""
 
 from __future__ import annotations
 
