@@ -88,6 +88,9 @@ def test_ctrl_c_stops_the_answer_and_returns_to_the_prompt(daemon: LiveDaemon) -
     assert f"interaction  {interaction}" in info
     assert "finished     cancelled" in info
     assert "noted as a good answer" in _say(child, "/good")
+    child.send("half a thought")
+    child.sendintr()  # Ctrl-C with text on the line clears the line
+    child.expect_exact(PROMPT)
     child.sendintr()  # Ctrl-C at an empty prompt leaves
     child.expect(pexpect.EOF)
     child.close()
