@@ -84,6 +84,16 @@ def recent_memories(
     return {"object": "list", "data": catalog.recent_memories(service.database.pool, kind, limit)}
 
 
+# Before the id route, which would take "recent" for an id and answer 400 (not an integer).
+@router.delete("/v1/memories/recent", include_in_schema=False)
+def delete_recent() -> JSONResponse:
+    return error_response(
+        405,
+        "/v1/memories/recent lists memories (GET); delete one with DELETE /v1/memories/{id}",
+        headers={"allow": "GET"},
+    )
+
+
 @router.delete("/v1/memories/{memory_id}", responses=documented(MemoryDeleted))
 def delete_memory(memory_id: int, service: ServiceDep) -> JSONResponse:
     if not service.awake.forget(memory_id):
