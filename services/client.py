@@ -47,6 +47,18 @@ class Client:
             raise self._not_running() from exc
         return _checked(response).text
 
+    def cancel(self, completion_id: str) -> bool:
+        """Ask the daemon to stop answer `completion_id` at its next token (its stream then
+        ends with finish_reason "cancelled"); False when it had already finished."""
+        try:
+            response = self._http.post(f"/v1/chat/completions/{completion_id}/cancel")
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._not_running() from exc
+        if response.status_code == 404:
+            return False
+        _checked(response)
+        return True
+
     def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield the parsed server-sent events of a streaming chat completion."""
         try:

@@ -10,7 +10,7 @@ import typer
 from npllm.errors import ClientError, DaemonNotRunning
 from services.cli.context import client_of, settings_of
 
-app = typer.Typer(help="Train, publish, roll back and export LoRA adapters.")
+app = typer.Typer(help="Train, publish, roll back and export LoRA adapters.", rich_markup_mode=None)
 
 
 @app.command("list")
@@ -36,6 +36,68 @@ def adapter_list(ctx: typer.Context) -> None:
         f"modulator: {m['parameters']:,} parameters ({trained}), top_k {m['top_k']}, routes to "
         f"{', '.join(m['routable']) or 'nothing yet'}"
     )
+
+
+@app.command("show")
+def adapter_show(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter.")]
+) -> None:
+    """One adapter: description, tags, dataset, its versions (which is served, their
+    metrics) and what each version learned from which interactions."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    a = client_of(ctx).request("GET", f"/v1/adapters/{name}")
+    served = f"serving v{a['served']}" if a["served"] else "not served"
+    typer.echo(f"name         {a['name']}")
+    typer.echo(f"description  {a['description'] or '-'}")
+    typer.echo(f"tags         {', '.join(a['tags']) or '-'}")
+    typer.echo(f"dataset      {a['dataset'] or '-'}")
+    typer.echo(f"status       {a['status']}, {served} (trained for {a['base_model']})")
+    typer.echo("versions")
+    for v in a["versions"]:
+        typer.echo("  " + "\n    ".join(_version_lines(v, a["served"])))
+
+
+def _version_lines(v: dict[str, Any], served: int | None) -> list[str]:
+    """A version in a few lines: status, where it came from, metrics, what it learned."""
+    mark = " (served)" if v["version"] == served else ""
+    reason = f": {v['reason']}" if v.get("reason") else ""
+    origin = (
+        f"sleep cycle {v['sleep_cycle']}"
+        if v["sleep_cycle"]
+        else (f"dataset {v['dataset']}" if v["dataset"] else "published by hand")
+    )
+    lines = [f"v{v['version']}{mark}  {v['status']}{reason}; {v['created_at'][:16]}; {origin}"]
+    m = v["metrics"]
+    facts = []
+    if m.get("samples") is not None:
+        rehearsed = f" + {m['rehearsed']} rehearsed" if m.get("rehearsed") else ""
+        facts.append(f"{m['samples']} sample(s){rehearsed}")
+    if m.get("steps_done") is not None:
+        facts.append(f"{m['steps_done']} of {m.get('steps', '?')} steps")
+    loss = m.get("validation_loss")
+    if loss:
+        facts.append(f"validation loss {loss['before']:.4f} -> {loss['after']:.4f}")
+    elif m.get("final_loss") is not None:
+        facts.append(f"loss {m.get('first_loss') or 0:.4f} -> {m['final_loss']:.4f}")
+    if m.get("verdict"):
+        facts.append(str(m["verdict"]))
+    if facts:
+        lines.append("metrics: " + "; ".join(facts))
+    learned = v["learned_from"]
+    if learned:
+        lines.append(f"learned from {len(learned)} interaction(s):")
+        for item in learned:
+            corrected = " (your correction)" if item["corrected"] else ""
+            question = item["question"].replace("\n", " ")[:70]
+            iid = item["interaction_id"] or "?"
+            lines.append(f"  #{iid}{corrected}: {question}")
+    elif v["dataset"] or (v["training_run"] or {}).get("dataset"):
+        run = v["training_run"] or {}
+        examples = f" ({run['examples']} examples)" if run.get("examples") else ""
+        lines.append(f"learned from dataset {v['dataset'] or run['dataset']}{examples}")
+    return lines
 
 
 @app.command("publish")

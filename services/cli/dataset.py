@@ -10,7 +10,7 @@ import typer
 
 from services.cli.context import client_of
 
-app = typer.Typer(help="Import and export chat-format JSONL datasets.")
+app = typer.Typer(help="Import and export chat-format JSONL datasets.", rich_markup_mode=None)
 
 
 @app.command("export")

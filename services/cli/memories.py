@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from services.cli.context import client_of
 
-app = typer.Typer(help="Search and delete memories in the running daemon.")
+app = typer.Typer(
+    help="List, search and delete memories in the running daemon.", rich_markup_mode=None
+)
 
 
 @app.command("search")
@@ -24,6 +26,28 @@ def memories_search(
     for m in found["data"]:
         text = m["text"].replace("\n", " ")
         typer.echo(f"#{m['id']:<6} {m['score']:.3f}  [{m['kind']}] {text[:100]}")
+
+
+@app.command("list")
+def memories_list(
+    ctx: typer.Context,
+    kind: Annotated[
+        Literal["note", "fact", "document", "exchange"] | None,
+        typer.Option(help="Only this kind: note, fact, document or exchange."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many.")] = 20,
+) -> None:
+    """The most recent memories, newest first."""
+    params: dict[str, str | int] = {"limit": limit}
+    if kind is not None:
+        params["kind"] = kind
+    found = client_of(ctx).request("GET", "/v1/memories/recent", params=params)["data"]
+    if not found:
+        typer.echo(f"no {kind or ''} memories yet".replace("  ", " "))
+    for m in found:
+        text = m["text"].replace("\n", " ")
+        when = m["created_at"][:16].replace("T", " ")
+        typer.echo(f"#{m['id']:<6} {when}  [{m['kind']}] {text[:90]}")
 
 
 @app.command("delete")

@@ -17,7 +17,8 @@ import typer
 
 import npllm
 from npllm.errors import ConfigError, NpllmError
-from services.cli import adapter, dataset, memories, sleep
+from services.cli import adapter, chat, dataset, feedback, memories, sleep
+from services.cli.answer import adapters_used, memories_used, notices, stream_answer
 from services.cli.context import client_of, settings_of
 
 app = typer.Typer(
@@ -26,6 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # typer's rich help shows a type after every option, flags too ("--good <bool>");
+    # its plain help leaves flags bare, as click does.
+    rich_markup_mode=None,
 )
 
 
@@ -113,32 +117,54 @@ def serve(ctx: typer.Context) -> None:
 @app.command()
 def ask(
     ctx: typer.Context,
-    question: Annotated[str, typer.Argument(help="What to ask.")],
-    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    question: Annotated[
+        str,
+        typer.Argument(
+            help="What to ask; - reads the whole question from stdin. Text piped in "
+            "otherwise comes before the question, as its context."
+        ),
+    ],
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Longest answer, in tokens.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
 ) -> None:
-    """Ask the running daemon; the answer streams to the terminal."""
+    """Ask the running daemon; the answer streams to the terminal, Ctrl-C stops it."""
     body: dict[str, Any] = {
-        "messages": [{"role": "user", "content": question}],
+        "messages": [{"role": "user", "content": _question(question)}],
         "stream": True,
         "temperature": temperature,
     }
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    meta: dict[str, Any] = {}
-    for event in client_of(ctx).stream_chat(body):
-        delta = event["choices"][0]["delta"].get("content")
-        if delta:
-            typer.echo(delta, nl=False)
-        meta = event.get("npllm", meta)
+    got = stream_answer(client_of(ctx), body)
     typer.echo()
-    if meta:
-        used = ", ".join(f"#{m['id']} ({m['score']:.2f})" for m in meta["memories"]) or "none"
+    iid = got.interaction_id
+    if got.meta:
         typer.echo(
-            f"[interaction {meta['interaction_id']}; memories used: {used}; "
-            f"{meta['timings']['total_ms']:.0f} ms]",
+            f"[interaction {iid}; adapters: {adapters_used(got.meta)}; memories: "
+            f"{memories_used(got.meta)}; {got.meta['timings']['total_ms']:.0f} ms]",
             err=True,
         )
+    for line in notices(got, f"npllm feedback {iid} --good, --bad or --text 'BETTER ANSWER'"):
+        typer.echo(line, err=True)
+    if got.stopped:
+        raise typer.Exit(130)
+
+
+def _question(question: str) -> str:
+    """The question to send: `-` is all of stdin; text piped in goes before the question."""
+    if question == "-":
+        whole = sys.stdin.read() if sys.stdin is not None else ""
+        if not whole.strip():
+            raise typer.BadParameter("stdin is empty: `npllm ask -` reads the question from it")
+        return whole
+    if not question.strip():
+        raise typer.BadParameter("the question is empty")
+    if sys.stdin is None or sys.stdin.isatty():
+        return question
+    piped = sys.stdin.read()
+    return f"{piped.rstrip()}\n\n{question}" if piped.strip() else question
 
 
 @app.command()
@@ -169,72 +195,8 @@ def remember(
         typer.echo(f"chunk {chunk['chunk_index']}: {state} memory #{chunk['id']}{updated}")
 
 
-@app.command()
-def feedback(
-    ctx: typer.Context,
-    interaction_id: Annotated[int, typer.Argument(help="The interaction (shown after `ask`).")],
-    good: Annotated[bool, typer.Option("--good", help="The answer was good (rating 1).")] = False,
-    bad: Annotated[bool, typer.Option("--bad", help="The answer was bad (rating -1).")] = False,
-    rating: Annotated[
-        float | None, typer.Option(help="A rating from -1 (bad) to 1 (good).")
-    ] = None,
-    comment: Annotated[str | None, typer.Option(help="What you think, in words.")] = None,
-    event: Annotated[
-        str | None,
-        typer.Option(help="accepted|copied|applied|edited|regenerated|rejected|abandoned"),
-    ] = None,
-    edit: Annotated[
-        Path | None,
-        typer.Option(help="A file with your corrected answer (sends event 'edited')."),
-    ] = None,
-) -> None:
-    """Tell npllm what you thought of an answer; it learns from it while asleep."""
-    if good and bad:
-        raise typer.BadParameter("give --good or --bad, not both")
-    if (good or bad) and rating is not None:
-        raise typer.BadParameter("give --good/--bad or --rating, not both")
-    body: dict[str, Any] = {"interaction_id": interaction_id}
-    if good or bad:
-        body["rating"] = 1.0 if good else -1.0
-    elif rating is not None:
-        body["rating"] = rating
-    if comment is not None:
-        body["comment"] = comment
-    if edit is not None:
-        if event not in (None, "edited"):
-            raise typer.BadParameter("--edit sends event 'edited'; drop --event")
-        body["event"], body["text"] = "edited", _read_text(edit)
-    elif event is not None:
-        body["event"] = event
-    if len(body) == 1:
-        raise typer.BadParameter(
-            "say something: --good, --bad, --rating, --comment, --event or --edit"
-        )
-    r = client_of(ctx).request("POST", "/v1/feedback", json=body)
-    implicit = "-" if r["implicit"] is None else f"{r['implicit']:+.2f}"
-    emotional = "-" if r["emotional"] is None else f"{r['emotional']:+.2f}"
-    memories = r.get("memories", {})
-    typer.echo(
-        f"interaction {r['interaction_id']}: reward {r['reward']:+.3f} (implicit {implicit}, "
-        f"emotional {emotional}), tier {r['tier']}, priority {r['priority']:.3f}"
-        + (", learns your corrected answer" if r["corrected"] else "")
-    )
-    if memories.get("added"):
-        typer.echo(
-            f"remembered your correction as memory #{memories['added'][0]}; it answers the "
-            "same question from now on (and is learned at the next sleep)"
-        )
-    elif memories.get("removed"):
-        typer.echo("that answer's memory is forgotten: it will not be recalled again")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
-
-
+app.command("feedback")(feedback.feedback)
+app.command("chat")(chat.chat)
 app.command("sleep")(sleep.sleep)
 
 
@@ -271,6 +233,70 @@ def status(ctx: typer.Context) -> None:
     q = s["queue"]
     typer.echo(f"queue        {q['running']} running, {q['waiting']} waiting (size {q['size']})")
     typer.echo(f"socket       {s['socket']}")
+
+
+@app.command("list")
+def list_models(ctx: typer.Context) -> None:
+    """The base model and the adapters on it, with the version served (like `ollama list`)."""
+    client = client_of(ctx)
+    base = client.request("GET", "/v1/status")["base_model"]
+    found = client.request("GET", "/v1/adapters")
+    rows = [(base, "base", "yes", "-", "-")]
+    for a in found["data"]:
+        served = found["served"].get(a["name"])
+        newest = a["versions"][-1]["created_at"][:16].replace("T", " ") if a["versions"] else "-"
+        state = f"v{served}" if served else ("stale" if a["status"] == "stale" else "no")
+        rows.append((a["name"], "adapter", state, str(len(a["versions"])), newest))
+    width = max(len(r[0]) for r in rows) + 2
+    typer.echo(f"{'NAME':<{width}}{'KIND':<9}{'SERVED':<8}{'VERSIONS':<10}UPDATED")
+    for name, kind, served_as, versions, updated in rows:
+        typer.echo(f"{name:<{width}}{kind:<9}{served_as:<8}{versions:<10}{updated}")
+
+
+@app.command()
+def ps(ctx: typer.Context) -> None:
+    """What is loaded and running: base model, engine, adapters, queue, sleep state."""
+    s = client_of(ctx).request("GET", "/v1/status")
+    e, q = s["engine"], s["queue"]
+    served = ", ".join(f"{n} v{v}" for n, v in s["adapters"]["served"].items()) or "none"
+    c = s["cerebellum"]
+    drafting = "off" if c["role"] == "off" else (f"v{c['version']}" if c["drafting"] else "idle")
+    typer.echo(f"base model  {s['base_model']}")
+    typer.echo(
+        f"engine      {e['engine']} {e['version']}, {e['threads']} threads, "
+        f"context {e.get('context_length', '?')}"
+    )
+    typer.echo(f"adapters    {served}")
+    typer.echo(f"cerebellum  {drafting}")
+    typer.echo(f"queue       {q['running']} running, {q['waiting']} waiting (size {q['size']})")
+    typer.echo(f"state       {s['state']} (up {s['uptime_s']:.0f} s)")
+
+
+@app.command()
+def key(
+    ctx: typer.Context,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Replace the key; the old one stops working now.")
+    ] = False,
+) -> None:
+    """Print the API key TCP clients must send (made on first use; no daemon needed)."""
+    from services import auth
+
+    settings = settings_of(ctx)
+    value = auth.rotate(settings) if rotate else auth.load_or_create(settings)
+    typer.echo(value)
+    port = settings.server.tcp_port
+    where = (
+        f"to http://127.0.0.1:{port}"
+        if port
+        else "once server.tcp_port is set (it is 0: only the Unix socket, which needs no key)"
+    )
+    rotated = "new key: the old one no longer works. " if rotate else ""
+    typer.echo(
+        f"{rotated}Send it as the header `Authorization: Bearer <key>` {where}; "
+        f"kept in {auth.key_path(settings)}",
+        err=True,
+    )
 
 
 app.add_typer(memories.app, name="memories")

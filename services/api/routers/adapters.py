@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from npllm.adapters import check_name
 from npllm.embeddings import DATABASE_DIM
+from services import catalog
 from services.api.deps import ServiceDep
 from services.api.schemas import AdapterList, Pruned, documented
 from services.api.spec import errors
@@ -47,6 +48,16 @@ def list_adapters(service: ServiceDep) -> dict[str, Any]:
         "served": service.served(),
         "modulator": service.modulator_status(),
     }
+
+
+@router.get("/v1/adapters/{name}")
+def show_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
+    """One adapter: description, tags, dataset, which version is served, and every version
+    with its metrics, the training run that made it and the interactions it learned from
+    (the questions it was taught)."""
+    check_name(name)
+    history = catalog.adapter_history(service.database.pool, name)
+    return {**history, "served": service.served().get(name)}
 
 
 @router.post("/v1/adapters/{name}/versions", status_code=201)

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from npllm.errors import RequestError
+from services import catalog
 from services.api.deps import ServiceDep
 from services.api.errors import error_response
-from services.api.schemas import MemoryDeleted, MemoryList, MemoryStored, documented
+from services.api.schemas import MemoryDeleted, MemoryList, MemoryStored, Open, documented
 from services.api.spec import errors
 
 router = APIRouter(responses=errors(404, 413))
@@ -54,6 +55,43 @@ def search_memories(
             for m in found
         ],
     }
+
+
+class RecentMemory(Open):
+    id: int
+    text: str
+    kind: str
+    source: str
+    created_at: str
+    use_count: int
+
+
+class RecentMemories(Open):
+    object: Literal["list"]
+    data: list[RecentMemory]
+
+
+@router.get("/v1/memories/recent", responses=documented(RecentMemories))
+def recent_memories(
+    service: ServiceDep,
+    kind: Annotated[
+        Literal["note", "fact", "document", "exchange"] | None,
+        Query(description="Only memories of this kind."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="How many, newest first.")] = 20,
+) -> dict[str, Any]:
+    """The newest memories first (GET /v1/memories searches them by meaning)."""
+    return {"object": "list", "data": catalog.recent_memories(service.database.pool, kind, limit)}
+
+
+# Before the id route, which would take "recent" for an id and answer 400 (not an integer).
+@router.delete("/v1/memories/recent", include_in_schema=False)
+def delete_recent() -> JSONResponse:
+    return error_response(
+        405,
+        "/v1/memories/recent lists memories (GET); delete one with DELETE /v1/memories/{id}",
+        headers={"allow": "GET"},
+    )
 
 
 @router.delete("/v1/memories/{memory_id}", responses=documented(MemoryDeleted))

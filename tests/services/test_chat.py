@@ -1,0 +1,111 @@
+"""`npllm chat` and `npllm ask` in a pseudo-terminal, as a person types them, against the
+session daemon: the conversation is kept, /fix is remembered at once, Ctrl-C stops an
+answer and returns to the prompt."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pexpect
+
+from ..conftest import REPO, LiveDaemon, cli_env
+
+PROMPT = ">>> "
+
+
+def _spawn(daemon: LiveDaemon, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "services.cli", *args],
+        env=cli_env(daemon.data_dir),
+        cwd=str(REPO),
+        encoding="utf-8",
+        timeout=180,
+        dimensions=(40, 200),
+    )
+    return child
+
+
+def _say(child: pexpect.spawn, line: str) -> str:
+    """Type `line`; what the chat printed until the next prompt (the echo of the line off)."""
+    child.sendline(line)
+    child.expect_exact(PROMPT)
+    return str(child.before).split("\n", 1)[-1]
+
+
+def _conversation(daemon: LiveDaemon, question: str) -> list[dict[str, str]]:
+    """The newest recorded conversation that ends with `question` (its answer after it)."""
+    tiers = {"tier": ["premium", "standard", "discard"]}
+    text = daemon.http().get("/v1/replay/examples", params=tiers).text
+    found = [json.loads(line)["messages"] for line in text.splitlines()]
+    return [c for c in found if c[-2]["content"] == question][-1]
+
+
+def test_chat_keeps_the_conversation_and_remembers_a_fix(daemon: LiveDaemon) -> None:
+    child = _spawn(daemon, "chat", "--max-tokens", "12", "--system", "You are terse.")
+    child.expect_exact(PROMPT)
+    first = "My lighthouse is codenamed Quentaro. Say hi."
+    _say(child, first)
+    second = "What is the codename of my lighthouse?"
+    _say(child, second)
+    sent = _conversation(daemon, second)
+    assert sent[0] == {"role": "system", "content": "You are terse."}
+    assert sent[1] == {"role": "user", "content": first}
+    assert sent[2]["role"] == "assistant" and sent[2]["content"].strip()
+    fixed = _say(child, "/fix Your lighthouse is codenamed Quentaro-Nine.")
+    memory = re.search(r"remembered now \(memory #(\d+)\)", fixed)
+    assert memory, fixed
+    assert "new conversation" in _say(child, "/clear")
+    _say(child, second)
+    assert _conversation(daemon, second)[:2] == [sent[0], {"role": "user", "content": second}]
+    info = _say(child, "/info")
+    assert re.search(rf"memories .*#{memory[1]} \(", info), info
+    assert re.search(r"adapters\s+none", info)
+    assert re.search(r"tokens\s+\d+ in the prompt, \d+ answered", info)
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_stops_the_answer_and_returns_to_the_prompt(daemon: LiveDaemon) -> None:
+    child = _spawn(daemon, "chat", "--max-tokens", "1000")
+    child.expect_exact(PROMPT)
+    assert "unknown command /frob; /help lists the commands" in _say(child, "/frob")
+    assert "usage: /memory on|off" in _say(child, "/memory maybe")
+    assert "not served: nope" in _say(child, "/adapters nope")
+    assert "no answer to rate yet" in _say(child, "/good")
+    child.sendline("Tell a long story about a dragon and a lighthouse.")
+    child.expect_exact("lighthouse.\r\n")  # the echo of the line typed
+    child.expect(r"\w")  # the first streamed text
+    child.sendintr()
+    child.expect(r"\[rate it: /good, /bad or /fix \(interaction (\d+)\)\]")
+    interaction = int(child.match[1])
+    child.expect_exact(PROMPT)
+    info = _say(child, "/info")
+    assert f"interaction  {interaction}" in info
+    assert "finished     cancelled" in info
+    assert "noted as a good answer" in _say(child, "/good")
+    child.send("half a thought")
+    child.sendintr()  # Ctrl-C with text on the line clears the line
+    child.expect_exact(PROMPT)
+    child.sendintr()  # Ctrl-C at an empty prompt leaves
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ask_ctrl_c_stops_the_answer_and_still_gives_its_interaction(daemon: LiveDaemon) -> None:
+    child = _spawn(
+        daemon, "ask", "Tell a long story about a lighthouse keeper.", "--max-tokens", "1000"
+    )
+    child.expect(r"\w")
+    child.sendintr()
+    child.expect(r"\[interaction (\d+); adapters: none; memories: ")
+    child.expect_exact("[stopped]")
+    child.expect_exact("npllm feedback")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
