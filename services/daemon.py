@@ -352,6 +352,10 @@ class Daemon:
             self.service.sleeper.stop()
             self.service.queue.shutdown()
             self.service.feedback_writer.close()
+            try:  # llama.cpp's server threads, and their sockets in run/
+                self.service.awake.engine.close()
+            except Exception:
+                log.exception("closing the engine failed")
         for sock in self._sockets:
             sock.close()
         if self._sockets:

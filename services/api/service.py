@@ -427,11 +427,16 @@ class Service:
         cycles = await asyncio.to_thread(recent_cycles, self.database.pool)
         self.sleeper.observe(cycles)  # a finished cycle: awake again at once
         machine, worker = self.sleeper.machine, self.sleeper.worker
-        opening = machine.window.next_opening(datetime.now())
+        now = datetime.now()
+        opening = machine.window.next_opening(now)
+        window = machine.window
         return {
             "state": machine.state,
             "reason": machine.reason,
+            # Inside the window: the opening of the one we are in (window_open true).
             "next_window": opening.isoformat() if opening else None,
+            "window_open": window.contains(now),
+            "window": None if window.start == "any" else f"{window.start}-{window.end}",
             "worker_pid": worker.pid if worker else None,
             "latest_cycle": cycles[0]["id"] if cycles else None,
             "cycles": cycles,

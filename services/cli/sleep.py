@@ -129,12 +129,24 @@ def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
     )
 
 
+def window_line(s: dict[str, Any]) -> str | None:
+    """The sleep window as `npllm sleep --status` words it (None: no window, always open)."""
+    if not s.get("next_window"):
+        return None
+    when = s["next_window"].replace("T", " ")[:16]
+    if s.get("window_open"):
+        until = (s.get("window") or "-").split("-")[-1]
+        return f"window open now (since {when}, until {until})"
+    return f"window opens next at {when}"
+
+
 def _sleep_status(ctx: typer.Context) -> None:
     s = client_of(ctx).request("GET", "/v1/sleep")
     typer.echo(f"state  {s['state']}")
     typer.echo(f"why    {s['reason']}")
-    if s.get("next_window"):
-        typer.echo(f"window opens next at {s['next_window'][:16]}")
+    line = window_line(s)
+    if line:
+        typer.echo(line)
     if not s["cycles"]:
         typer.echo("no sleep cycle yet; run one with `npllm sleep --now`")
     for c in s["cycles"]:

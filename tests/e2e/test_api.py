@@ -480,10 +480,13 @@ def test_a_correction_in_the_next_turn_is_recorded_for_the_earlier_answer(
 def test_cli_feedback(daemon: LiveDaemon, tmp_path: Any) -> None:
     with daemon.http() as http:
         iid = _ask(http, "How do I copy a list?").json()["npllm"]["interaction_id"]
-    good = _cli(daemon, "feedback", str(iid), "--good", "--comment", "thanks, that worked!")
+    good = _cli(
+        daemon, "feedback", str(iid), "--good", "--comment", "thanks, that worked!", "--details"
+    )
     assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("Thanks — noted as a good answer"), good.stdout
     # emotional = mean(rating 1, tone of the comment); no implicit signal: reward = emotional.
-    assert good.stdout.startswith(f"interaction {iid}: reward +0.7"), good.stdout
+    assert f"interaction {iid}: reward +0.7" in good.stdout
     assert "(implicit -, emotional +0.7" in good.stdout and "tier premium" in good.stdout
     both = _cli(daemon, "feedback", str(iid), "--good", "--bad")
     assert both.returncode == 2 and "give --good or --bad, not both" in both.stderr
@@ -491,8 +494,8 @@ def test_cli_feedback(daemon: LiveDaemon, tmp_path: Any) -> None:
     fixed.write_text("Use list.copy() or a slice: new = old[:].", encoding="utf-8")
     edited = _cli(daemon, "feedback", str(iid), "--edit", str(fixed))
     assert edited.returncode == 0, edited.stderr
-    assert "learns your corrected answer" in edited.stdout
-    assert "remembered your correction as memory #" in edited.stdout
+    assert "Noted your correction: remembered now (memory #" in edited.stdout
+    assert "reward" not in edited.stdout  # the numbers only with --details
     missing = _cli(daemon, "feedback", "99999999", "--bad")
     assert missing.returncode == 1
     assert "npllm: the daemon refused (404): no interaction with id 99999999" in missing.stderr

@@ -297,3 +297,13 @@ def test_new_interactions_are_counted_in_the_database_since_the_last_successful_
     sleeper.machine.new_interactions = 0
     sleeper.tick()
     assert sleeper.machine.new_interactions == 2
+
+
+def test_sleep_status_says_the_window_is_open_while_it_is() -> None:
+    from services.cli.sleep import window_line
+
+    inside = {"next_window": "2026-12-08T01:00:00", "window_open": True, "window": "01:00-06:00"}
+    assert window_line(inside) == "window open now (since 2026-12-08 01:00, until 06:00)"
+    outside = {**inside, "window_open": False}
+    assert window_line(outside) == "window opens next at 2026-12-08 01:00"
+    assert window_line({"next_window": None}) is None
