@@ -110,3 +110,31 @@ def test_the_guard_covers_websockets_and_spares_the_unix_socket(tmp_path: Path) 
     assert refused[0]["status"] == 401 and not reached
     unix = {"type": "http", "method": "GET", "path": "/v1/status", "server": None, "headers": []}
     assert _call(guard, unix) == [] and reached == ["http"]
+
+
+def test_allowed_hosts_extend_the_loopback_names(tmp_path: Path) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    settings = make_settings(tmp_path)
+    key = load_or_create(settings)
+    guard = TcpGuard(app, KeyFile(settings), ("devbox.lan",), LoginTokens())
+
+    def status(host: bytes, origin: bytes | None = None) -> int:
+        headers = [(b"host", host), (b"authorization", f"Bearer {key}".encode())]
+        if origin is not None:
+            headers.append((b"origin", origin))
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/memories",
+            "server": ("0.0.0.0", 11435),
+            "headers": headers,
+        }
+        return int(_call(guard, scope)[0]["status"])
+
+    assert status(b"devbox.lan:11435") == 204
+    assert status(b"devbox.lan:11435", b"http://devbox.lan:3000") == 204
+    assert status(b"otherbox.lan:11435") == 403
+    assert status(b"devbox.lan:11435", b"https://evil.example") == 403
