@@ -33,8 +33,9 @@ def _write(path: Path, key: str) -> None:
     """Write `key` to `path` as a 0600 file that is never readable by others, not even
     for a moment: made 0600 under a temporary name, then renamed over the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL | O_NOFOLLOW: never write through a file or link someone placed there.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, (key + "\n").encode())
@@ -46,13 +47,30 @@ def _write(path: Path, key: str) -> None:
 
 def read_key(path: Path) -> str:
     """The key in `path`; ConfigError when the file is readable by others or malformed."""
-    mode = path.stat().st_mode & 0o777
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the API key file {path}: {exc.strerror}; it must be a plain file "
+            "(not a link); `npllm key --rotate` writes a new one"
+        ) from exc
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    mode = st.st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(
             f"{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` or "
             "`npllm key --rotate` (the key may have been seen: rotating is safer)"
         )
-    key = path.read_text(encoding="utf-8").strip()
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{path} belongs to another user (uid {st.st_uid}); remove it and run "
+            "`npllm key --rotate`"
+        )
+    key = data.decode("utf-8", errors="replace").strip()
     if len(key) < 16 or any(c.isspace() for c in key):
         raise ConfigError(
             f"{path} does not hold a key (16+ characters, no spaces); "
@@ -89,12 +107,13 @@ class KeyFile:
         self.key = load_or_create(settings)
         self._stamp = self._stat()
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[int, ...] | None:
+        """What changes when the file is replaced, edited or chmod-ed (mode, ctime)."""
         try:
-            st = self.path.stat()
+            st = self.path.lstat()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_ino)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode, st.st_uid)
 
     def current(self) -> str | None:
         """The key now; None when the file is gone or unreadable (then nothing passes)."""

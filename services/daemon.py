@@ -338,6 +338,8 @@ class Daemon:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=self.settings.server.shutdown_timeout_s,
+            # No X-Forwarded-For from 127.0.0.1 rewrites a client's address in the log.
+            proxy_headers=False,
             lifespan="off",
         )
         server = _Server(config, self)

@@ -7,12 +7,17 @@ through untouched. A request that came over TCP must pass, in this order:
    or one of ``server.allowed_hosts``. A DNS-rebinding page reaches 127.0.0.1 under its
    own name (``evil.example``), so its Host gives it away (cf. Ollama's CVE-2024-28224).
 2. **Origin** — a request that carries an Origin (every cross-site request a browser
-   sends) comes from a page served by an allowed host; a page elsewhere cannot plant a
-   memory or a correction, nor read the history, whatever the content type.
+   sends) comes from a page this listener served: an allowed host *on this listener's
+   port* (a page on another localhost port is another site, which any local user may
+   run); a page elsewhere cannot plant a memory or a correction, nor read the history,
+   whatever the content type.
 3. **Key** — ``Authorization: Bearer <key>`` (the `openai` client's ``api_key``, editors'
    ``apiKey``), compared in constant time, or the session cookie a browser got by
-   opening a one-time login URL (``POST /v1/auth/login``: ``/?token=…``), HttpOnly and
-   SameSite=Strict so no other site's page can send it.
+   opening a one-time login URL (``POST /v1/auth/login``: ``/?token=…``): HttpOnly,
+   SameSite=Strict, a random value kept by the daemon for 12 hours (not derived from the
+   key: browsers do not keep cookies apart by port, so another server on this host could
+   be handed it), ended by a restart or a key rotation, and accepted only on requests the
+   browser marks as coming from npllm's own pages (``Sec-Fetch-Site``).
 
 Refusals name what to do; nothing reaches a route before all three passed.
 """
@@ -26,11 +31,11 @@ import json
 import logging
 import secrets
 import time
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api.errors import error_response
@@ -40,14 +45,21 @@ log = logging.getLogger("npllm.api")
 
 COOKIE = "npllm_session"
 LOGIN_TTL_S = 300.0
+SESSION_TTL_S = 12 * 3600.0
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def over_tcp(scope: Scope) -> bool:
-    """True when the request came over TCP: uvicorn gives a Unix socket's requests no
-    (host, port) server address."""
+    """False only for a request that came over the Unix socket, whose server address
+    uvicorn gives as (socket path, None); anything else is guarded (fails closed)."""
     server = scope.get("server")
-    return isinstance(server, (tuple, list)) and len(server) == 2 and server[1] is not None
+    unix = (
+        isinstance(server, (tuple, list))
+        and len(server) == 2
+        and isinstance(server[0], str)
+        and server[1] is None
+    )
+    return not unix
 
 
 def is_loopback(host: str) -> bool:
@@ -68,17 +80,17 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0].rstrip(".") if value.count(":") == 1 else value.rstrip(".")
 
 
-def session_value(key: str) -> str:
-    """The browser session's cookie: derived from the key, so rotating the key ends it."""
-    return hmac.new(key.encode(), b"npllm-browser-session", hashlib.sha256).hexdigest()
-
-
 class LoginTokens:
-    """One-time login tokens for a browser (Jupyter's token URL, but each works once and
-    for LOGIN_TTL_S): `npllm dashboard` asks for one over the socket or with the key."""
+    """One-time login tokens for a browser (Jupyter's token URL, but each works once and for
+    LOGIN_TTL_S), and the browser sessions they open: random values kept here (a restart
+    ends them), each valid for SESSION_TTL_S and only under the key it was opened with, so
+    `npllm key --rotate` ends them all. Not derived from the key: a session cookie a
+    browser hands to another server on this host (cookies are not kept apart by port)
+    never reveals the key and stops working by itself."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, float] = {}
+        self._sessions: dict[str, tuple[float, str]] = {}  # value → (expiry, key digest)
 
     def issue(self) -> tuple[str, float]:
         now = time.monotonic()
@@ -90,6 +102,25 @@ class LoginTokens:
     def redeem(self, token: str) -> bool:
         expires = self._tokens.pop(token, None)
         return expires is not None and expires > time.monotonic()
+
+    def open_session(self, key: str) -> str:
+        now = time.monotonic()
+        self._sessions = {v: e for v, e in self._sessions.items() if e[0] > now}
+        value = secrets.token_urlsafe(32)
+        self._sessions[value] = (now + SESSION_TTL_S, _digest(key))
+        return value
+
+    def session_valid(self, value: str, key: str) -> bool:
+        found = self._sessions.get(value)
+        return (
+            found is not None
+            and found[0] > time.monotonic()
+            and hmac.compare_digest(found[1], _digest(key))
+        )
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class TcpGuard:
@@ -104,7 +135,8 @@ class TcpGuard:
     ) -> None:
         self.app = app
         self.key_file = key_file
-        self.allowed = {h.lower().strip("[]") for h in (*LOOPBACK_NAMES, *allowed_hosts)}
+        self.extra = {h.lower().strip("[]").rstrip(".") for h in allowed_hosts}
+        self.allowed = {*LOOPBACK_NAMES, *self.extra}
         self.logins = logins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -135,6 +167,23 @@ class TcpGuard:
     def _allowed_host(self, host: str) -> bool:
         return host in self.allowed or is_loopback(host)
 
+    def _own_origin(self, origin: str, scope: Scope) -> bool:
+        """A page served by this listener: an allowed host on this listener's port. A page
+        on another port of localhost is another site's (any local user may run one); only
+        a name in server.allowed_hosts (a proxy in front) may carry another port."""
+        try:
+            parts = urlsplit(origin)
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:
+            return False
+        host = (parts.hostname or "").lower().rstrip(".")
+        if parts.scheme not in ("http", "https") or not self._allowed_host(host):
+            return False
+        if host in self.extra:
+            return True
+        server = scope.get("server")
+        return isinstance(server, (tuple, list)) and len(server) == 2 and port == server[1]
+
     def check(self, scope: Scope) -> Any:
         headers: dict[bytes, bytes] = {}
         method = scope.get("method", "GET")  # a websocket's handshake is a GET
@@ -153,16 +202,14 @@ class TcpGuard:
                 "host_not_allowed",
             )
         origin = headers.get(b"origin")
-        if origin is not None:
-            origin_host = urlsplit(origin.decode("latin-1")).hostname or ""
-            if not self._allowed_host(origin_host.lower()):
-                return _refuse(
-                    path,
-                    403,
-                    f"requests from web pages at {origin.decode('latin-1')!r} are refused: only "
-                    "pages served by this machine (localhost) may call npllm",
-                    "origin_not_allowed",
-                )
+        if origin is not None and not self._own_origin(origin.decode("latin-1"), scope):
+            return _refuse(
+                path,
+                403,
+                f"requests from web pages at {origin.decode('latin-1')!r} are refused: only "
+                "pages served by this machine (localhost) may call npllm",
+                "origin_not_allowed",
+            )
         key = self.key_file.current() if self.key_file is not None else None
         if key is None:
             return _refuse(
@@ -175,12 +222,23 @@ class TcpGuard:
         if given is not None and matches(given, key):
             return None
         cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"))
-        if cookie is not None and matches(cookie, session_value(key)):
+        if cookie is not None and self.logins.session_valid(cookie, key):
+            # A browser says where a request comes from: a session's requests must come
+            # from its own pages (or be typed in), not from another site on this host.
+            site = headers.get(b"sec-fetch-site", b"same-origin").decode("latin-1").lower()
+            if site not in ("same-origin", "none"):
+                return _refuse(
+                    path,
+                    403,
+                    f"a browser request from another site ({site}) is refused: open npllm's "
+                    "own pages",
+                    "cross_site",
+                )
             return None
         token = _query_token(scope)
         if token is not None and method == "GET":
             if self.logins.redeem(token):
-                return _login(scope, key)
+                return _login(scope, self.logins.open_session(key))
             return _refuse(
                 path,
                 401,
@@ -207,15 +265,9 @@ def _bearer(value: str) -> str | None:
 
 
 def _cookie(value: str) -> str | None:
-    if not value:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(value)
-    except Exception:
-        return None
-    morsel = jar.get(COOKIE)
-    return morsel.value if morsel is not None else None
+    # Starlette's parser, as browsers parse: Python's SimpleCookie drops every cookie of a
+    # header holding one it finds malformed (another local app's), ours with it.
+    return cookie_parser(value).get(COOKIE) if value else None
 
 
 def _query_token(scope: Scope) -> str | None:
@@ -226,7 +278,7 @@ def _query_token(scope: Scope) -> str | None:
     return None
 
 
-def _login(scope: Scope, key: str) -> RedirectResponse:
+def _login(scope: Scope, session: str) -> RedirectResponse:
     """A redeemed login token: set the session cookie and send the browser to the same
     page without the token (it leaves the address bar and the history)."""
     query = [
@@ -234,9 +286,12 @@ def _login(scope: Scope, key: str) -> RedirectResponse:
         for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
         if k != "token"
     ]
-    target = scope["path"] + (f"?{urlencode(query)}" if query else "")
+    # One leading slash: "//evil.example/" would send the browser to another host.
+    target = "/" + scope["path"].lstrip("/\\") + (f"?{urlencode(query)}" if query else "")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, session_value(key), httponly=True, samesite="strict", path="/")
+    response.set_cookie(
+        COOKIE, session, max_age=int(SESSION_TTL_S), httponly=True, samesite="strict", path="/"
+    )
     return response
 
 

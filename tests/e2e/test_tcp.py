@@ -75,6 +75,9 @@ def test_a_foreign_origin_cannot_plant_a_memory(daemon: LiveDaemon, tcp: httpx.C
     assert _memory_count(daemon) == before
     same = {"Origin": f"http://localhost:{daemon.tcp_port}", **_authed(daemon)}
     assert tcp.get("/v1/status", headers=same).status_code == 200
+    # Another port of localhost is another site (any local user may serve pages there).
+    other = {"Origin": f"http://localhost:{daemon.tcp_port + 1}", **_authed(daemon)}
+    assert tcp.post("/v1/memories", json=note, headers=other).status_code == 403
 
 
 def test_bodies_not_declared_json_store_nothing(daemon: LiveDaemon, tcp: httpx.Client) -> None:
@@ -141,6 +144,14 @@ def test_a_browser_logs_in_once_with_a_login_link(daemon: LiveDaemon, tcp: httpx
     cookie = opened.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie
     assert tcp.get("/v1/status").status_code == 200  # the client keeps the cookie
+    # The session is the browser's: a request another site makes with it is refused.
+    cross = tcp.post("/v1/adapters/prune", headers={"Sec-Fetch-Site": "same-site"})
+    assert cross.status_code == 403 and "another site" in cross.json()["error"]["message"]
+    # The login link cannot send the browser to another host.
+    link2 = daemon.http().post("/v1/auth/login").json()
+    tcp.cookies.clear()
+    bounced = tcp.get(f"/%2F%2Fevil.example/?token={link2['token']}", follow_redirects=False)
+    assert bounced.status_code == 303 and bounced.headers["location"] == "/evil.example/"
     tcp.cookies.clear()
     again = tcp.get(f"/v1/status?token={link['token']}", follow_redirects=False)
     assert again.status_code == 401

@@ -75,12 +75,34 @@ def test_host_headers_and_loopback() -> None:
     assert is_loopback("127.0.0.2") and is_loopback("[::1]") and not is_loopback("evil.example")
 
 
-def test_a_login_token_works_once() -> None:
+def test_a_login_token_works_once_and_a_session_only_under_its_key() -> None:
     logins = LoginTokens()
     token, ttl = logins.issue()
     assert ttl > 0
     assert logins.redeem(token) and not logins.redeem(token)
     assert not logins.redeem("made-up")
+    session = logins.open_session("npllm-key-one-0123456789")
+    assert logins.session_valid(session, "npllm-key-one-0123456789")
+    assert not logins.session_valid(session, "npllm-key-two-0123456789")  # rotated
+    assert not logins.session_valid("npllm-key-one-0123456789", "npllm-key-one-0123456789")
+
+
+def test_a_key_file_made_readable_is_noticed_by_the_running_daemon(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    watched = KeyFile(settings)
+    assert watched.current() is not None
+    key_path(settings).chmod(0o644)  # mtime and inode unchanged
+    assert watched.current() is None
+
+
+def test_a_key_file_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "elsewhere"
+    real.write_text("npllm-" + "x" * 40)
+    real.chmod(0o600)
+    link = tmp_path / "api-key"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError, match="must be a plain file"):
+        read_key(link)
 
 
 def _call(guard: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,8 +130,11 @@ def test_the_guard_covers_websockets_and_spares_the_unix_socket(tmp_path: Path) 
     assert closed == [{"type": "websocket.close", "code": 1008}] and not reached
     refused = _call(guard, {"type": "http", "method": "GET", "path": "/v1/status", **tcp})
     assert refused[0]["status"] == 401 and not reached
-    unix = {"type": "http", "method": "GET", "path": "/v1/status", "server": None, "headers": []}
-    assert _call(guard, unix) == [] and reached == ["http"]
+    unix = {"type": "http", "method": "GET", "path": "/v1/status", "headers": []}
+    assert _call(guard, {**unix, "server": ("/run/npllm.sock", None)}) == []
+    assert reached == ["http"]
+    # Fails closed: a request without the Unix socket's server address is guarded.
+    assert _call(guard, {**unix, "server": None})[0]["status"] == 400  # no Host
 
 
 def test_allowed_hosts_extend_the_loopback_names(tmp_path: Path) -> None:
@@ -135,6 +160,10 @@ def test_allowed_hosts_extend_the_loopback_names(tmp_path: Path) -> None:
         return int(_call(guard, scope)[0]["status"])
 
     assert status(b"devbox.lan:11435") == 204
-    assert status(b"devbox.lan:11435", b"http://devbox.lan:3000") == 204
+    assert status(b"devbox.lan:11435", b"http://devbox.lan:3000") == 204  # a proxy's port
     assert status(b"otherbox.lan:11435") == 403
     assert status(b"devbox.lan:11435", b"https://evil.example") == 403
+    # A loopback page must come from this listener's own port: another port is another site.
+    assert status(b"127.0.0.1:11435", b"http://127.0.0.1:11435") == 204
+    assert status(b"127.0.0.1:11435", b"http://localhost:8000") == 403
+    assert status(b"127.0.0.1:11435", b"file://") == 403

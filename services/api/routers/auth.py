@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from npllm.errors import ConflictError
 from services.api.deps import ServiceDep
+from services.api.guard import SESSION_TTL_S
 from services.api.spec import errors
 from services.daemon import tcp_address
 
@@ -26,6 +27,8 @@ def login_link(service: ServiceDep) -> dict[str, Any]:
     token, ttl = service.logins.issue()
     return {
         "url": f"http://{tcp_address(service.settings)}/?token={token}",
+        # The browser's session (a cookie) lasts this long, or until restart or rotation.
+        "session_s": SESSION_TTL_S,
         "token": token,
         "expires_in": ttl,
     }
