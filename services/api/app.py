@@ -18,6 +18,7 @@ from services.api.routers import (
     embeddings,
     feedback,
     memories,
+    metrics,
     models,
     modulator,
     ollama,
@@ -47,6 +48,7 @@ ROUTERS = (
     auth,
     embeddings,
     ollama,
+    metrics,
 )
 
 
@@ -69,6 +71,7 @@ def create_app(service: Service) -> FastAPI:
         BodyGuard,
         max_bytes=service.settings.server.max_body_bytes,
         max_import_bytes=service.settings.server.max_import_bytes,
+        observe=service.metrics.observe_request,
     )
     # Outermost: over TCP nothing (not even the body) is read before Host, Origin and key.
     app.add_middleware(

@@ -109,7 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(409, str(exc), code="conflict")
 
     @app.exception_handler(QueueFull)
-    async def _full(_: Request, exc: QueueFull) -> JSONResponse:
+    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+        request.app.state.service.metrics.queue_full.inc()
         return error_response(
             503,
             f"npllm is busy: {exc}; retry in a few seconds",

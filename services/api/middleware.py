@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -88,8 +89,15 @@ class BodyGuard:
     JSON that is not UTF-8 (400) and values the database cannot store (400, npllm/text.py)
     before they reach a route, and log one JSON line per request with its timings."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, max_import_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_import_bytes: int,
+        observe: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
         self.app = app
+        self.observe = observe  # services/metrics.py: Metrics.observe_request
         self.max_bytes = max_bytes
         self.max_import_bytes = max_import_bytes
 
@@ -107,6 +115,12 @@ class BodyGuard:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 self._log(scope, status["code"], started)
+                if self.observe is not None:
+                    # The route's template (/v1/adapters/{name}), never the raw path: one
+                    # series per route, whatever names are asked for.
+                    route = getattr(scope.get("route"), "path", None) or "unmatched"
+                    seconds = time.perf_counter() - started
+                    self.observe(route, scope["method"], status["code"], seconds)
 
         refusal = None
         body = b""

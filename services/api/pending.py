@@ -5,6 +5,7 @@ their answers through Service.chat; this is what they do with what it gives back
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ class PendingAnswer:
     events: asyncio.Queue[tuple[str, str]]  # (kind, text): "start", "text", "done"
     cancel: Cancel
     future: asyncio.Future[Any]  # an Answer (chat) or a Completion (raw prompt)
+    kind: str = "chat"  # chat | completion (the metrics' label)
+    queued_at: float = 0.0  # time.perf_counter() when it was queued
+    first_text: float | None = None
 
     @classmethod
     def submit(
@@ -41,7 +45,7 @@ class PendingAnswer:
                 response_id, messages, params, adapters, emit, cancel, stream, memory=memory
             )
 
-        return cls._queued(service, response_id, queue)
+        return cls._queued(service, response_id, queue, "chat")
 
     @classmethod
     def submit_completion(
@@ -61,7 +65,7 @@ class PendingAnswer:
                 response_id, prompt, suffix, params, adapters, emit, cancel, stream
             )
 
-        return cls._queued(service, response_id, queue)
+        return cls._queued(service, response_id, queue, "completion")
 
     @classmethod
     def _queued(
@@ -69,6 +73,7 @@ class PendingAnswer:
         service: Service,
         response_id: str,
         queue: Callable[[Callable[..., None], Cancel], asyncio.Future[Any]],
+        kind: str,
     ) -> PendingAnswer:
         from services.api.service import Cancel
 
@@ -79,7 +84,20 @@ class PendingAnswer:
         def emit(kind: str, text: str = "") -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, text))
 
-        return cls(service, response_id, events, cancel, queue(emit, cancel))
+        started = time.perf_counter()
+        future = queue(emit, cancel)
+        pending = cls(service, response_id, events, cancel, future, kind, started)
+        future.add_done_callback(pending._measured)
+        return pending
+
+    def _measured(self, future: asyncio.Future[Any]) -> None:
+        """A finished answer's tokens and rate, and its time to first text if streamed."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        metrics = self.service.metrics
+        metrics.observe_answer(self.kind, future.result())
+        if self.first_text is not None:
+            metrics.first_token.labels(self.kind).observe(self.first_text - self.queued_at)
 
     async def whole(self) -> Any:
         """The finished answer (not streamed)."""
@@ -109,6 +127,8 @@ class PendingAnswer:
             if kind == "done":
                 return
             if kind == "text":
+                if self.first_text is None:
+                    self.first_text = time.perf_counter()
                 yield text
 
     def close(self) -> None:

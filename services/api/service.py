@@ -38,6 +38,7 @@ from services.api.guard import LoginTokens
 from services.auth import KeyFile
 from services.feedback_writer import FeedbackWriter
 from services.hot_swap import AdapterSlot, CerebellumSlot, HotSwap, ModulatorSlot, Slot
+from services.metrics import Metrics
 from services.queue import GenerationQueue
 from services.sleep import Sleeper
 
@@ -118,6 +119,11 @@ class Service:
         self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
         self.awake.cache.clear()
         return {"name": name, "deleted": True, "versions": versions, "was_served": served}
+
+    @functools.cached_property
+    def metrics(self) -> Metrics:
+        """What GET /metrics exposes (services/metrics.py)."""
+        return Metrics(self)
 
     @functools.cached_property
     def hot_swap(self) -> HotSwap:
