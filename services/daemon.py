@@ -69,17 +69,21 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _payload(record: logging.LogRecord) -> dict[str, Any]:
+    """A log call's fields: npllm logs a JSON object per line; other text is its message."""
+    message = record.getMessage()
+    try:
+        payload = json.loads(message)
+    except ValueError:
+        return {"message": message}
+    return payload if isinstance(payload, dict) else {"message": message}
+
+
 class JsonLines(logging.Formatter):
     """One JSON object per log line, so logs can be grepped and parsed."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        try:
-            payload = json.loads(message)
-            if not isinstance(payload, dict):
-                raise ValueError
-        except ValueError:
-            payload = {"message": message}
+        payload = _payload(record)
         entry = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created)),
             "level": record.levelname.lower(),
@@ -95,13 +99,7 @@ class Readable(logging.Formatter):
     """One line a person reads on a terminal: time, level, event, then key=value."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        try:
-            payload = json.loads(message)
-            if not isinstance(payload, dict):
-                raise ValueError
-        except ValueError:
-            payload = {"message": message}
+        payload = _payload(record)
         when = time.strftime("%H:%M:%S", time.localtime(record.created))
         event = payload.pop("event", None) or payload.pop("message", "")
         fields = " ".join(
