@@ -177,6 +177,19 @@ class ModelsConfig(_Section):
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine's
+    loopback: what server.tcp_host may be without allow_remote, and what the TCP listener's
+    guard accepts as Host and Origin (services/api/guard.py)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ServerConfig(_Section):
     """The local socket API."""
 
@@ -266,14 +279,15 @@ class ServerConfig(_Section):
 
     @model_validator(mode="after")
     def _tcp(self) -> ServerConfig:
-        host = self.tcp_host.strip().strip("[]")
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            raise ValueError(
-                f"server.tcp_host must be an IP address (127.0.0.1, ::1, ...), got {host!r}"
-            ) from None
-        if not loopback and not self.allow_remote:
+        host = self.tcp_host  # brackets already dropped (_bare_host)
+        if not is_loopback(host):
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(
+                    f"server.tcp_host must be an IP address (127.0.0.1, ::1, ...), got {host!r}"
+                ) from None
+        if not is_loopback(host) and not self.allow_remote:
             raise ValueError(
                 f"server.tcp_host {host!r} is reachable from other machines; set "
                 "server.allow_remote = true to mean it (the API key is still required, and "

@@ -21,6 +21,12 @@ KEY_FILE = "api-key"
 PREFIX = "npllm-"
 
 
+def tcp_address(settings: Settings) -> str:
+    """host:port of the TCP listener as a URL has it ([::1]:8080)."""
+    host, port = settings.server.tcp_host, settings.server.tcp_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def key_path(settings: Settings) -> Path:
     return settings.data_path / KEY_FILE
 

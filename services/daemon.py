@@ -25,7 +25,7 @@ import uvicorn
 
 from npllm.config import Settings
 from npllm.errors import DaemonError
-from services.auth import KeyFile, key_path
+from services.auth import KeyFile, key_path, tcp_address
 
 log = logging.getLogger("npllm.daemon")
 
@@ -136,16 +136,6 @@ def single_threaded_torch() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def tcp_address(settings: Settings) -> str:
-    """host:port of the TCP listener as a URL has it ([::1]:8080)."""
-    host = settings.server.tcp_host
-    return (
-        f"[{host}]:{settings.server.tcp_port}"
-        if ":" in host
-        else f"{host}:{settings.server.tcp_port}"
-    )
 
 
 class Daemon:

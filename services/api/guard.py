@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -38,6 +37,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from npllm.config import is_loopback
 from services.api.errors import error_response
 from services.auth import KeyFile, matches
 
@@ -60,16 +60,6 @@ def over_tcp(scope: Scope) -> bool:
         and server[1] is None
     )
     return not unix
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(value: str) -> str:
@@ -189,13 +179,11 @@ class TcpGuard:
         method = scope.get("method", "GET")  # a websocket's handshake is a GET
         for k, v in scope.get("headers") or []:
             headers.setdefault(k, v)  # the first of repeated headers counts
-        path = scope["path"]
         host = headers.get(b"host", b"").decode("latin-1")
         if not host:
-            return _refuse(path, 400, "a request over TCP must send a Host header", "no_host")
+            return _refuse(400, "a request over TCP must send a Host header", "no_host")
         if not self._allowed_host(host_name(host)):
             return _refuse(
-                path,
                 403,
                 f"Host {host!r} is not this server (it answers to localhost, 127.0.0.1 and "
                 "[::1], plus server.allowed_hosts): refused as a possible DNS-rebinding attack",
@@ -204,7 +192,6 @@ class TcpGuard:
         origin = headers.get(b"origin")
         if origin is not None and not self._own_origin(origin.decode("latin-1"), scope):
             return _refuse(
-                path,
                 403,
                 f"requests from web pages at {origin.decode('latin-1')!r} are refused: only "
                 "pages served by this machine (localhost) may call npllm",
@@ -213,7 +200,6 @@ class TcpGuard:
         key = self.key_file.current() if self.key_file is not None else None
         if key is None:
             return _refuse(
-                path,
                 503,
                 "the API key file is missing or unreadable; `npllm key --rotate` writes a new one",
                 "no_api_key",
@@ -228,7 +214,6 @@ class TcpGuard:
             site = headers.get(b"sec-fetch-site", b"same-origin").decode("latin-1").lower()
             if site not in ("same-origin", "none"):
                 return _refuse(
-                    path,
                     403,
                     f"a browser request from another site ({site}) is refused: open npllm's "
                     "own pages",
@@ -240,7 +225,6 @@ class TcpGuard:
             if self.logins.redeem(token):
                 return _login(scope, self.logins.open_session(key))
             return _refuse(
-                path,
                 401,
                 "this login link was used already or has expired; ask for a new one with "
                 "`npllm dashboard`",
@@ -248,7 +232,6 @@ class TcpGuard:
             )
         what = "a wrong API key" if given is not None else "no API key"
         return _refuse(
-            path,
             401,
             f"{what}: requests over TCP need `Authorization: Bearer <key>`; "
             "`npllm key` shows the key (the Unix socket needs none)",
@@ -296,7 +279,7 @@ def _login(scope: Scope, session: str) -> RedirectResponse:
 
 
 def _refuse(
-    path: str, status: int, message: str, code: str, headers: dict[str, str] | None = None
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     # Under /api/ it goes out in Ollama's shape, {"error": "..."} (errors.ErrorJSON).
     return error_response(status, message, code=code, headers=headers)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from npllm.config import ServerConfig
+from npllm.config import ServerConfig, is_loopback
 from npllm.errors import ConfigError
-from services.api.guard import LoginTokens, TcpGuard, host_name, is_loopback
+from services.api.guard import LoginTokens, TcpGuard, host_name
 from services.auth import KeyFile, key_path, load_or_create, matches, read_key, rotate
 
 from ..conftest import make_settings

@@ -10,7 +10,7 @@ from npllm.errors import ConflictError
 from services.api.deps import ServiceDep
 from services.api.guard import SESSION_TTL_S
 from services.api.spec import errors
-from services.daemon import tcp_address
+from services.auth import tcp_address
 
 router = APIRouter()
 
