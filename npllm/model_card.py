@@ -53,28 +53,20 @@ def _weight_files(directory: Path) -> list[Path]:
 def _with_gguf_header(card: ModelCard, path: Path) -> ModelCard:
     from gguf import GGUFReader, LlamaFileType
 
+    from npllm.engines.gguf_export import gguf_field
+
     reader = GGUFReader(str(path))
-
-    def field(key: str) -> str | int | None:
-        found = reader.fields.get(key)
-        if found is None:
-            return None
-        value = found.parts[found.data[0]]
-        if found.types and found.types[0].name == "STRING":
-            return bytes(value).decode()
-        return int(value[0])
-
     count = sum(int(t.n_elements) for t in reader.tensors)
-    file_type = field("general.file_type")
+    file_type = gguf_field(reader, "general.file_type")
     try:
         quantization = LlamaFileType(int(file_type or -1)).name.removeprefix("MOSTLY_")
     except ValueError:
         quantization = "unknown"
-    size_label = field("general.size_label")
+    size_label = gguf_field(reader, "general.size_label")
     return replace(
         card,
         format="gguf",
-        family=str(field("general.architecture") or "unknown"),
+        family=str(gguf_field(reader, "general.architecture") or "unknown"),
         parameter_size=str(size_label) if size_label else _size_label(count),
         quantization_level=quantization,
         parameter_count=count,

@@ -214,6 +214,22 @@ def save_tiny_llama(path: Path, extra_tokens: tuple[str, ...] = ()) -> Path:
     return path
 
 
+def psql(daemon: LiveDaemon, sql: str) -> str:
+    """`npllm psql -At -c SQL` on the daemon's database: its output, stripped."""
+    import subprocess
+
+    done = subprocess.run(
+        [*NPLLM, "psql", "-At", "-c", sql],
+        env=cli_env(daemon.data_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def ask_ok(http: Any, question: str, **extra: Any) -> dict[str, Any]:
     """One chat completion (24 tokens unless said otherwise) that must succeed."""
     body = {"messages": [{"role": "user", "content": question}], "max_tokens": 24, **extra}

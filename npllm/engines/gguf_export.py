@@ -86,7 +86,7 @@ class BaseInfo:
     context_length: int
 
 
-def _field(reader: Any, key: str) -> Any:
+def gguf_field(reader: Any, key: str) -> Any:
     field = reader.fields.get(key)
     if field is None:
         return None
@@ -105,13 +105,13 @@ def base_info(path: Path) -> BaseInfo:
         reader = GGUFReader(str(path))
     except Exception as exc:
         raise AdapterError(f"cannot read the base GGUF {path}: {exc}") from exc
-    arch = _field(reader, "general.architecture")
-    heads = _field(reader, f"{arch}.attention.head_count")
-    layers = _field(reader, f"{arch}.block_count")
+    arch = gguf_field(reader, "general.architecture")
+    heads = gguf_field(reader, f"{arch}.attention.head_count")
+    layers = gguf_field(reader, f"{arch}.block_count")
     if not arch or heads is None or layers is None:
         raise AdapterError(f"{path} lacks general.architecture / head_count / block_count")
-    kv_heads = _field(reader, f"{arch}.attention.head_count_kv") or heads
-    ctx = _field(reader, f"{arch}.context_length") or 2048
+    kv_heads = gguf_field(reader, f"{arch}.attention.head_count_kv") or heads
+    ctx = gguf_field(reader, f"{arch}.context_length") or 2048
     return BaseInfo(path, str(arch), int(layers), int(heads), int(kv_heads), int(ctx))
 
 
@@ -204,7 +204,10 @@ def check_file(path: Path, base: BaseInfo, config: dict[str, Any]) -> None:
         reader = GGUFReader(str(path))
     except Exception as exc:
         raise AdapterError(f"{path} is not a readable GGUF file: {exc}") from exc
-    if _field(reader, "general.type") != "adapter" or _field(reader, "adapter.type") != "lora":
+    if (
+        gguf_field(reader, "general.type") != "adapter"
+        or gguf_field(reader, "adapter.type") != "lora"
+    ):
         raise AdapterError(f"{path} is not a GGUF LoRA adapter (general.type / adapter.type)")
     expected = 2 * base.layers * len(_targets(config))
     if len(reader.tensors) != expected:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env, psql
 
 
 def _openai(daemon: LiveDaemon) -> openai.OpenAI:
@@ -59,7 +59,7 @@ def test_openai_client_streaming(daemon: LiveDaemon) -> None:
     assert meta["interaction_id"] > 0
     assert len({c.id for c in chunks}) == 1
     # The stored interaction holds exactly the streamed text.
-    stored = _psql(
+    stored = psql(
         daemon, f"SELECT md5(answer) FROM npllm.interactions WHERE id = {meta['interaction_id']}"
     )
     assert stored == hashlib.md5(text.encode()).hexdigest()
@@ -349,19 +349,6 @@ def test_a_body_not_declared_json_is_refused_not_rewritten(daemon: LiveDaemon) -
 # ---- feedback, replay buffer and datasets over the socket -----------------------------------
 
 
-def _psql(daemon: LiveDaemon, sql: str) -> str:
-    done = subprocess.run(
-        [*NPLLM, "psql", "-At", "-c", sql],
-        env=cli_env(daemon.data_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def _cli(
     daemon: LiveDaemon, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -424,7 +411,7 @@ def test_feedback_moves_the_reward_and_bad_feedback_is_refused(daemon: LiveDaemo
             r = http.post("/v1/feedback", json=body)
             assert r.status_code == status, case
             assert message in r.json()["error"]["message"], (case, r.json())
-    events = _psql(
+    events = psql(
         daemon, f"SELECT count(*) FROM npllm.feedback_events WHERE interaction_id = {iid}"
     )
     assert events == "2"
@@ -448,7 +435,7 @@ def test_a_burst_of_concurrent_feedback_loses_no_event(daemon: LiveDaemon) -> No
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = [s for batch in pool.map(send, [25] * 8) for s in batch]
     assert statuses == [201] * 200
-    counted = _psql(
+    counted = psql(
         daemon,
         "SELECT count(*), max(r.implicit_n) FROM npllm.feedback_events e "
         f"JOIN npllm.replay_buffer r USING (interaction_id) WHERE e.interaction_id = {iid}",
@@ -469,10 +456,10 @@ def test_a_correction_in_the_next_turn_is_recorded_for_the_earlier_answer(
         ]
         http.post("/v1/chat/completions", json={"messages": history, "max_tokens": 8})
     iid = first["npllm"]["interaction_id"]
-    kinds = _psql(daemon, f"SELECT kind FROM npllm.feedback_events WHERE interaction_id = {iid}")
+    kinds = psql(daemon, f"SELECT kind FROM npllm.feedback_events WHERE interaction_id = {iid}")
     assert kinds == "correction"
     assert (
-        _psql(daemon, f"SELECT tier FROM npllm.replay_buffer WHERE interaction_id = {iid}")
+        psql(daemon, f"SELECT tier FROM npllm.replay_buffer WHERE interaction_id = {iid}")
         == "discard"
     )
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from ..conftest import LiveDaemon
+from ..conftest import LiveDaemon, psql
 
 
 def _client(daemon: LiveDaemon) -> openai.OpenAI:
@@ -135,8 +135,6 @@ def test_a_stopped_answer_ends_with_its_id_and_is_not_abandoned(daemon: LiveDaem
     """What Ctrl-C in `npllm chat` does: ask the daemon to stop, read the stream to its end."""
     import json
 
-    from .test_api import _psql
-
     body = {
         "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
         "max_tokens": 400,
@@ -158,7 +156,7 @@ def test_a_stopped_answer_ends_with_its_id_and_is_not_abandoned(daemon: LiveDaem
     assert final["choices"][0]["finish_reason"] == "cancelled"
     assert final["usage"]["completion_tokens"] < 400
     iid = final["npllm"]["interaction_id"]
-    events = _psql(
+    events = psql(
         daemon, f"SELECT count(*) FROM npllm.feedback_events WHERE interaction_id = {iid}"
     )
     assert events == "0"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ import ollama
 import openai
 import pytest
 
-from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import LiveDaemon, psql
 
 SHORT = {"num_predict": 16}
 
@@ -35,19 +34,6 @@ def _lines(http: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str
         assert reply.status_code == 200, reply.read()
         assert reply.headers["content-type"] == "application/x-ndjson"
         return [json.loads(line) for line in reply.iter_lines() if line]
-
-
-def _psql(daemon: LiveDaemon, sql: str) -> str:
-    done = subprocess.run(
-        [*NPLLM, "psql", "-At", "-c", sql],
-        env=cli_env(daemon.data_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def test_chat_streamed_and_whole_with_the_ollama_client(daemon: LiveDaemon) -> None:
@@ -78,7 +64,7 @@ def test_the_final_object_carries_npllm_metadata_and_can_be_rated(daemon: LiveDa
         assert final["done"] is True and "npllm" not in lines[0]
         streamed = "".join(line["message"]["content"] for line in lines)
         interaction = final["npllm"]["interaction_id"]
-        stored = _psql(daemon, f"SELECT answer FROM npllm.interactions WHERE id = {interaction}")
+        stored = psql(daemon, f"SELECT answer FROM npllm.interactions WHERE id = {interaction}")
         assert stored == streamed
         rated = http.post("/v1/feedback", json={"interaction_id": interaction, "rating": 1.0})
         assert rated.status_code == 201, rated.text
@@ -228,7 +214,7 @@ def test_a_client_that_disconnects_stops_the_generation(daemon: LiveDaemon) -> N
         while http.get("/v1/status").json()["queue"]["running"] and time.monotonic() < deadline:
             time.sleep(0.2)
     latest = "SELECT finish_reason, completion_tokens FROM npllm.interactions ORDER BY id DESC"
-    reason, tokens = _psql(daemon, f"{latest} LIMIT 1").split("|")
+    reason, tokens = psql(daemon, f"{latest} LIMIT 1").split("|")
     assert reason == "cancelled" and int(tokens) < 1000
 
 
