@@ -736,6 +736,86 @@ class CerebellumConfig(_Section):
     )
 
 
+class CanaryConfig(_Section):
+    """Canary A/B of every adapter version a sleep cycle publishes (npllm/canary.py)."""
+
+    share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of the conversations routed to an adapter's earlier knowledge that "
+        "its new version serves while on trial (the rest keep the previous version); 0: a "
+        "sleep cycle's versions go live for everyone at once. Questions about what the new "
+        "version was taught always get it.",
+    )
+    min_rated: int = Field(
+        20, ge=2, description="Rated answers each arm needs before the arms are compared."
+    )
+    max_hours: float = Field(
+        48.0, gt=0.0, description="Hours a trial may run before it is decided on what it has."
+    )
+    max_drop: float = Field(
+        0.1,
+        ge=0.0,
+        le=2.0,
+        description="Roll back when the new version's mean reward is below the previous "
+        "one's by more than this (reward scale -1..1) and the one-sided Welch test agrees.",
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Significance level of the one-sided Welch test."
+    )
+    undecided: Literal["promote", "rollback"] = Field(
+        "promote",
+        description="What a trial with too few rated answers at max_hours does: promote (it "
+        "passed the night's gate and nothing showed harm) or rollback.",
+    )
+    check_every_s: float = Field(
+        60.0, gt=0.0, description="Seconds between two looks at the running trials."
+    )
+
+
+class AlertsConfig(_Section):
+    """Alerts: conditions a person should hear about (services/alerts.py)."""
+
+    command: str = Field(
+        "",
+        description="Run for every alert with the alert as JSON on stdin (split like a shell "
+        "line, run without a shell); empty: alerts are only stored, logged and shown.",
+    )
+    command_timeout_s: float = Field(
+        30.0, gt=0.0, description="Seconds the alert command may run before it is killed."
+    )
+    check_every_s: float = Field(
+        60.0, gt=0.0, description="Seconds between two checks of the alert conditions."
+    )
+    repeat_hours: float = Field(
+        24.0,
+        gt=0.0,
+        description="An alert whose condition still holds is raised again after this long.",
+    )
+    satisfaction_window_hours: float = Field(
+        24.0,
+        gt=0.0,
+        description="Satisfaction is the mean reward of the answers rated in this window, "
+        "compared with the window before it.",
+    )
+    satisfaction_drop: float = Field(
+        0.3,
+        gt=0.0,
+        le=2.0,
+        description="Alert when satisfaction falls by more than this (reward scale -1..1).",
+    )
+    satisfaction_min_rated: int = Field(
+        10, ge=1, description="Rated answers each window needs before they are compared."
+    )
+    failed_cycles: int = Field(
+        3, ge=1, description="Alert after this many failed or refused sleep cycles in a row."
+    )
+    min_free_disk_mb: float = Field(
+        1024.0, ge=0.0, description="Alert when the data dir's disk has less free space (MiB)."
+    )
+
+
 class Settings(BaseSettings):
     """All of npllm's configuration."""
 
@@ -760,6 +840,8 @@ class Settings(BaseSettings):
     sleep: SleepConfig = SleepConfig()
     training: TrainingConfig = TrainingConfig()
     cerebellum: CerebellumConfig = CerebellumConfig()
+    canary: CanaryConfig = CanaryConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     # Where the values came from (files and variables), shown by `npllm doctor`.
     _sources: list[str] = PrivateAttr(default_factory=list)
