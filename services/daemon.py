@@ -164,9 +164,11 @@ class Daemon:
         from npllm.versions import BaseIdentity, Registry
         from npllm.weights import resolve
         from services.api import Service
+        from services.canaries import held_at_start
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
         from services.sleep import Sleeper
+        from services.watch import Job, Watcher
 
         self.database = Database(self.settings)
         applied = self.database.open(migrate=True)
@@ -181,7 +183,10 @@ class Daemon:
             self.database.pool, self.settings, BaseIdentity(engine.model_id, engine.fingerprint)
         )
         changed = registry.sync_staleness()
-        loaded = awake.load_adapters(registry)
+        # Running canary trials keep their controls loaded beside the active versions.
+        loaded = awake.load_adapters(
+            registry, held_at_start(self.database.pool, self.settings, registry)
+        )
         cerebellum_registry = self._load_cerebellum(awake, engine)
         log.info(
             json.dumps(
@@ -210,6 +215,12 @@ class Daemon:
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
             key_file=key_file,
         )
+        self.service.canaries.restore()
+        # The periodic jobs, off the event loop (services/watch.py).
+        self.service.watcher = Watcher(
+            [Job("canary", self.settings.canary.check_every_s, self.service.canaries.check)]
+        )
+        self.service.watcher.start()
         self._bind()
         log.info(
             json.dumps(
@@ -338,6 +349,8 @@ class Daemon:
     def shutdown(self) -> None:
         """Release everything, whatever state startup reached."""
         if self.service is not None:
+            if self.service.watcher is not None:
+                self.service.watcher.stop()
             self.service.cancel_all()
             self.service.sleeper.stop()
             self.service.queue.shutdown()
