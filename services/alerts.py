@@ -54,6 +54,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from npllm.config import Settings
+from npllm.errors import StorageError
 
 log = logging.getLogger("npllm.alerts")
 
@@ -509,11 +510,18 @@ class Alerts:
             pending = [a.as_json() for a in reversed(self._pending)]
         if open_only:
             pending = [a for a in pending if a["resolved_at"] is None]
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            if open_only:
-                rows = sorted(cur.execute(_OPEN).fetchall(), key=lambda r: -r["id"])
-            else:
-                rows = cur.execute(_RECENT, {"limit": limit}).fetchall()
+        try:
+            with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                if open_only:
+                    rows = sorted(cur.execute(_OPEN).fetchall(), key=lambda r: -r["id"])
+                else:
+                    rows = cur.execute(_RECENT, {"limit": limit}).fetchall()
+        except Exception as exc:
+            if pending:  # the database is down, and these say so
+                return pending[:limit]
+            raise StorageError(
+                f"the alerts cannot be read: the database did not answer ({exc})"
+            ) from exc
         return (pending + [Alert.from_row(r).as_json() for r in rows])[:limit]
 
     def open_alerts(self) -> list[dict[str, Any]]:

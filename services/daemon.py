@@ -163,10 +163,12 @@ class Daemon:
         from npllm.llm import untrainable_reason
         from npllm.versions import BaseIdentity, Registry
         from npllm.weights import resolve
+        from services.alerts import Alerts
         from services.api import Service
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
         from services.sleep import Sleeper
+        from services.watch import Job, Watcher
 
         self.database = Database(self.settings)
         applied = self.database.open(migrate=True)
@@ -195,6 +197,8 @@ class Daemon:
         )
         # The TCP listener's key exists before anything listens (made on first use).
         key_file = KeyFile(self.settings) if self.settings.server.tcp_port else None
+        alerts = Alerts(self.database.pool, self.settings, self.settings.data_path)
+        watcher = Watcher([Job("alerts", self.settings.alerts.check_every_s, alerts.check)])
         self.service = Service(
             settings=self.settings,
             database=self.database,
@@ -209,8 +213,11 @@ class Daemon:
             cerebellum_registry=cerebellum_registry,
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
             key_file=key_file,
+            alerts=alerts,
+            watcher=watcher,
         )
         self._bind()
+        watcher.start()
         log.info(
             json.dumps(
                 {
@@ -338,6 +345,9 @@ class Daemon:
     def shutdown(self) -> None:
         """Release everything, whatever state startup reached."""
         if self.service is not None:
+            if self.service.watcher is not None:  # its jobs use the database: stopped first
+                self.service.watcher.stop()
+                self.service.alerts.wait_commands(timeout=5.0)
             self.service.cancel_all()
             self.service.sleeper.stop()
             self.service.queue.shutdown()

@@ -175,6 +175,13 @@ class StateCollector(Collector):
         size = GaugeMetricFamily("npllm_database_size_bytes", "Size of npllm's database.")
         size.add_metric([], rows["size"])
         yield size
+        if service.alerts is not None:
+            alerts = GaugeMetricFamily(
+                "npllm_alerts_open", "Alert conditions that hold now, by kind.", labels=["kind"]
+            )
+            for kind, count in service.alerts.open_counts().items():
+                alerts.add_metric([kind], count)
+            yield alerts
 
     @staticmethod
     def _read(pool: Any) -> dict[str, Any]:
