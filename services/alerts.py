@@ -486,15 +486,16 @@ class Alerts:
             result = {"error": f"cannot run {argv[0]!r}: {exc}"}
         if result.get("exit", 0) != 0 or "error" in result:
             log.warning(json.dumps({"event": "alert_command_failed", "alert": alert.id, **result}))
-        with self._lock:
+        with self._lock:  # not stored yet: its row will be written with the result
             alert.command = result
-            if alert.id is None:  # stored later, with it
-                return
-            try:
-                with self.pool.connection() as conn:
-                    conn.execute(_SET_COMMAND, {"id": alert.id, "command": Jsonb(result)})
-            except Exception as exc:
-                log.warning(json.dumps({"event": "alert_command_not_stored", "error": str(exc)}))
+            stored = alert.id
+        if stored is None:
+            return
+        try:
+            with self.pool.connection() as conn:
+                conn.execute(_SET_COMMAND, {"id": stored, "command": Jsonb(result)})
+        except Exception as exc:
+            log.warning(json.dumps({"event": "alert_command_not_stored", "error": str(exc)}))
 
     def wait_commands(self, timeout: float) -> None:
         """Wait (at most `timeout` s each) for the commands still running."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,17 @@ class Disk:
 
 
 def _alerts(
-    db: Database, tmp_path: Path, clock: Clock, disk: Disk | None = None, **env: str
+    db: Database,
+    tmp_path: Path,
+    clock: Clock,
+    disk: Disk | None = None,
+    ping: Callable[[], None] | None = None,
+    **env: str,
 ) -> Alerts:
     settings = make_settings(tmp_path, **{f"NPLLM_ALERTS__{k.upper()}": v for k, v in env.items()})
-    return Alerts(db.pool, settings, tmp_path, clock=clock, disk_free=disk or Disk(10**6))
+    return Alerts(
+        db.pool, settings, tmp_path, clock=clock, disk_free=disk or Disk(10**6), ping=ping
+    )
 
 
 def _rows(db: Database) -> list[dict[str, Any]]:
@@ -252,20 +260,19 @@ def test_an_unreachable_database_is_held_in_memory_and_written_when_it_answers(
     fresh_database: Database, tmp_path: Path
 ) -> None:
     clock, out = Clock(), tmp_path / "alert.json"
-    alerts = _alerts(
-        fresh_database,
-        tmp_path,
-        clock,
-        Disk(free_mb=10**6),
-        command=shlex.join([sys.executable, "-c", TO_FILE, str(out)]),
-    )
     down = True
 
     def ping() -> None:
         if down:
             raise OSError("connection refused")
 
-    alerts.ping = ping
+    alerts = _alerts(
+        fresh_database,
+        tmp_path,
+        clock,
+        ping=ping,
+        command=shlex.join([sys.executable, "-c", TO_FILE, str(out)]),
+    )
     (alert,) = alerts.check()
     assert alert.kind == "database_unreachable" and alert.severity == "critical"
     assert alert.id is None and "connection refused" in alert.details["error"]
