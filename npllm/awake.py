@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from npllm import interactions, replay
 from npllm import modulator as modulator_versions
 from npllm.cache import ShortTermCache, cache_key
+from npllm.canary import Trial, conversation_key
 from npllm.cerebellum import Cerebellum
 from npllm.config import Settings
 from npllm.corrections import Corrections, Verdict
@@ -112,6 +113,8 @@ class AwakePath:
         self.adapters = engine.adapters
         self.modulator = Modulator(settings.modulator)
         self.modulator_version: int | None = None  # the trained version routing, if any
+        # Running canary trials by adapter (npllm/canary.py): which version each arm gets.
+        self.trials: dict[str, Trial] = {}
         # The draft model (npllm/cerebellum.py), set by the daemon; None: no drafting.
         self.cerebellum: Cerebellum | None = None
         # Set by the daemon when it stops: answers cancelled from then on were not
@@ -140,10 +143,11 @@ class AwakePath:
         weight = round(1 / len(unique), 3)
         return Decision("pinned", chosen=[(name, weight) for name in unique])
 
-    def load_adapters(self, registry: Registry) -> list[Version]:
-        """Load every active version for this base and route to them (at start-up)."""
+    def load_adapters(self, registry: Registry, held: list[Version] | None = None) -> list[Version]:
+        """Load every active version for this base and route to them (at start-up), with
+        the `held` ones (running canaries' controls) loaded beside."""
         active = [v for v, _ in registry.active()]
-        served = {v.key for v in self.adapters.serve(active)}
+        served = {v.key for v in self.adapters.serve(active, held or [])}
         scopes = registry.scopes(self.settings.modulator)
         self.modulator, self.modulator_version = modulator_versions.routing(
             self.settings,
@@ -230,10 +234,7 @@ class AwakePath:
             timings["retrieve_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             decision = self.route(embedding, adapters)
-            used = [
-                {"name": n, "version": self.adapters.alias[n].version, "weight": w}
-                for n, w in decision.chosen
-            ]
+            used, lora = self._arms(decision, conversation_key(messages), embedding)
             timings["route_ms"] = _ms(time.perf_counter() - t)
             t = time.perf_counter()
             wm = assemble(
@@ -262,7 +263,7 @@ class AwakePath:
                     params,
                     on_text=on_text,
                     cancel=cancel,
-                    adapters=decision.chosen,
+                    adapters=lora,
                     draft=draft,
                 )
             gen.text = storable(gen.text)
@@ -339,6 +340,26 @@ class AwakePath:
             truncated=truncated,
             cerebellum=gen.draft,
         )
+
+    def _arms(
+        self, decision: Decision, conversation: str, embedding: np.ndarray
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, float]]]:
+        """What answers: per chosen adapter its version (a canary trial's arm picks it) for
+        the record, and the names the engine is given (a control arm: its version's key)."""
+        used, lora = [], []
+        for name, weight in decision.chosen:
+            trial = self.trials.get(name)
+            if trial is None:
+                used.append({"name": name, "version": self.adapters.alias[name].version,
+                             "weight": weight})  # fmt: skip
+                lora.append((name, weight))
+                continue
+            arm = trial.arm(conversation, embedding)
+            version = trial.version(arm)
+            used.append({"name": name, "version": version.version, "weight": weight,
+                         "canary": trial.id, "arm": arm})  # fmt: skip
+            lora.append((version.key if arm == "control" else name, weight))
+        return used, lora
 
     def _taught(
         self, recalled: list[Recalled], verdicts: dict[int, Verdict], params: GenerationParams

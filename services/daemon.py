@@ -165,6 +165,7 @@ class Daemon:
         from npllm.weights import resolve
         from services.alerts import Alerts
         from services.api import Service
+        from services.canaries import held_at_start
         from services.feedback_writer import FeedbackWriter
         from services.queue import GenerationQueue
         from services.sleep import Sleeper
@@ -183,7 +184,10 @@ class Daemon:
             self.database.pool, self.settings, BaseIdentity(engine.model_id, engine.fingerprint)
         )
         changed = registry.sync_staleness()
-        loaded = awake.load_adapters(registry)
+        # Running canary trials keep their controls loaded beside the active versions.
+        loaded = awake.load_adapters(
+            registry, held_at_start(self.database.pool, self.settings, registry)
+        )
         cerebellum_registry = self._load_cerebellum(awake, engine)
         log.info(
             json.dumps(
@@ -198,7 +202,6 @@ class Daemon:
         # The TCP listener's key exists before anything listens (made on first use).
         key_file = KeyFile(self.settings) if self.settings.server.tcp_port else None
         alerts = Alerts(self.database.pool, self.settings, self.settings.data_path)
-        watcher = Watcher([Job("alerts", self.settings.alerts.check_every_s, alerts.check)])
         self.service = Service(
             settings=self.settings,
             database=self.database,
@@ -214,10 +217,17 @@ class Daemon:
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
             key_file=key_file,
             alerts=alerts,
-            watcher=watcher,
         )
+        self.service.canaries.restore()
+        # The periodic jobs, off the event loop (services/watch.py).
+        self.service.watcher = Watcher(
+            [
+                Job("canary", self.settings.canary.check_every_s, self.service.canaries.check),
+                Job("alerts", self.settings.alerts.check_every_s, alerts.check),
+            ]
+        )
+        self.service.watcher.start()
         self._bind()
-        watcher.start()
         log.info(
             json.dumps(
                 {
@@ -345,8 +355,9 @@ class Daemon:
     def shutdown(self) -> None:
         """Release everything, whatever state startup reached."""
         if self.service is not None:
-            if self.service.watcher is not None:  # its jobs use the database: stopped first
+            if self.service.watcher is not None:
                 self.service.watcher.stop()
+            if self.service.alerts is not None:  # an alert command still writing its result
                 self.service.alerts.wait_commands(timeout=5.0)
             self.service.cancel_all()
             self.service.sleeper.stop()

@@ -80,10 +80,13 @@ class HotSwap:
         version: Version | None,
         reason: str = "replaced by a newer version",
         sleep_cycle: int | None = None,
+        then: Callable[[], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Make `version` the served one of its kind (blocking: call it off the event loop).
         `version` None: none of that kind (only the modulator: back to untrained routing).
-        A version from a sleep cycle is switched to only while that cycle's worker lives."""
+        A version from a sleep cycle is switched to only while that cycle's worker lives.
+        `then` runs on the model thread right after the switch, before any other request
+        (a canary trial starts there); what it returns joins the answer."""
         slot = self.slots[kind]
         started = time.perf_counter()
         try:
@@ -103,6 +106,8 @@ class HotSwap:
                 slot.discard(version, staged)
                 raise self._refuse(slot, version, exc) from exc
             old = slot.switch(version, staged)
+            if then is not None:
+                extra = {**extra, **then()}
             self.awake.cache.clear()  # cached answers report what served them
             return old, extra
 

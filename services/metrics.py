@@ -50,6 +50,7 @@ SELECT status, count(*),
 FROM npllm.sleep_cycles GROUP BY status
 """
 _SIZE = "SELECT pg_database_size(current_database())"
+_CANARIES = "SELECT status, count(*) FROM npllm.canaries GROUP BY status"
 
 
 class Metrics:
@@ -175,6 +176,20 @@ class StateCollector(Collector):
         size = GaugeMetricFamily("npllm_database_size_bytes", "Size of npllm's database.")
         size.add_metric([], rows["size"])
         yield size
+        trials = dict(rows["canaries"])
+        running = GaugeMetricFamily(
+            "npllm_canaries_running", "Canary trials of new adapter versions running now."
+        )
+        running.add_metric([], trials.get("running", 0))
+        yield running
+        decided = CounterMetricFamily(
+            "npllm_canary_decisions",
+            "Canary trials decided, by outcome (promoted, rolled_back, superseded).",
+            labels=["outcome"],
+        )
+        for outcome in ("promoted", "rolled_back", "superseded"):
+            decided.add_metric([outcome], trials.get(outcome, 0))
+        yield decided
         if service.alerts is not None:
             alerts = GaugeMetricFamily(
                 "npllm_alerts_open", "Alert conditions that hold now, by kind.", labels=["kind"]
@@ -191,4 +206,5 @@ class StateCollector(Collector):
                 "reward": conn.execute(_REWARD).fetchall(),
                 "cycles": conn.execute(_CYCLES).fetchall(),
                 "size": conn.execute(_SIZE).fetchone()[0],
+                "canaries": conn.execute(_CANARIES).fetchall(),
             }

@@ -65,11 +65,26 @@ def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], Non
 
 
 def swapped(answer: dict[str, Any]) -> str:
-    """The line for the daemon's answer to a publish or a rollback (a hot swap)."""
+    """The line for the daemon's answer to a publish or a rollback (a hot swap), or to a
+    canary trial's decision."""
+    if "decided_by" in answer:  # a trial decided (a rollback during one aborts it)
+        what = "promoted" if answer["status"] == "promoted" else "rolled back"
+        return (
+            f"{answer['name']}: canary trial {answer['id']} {what}; v{answer['version']} "
+            f"serves every conversation ({answer['reason']})"
+        )
     replaced = f", replacing v{answer['replaced']}" if answer["replaced"] else ""
+    trial = answer.get("canary")
+    on_trial = (
+        f"; on trial for {trial['share']:.0%} of the conversations about what v"
+        f"{trial['control']} knew (it serves the rest) until the trial decides — `npllm "
+        f"adapter canary {answer['name']}`"
+        if trial
+        else ""
+    )
     return (
         f"{answer['name']} v{answer['version']} is now served{replaced} "
-        f"(swap {answer['swap_ms']:.0f} ms)"
+        f"(swap {answer['swap_ms']:.0f} ms){on_trial}"
     )
 
 

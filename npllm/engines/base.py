@@ -44,11 +44,22 @@ class AdapterServing(Protocol):
     generation thread, between requests: a request never sees a half-done swap."""
 
     alias: dict[str, Version]  # adapter name → the version served under it
+    # Versions kept loaded beside them, by key (name@vN): a canary trial's control arm
+    # (npllm/canary.py). A request reaches one by naming its key instead of the adapter.
+    held: dict[str, Version]
     changes: int  # bumped on every swap: answers cached before are stale
 
-    def serve(self, versions: Sequence[Version]) -> list[Version]:
-        """Serve these versions (at start-up), each under its adapter's name; one that
-        cannot be loaded is logged and left out. Returns the served ones."""
+    def serve(self, versions: Sequence[Version], held: Sequence[Version] = ()) -> list[Version]:
+        """Serve these versions (at start-up), each under its adapter's name, and keep the
+        `held` ones loaded beside them; one that cannot be loaded is logged and left out.
+        Returns the served ones (of `versions`)."""
+
+    def hold(self, version: Version) -> None:
+        """Keep `version` loaded beside the served ones from the next swap on (it is
+        served now, under its adapter's name, and is about to be replaced)."""
+
+    def release(self, key: str) -> None:
+        """Stop holding version `key` (unloaded unless an adapter's name serves it)."""
 
     def stage(self, version: Version) -> None:
         """Prepare `version` as far as possible without touching what is served (safe off

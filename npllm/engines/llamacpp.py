@@ -473,6 +473,7 @@ class LlamaCppAdapters:
     def __init__(self, engine: LlamaCppEngine) -> None:
         self.engine = engine
         self.alias: dict[str, Version] = {}
+        self.held: dict[str, Version] = {}  # key → a canary's control, loaded beside
         self.changes = 0
         self._staged: _Staged | None = None  # the next instance, built off the model thread
         self._lock = threading.Lock()
@@ -486,7 +487,7 @@ class LlamaCppAdapters:
         be served by `instance` (llama.cpp would silently ignore an unknown id)."""
         lora = []
         for name, weight in chosen:
-            version = self.alias.get(name)
+            version = self.alias.get(name) or self.held.get(name)
             if version is None or version.key not in instance.ids:
                 raise AdapterError(f"adapter {name!r} is not served by the llama.cpp instance")
             lora.append({"id": instance.ids[version.key], "scale": float(weight)})
@@ -498,8 +499,14 @@ class LlamaCppAdapters:
         return {v.key: v.path / gguf_export.GGUF_FILE for v in versions}
 
     def files(self) -> dict[str, Path]:
-        """The served versions' GGUF LoRAs."""
-        return self._files(list(self.alias.values()))
+        """The served versions' GGUF LoRAs (the held ones too)."""
+        return self._files(self._beside(None))
+
+    def _beside(self, adapter: str | None) -> list[Version]:
+        """What an instance loads besides a new version of `adapter`: the other adapters'
+        served versions and the held ones."""
+        keep = [v for v in self.alias.values() if v.adapter != adapter]
+        return keep + [v for k, v in self.held.items() if k not in {x.key for x in keep}]
 
     def prepare(self, version: Version) -> Path:
         """The version's GGUF LoRA, converted from its peft files when it has none yet, and
@@ -532,11 +539,11 @@ class LlamaCppAdapters:
             "parity_effect": figures["effect"],
         }
 
-    def serve(self, versions: Sequence[Version]) -> list[Version]:
-        """At start-up: serve these versions; one that cannot be converted or checked is
-        logged and left out. Returns the served ones."""
+    def serve(self, versions: Sequence[Version], held: Sequence[Version] = ()) -> list[Version]:
+        """At start-up: serve these versions (and hold `held` beside them); one that cannot
+        be converted or checked is logged and left out. Returns the served ones."""
         ok: list[Version] = []
-        for version in versions:
+        for version in [*versions, *held]:
             try:
                 self.prepare(version)
                 ok.append(version)
@@ -558,9 +565,11 @@ class LlamaCppAdapters:
             instance.close()
             instance = self.engine._build(self._files(served), self._draft())
         self.engine.flip(instance)
-        self.alias = {v.adapter: v for v in served}
+        held_keys = {v.key for v in held}
+        self.alias = {v.adapter: v for v in served if v.key not in held_keys}
+        self.held = {v.key: v for v in served if v.key in held_keys}
         self.changes += 1
-        return served
+        return [v for v in served if v.key not in held_keys]
 
     def stage(self, version: Version) -> None:
         """Off the generation thread, while requests are served: convert and check
@@ -569,7 +578,7 @@ class LlamaCppAdapters:
         Nothing served changes here; a failure is kept and raised by `load`."""
         with self._lock:
             self._drop_staged()
-        keep = [v for v in self.alias.values() if v.adapter != version.adapter]
+        keep = [v for v in self._beside(version.adapter) if v.key != version.key]
         staged = _Staged(version, {v.key for v in keep})
         try:
             self.prepare(version)
@@ -588,7 +597,7 @@ class LlamaCppAdapters:
         built for the set served now, else built here (on the generation thread)."""
         with self._lock:
             staged = self._staged
-        keep = {v.key for v in self.alias.values() if v.adapter != version.adapter}
+        keep = {v.key for v in self._beside(version.adapter) if v.key != version.key}
         if staged is None or staged.version.key != version.key or staged.keep != keep:
             self.stage(version)
             with self._lock:
@@ -634,11 +643,26 @@ class LlamaCppAdapters:
         version = self.alias.get(name)
         if version is None:
             return None
-        keep = [v for v in self.alias.values() if v.adapter != name]
+        self.held = {k: v for k, v in self.held.items() if v.adapter != name}
+        keep = self._beside(name)
         self.engine.flip(self.engine._build(self._files(keep), self._draft()))
         del self.alias[name]
         self.changes += 1
         return version.version
+
+    def hold(self, version: Version) -> None:
+        self.held[version.key] = version
+
+    def release(self, key: str) -> None:
+        """Rebuilds the instance without it (on the generation thread) when it was loaded."""
+        version = self.held.pop(key, None)
+        current = self.engine._current
+        if version is None or current is None or key not in current.ids:
+            return
+        if key in {v.key for v in self.alias.values()}:
+            return
+        self.engine.flip(self.engine._build(self.files(), self._draft()))
+        self.changes += 1
 
 
 def write_reference(settings: Settings, adapter_dir: Path) -> None:

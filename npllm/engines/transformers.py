@@ -115,6 +115,7 @@ class PeftAdapters:
         # is this object's, and generation goes through it (TransformersEngine.generate).
         self.peft: Any = None
         self.alias: dict[str, Version] = {}
+        self.held: dict[str, Version] = {}  # key → a canary's control, loaded beside
         self.blend_cache = blend_cache
         self._blends: OrderedDict[tuple[tuple[str, float], ...], str] = OrderedDict()
         self._blend_ids = 0
@@ -170,7 +171,7 @@ class PeftAdapters:
         """Point the name at `version`; unload the version it replaces. Returns that one."""
         old = self.alias.get(version.adapter)
         self.alias[version.adapter] = version
-        if old is not None and old.key != version.key:
+        if old is not None and old.key != version.key and old.key not in self.held:
             self.unload(old.key)
         self.changes += 1
         return old
@@ -180,6 +181,8 @@ class PeftAdapters:
         version = self.alias.pop(name, None)
         if version is None:
             return None
+        for key in [k for k, v in self.held.items() if v.adapter == name]:
+            self.release(key)
         self.unload(version.key)
         self.changes += 1
         return version.version
@@ -188,9 +191,34 @@ class PeftAdapters:
         """Nothing to prepare off the generation thread: loading a peft adapter changes the
         served model, so it happens in `load`, between requests."""
 
-    def serve(self, versions: list[Version]) -> list[Version]:
-        """At start-up: load and route to these versions; one that fails to load is logged
-        and left out. Returns the served ones."""
+    def hold(self, version: Version) -> None:
+        self.held[version.key] = version
+        self.load(version)  # loaded already when it is served; a no-op then
+
+    def release(self, key: str) -> None:
+        version = self.held.pop(key, None)
+        if version is not None and key not in {v.key for v in self.alias.values()}:
+            self.unload(key)
+            self.changes += 1
+
+    def _key(self, name: str) -> str:
+        """The loaded adapter a request's name means: an adapter's served version, or a
+        held version by its key."""
+        version = self.alias.get(name) or self.held.get(name)
+        if version is None:
+            raise AdapterError(f"adapter {name!r} is not served")
+        return version.key
+
+    def serve(self, versions: list[Version], held: Sequence[Version] = ()) -> list[Version]:
+        """At start-up: load and route to these versions (and hold `held` beside them); one
+        that fails to load is logged and left out. Returns the served ones."""
+        for version in held:
+            try:
+                self.hold(version)
+            except AdapterError as exc:
+                self.held.pop(version.key, None)
+                log.error(json.dumps({"event": "adapter_not_served", "version": version.key,
+                                      "error": str(exc)}))  # fmt: skip
         served = []
         for version in versions:
             try:
@@ -228,8 +256,8 @@ class PeftAdapters:
         if not chosen:
             return [BASE]
         if len(chosen) == 1:
-            return [self.alias[chosen[0][0]].key]
-        combo = tuple((self.alias[name].key, round(weight, 3)) for name, weight in chosen)
+            return [self._key(chosen[0][0])]
+        combo = tuple((self._key(name), round(weight, 3)) for name, weight in chosen)
         blend = self._blends.get(combo)
         if blend is None:
             self._blend_ids += 1

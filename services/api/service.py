@@ -37,6 +37,7 @@ from npllm.weights import resolve
 from services.alerts import Alerts
 from services.api.guard import LoginTokens
 from services.auth import KeyFile
+from services.canaries import CanaryKeeper
 from services.feedback_writer import FeedbackWriter
 from services.hot_swap import AdapterSlot, CerebellumSlot, HotSwap, ModulatorSlot, Slot
 from services.metrics import Metrics
@@ -86,12 +87,12 @@ class Service:
     # The TCP listener's key (None: no TCP port) and the browser's one-time login links.
     key_file: KeyFile | None = None
     logins: LoginTokens = field(default_factory=LoginTokens)
+    # The daemon's periodic jobs (services/watch.py), set once the service is built.
+    watcher: Watcher | None = None
     started_at: float = field(default_factory=time.time)
     in_flight: dict[str, Cancel] = field(default_factory=dict)
-    # The alert checks (services/alerts.py) and the thread running the periodic jobs (None:
-    # not checked in this process).
+    # The alert checks (services/alerts.py; None: not checked in this process).
     alerts: Alerts | None = None
-    watcher: Watcher | None = None
 
     def stop_answer(self, response_id: str) -> None:
         """Stop the answer `response_id` at its next token, as its user asked: it ends with
@@ -120,7 +121,8 @@ class Service:
                 f"sleep cycle {running[0]['id']} is running and may be training {name!r}; "
                 "delete it after the cycle ends (`npllm sleep --status`)"
             )
-        versions = self.registry.delete(name)
+        versions = self.registry.delete(name)  # its canary rows go with it
+        self.awake.trials.pop(name, None)
         served = self.awake.adapters.remove(name)
         self.awake.modulator.set_adapters({v.adapter: c for v, c in self.registry.active()})
         self.awake.cache.clear()
@@ -130,6 +132,14 @@ class Service:
     def metrics(self) -> Metrics:
         """What GET /metrics exposes (services/metrics.py)."""
         return Metrics(self)
+
+    @functools.cached_property
+    def canaries(self) -> CanaryKeeper:
+        """Canary trials of new adapter versions (services/canaries.py)."""
+        return CanaryKeeper(
+            self.settings, self.database.pool, self.registry, self.awake, self.queue,
+            lambda: self.hot_swap,
+        )  # fmt: skip
 
     @functools.cached_property
     def hot_swap(self) -> HotSwap:
@@ -260,6 +270,7 @@ class Service:
             "counts": awake.status_counts(),
             "replay": replay.tier_counts(self.database.pool),
             "adapters": {"served": self.served(), "stale": self.registry.stale()},
+            "canaries": self.canaries.summary(),
             "cerebellum": (
                 {"role": "off"} if awake.cerebellum is None else awake.cerebellum.status()
             ),
@@ -361,8 +372,10 @@ class Service:
         centroid: list[float] | None,
         metrics: dict[str, Any],
         sleep_cycle: int | None,
+        canary: bool | None = None,
     ) -> dict[str, Any]:
-        """Add the adapter directory at `path` as `name`'s next version and switch to it.
+        """Add the adapter directory at `path` as `name`'s next version and switch to it,
+        on trial (npllm/canary.py) when a sleep cycle publishes it or `canary` asks.
         Where to route it: `centroid`, else the centroid of `dataset`'s questions, else the
         embedding of `description`."""
         directory = _absolute(path)
@@ -385,8 +398,7 @@ class Service:
             metrics=metrics,
         )
         # Staged beside the served set while requests run; only the flip waits for them.
-        publish = self.hot_swap.publish
-        return await asyncio.to_thread(publish, "adapter", version, sleep_cycle=sleep_cycle)
+        return await asyncio.to_thread(self.canaries.publish, version, sleep_cycle, canary)
 
     def centroid(self, dataset: str | None, description: str) -> Any:
         """Where the modulator should send questions: the dataset's questions, else the
@@ -399,6 +411,9 @@ class Service:
         return None
 
     async def rollback_adapter(self, name: str) -> dict[str, Any]:
+        """Back to the previous version; during a canary trial, that is aborting it."""
+        if name in self.awake.trials:
+            return await asyncio.to_thread(self.canaries.act, name, "abort")
         previous = await asyncio.to_thread(self.registry.previous, name)
         return await asyncio.to_thread(self.hot_swap.publish, "adapter", previous, "rolled back")
 

@@ -26,9 +26,16 @@ def adapter_list(ctx: typer.Context) -> None:
             if served
             else ("stale: to be rebuilt at next sleep" if a["status"] == "stale" else "not served")
         )
+        trial = next((t for t in found.get("canaries", []) if t["adapter"] == a["name"]), None)
+        if trial:
+            note += f" on canary trial vs v{trial['control']}"
         typer.echo(f"{a['name']:<24} {a['status']:<7} {note}  {a['description'][:40]}")
         for v in a["versions"]:
             reason = f" ({v['reason']})" if v.get("reason") else ""
+            if trial and v["version"] == trial["candidate"]:
+                reason += f" (canary: {_arm(trial['candidate_arm'], trial['share'])})"
+            elif trial and v["version"] == trial["control"]:
+                reason += f" (control: {_arm(trial['control_arm'], 1 - trial['share'])})"
             typer.echo(f"    v{v['version']:<4} {v['status']:<10}{reason}")
     m = found["modulator"]
     trained = f"trained v{m['version']}" if m.get("version") else "untrained"
@@ -36,6 +43,11 @@ def adapter_list(ctx: typer.Context) -> None:
         f"modulator: {m['parameters']:,} parameters ({trained}), top_k {m['top_k']}, routes to "
         f"{', '.join(m['routable']) or 'nothing yet'}"
     )
+
+
+def _arm(stats: dict[str, Any], share: float) -> str:
+    mean = f", mean reward {stats['mean']:+.3f}" if stats["n"] else ""
+    return f"{share:.0%} of conversations, {stats['n']} rated{mean}"
 
 
 @app.command("show")
@@ -109,13 +121,25 @@ def adapter_publish(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset it was trained on (its questions route to it).")
     ] = None,
+    canary: Annotated[
+        bool,
+        typer.Option(
+            "--canary", help="Try it on canary.share of the conversations first (a trial)."
+        ),
+    ] = False,
 ) -> None:
-    """Publish an adapter directory as the next version (hot swap; the old one retires)."""
+    """Publish an adapter directory as the next version (hot swap; the old one retires,
+    or, with --canary, keeps serving the rest of the conversations until the trial
+    decides)."""
     from npllm.adapters import check_name
     from services.worker import swapped
 
     check_name(name)
-    body = {"path": str(path.resolve()), "description": description, "dataset": dataset}
+    body: dict[str, Any] = {
+        "path": str(path.resolve()), "description": description, "dataset": dataset,
+    }  # fmt: skip
+    if canary:
+        body["canary"] = True
     r = client_of(ctx).request("POST", f"/v1/adapters/{name}/versions", json=body)
     typer.echo(swapped(r))
 
@@ -130,6 +154,37 @@ def adapter_rollback(
 
     check_name(name)
     typer.echo(swapped(client_of(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
+
+
+@app.command("canary")
+def adapter_canary(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter.")],
+    promote: Annotated[
+        bool, typer.Option("--promote", help="End the trial: the new version serves all.")
+    ] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="End the trial: roll back to the previous version.")
+    ] = False,
+) -> None:
+    """The adapter's canary trial: each arm's rated answers so far and its deadline; or
+    decide it now with --promote or --abort."""
+    from npllm.adapters import check_name
+    from services.worker import swapped
+
+    check_name(name)
+    if promote and abort:
+        raise ClientError("give --promote or --abort, not both")
+    client = client_of(ctx)
+    if promote or abort:
+        action = {"action": "promote" if promote else "abort"}
+        typer.echo(swapped(client.request("POST", f"/v1/adapters/{name}/canary", json=action)))
+        return
+    t = client.request("GET", f"/v1/adapters/{name}/canary")
+    typer.echo(f"canary trial {t['id']} of {name}: v{t['candidate']} against v{t['control']}")
+    typer.echo(f"  candidate v{t['candidate']}: {_arm(t['candidate_arm'], t['share'])}")
+    typer.echo(f"  control   v{t['control']}: {_arm(t['control_arm'], 1 - t['share'])}")
+    typer.echo(f"  decides at {t['deadline'][:16]} at the latest (canary.max_hours)")
 
 
 @app.command("delete")

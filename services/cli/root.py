@@ -225,6 +225,13 @@ def status(ctx: typer.Context) -> None:
     typer.echo(f"replay       {tiers}")
     served = ", ".join(f"{n} v{v}" for n, v in s["adapters"]["served"].items()) or "none"
     typer.echo(f"adapters     {served}")
+    for t in s.get("canaries", []):
+        c, k = t["candidate_arm"], t["control_arm"]
+        typer.echo(
+            f"canary       {t['adapter']} v{t['candidate']} ({t['share']:.0%}, {c['n']} rated, "
+            f"mean {c['mean']:+.2f}) vs v{t['control']} ({k['n']} rated, mean "
+            f"{k['mean']:+.2f}); decides by {t['deadline'][:16]}"
+        )
     if s["adapters"]["stale"]:
         stale = ", ".join(s["adapters"]["stale"])
         typer.echo(f"stale        {stale} (trained for another base; to be rebuilt at next sleep)")

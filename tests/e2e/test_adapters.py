@@ -46,6 +46,9 @@ TRAIN_ENV = {
     "NPLLM_TRAINING__ANCHOR_WEIGHT": "0",
     # Past answers would otherwise come back through retrieval and blur the comparison.
     "NPLLM_MEMORY__STORE_EXCHANGES": "false",
+    # Canary trials decide on a handful of ratings, half the conversations on each arm.
+    "NPLLM_CANARY__SHARE": "0.5",
+    "NPLLM_CANARY__MIN_RATED": "4",
 }
 HELD_OUT = {
     "zorblax": [
@@ -317,6 +320,134 @@ def test_bad_publishes_are_refused_with_clear_errors(trained: Any, tmp_path: Pat
         assert http.get("/v1/adapters").json()["served"]["zorblax"] == 1
     cli = _cli(trained.data_dir, "adapter", "rollback", "../etc")
     assert cli.returncode == 1 and "invalid adapter name '../etc'" in cli.stderr
+
+
+def _trial_answers(http: Any, round_: str, n: int = 16) -> dict[str, list[dict[str, Any]]]:
+    """`n` one-question conversations pinned to zorblax, by canary arm."""
+    arms: dict[str, list[dict[str, Any]]] = {"candidate": [], "control": [], "taught": []}
+    for i in range(n):
+        r = _ask(http, f"{round_} #{i}: who maintains Zorblax?", max_tokens=2,
+                 npllm={"adapters": ["zorblax"]})  # fmt: skip
+        used = r["npllm"]["adapters"][0]
+        question = f"{round_} #{i}: who maintains Zorblax?"
+        arms[used["arm"]].append({"id": r["npllm"]["interaction_id"], "question": question,
+                                  **used})  # fmt: skip
+    return arms
+
+
+def _rate(http: Any, answers: list[dict[str, Any]], rating: float) -> None:
+    for a in answers:
+        done = http.post("/v1/feedback", json={"interaction_id": a["id"], "rating": rating})
+        assert done.status_code == 201, done.text
+
+
+def _rated(http: Any, wanted: int) -> dict[str, Any]:
+    """The running trial once both arms have `wanted` rated answers (feedback lands
+    asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        trial = http.get("/v1/adapters/zorblax/canary").json()
+        arms = (trial["candidate_arm"]["n"], trial["control_arm"]["n"])
+        if min(arms) >= wanted or time.monotonic() > deadline:
+            return dict(trial)
+        time.sleep(0.2)
+
+
+def test_a_canary_rejected_on_its_arm_rolls_back_and_one_rated_well_is_promoted(
+    trained: Any,
+) -> None:
+    """A version published on trial serves canary.share of the conversations (stably per
+    conversation) beside the version it replaces; scripted ratings on each arm decide."""
+    v1 = trained.data_dir / "adapters" / "zorblax" / "v1"
+    with trained.live.http() as http:
+        before = http.get("/v1/adapters").json()["served"]["zorblax"]
+        publish = _cli(trained.data_dir, "adapter", "publish", "zorblax", str(v1),
+                       "--dataset", "zorblax", "--canary")  # fmt: skip
+        assert publish.returncode == 0, publish.stderr
+        assert "on trial for 50% of the conversations" in publish.stdout, publish.stdout
+        listing = http.get("/v1/adapters").json()
+        candidate = listing["served"]["zorblax"]
+        trial = listing["canaries"][0]
+        assert (trial["candidate"], trial["control"]) == (candidate, before)
+        shown = _cli(trained.data_dir, "adapter", "list").stdout
+        assert f"on canary trial vs v{before}" in shown and "(canary: 50% of conv" in shown
+        status = _cli(trained.data_dir, "status").stdout
+        assert f"canary       zorblax v{candidate} (50%" in status
+
+        arms = _trial_answers(http, "round one")
+        assert arms["candidate"] and arms["control"] and not arms["taught"]
+        assert {a["version"] for a in arms["candidate"]} == {candidate}
+        assert {a["version"] for a in arms["control"]} == {before}
+        # a conversation keeps its arm at its next turn
+        for arm, answers in arms.items():
+            for a in answers[:2]:
+                turn = http.post("/v1/chat/completions", json={
+                    "max_tokens": 2, "npllm": {"adapters": ["zorblax"]}, "messages": [
+                        {"role": "user", "content": a["question"]},
+                        {"role": "assistant", "content": "Someone."},
+                        {"role": "user", "content": "And who else?"}]})  # fmt: skip
+                assert turn.json()["npllm"]["adapters"][0]["arm"] == arm
+                assert a["canary"] == trial["id"]
+
+        # its users reject the new version's answers and like the old one's
+        _rate(http, arms["candidate"], -1.0)
+        _rate(http, arms["control"], 1.0)
+        _rated(http, 4)
+        decided = http.post("/v1/canaries/check").json()["decided"]
+        if len(arms["candidate"]) >= 4 and len(arms["control"]) >= 4:
+            assert [d["status"] for d in decided] == ["rolled_back"], decided
+            assert (
+                decided[0]["decided_by"] == "test"
+                and "satisfaction dropped" in (decided[0]["reason"])
+            )
+        else:  # too few conversations landed on an arm: abort by hand instead
+            aborted = _cli(trained.data_dir, "adapter", "canary", "zorblax", "--abort")
+            assert "rolled back" in aborted.stdout, aborted.stderr
+        after = http.get("/v1/adapters").json()
+        assert after["served"]["zorblax"] == before and after["canaries"] == []
+        version = next(v for a in after["data"] if a["name"] == "zorblax"
+                       for v in a["versions"] if v["version"] == candidate)  # fmt: skip
+        assert version["status"] == "retired" and "canary" in version["reason"]
+        plain = _ask(http, "round one #0: who maintains Zorblax?", max_tokens=2,
+                     npllm={"adapters": ["zorblax"]})  # fmt: skip
+        assert "arm" not in plain["npllm"]["adapters"][0]
+
+        # the next version is rated as well as the old one: promoted
+        publish = _cli(trained.data_dir, "adapter", "publish", "zorblax", str(v1),
+                       "--dataset", "zorblax", "--canary")  # fmt: skip
+        assert publish.returncode == 0, publish.stderr
+        second = http.get("/v1/adapters").json()["served"]["zorblax"]
+        arms = _trial_answers(http, "round two")
+        _rate(http, arms["candidate"] + arms["control"], 1.0)
+        shown = _cli(trained.data_dir, "adapter", "canary", "zorblax")
+        assert f"v{second} against v{before}" in shown.stdout, shown.stderr
+        if min(len(arms["candidate"]), len(arms["control"])) >= 4:
+            _rated(http, 4)
+            decided = http.post("/v1/canaries/check").json()["decided"]
+            assert [(d["status"], d["decided_by"]) for d in decided] == [("promoted", "test")]
+        else:
+            promoted = _cli(trained.data_dir, "adapter", "canary", "zorblax", "--promote")
+            assert "promoted" in promoted.stdout, promoted.stderr
+        assert http.get("/v1/adapters").json()["served"]["zorblax"] == second
+        rows = _cli(trained.data_dir, "psql", "-At", "-c",
+                    "SELECT candidate, control, status, decided_at IS NOT NULL "
+                    "FROM npllm.canaries ORDER BY id")  # fmt: skip
+        assert rows.stdout.split()[-2:] == [
+            f"{candidate}|{before}|rolled_back|t",
+            f"{second}|{before}|promoted|t",
+        ]
+        # asking about a trial that is not running, and deciding it twice, say so
+        none = _cli(trained.data_dir, "adapter", "canary", "zorblax")
+        assert none.returncode == 1 and "has no canary trial running" in none.stderr
+        both = _cli(trained.data_dir, "adapter", "canary", "zorblax", "--promote", "--abort")
+        assert both.returncode == 1 and "not both" in both.stderr
+        bad = http.post("/v1/adapters/zorblax/canary", json={"action": "maybe"})
+        assert bad.status_code == 400 and "promote" in bad.text
+        text = http.get("/metrics").text
+        assert 'npllm_canary_decisions_total{outcome="rolled_back"} 1.0' in text
+        assert "npllm_canaries_running 0.0" in text
 
 
 def test_export_writes_a_standalone_merged_model(trained: Any, tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
-"""/v1/adapters: list, publish, roll back, delete and prune adapter versions."""
+"""/v1/adapters: list, publish, roll back, delete and prune adapter versions; their canary
+trials (/v1/canaries, /v1/adapters/{name}/canary)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from npllm.adapters import check_name
@@ -38,6 +39,21 @@ class PublishIn(BaseModel):
         description="The sleep cycle publishing it: the switch happens only while that "
         "cycle's worker is still alive.",
     )
+    canary: bool | None = Field(
+        None,
+        description="Try it on canary.share of the adapter's conversations first (a canary "
+        "trial); default: only a sleep cycle's versions are tried, a hand publish goes live.",
+    )
+
+
+class CanaryAction(BaseModel):
+    """A person's decision on a running canary trial."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    action: Literal["promote", "abort"] = Field(
+        description="promote: the new version serves everyone; abort: roll back to the "
+        "previous one."
+    )
 
 
 @router.get("/v1/adapters", responses=documented(AdapterList))
@@ -46,6 +62,7 @@ def list_adapters(service: ServiceDep) -> dict[str, Any]:
         "object": "list",
         "data": service.registry.listing(),
         "served": service.served(),
+        "canaries": service.canaries.summary(),
         "modulator": service.modulator_status(),
     }
 
@@ -72,6 +89,7 @@ async def publish_adapter(name: str, body: PublishIn, service: ServiceDep) -> di
         body.centroid,
         body.metrics,
         body.sleep_cycle,
+        body.canary,
     )
 
 
@@ -93,3 +111,41 @@ def prune_adapters(service: ServiceDep) -> dict[str, Any]:
 @router.post("/v1/adapters/{name}/rollback")
 async def rollback_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
     return await service.rollback_adapter(name)
+
+
+@router.get("/v1/canaries")
+def list_canaries(
+    service: ServiceDep,
+    adapter: str | None = Query(None, description="Only this adapter's trials."),
+    limit: int = Query(50, ge=1, le=1000, description="Newest trials first, at most this many."),
+) -> dict[str, Any]:
+    """Canary trials, newest first: arms, share, decision, by whom, why, the figures."""
+    if adapter is not None:
+        check_name(adapter)
+    return {"object": "list", "data": service.canaries.rows.listing(adapter, limit),
+            "running": service.canaries.summary()}  # fmt: skip
+
+
+@router.post("/v1/canaries/check")
+async def check_canaries(service: ServiceDep) -> dict[str, Any]:
+    """Decide the running trials that can be, now (the daemon also does every
+    canary.check_every_s seconds)."""
+    return {"decided": await asyncio.to_thread(service.canaries.check)}
+
+
+@router.get("/v1/adapters/{name}/canary")
+def show_canary(name: str, service: ServiceDep) -> dict[str, Any]:
+    """The adapter's running trial with each arm's rated answers so far (404: none), and
+    its earlier trials."""
+    check_name(name)
+    running = [t for t in service.canaries.summary() if t["adapter"] == name]
+    if not running:
+        service.canaries.running(name)  # raises the 404
+    return {**running[0], "history": service.canaries.rows.listing(name, 20)}
+
+
+@router.post("/v1/adapters/{name}/canary")
+async def decide_canary(name: str, body: CanaryAction, service: ServiceDep) -> dict[str, Any]:
+    """Promote or abort the adapter's running trial now."""
+    check_name(name)
+    return await asyncio.to_thread(service.canaries.act, name, body.action)
