@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -814,6 +815,36 @@ class AlertsConfig(_Section):
     min_free_disk_mb: float = Field(
         1024.0, ge=0.0, description="Alert when the data dir's disk has less free space (MiB)."
     )
+
+    @field_validator("command")
+    @classmethod
+    def _command_line(cls, value: str) -> str:
+        if value:
+            command_argv(value)  # raises ValueError naming the key
+        return value
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as its program and arguments ([]: no command)."""
+        return command_argv(self.command) if self.command else []
+
+
+def command_argv(line: str) -> list[str]:
+    """alerts.command split like a shell line (no shell runs it); ValueError when it names
+    no program or its quotes do not close."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise ValueError(
+            f"alerts.command cannot be split like a shell line ({exc}): close its quotes, "
+            "or leave it empty to run no command"
+        ) from exc
+    if not argv or not argv[0]:
+        raise ValueError(
+            "alerts.command names no program to run; give one (e.g. "
+            "'notify-send npllm') or leave it empty to run no command"
+        )
+    return argv
 
 
 class Settings(BaseSettings):

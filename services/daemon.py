@@ -163,6 +163,7 @@ class Daemon:
         from npllm.llm import untrainable_reason
         from npllm.versions import BaseIdentity, Registry
         from npllm.weights import resolve
+        from services.alerts import Alerts
         from services.api import Service
         from services.canaries import held_at_start
         from services.feedback_writer import FeedbackWriter
@@ -200,6 +201,7 @@ class Daemon:
         )
         # The TCP listener's key exists before anything listens (made on first use).
         key_file = KeyFile(self.settings) if self.settings.server.tcp_port else None
+        alerts = Alerts(self.database.pool, self.settings, self.settings.data_path)
         self.service = Service(
             settings=self.settings,
             database=self.database,
@@ -214,11 +216,15 @@ class Daemon:
             cerebellum_registry=cerebellum_registry,
             untrainable=untrainable_reason(resolve(self.settings.models.base, "models.base")),
             key_file=key_file,
+            alerts=alerts,
         )
         self.service.canaries.restore()
         # The periodic jobs, off the event loop (services/watch.py).
         self.service.watcher = Watcher(
-            [Job("canary", self.settings.canary.check_every_s, self.service.canaries.check)]
+            [
+                Job("canary", self.settings.canary.check_every_s, self.service.canaries.check),
+                Job("alerts", self.settings.alerts.check_every_s, alerts.check),
+            ]
         )
         self.service.watcher.start()
         self._bind()
@@ -351,6 +357,8 @@ class Daemon:
         if self.service is not None:
             if self.service.watcher is not None:
                 self.service.watcher.stop()
+            if self.service.alerts is not None:  # an alert command still writing its result
+                self.service.alerts.wait_commands(timeout=5.0)
             self.service.cancel_all()
             self.service.sleeper.stop()
             self.service.queue.shutdown()

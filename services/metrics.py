@@ -190,6 +190,13 @@ class StateCollector(Collector):
         for outcome in ("promoted", "rolled_back", "superseded"):
             decided.add_metric([outcome], trials.get(outcome, 0))
         yield decided
+        if service.alerts is not None:
+            alerts = GaugeMetricFamily(
+                "npllm_alerts_open", "Alert conditions that hold now, by kind.", labels=["kind"]
+            )
+            for kind, count in service.alerts.open_counts().items():
+                alerts.add_metric([kind], count)
+            yield alerts
 
     @staticmethod
     def _read(pool: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from services.api.guard import TcpGuard
 from services.api.middleware import BodyGuard
 from services.api.routers import (
     adapters,
+    alerts,
     auth,
     cerebellum,
     chat,
@@ -46,6 +47,7 @@ ROUTERS = (
     replay,
     datasets,
     auth,
+    alerts,
     embeddings,
     ollama,
     metrics,

@@ -129,6 +129,9 @@ class Status(Open):
     database: dict[str, Any] | None = None
     replay: dict[str, int] | None = None
     adapters: dict[str, Any] | None = None
+    alerts: list[dict[str, Any]] | None = Field(
+        None, description="Alert conditions that hold now (GET /v1/alerts?open=true)."
+    )
 
 
 class SleepState(Open):

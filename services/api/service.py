@@ -34,6 +34,7 @@ from npllm.memory import Recalled
 from npllm.model_card import ModelCard, model_card
 from npllm.versions import Registry, Version
 from npllm.weights import resolve
+from services.alerts import Alerts
 from services.api.guard import LoginTokens
 from services.auth import KeyFile
 from services.canaries import CanaryKeeper
@@ -90,6 +91,8 @@ class Service:
     watcher: Watcher | None = None
     started_at: float = field(default_factory=time.time)
     in_flight: dict[str, Cancel] = field(default_factory=dict)
+    # The alert checks (services/alerts.py; None: not checked in this process).
+    alerts: Alerts | None = None
 
     def stop_answer(self, response_id: str) -> None:
         """Stop the answer `response_id` at its next token, as its user asked: it ends with
@@ -256,6 +259,7 @@ class Service:
             "base_model": awake.engine.model_id,
             "engine": awake.engine.info(),
             "training": {"trainable": self.untrainable is None, "reason": self.untrainable},
+            "alerts": [] if self.alerts is None else self.alerts.open_alerts(),
             "embedder": awake.embedder.model_id,
             "database": {
                 "url": self.database.url,

@@ -17,7 +17,7 @@ import typer
 
 import npllm
 from npllm.errors import ConfigError, NpllmError
-from services.cli import adapter, chat, dataset, feedback, memories, sleep
+from services.cli import adapter, alerts, chat, dataset, feedback, memories, sleep
 from services.cli.answer import adapters_used, memories_used, notices, stream_answer
 from services.cli.context import client_of, settings_of
 
@@ -198,6 +198,7 @@ def remember(
 app.command("feedback")(feedback.feedback)
 app.command("chat")(chat.chat)
 app.command("sleep")(sleep.sleep)
+app.command("alerts")(alerts.alerts)
 
 
 @app.command()
@@ -206,6 +207,9 @@ def status(ctx: typer.Context) -> None:
     s = client_of(ctx).request("GET", "/v1/status")
     db = s["database"]
     typer.echo(f"state        {s['state']} (up {s['uptime_s']:.0f} s)")
+    for k, alert in enumerate(s.get("alerts") or [None]):
+        shown = "none" if alert is None else alerts.line(alert)
+        typer.echo(f"{'alerts' if k == 0 else '':<13}{shown}")
     typer.echo(f"base model   {s['base_model']}")
     e = s["engine"]
     typer.echo(f"engine       {e['engine']} {e['version']}, {e['threads']} threads")
