@@ -215,9 +215,14 @@ class CanaryKeeper:
 
 
 def held_at_start(pool: Any, settings: Settings, registry: Registry) -> list[Version]:
-    """The running trials' controls, to load beside the active versions at start-up."""
+    """The running trials' controls, to load beside the active versions at start-up: only
+    for trials whose candidate is the adapter's active version for this base (after a
+    base swap the others end at `CanaryKeeper.restore`)."""
     held = []
     for row in Canaries(pool, settings.canary).running():
+        current = registry.current(row.adapter)
+        if current is None or current.version != row.candidate:
+            continue
         try:
             held.append(registry.version(row.adapter, row.control))
         except NotFoundError:
