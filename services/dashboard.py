@@ -184,7 +184,9 @@ def _satisfaction(bucket: str, overall: list[Any], by_adapter: list[Any]) -> dic
         s["points"].append({"at": at.isoformat(), "mean": round(mean, 4), "n": n})
     return {
         "bucket": bucket,
-        "overall": [{"at": at.isoformat(), "mean": round(mean, 4), "n": n} for at, mean, n in overall],
+        "overall": [
+            {"at": at.isoformat(), "mean": round(mean, 4), "n": n} for at, mean, n in overall
+        ],
         "series": sorted(series.values(), key=lambda s: s["label"]),
     }
 
@@ -211,6 +213,10 @@ def _reports(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return reports
 
 
+_NIGHT = ("id", "trigger", "status", "phase", "samples", "error", "started_at", "finished_at",
+          "resumed_from")  # fmt: skip
+
+
 def _nights(
     cycles: list[dict[str, Any]], runs: list[dict[str, Any]], taught: list[Any]
 ) -> list[dict[str, Any]]:
@@ -227,9 +233,7 @@ def _nights(
             learned.append(_learned(name, report, questions))
         nights.append(
             {
-                **_iso({k: c[k] for k in ("id", "trigger", "status", "phase", "samples",
-                                         "error", "started_at", "finished_at",
-                                         "resumed_from")}),  # fmt: skip
+                **_iso({k: c[k] for k in _NIGHT}),
                 "seconds": None
                 if c["finished_at"] is None
                 else round((c["finished_at"] - c["started_at"]).total_seconds(), 1),
@@ -339,3 +343,22 @@ def _progress(latest: list[dict[str, Any]]) -> dict[str, Any] | None:
         "step": int(step[1]) if step else None,
         "steps": int(step[2]) if step else None,
     }
+
+
+def versions_of(listing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The version store's listing (npllm.versions.Registry.listing) without the trainer's
+    per-step figures: each version's status, reason, night and verdict."""
+    return [
+        {
+            **{k: a[k] for k in ("name", "description", "tags", "status", "dataset")},
+            "versions": [
+                {
+                    **{k: v.get(k) for k in ("version", "status", "reason", "created_at")},
+                    "sleep_cycle": (v.get("metrics") or {}).get("sleep_cycle"),
+                    "samples": (v.get("metrics") or {}).get("samples"),
+                }
+                for v in a["versions"]
+            ],
+        }
+        for a in listing
+    ]

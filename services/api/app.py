@@ -14,6 +14,7 @@ from services.api.routers import (
     cerebellum,
     chat,
     completions,
+    dashboard,
     datasets,
     embeddings,
     feedback,
@@ -49,6 +50,7 @@ ROUTERS = (
     embeddings,
     ollama,
     metrics,
+    dashboard,
 )
 
 
