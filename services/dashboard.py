@@ -30,8 +30,10 @@ from typing import Any
 
 from consolidation.bookkeeping import recent_cycles
 
-# The span past which satisfaction is bucketed by day rather than by hour.
-HOURLY_SPAN_DAYS = 3
+# Satisfaction is bucketed by minute over a span of up to two hours (a new install's first
+# day), by hour up to three days, else by day.
+MINUTELY_SPAN_S = 2 * 3600
+HOURLY_SPAN_S = 3 * 86400
 NIGHTS = 30  # sleep cycles the report shows, newest first
 
 _SPAN = """
@@ -155,10 +157,11 @@ def read(pool: Any, days: int) -> dict[str, Any]:
 
 
 def _bucket(first: datetime | None, last: datetime | None) -> str:
-    """'hour' for a span of a few days, else 'day'."""
+    """The date_trunc unit for a span of rated answers from `first` to `last`."""
     if first is None or last is None:
         return "hour"
-    return "hour" if (last - first).total_seconds() <= HOURLY_SPAN_DAYS * 86400 else "day"
+    span = (last - first).total_seconds()
+    return "minute" if span <= MINUTELY_SPAN_S else "hour" if span <= HOURLY_SPAN_S else "day"
 
 
 def _rows(cursor: Any) -> list[dict[str, Any]]:

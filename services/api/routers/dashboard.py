@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from npllm.errors import NotFoundError
 from services.api.deps import ServiceDep
 
 router = APIRouter()
@@ -24,6 +25,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static" / "dashboard"
 FILES = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 # Only this origin, no inline script or style, no plugin, no frame, no form anywhere.
 POLICY = (
@@ -47,14 +49,12 @@ async def page() -> Response:
     return _file("index.html", "text/html; charset=utf-8")
 
 
-@router.get("/dashboard/dashboard.js", include_in_schema=False)
-async def script() -> Response:
-    return _file("dashboard.js", FILES["dashboard.js"])
-
-
-@router.get("/dashboard/dashboard.css", include_in_schema=False)
-async def style() -> Response:
-    return _file("dashboard.css", FILES["dashboard.css"])
+@router.get("/dashboard/{name}", include_in_schema=False)
+async def asset(name: str) -> Response:
+    """The page's script, style and icon; any other name is not found."""
+    if name not in FILES:
+        raise NotFoundError(f"no dashboard file {name!r}", param="name")
+    return _file(name, FILES[name])
 
 
 @router.get("/v1/dashboard")

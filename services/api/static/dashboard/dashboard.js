@@ -139,7 +139,7 @@ function drawSatisfaction(sat, canaries, nights) {
     return;
   }
   const W = 900, H = 280, L = 44, R = 16, T = 24, B = 30;
-  const bucketMs = sat.bucket === "day" ? 86400000 : 3600000;
+  const bucketMs = { minute: 60000, hour: 3600000, day: 86400000 }[sat.bucket];
   let t0 = Math.min(...times), t1 = Math.max(...times) + bucketMs;
   const marks = [];
   for (const n of nights) marks.push({ t: Date.parse(n.started_at), cls: "night-mark",
@@ -167,10 +167,13 @@ function drawSatisfaction(sat, canaries, nights) {
     chart.append(svg("text", { class: "label", x: x(t), y: H - 8, "text-anchor": "middle" },
                      when(new Date(t).toISOString())));
   }
-  shown.forEach((m, i) => {
-    chart.append(svg("line", { class: m.cls, x1: x(m.t), x2: x(m.t), y1: T, y2: H - B }));
-    chart.append(svg("text", { class: "mark-label", x: x(m.t) + 3, y: T - 10 + (i % 2) * 10 },
-                     m.text));
+  let labelled = -Infinity;  // labels closer than 48 px to the previous one are left out
+  shown.sort((a, b) => a.t - b.t).forEach((m) => {
+    chart.append(svg("line", { class: m.cls, x1: x(m.t), x2: x(m.t), y1: T, y2: H - B },
+                     undefined)).append(svg("title", {}, m.text));
+    if (x(m.t) - labelled < 48) return;
+    labelled = x(m.t);
+    chart.append(svg("text", { class: "mark-label", x: x(m.t) + 3, y: T - 8 }, m.text));
   });
   const legend = [];
   series.forEach((s, i) => {
@@ -205,6 +208,10 @@ function meter(right, total) {
 function fact(label, ...value) { return el("div", { class: "fact" }, `${label}: `, ...value); }
 
 function learnedEntry(l) {
+  if (String(l.verdict || "").startsWith("skipped")) {
+    return el("div", { class: "learned skipped", "data-adapter": l.adapter },
+      el("h3", {}, `${l.adapter} `, chip("skipped", "skipped")), el("p", { class: "muted" }, l.verdict));
+  }
   const kind = l.published ? "published" : String(l.verdict || "").split(/[ :]/)[0];
   const version = l.published ? `v${l.published}` :
                   l.candidate_version ? `candidate v${l.candidate_version}` : "";
