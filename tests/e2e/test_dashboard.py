@@ -38,7 +38,8 @@ def test_the_login_link_opens_the_dashboard_drawn_from_this_daemon_alone(
 ) -> None:
     with daemon.http() as http:
         for rating in (1.0, -1.0):
-            iid = ask_ok(http, "What does a dashboard show?", max_tokens=8)["npllm"]["interaction_id"]
+            answer = ask_ok(http, "What does a dashboard show?", max_tokens=8)
+            iid = answer["npllm"]["interaction_id"]
             assert http.post("/v1/feedback", json={"interaction_id": iid, "rating": rating})
         figures = http.get("/v1/dashboard").json()
     assert figures["satisfaction"]["overall"], figures["satisfaction"]
