@@ -164,13 +164,15 @@ function drawSatisfaction(sat, canaries, nights) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
-    chart.append(svg("text", { class: "label", x: x(t), y: H - 8, "text-anchor": "middle" },
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(svg("text", { class: "label", x: x(t), y: H - 8, "text-anchor": anchor },
                      when(new Date(t).toISOString())));
   }
   let labelled = -Infinity;  // labels closer than 48 px to the previous one are left out
   shown.sort((a, b) => a.t - b.t).forEach((m) => {
-    chart.append(svg("line", { class: m.cls, x1: x(m.t), x2: x(m.t), y1: T, y2: H - B },
-                     undefined)).append(svg("title", {}, m.text));
+    const line = svg("line", { class: m.cls, x1: x(m.t), x2: x(m.t), y1: T, y2: H - B });
+    line.append(svg("title", {}, m.text));
+    chart.append(line);
     if (x(m.t) - labelled < 48) return;
     labelled = x(m.t);
     chart.append(svg("text", { class: "mark-label", x: x(m.t) + 3, y: T - 8 }, m.text));
