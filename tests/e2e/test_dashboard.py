@@ -7,6 +7,7 @@ checked in tests/e2e/test_sleep_cycle.py, on the daemon that slept them."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import LiveDaemon, ask_ok
+from ..conftest import NPLLM, REPO, LiveDaemon, ask_ok, cli_env
 from .conftest import screenshot, visit
 
 
@@ -101,3 +102,20 @@ def test_the_figures_refuse_a_period_they_cannot_show(daemon: LiveDaemon) -> Non
         # The page's files and nothing else.
         assert http.get("/dashboard/dashboard.css").status_code == 200
         assert http.get("/dashboard/index.html").status_code == 404
+
+
+def test_npllm_dashboard_prints_a_link_that_opens_the_dashboard_once(
+    daemon: LiveDaemon, tcp: httpx.Client
+) -> None:
+    done = subprocess.run(
+        [*NPLLM, "dashboard"], env=cli_env(daemon.data_dir), cwd=REPO, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    url = done.stdout.strip()
+    assert url.startswith(f"http://127.0.0.1:{daemon.tcp_port}/dashboard?token=")
+    assert "works once" in done.stderr
+    opened = tcp.get(url, follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/dashboard"
+    page = tcp.get("/dashboard")
+    assert page.status_code == 200 and 'src="/dashboard/dashboard.js"' in page.text
