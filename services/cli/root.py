@@ -17,7 +17,7 @@ import typer
 
 import npllm
 from npllm.errors import ConfigError, NpllmError
-from services.cli import adapter, alerts, chat, dataset, feedback, memories, sleep
+from services.cli import adapter, alerts, chat, dashboard, dataset, feedback, memories, sleep
 from services.cli.answer import adapters_used, memories_used, notices, stream_answer
 from services.cli.context import client_of, settings_of
 
@@ -310,6 +310,7 @@ def key(
     )
 
 
+app.command("dashboard")(dashboard.dashboard)
 app.add_typer(memories.app, name="memories")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(adapter.app, name="adapter")

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from ..conftest import NPLLM, REPO, LiveDaemon, cli_env
+from ..conftest import NPLLM, REPO, LiveDaemon, cli_env, free_port
 from ..conftest import ask_ok as _ask
+from .conftest import screenshot, visit
 
 ENV = {
     # The hard cap under test: four topics over two nights, never more than two adapters.
@@ -163,7 +164,9 @@ def _population(http: Any) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def sleeper(tmp_path_factory: pytest.TempPathFactory) -> Any:
     data_dir = tmp_path_factory.mktemp("sleep") / "data"
-    live = LiveDaemon(data_dir, **ENV).wait_ready()
+    port = free_port()  # the dashboard is served over TCP
+    live = LiveDaemon(data_dir, **ENV, NPLLM_SERVER__TCP_PORT=str(port)).wait_ready()
+    live.tcp_port = port
     yield live
     live.stop()
 
@@ -522,6 +525,55 @@ def test_one_cycle_runs_at_a_time(sleeper: LiveDaemon) -> None:
             )
     finally:
         db.close()
+
+
+def test_the_dashboard_shows_what_each_night_learned_and_kept(
+    sleeper: LiveDaemon, browser: Any, tmp_path: Path
+) -> None:
+    """After the nights above (two taught, one refused, one killed and resumed): the page,
+    in the system's chromium, lists every night with its adapters' verdicts and the
+    questions they were taught, the retention matrix holds the gate's scores, and every
+    figure comes from this daemon. With NPLLM_DASHBOARD_SCREENSHOTS=DIR the screenshots
+    are also written there (docs/img/ is made so: docs/dashboard.md)."""
+    import os
+
+    with sleeper.http() as http:
+        link = http.post("/v1/auth/login", json={"path": "/dashboard"}).json()["url"]
+        cycles = http.get("/v1/sleep").json()["cycles"]
+        served = _served(http)
+        figures = http.get("/v1/dashboard").json()
+    trained = [c for c in cycles if c["metrics"].get("adapters")]
+    seen = visit(browser, link)
+    page = seen.page
+    page.wait_for_selector("#nights .night")
+    nights = page.locator("#nights .night")
+    shown = {int(nights.nth(k).get_attribute("data-cycle")) for k in range(nights.count())}
+    assert {c["id"] for c in cycles} <= shown
+    for c in trained:  # each trained adapter, its verdict and the questions it answers
+        for name, report in c["metrics"]["adapters"].items():
+            entry = page.locator(f'#nights .night[data-cycle="{c["id"]}"] [data-adapter="{name}"]')
+            assert report["verdict"].split(":")[0] in entry.inner_text()
+    taught = page.locator("#nights ul.taught li").all_inner_texts()
+    assert any("Quibblix gateway" in t and "6123" in t for t in taught), taught
+    for name in served:
+        assert page.locator(f'#adapters tr[data-adapter="{name}"]').count() == 1
+    measured = page.locator("#retention td.measured")
+    assert measured.count() == sum(
+        1 for row in figures["retention"]["rows"] for cell in row["cells"].values()
+        if not cell["first"]
+    ) and measured.count() >= 1  # fmt: skip
+    assert page.locator("#satisfaction circle.point").count() >= 1
+    assert page.locator("#satisfaction line.night-mark").count() >= len(trained)
+    page.wait_for_load_state("networkidle")
+    assert seen.foreign(sleeper.tcp_port) == [] and seen.errors == []
+    screenshot(page, tmp_path / "dashboard.png")
+    if os.environ.get("NPLLM_DASHBOARD_SCREENSHOTS"):
+        out = Path(os.environ["NPLLM_DASHBOARD_SCREENSHOTS"])
+        screenshot(page, out / "dashboard.png")
+        page.locator("#nights").screenshot(path=str(out / "dashboard-nights.png"))
+        page.locator("#retention").screenshot(path=str(out / "dashboard-retention.png"))
+        page.locator("#satisfaction").screenshot(path=str(out / "dashboard-satisfaction.png"))
+    page.context.close()
 
 
 def test_killing_the_daemon_mid_cycle_interrupts_the_cycle_and_changes_nothing(

@@ -21,6 +21,9 @@ def test_the_wheel_ships_the_migrations_and_the_default_config(tmp_path: Path) -
     migrations = sorted(p.name for p in (REPO / "sql").glob("*.sql"))
     assert migrations and all(f"npllm/sql/{m}" in names for m in migrations)
     assert "npllm/config_files/npllm.toml" in names
+    # The dashboard's page and files: served from inside the package, nothing from outside.
+    static = sorted(p.name for p in (REPO / "services/api/static/dashboard").iterdir())
+    assert static and all(f"services/api/static/dashboard/{n}" in names for n in static)
     # Installed from that wheel, npllm finds both inside its package.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
