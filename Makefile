@@ -38,7 +38,8 @@ run: setup
 	$(BIN)/npllm doctor
 	exec $(BIN)/npllm serve
 
-test: setup
+# The lint (ruff, mypy over npllm, consolidation and services) first: CI runs `make test`.
+test: lint
 	$(BIN)/pytest
 
 # The API fuzzer for longer than the suite's minute: FUZZ_MINUTES=30 make fuzz

@@ -183,7 +183,7 @@ def _keys(
     for item in lesson.items:
         around = variants.neighbours(item.question, settings.sleep.neighbours)
         fresh += [("neighbour", n, item.interaction_id) for n in around]
-    embedded = np.asarray(embedder.embed([t for _, t, _ in fresh])) if fresh else []
+    embedded: Any = np.asarray(embedder.embed([t for _, t, _ in fresh])) if fresh else []
     kinds += [k for k, _, _ in fresh] + carried.kinds
     texts += [t for _, t, _ in fresh] + carried.texts
     vectors += [np.asarray(v, np.float32) for v in embedded] + list(carried.embeddings)

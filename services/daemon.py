@@ -342,7 +342,8 @@ class Daemon:
             create_app(self.service),
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=self.settings.server.shutdown_timeout_s,
+            # uvicorn types it int, but hands it to asyncio.timeout (a float is fine there)
+            timeout_graceful_shutdown=self.settings.server.shutdown_timeout_s,  # type: ignore[arg-type]
             # No X-Forwarded-For from 127.0.0.1 rewrites a client's address in the log.
             proxy_headers=False,
             lifespan="off",

@@ -69,7 +69,7 @@ def wrong_content_type(scope: Scope) -> JSONResponse | None:
         if length.strip() in (b"", b"0") and not chunked:
             return None  # no body, nothing to declare
     mime = (declared or b"").decode("latin-1").split(";", 1)[0].strip().lower()
-    accepted = JSON_TYPES
+    accepted: tuple[str, ...] = JSON_TYPES
     if scope["path"].startswith("/v1/datasets/"):
         accepted = (*LINES_TYPES, *JSON_TYPES)
     if mime in accepted or (mime.startswith("application/") and mime.endswith("+json")):

@@ -40,7 +40,7 @@ class OllamaOptions(BaseModel):
 
 class OllamaMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: str = Field(json_schema_extra={"enum": ROLES})
+    role: str = Field(json_schema_extra={"enum": list[Any](ROLES)})
     content: str = ""
     images: list[str] | None = Field(None, description=REFUSED)
     tool_calls: list[Any] | None = Field(None, description=REFUSED)
