@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from consolidation import bookkeeping, datasets, topics
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM
+from npllm.artifacts import write_file_atomically
 from npllm.config import Settings
 from npllm.errors import AdapterError
 from npllm.versions import Registry
@@ -228,10 +228,7 @@ def read_plan(staging: Path) -> dict[str, Any] | None:
 
 def write_plan(staging: Path, plan: dict[str, Any]) -> None:
     """The cycle's sample, routing and finished adapters, written atomically."""
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / "plan.json.tmp"
-    tmp.write_text(json.dumps(plan))
-    os.replace(tmp, staging / "plan.json")
+    write_file_atomically(staging / "plan.json", json.dumps(plan))
 
 
 def mark_learned(pool: Any, plan: dict[str, Any], cycle: int | None) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -49,6 +48,7 @@ import torch
 
 from consolidation import mas
 from npllm.adapters import AdapterShape
+from npllm.artifacts import write_atomically
 from npllm.config import TrainingConfig
 from npllm.engines import gguf_export
 from npllm.llm import GenerationParams, penalise, weights_sha256
@@ -443,11 +443,7 @@ def _save_checkpoint(
 ) -> None:
     """Write step-NNNNNN/ beside the others through a temporary name, then drop the older
     ones: a kill at any moment leaves at least one complete checkpoint."""
-    root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -457,12 +453,13 @@ def _save_checkpoint(
         "losses": list(result.losses),
         "watch": watch.state(),
     }
-    torch.save(state, tmp / "state.pt")
-    for path in (tmp / "state.pt", *(tmp / "adapter").iterdir()):
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())
+
+    def write(directory: Path) -> None:
+        model.save_pretrained(str(directory / "adapter"), safe_serialization=True)
+        torch.save(state, directory / "state.pt")
+
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    write_atomically(target, write)
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from npllm.artifacts import write_file_atomically
 from npllm.config import PG_MEMORY_SETTINGS, Settings
 from npllm.errors import StorageError
 from npllm.migrations import apply_migrations
@@ -149,14 +151,12 @@ class EmbeddedPostgres:
     def restore_auto_conf(self, text: str) -> None:
         """Put postgresql.auto.conf back as `text` (whole or not at all)."""
         conf = self.pgdata / "postgresql.auto.conf"
-        tmp = conf.with_name(f".{conf.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
+        mode, owner = 0o600, None
         if conf.exists():  # the server's own user must still be able to rewrite it
             st = conf.stat()
-            os.chmod(tmp, st.st_mode)
-            if os.geteuid() == 0:
-                os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, conf)
+            mode = stat.S_IMODE(st.st_mode)
+            owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        write_file_atomically(conf, text, mode=mode, owner=owner)
 
     def forget_settings(self, names: list[str]) -> bool:
         """Take `names` out of postgresql.auto.conf, for a server that cannot start with

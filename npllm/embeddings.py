@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from npllm.artifacts import write_file_atomically
 from npllm.config import Settings
 from npllm.errors import ModelError
 from npllm.llm import device_for
@@ -238,26 +238,25 @@ def _export(embedder: Embedder, target: Path) -> None:
     started = time.perf_counter()
     module = Pooled(embedder.model[0].auto_model).eval()
     sample = embedder.model.tokenizer(["an example sentence"], return_tensors="pt")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     axes = {0: "batch", 1: "tokens"}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(path: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (sample["input_ids"], sample["attention_mask"]),
-                str(tmp),
+                str(path),
                 input_names=["input_ids", "attention_mask"],
                 output_names=["embedding"],
                 dynamic_axes={"input_ids": axes, "attention_mask": axes},
                 opset_version=17,
                 dynamo=False,
             )
-        os.replace(tmp, target)
+
+    try:
+        write_file_atomically(target, export)
     except Exception as exc:
         raise _NotExportable(f"its ONNX export failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info(json.dumps({"event": "embedder_exported", "file": str(target),
                          "s": round(time.perf_counter() - started, 1)}))  # fmt: skip

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch
 
+from npllm.artifacts import write_atomically
 from npllm.config import Settings
 from npllm.errors import ModelError, RequestError
 from npllm.weights import ModelSource, resolve
@@ -128,11 +127,9 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = cache_root / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     log.info("dequantising %s once into %s (takes ~20 s)", source.path.name, target)
-    try:
+
+    def write(directory: Path) -> None:
         kwargs: dict[str, Any] = {"gguf_file": source.path.name}
         tokenizer = AutoTokenizer.from_pretrained(source.path.parent, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(
@@ -142,9 +139,11 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    try:
+        write_atomically(target, write)
     except OSError as exc:
         if (target / "config.json").exists():  # another process finished first
             return target
@@ -156,8 +155,6 @@ def dequantise_gguf(source: ModelSource, cache_root: Path) -> Path:
             f"models.base: cannot dequantise {source.path}: {exc}; is it a GGUF of a "
             "transformers-supported architecture?"
         ) from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

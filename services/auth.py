@@ -14,6 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
+from npllm.artifacts import write_file_atomically
 from npllm.config import Settings
 from npllm.errors import ConfigError
 
@@ -37,18 +38,9 @@ def _new_key() -> str:
 
 def _write(path: Path, key: str) -> None:
     """Write `key` to `path` as a 0600 file that is never readable by others, not even
-    for a moment: made 0600 under a temporary name, then renamed over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # O_EXCL | O_NOFOLLOW: never write through a file or link someone placed there.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (key + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    for a moment: made 0600 (O_EXCL | O_NOFOLLOW: never through a file or link someone
+    placed there) under a temporary name, then renamed over the old one."""
+    write_file_atomically(path, key + "\n", mode=0o600)
 
 
 def read_key(path: Path) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from npllm.artifacts import write_file_atomically
 from npllm.errors import AdapterError
 
 GGUF_FILE = "adapter.gguf"  # beside the peft files of a version
@@ -161,13 +161,14 @@ def convert(peft_dir: Path, base: BaseInfo, target: Path, permute: bool = True) 
     config = json.loads((peft_dir / "adapter_config.json").read_text())
     check_expressible(config)
     tensors = load_file(str(peft_dir / "adapter_model.safetensors"))
-    writer_path = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(writer_path), base.architecture)
-    try:
+    written = 0
+
+    def write(path: Path) -> None:
+        nonlocal written
+        writer = gguf.GGUFWriter(str(path), base.architecture)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
-        written = 0
         for key in sorted(tensors):
             match = _PEFT_KEY.fullmatch(key)
             if match is None:
@@ -184,11 +185,8 @@ def convert(peft_dir: Path, base: BaseInfo, target: Path, permute: bool = True) 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        with writer_path.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(writer_path, target)
-    finally:
-        writer_path.unlink(missing_ok=True)
+
+    write_file_atomically(target, write)
     if written == 0:
         raise AdapterError(f"{peft_dir} holds no LoRA tensors")
     return target
@@ -356,9 +354,9 @@ def merge_model(base: BaseInfo, peft_dir: Path, target: Path) -> Path:
             raise AdapterError(f"{peft_dir} holds NaN/inf weights ({key}); it seems broken")
         deltas[f"blk.{layer}.{MODULES[module]}.weight"] = delta
     reader = gguf.GGUFReader(str(base.path))
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), base.architecture)
-    try:
+
+    def write(path: Path) -> None:
+        writer = gguf.GGUFWriter(str(path), base.architecture)
         for field in reader.fields.values():
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
                 continue
@@ -391,9 +389,6 @@ def merge_model(base: BaseInfo, peft_dir: Path, target: Path) -> Path:
         for tensor in reader.tensors:
             writer.write_tensor_data(merged.get(tensor.name, tensor.data))
         writer.close()
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_file_atomically(target, write)
     return target

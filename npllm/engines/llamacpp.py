@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npllm.artifacts import write_atomically
 from npllm.config import Settings
 from npllm.engines import gguf_export
 from npllm.engines.base import Draft
@@ -91,14 +91,10 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> Any:
             raise ModelError(
                 f"models.base: cannot read the tokenizer of {source.path}: {exc}"
             ) from exc
-        tmp = own.with_name(f".{own.name}.tmp-{os.getpid()}")
         try:  # whole or not at all: another process may be reading it already
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, own)
+            write_atomically(own, tokenizer.save_pretrained)
         except OSError as exc:
             log.info("tokenizer not kept in %s: %s", own, exc)  # another process did
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_TEMPLATE
     return tokenizer
