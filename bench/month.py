@@ -1,7 +1,7 @@
 """Benchmark: a simulated month of nights — does npllm keep what it learned?
 
     .venv/bin/python bench/month.py [--nights 30] [--seed 0] [--facts-per-night 2-3]
-        [--change-every 5] [--out bench/results] [--plot] [--keep DIR]
+        [--change-every 5] [--unseen] [--out bench/results] [--plot] [--keep DIR]
     .venv/bin/python bench/month.py --replot bench/results/month-30n-seed0.json
 
 A real `npllm serve` (the shipped settings: canary trials on, `canary.share` 0.2) in a temp
@@ -45,16 +45,20 @@ never taught. bench/data/editing.json is not used (its report split stays for re
   night); cell: share right — the R matrix. Its diagonal is "each night's facts right after
   their night";
 - the held-out paraphrases of every fact so far (weights only);
-- locality, weights only: the 20 `fixed_neighbours` (asked before any teaching) and every
-  taught fact's 2 neighbours (asked before any teaching, on day 0): the greedy answer must
-  be identical to that before-answer;
+- locality, weights only: the 20 `fixed_neighbours` and every taught fact's 2 neighbours,
+  each asked once before any teaching (day 0, weights only): the greedy answer must be
+  identical to that before-answer. Asked of the month's own daemon they are the user's
+  history, which the night keeps out of an adapter's scope (consolidation/lesson.py), as
+  bench/editing.py does by default; with `--unseen` they are asked of a separate fresh
+  daemon instead, and the month's daemon first sees a fact's neighbours the morning after
+  the fact is taught;
 - changed facts: the newest value answered (and whether the old one still is);
 - same day, before the night, with memories (what the user sees that day): tonight's facts
   and their paraphrases;
 - adapters served and registered, versions, running canary trials (`GET /v1/adapters`),
   the database's size (`/metrics` `npllm_database_size_bytes`), disk use of
   `<data_dir>/adapters` and `<data_dir>/pgdata`, awake latency (p50 of `npllm.timings.
-  total_ms` and of the client's wall clock over the 6 `latency` questions, 32 tokens, with
+  total_ms` and of the client's wall clock over the 12 `latency` questions, 32 tokens, with
   memories; answers from the answer cache are left out), 5xx answers (counted by the
   client and by `/metrics`), failed cycles.
 
@@ -67,11 +71,14 @@ superseded by the next night's version.
 
 **What the measurement does to the month** (said here because it is traffic the daemon
 records): every measured question is an interaction (unrated: tier `discard`, never a
-training target, not counted by canary trials), part of the user's history that the night
-reads for neighbour keys, and part of the database's size (the JSON counts the measurement's
-interactions beside the user's). Consecutive measured questions are ordered so no two are
+training target, not counted by canary trials unless some implicit signal rates it), part
+of the user's history that the night reads for neighbour keys (a changed fact's paraphrases,
+measured before the change, are such history: see docs/performance.md), and part of the
+database's size (the JSON counts the measurement's interactions beside the user's).
+Consecutive questions (the measurement's and the user's day) are ordered so no two are
 alike enough (cosine ≥ 0.8 with npllm's own embedder) for the daemon to take the second
-as a re-ask of the first (`feedback.reask_similarity` 0.9): the implicit feedback events the
+as a re-ask of the first (`feedback.reask_similarity` 0.9), and no question matches one of
+npllm's correction patterns (npllm/feedback.py): the implicit feedback events the
 measurement caused are counted (`/metrics`) and should stay 0.
 
 Targets (issue 25) are printed beside the figures, met or missed. Prints one row per night
@@ -588,23 +595,7 @@ def measure(
     answers: dict[str, dict[str, Any]] = {}
     for q in _order(client, questions + fixed + own, rng):
         answers[q] = client.ask(q, memory=False)
-    rows = []
-    for f in taught:
-        keys, column = f.current(night)
-        exact = answers[f.question]
-        row = {
-            "id": f.id,
-            "column": column,
-            "right": _right(_text(exact), keys),
-            "paraphrases": [_right(_text(answers[p]), keys) for p in f.paraphrases],
-            "arms": _arms(exact),
-        }
-        if not row["right"]:
-            row["answer"] = _text(exact)
-        if f.change and f.change["night"] <= night:
-            row["changed"] = True
-            row["old_value"] = _right(_text(exact), f.keys)
-        rows.append(row)
+    rows = [_fact_row(f, night, answers) for f in taught]
     locality = {
         "fixed": _locality(fixed, answers, was),
         "facts": _locality(own, answers, was),
@@ -617,6 +608,30 @@ def measure(
         "implicit_events_caused": client.metrics()["implicit_events"] - implicit,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _fact_row(f: Fact, night: int, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One fact after `night`: right or not, its paraphrases, who answered; the text of
+    what was answered wrong; for a changed fact, whether the old value still comes back."""
+    keys, column = f.current(night)
+    exact = answers[f.question]
+    paraphrases = [answers[p] for p in f.paraphrases]
+    row: dict[str, Any] = {
+        "id": f.id,
+        "column": column,
+        "right": _right(_text(exact), keys),
+        "paraphrases": [_right(_text(p), keys) for p in paraphrases],
+        "arms": _arms(exact),
+        "paraphrase_arms": [_arms(p) for p in paraphrases],
+    }
+    if not row["right"]:
+        row["answer"] = _text(exact)
+    row["wrong_paraphrases"] = [_text(p) for p in paraphrases if not _right(_text(p), keys)]
+    if f.change and f.change["night"] <= night:
+        row["changed"] = True
+        row["old_value"] = _right(_text(exact), f.keys)
+        row["paraphrases_old_value"] = [_right(_text(p), f.keys) for p in paraphrases]
+    return row
 
 
 def _locality(questions: list[str], answers: dict[str, Any], was: dict[str, str]) -> dict[str, Any]:
@@ -669,6 +684,7 @@ def resources(client: Client, data_dir: Path) -> dict[str, Any]:
         "server_5xx": int(metrics["5xx"]),
         "client_5xx": len(client.server_errors),
         "interactions": dict(client.asked),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # noise in the timings
     }
 
 
@@ -963,6 +979,12 @@ def main() -> None:
         "--keep", type=Path, default=None, help="run the daemon in this directory and leave it"
     )
     parser.add_argument(
+        "--unseen",
+        action="store_true",
+        help="ask the locality questions' before-answers of a separate fresh daemon, so the "
+        "month's daemon never sees them before teaching (no user history about them)",
+    )
+    parser.add_argument(
         "--replot",
         type=Path,
         default=None,
@@ -977,7 +999,8 @@ def main() -> None:
     data = json.loads(DATA.read_text())
     facts = plan_month(data, args.nights, args.facts_per_night, args.change_every, args.seed)
     settings = load_settings()
-    out = args.out / f"month-{args.nights}n-seed{args.seed}.json"
+    unseen = "-unseen" if args.unseen else ""
+    out = args.out / f"month-{args.nights}n-seed{args.seed}{unseen}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "benchmark": "month",
@@ -985,6 +1008,7 @@ def main() -> None:
         "nights_asked": args.nights,
         "facts_per_night": list(args.facts_per_night),
         "change_every": args.change_every,
+        "neighbours": "unseen" if args.unseen else "asked before teaching",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {platform.node()}, {os.cpu_count()} cores",
         "settings": {
@@ -1002,11 +1026,15 @@ def main() -> None:
     )
     started = time.perf_counter()
     rng = random.Random(args.seed + 1)
+    fixed = data["fixed_neighbours"]
+    was: dict[str, str] = {}
+    if args.unseen:
+        with live_daemon(settings.model_cache_path) as fresh:
+            was = before(Client(fresh.http), facts, fixed, rng)
     with live_daemon(settings.model_cache_path, keep=args.keep) as live:
         client = Client(live.http)
         data_dir = Path(live.env["NPLLM_DATA_DIR"])
-        fixed = data["fixed_neighbours"]
-        was = before(client, facts, fixed, rng)
+        was = was or before(client, facts, fixed, rng)
         zero = measure(client, [], 0, fixed, was, data["latency"], rng)
         report["nights"].append(
             {
