@@ -951,6 +951,18 @@ def plot(report: dict[str, Any], out: Path) -> None:
 # ------------------------------------------------------------------------------ main
 
 
+def _check_questions(data: dict[str, Any], facts: list[Fact]) -> None:
+    """No question of the month may read as the user correcting the previous answer
+    (npllm/feedback.py's patterns): it would rate an unrelated answer."""
+    from npllm.feedback import detect_correction
+
+    asked = [*data["fixed_neighbours"], *data["latency"], *sum(data["ordinary"].values(), [])]
+    asked += [q for f in facts for q in (f.question, f.reask, *f.paraphrases, *f.neighbours)]
+    matched = sorted({f"{q!r} ({p})" for q in asked if (p := detect_correction(q))})
+    if matched:
+        raise SystemExit(f"bench/data/month.json: npllm takes these for corrections: {matched}")
+
+
 def _per_night(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
     if not match:
@@ -998,6 +1010,7 @@ def main() -> None:
         return
     data = json.loads(DATA.read_text())
     facts = plan_month(data, args.nights, args.facts_per_night, args.change_every, args.seed)
+    _check_questions(data, facts)
     settings = load_settings()
     unseen = "-unseen" if args.unseen else ""
     out = args.out / f"month-{args.nights}n-seed{args.seed}{unseen}.json"
