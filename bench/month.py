@@ -776,14 +776,14 @@ def table_row(n: dict[str, Any]) -> str:
 
 def r_matrix(report: dict[str, Any]) -> str:
     nights = [n for n in report["nights"] if n["n"] > 0]
-    lines = ["R matrix (share right, weights only): rows = after night, columns = night taught"]
-    lines.append("      " + "".join(f"{c:>5}" for c in range(1, len(nights) + 1)))
+    lines = ["R matrix (% right, weights only): rows = after night, columns = night taught"]
+    lines.append("     " + "".join(f"{c:>4}" for c in range(1, len(nights) + 1)))
     for n in nights:
         cells = []
         for c in range(1, len(nights) + 1):
             cell = n["summary"]["R"].get(str(c))
-            cells.append(f"{cell[0] / cell[1]:>5.0%}" if cell else f"{'':>5}")
-        lines.append(f"{n['n']:>5} " + "".join(cells))
+            cells.append(f"{100 * cell[0] / cell[1]:>4.0f}" if cell else f"{'':>4}")
+        lines.append(f"{n['n']:>5}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -855,7 +855,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "<= 1.25",
             None,
             None if grown is None else grown <= 1.25,
-            "n/a (needs 8 nights)" if grown is None else f"{grown:.2f}",
+            "n/a (8 nights needed)" if grown is None else f"{grown:.2f}",
         )
     server, client = last["resources"]["server_5xx"], len(report["errors_5xx"])
     failed = sum(1 for n in nights if n["night"].get("status") != "succeeded")
@@ -884,7 +884,7 @@ def _growth(nights: list[dict[str, Any]], key: str) -> float | None:
     q = len(nights) // 4
     second, last = nights[q : 2 * q], nights[-q:]
     base = statistics.mean(value(n) for n in second)
-    return statistics.mean(value(n) for n in last) / base if base else None
+    return statistics.mean(value(n) for n in last) / base if base else float("inf")
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -908,6 +908,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     nights = [n for n in report["nights"] if n["n"] > 0]
     x = [n["n"] for n in nights]
@@ -929,7 +930,9 @@ def plot(report: dict[str, Any], out: Path) -> None:
     ax[0, 1].axhline(97, color="grey", lw=0.6)
     ax[0, 1].set(title="locality: answers unchanged (%)", ylim=(-5, 105))
     ax[1, 0].plot(x, [n["resources"]["adapters_served"] for n in nights], "o-", label="served")
-    ax[1, 0].plot(x, [n["resources"]["versions"] for n in nights], "s--", label="versions")
+    ax[1, 0].plot(
+        x, [n["resources"]["versions"] for n in nights], "s--", label="versions (rows, any status)"
+    )
     ax[1, 0].set(title="adapters", xlabel="night")
     ax[1, 1].plot(
         x, [n["resources"]["adapters_dir_bytes"] / 1e6 for n in nights], "o-", label="adapters dir"
@@ -939,6 +942,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
     )
     ax[1, 1].set(title="disk (MB)", xlabel="night")
     for a in ax.flat:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
     fig.suptitle(f"bench/month.py: {len(nights)} nights, seed {report['seed']}")
