@@ -360,15 +360,25 @@ class Client:
             body["npllm"] = {"memory": False}
         started = time.perf_counter()
         r = self.http.post("/v1/chat/completions", json=body)
+        self.asked[who] += 1
+        if r.status_code >= 500:  # counted by the hook; the month goes on, the answer is wrong
+            return {
+                "choices": [{"message": {"content": ""}}],
+                "wall_ms": 0.0,
+                "npllm": {"interaction_id": None, "adapters": [], "timings": {}, "cached": True},
+            }
         r.raise_for_status()
         reply = dict(r.json())
         reply["wall_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        self.asked[who] += 1
         return reply
 
     def feedback(self, reply: dict[str, Any], event: str, **extra: str) -> None:
+        if reply["npllm"]["interaction_id"] is None:  # its answer was a 5xx
+            return
         body = {"interaction_id": reply["npllm"]["interaction_id"], "event": event, **extra}
-        self.http.post("/v1/feedback", json=body).raise_for_status()
+        r = self.http.post("/v1/feedback", json=body)
+        if r.status_code < 500:
+            r.raise_for_status()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         r = self.http.post("/v1/embeddings", json={"input": texts})
