@@ -81,6 +81,12 @@ as a re-ask of the first (`feedback.reask_similarity` 0.9), and no question matc
 npllm's correction patterns (npllm/feedback.py): the implicit feedback events the
 measurement caused are counted (`/metrics`) and should stay 0.
 
+How long: on a 2-core machine a night of 2–3 corrections takes 5–10 minutes here (the
+worker's training, under load), a day and the measurement a few minutes more (the
+measurement grows by about 5 questions per fact taught); `--nights 2` took 22–32 minutes
+beside another session's test suite, 30 nights take several hours: run it in the
+background and follow the table.
+
 Targets (issue 25) are printed beside the figures, met or missed. Prints one row per night
 as the month goes and the table at the end; writes JSON (rewritten after every night) to
 `--out`; `--plot` draws recall, locality, adapters and disk over the nights to
