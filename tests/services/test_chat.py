@@ -31,14 +31,15 @@ def _spawn(daemon: LiveDaemon, *args: str) -> pexpect.spawn:
 
 
 def _interrupt_at_prompt(child: Any, then: Any) -> None:
-    """Ctrl-C while readline waits for a key, then expect `then`. A SIGINT that still
-    lands while readline handles the previous key (a loaded machine: see _settle) is acted
-    on at the next key only: after 10 s of silence a Ctrl-E (end of line, a no-op on what
-    is typed) is sent to let readline see it."""
+    """Ctrl-C while readline waits for a key, then expect `then`. CPython's readline loop
+    looks at signals only when select() is interrupted (Modules/readline.c,
+    readline_until_enter_or_signal): a SIGINT that lands while it is busy with the previous
+    key stays pending — a key press does not raise it, only another signal does. So after
+    10 s of silence the Ctrl-C is sent again (the two count as one)."""
     _settle()
     child.sendintr()
     if child.expect([then, pexpect.TIMEOUT], timeout=10) == 1:
-        child.send("\x05")
+        child.sendintr()
         child.expect(then)
 
 
