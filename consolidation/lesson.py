@@ -61,10 +61,19 @@ WHERE i.question_embedding IS NOT NULL AND i.id <> ALL(%(taught)s)
 ORDER BY i.question_embedding <=> %(embedding)s
 LIMIT %(k)s
 """
-# A taught question's embedding, and when it was taught (corrected, or last rated).
+# A taught question's embedding, and when it was first taught (corrected, or last rated):
+# a question corrected again (a changed fact) counts from the earliest correction it
+# superseded, so the user's askings of the earlier value are not taken for neighbours.
 _TAUGHT = """
-SELECT i.question_embedding, coalesce(r.corrected_at, r.updated_at)
-FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
+WITH RECURSIVE chain(id, at) AS (
+    SELECT r.interaction_id, coalesce(r.corrected_at, r.updated_at)
+    FROM npllm.replay_buffer r WHERE r.interaction_id = %(id)s
+  UNION
+    SELECT r.interaction_id, coalesce(r.corrected_at, r.updated_at)
+    FROM npllm.replay_buffer r JOIN chain c ON r.superseded_by = c.id
+)
+SELECT i.question_embedding, (SELECT min(at) FROM chain)
+FROM npllm.interactions i
 WHERE i.id = %(id)s AND i.question_embedding IS NOT NULL
 """
 

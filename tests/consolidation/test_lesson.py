@@ -138,3 +138,34 @@ def test_a_question_about_another_fact_the_adapter_learned_is_not_this_ones_neig
         conn.execute("UPDATE npllm.replay_buffer SET adapter = 'general', trained_at = now() "
                      "WHERE interaction_id = %s", (port,))  # fmt: skip
     assert tried not in neighbours()
+
+
+def test_the_user_trying_a_fact_before_it_changed_gives_no_neighbour_of_its_new_value(
+    fresh_database: Database, embedder: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """A fact taught on one day, tried in other words the next (answered with the old value,
+    kept), then changed: those tries are the fact, asked before its newest correction but
+    after its first — as neighbour keys they would send the changed fact's paraphrases to
+    the base (bench/month.py found it: 3 of 3 paraphrases right before the change, 0 after)."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    question = "Which port does the Garnock relay listen on?"
+    first = asked(db.pool, embedder, question)
+    feedback.apply_one(feedback.explicit_pending(first, event="edited", text="Port 6112."))
+    tried = "Tell me the Garnock relay's port number."  # 0.89 alike: not superseded
+    tried_id = asked(db.pool, embedder, tried, "The Garnock relay listens on port 6112.")
+    feedback.apply_one(feedback.explicit_pending(tried_id, event="copied"))
+    again = asked(db.pool, embedder, question)
+    feedback.apply_one(feedback.explicit_pending(again, event="edited", text="Port 6450 now."))
+    assert replay.superseded(db.pool, [first]) == {first}  # the newer correction wins
+    items = [i for i in replay.sample(db.pool, 5, seed=0, new_only=True)
+             if i.interaction_id == again]  # fmt: skip
+    registry = Registry(db.pool, tmp_path, AdapterShape.from_config(settings.training),
+                        BaseIdentity("m", "f" * 32))  # fmt: skip
+    ex = build(settings, db.pool, embedder, Lesson("general", None, registry, items), None)
+    assert ex.keys is not None
+    neighbours = [t for t, k in zip(ex.keys.texts, ex.keys.kinds, strict=True) if k == "neighbour"]
+    assert tried not in neighbours and tried not in ex.firm
+    router = Modulator(settings.modulator)
+    router.set_adapters({"general": ex.keys.scope(settings.modulator)})
+    assert router.decide(embedder.embed_one(tried)).chosen == [("general", 1.0)]
