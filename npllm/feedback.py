@@ -81,11 +81,23 @@ CORRECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 
 
 def detect_correction(text: str) -> str | None:
-    """The name of the first correction pattern the text matches, else None."""
+    """The name of the first correction pattern the text matches, else None. An error's
+    name inside a one-line question ("How do I debug a segmentation fault?", "What does
+    `KeyError: 'x'` mean?") asks about that error; only pasted output (a trace, or a line
+    that is the error) says the previous answer failed."""
+    asks = _one_line_question(text)
     for name, pattern in CORRECTION_PATTERNS:
+        if asks and name.startswith("trace_"):
+            continue
         if pattern.search(text):
             return name
     return None
+
+
+def _one_line_question(text: str) -> bool:
+    """One line ending in a question mark: a question, not pasted output."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].rstrip().endswith("?")
 
 
 def edit_value(answer: str, corrected: str) -> tuple[float, float]:

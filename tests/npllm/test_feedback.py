@@ -73,6 +73,9 @@ def test_edit_distance_grades_the_signal() -> None:
         "ainda dá erro",
         'Traceback (most recent call last):\n  File "x.py", line 1\nKeyError: 1',
         "error[E0382]: borrow of moved value",
+        "Segmentation fault (core dumped)",
+        "$ ./a.out\nSegmentation fault (core dumped)\nwhy?",
+        "npm ERR! code ERESOLVE",
     ],
 )
 def test_corrections_are_detected_in_english_and_portuguese(text: str) -> None:
@@ -87,6 +90,9 @@ def test_corrections_are_detected_in_english_and_portuguese(text: str) -> None:
         "obrigado, funcionou",
         "e como faço para ordenar ao contrário?",
         "Is there a way to do this without a loop?",
+        "How do I find what causes a segmentation fault in my C program?",
+        "What does `KeyError: 'name'` mean in Python?",
+        "Why does npm print npm ERR! code ERESOLVE when I install?",
     ],
 )
 def test_ordinary_turns_are_not_corrections(text: str) -> None:
