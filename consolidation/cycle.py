@@ -19,8 +19,11 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
 5. With ``modulator.train`` (off by default) the modulator is trained on the logged
    routing decisions and published only when an off-policy estimate says it routes
    better (consolidation/modulator_training.py).
-6. Mark the samples with the cycle and the adapter that learned them; record everything
-   in ``npllm.sleep_cycles`` (consolidation/bookkeeping.py: one cycle runs at a time).
+6. Mark the samples with the cycle and the adapter that learned them; then forget
+   (consolidation/forgetting.py): adapters idle for ``sleep.retire_idle_days`` retire from
+   serving, exchange memories unused for ``memory.decay_days`` leave retrieval; record
+   everything in ``npllm.sleep_cycles`` (consolidation/bookkeeping.py: one cycle runs at a
+   time).
 
 Crash safety: the plan is written to ``<data_dir>/adapters/.staging/cycle<id>/plan.json``
 before training and each trainer checkpoints there. When the latest cycle was interrupted
@@ -46,14 +49,15 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from consolidation import bookkeeping, gate, mas, modulator_training
+from consolidation import bookkeeping, forgetting, gate, mas, modulator_training
 from consolidation.bookkeeping import refuse_if_running
 from consolidation.lesson import Examples, Lesson, build, question
 from consolidation.plan import make_plan, mark_learned, resumable, write_plan
@@ -96,7 +100,7 @@ class CycleContext:
     to stop; `cerebellum`: its model and registry, to train it too (None: not trained);
     `served`: the serving engine the night checks its taught answers and its neighbours
     with (consolidation/served.py; None: teacher forcing alone, ``training.served_check``
-    off)."""
+    off); `clock`: now, timezone-aware (what idle adapters and memory decay count from)."""
 
     settings: Settings
     pool: Any
@@ -110,6 +114,7 @@ class CycleContext:
     control: Callable[[], None] | None = None
     cerebellum: tuple[BaseLLM, Registry] | None = None
     served: Served | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 def run_cycle(ctx: CycleContext) -> dict[str, Any]:
@@ -149,6 +154,7 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
         items = [by_id[k] for k in plan["items"] if k in by_id]  # tonight's new samples
         _learn(ctx, cycle, staging, plan, by_id, items, metrics)
         mark_learned(ctx.pool, plan, cycle)
+        metrics["forgetting"] = _forget(ctx, cycle, plan)
         status = "succeeded"
     except BaseException as exc:
         # CycleStopped is a KeyboardInterrupt: see its contract in npllm/errors.py.
@@ -163,6 +169,22 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
         metrics["base_unchanged"] = sha_after == sha_before
         bookkeeping.finish_cycle(ctx.pool, cycle, status, len(items), metrics, error, sha_after)
     return metrics
+
+
+def _forget(ctx: CycleContext, cycle: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """The night's last step (consolidation/forgetting.py): idle adapters retire from
+    serving, unused exchange memories leave retrieval. What it could not do is reported,
+    not a failed night: what the night learned is published already."""
+    _phase(ctx, cycle, "forgetting: idle adapters, unused exchange memories")
+    try:
+        fingerprint, now = ctx.registry.base.fingerprint, ctx.clock()
+        busy = set(plan["groups"])  # tonight's adapters: never retired by the same night
+        return forgetting.forget(
+            ctx.settings, ctx.pool, fingerprint, ctx.publisher, cycle, now, busy
+        )
+    except (NpllmError, psycopg.Error) as exc:
+        log.warning("sleep cycle %s: forgetting failed: %s", cycle, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _phase(ctx: CycleContext, cycle: int, text: str) -> None:

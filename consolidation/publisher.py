@@ -1,8 +1,9 @@
 """What a sleep cycle hands its trained versions to: the publisher.
 
-The cycle trains and gates; publishing is someone else's: the daemon's hot swap when the
-cycle runs in the daemon's sleep worker (services/worker.py, over the socket), or the
-database directly when it runs with no daemon (`npllm sleep --now --here`). Both
+The cycle trains and gates; publishing (and retiring an idle adapter) is someone else's:
+the daemon's hot swap when the cycle runs in the daemon's sleep worker (services/worker.py,
+over the socket), or the database directly when it runs with no daemon (`npllm sleep --now
+--here`). Both
 implement this protocol; the cycle never knows which one it has.
 """
 
@@ -40,4 +41,11 @@ class Publisher(Protocol):
         NpllmError when it is refused (its gate passed but the daemon's checks did not:
         the cap, the smoke test, conversion parity) and CycleStopped when the daemon that
         started the cycle is gone (nothing is published then)."""
+        ...
+
+    def retire(self, name: str, reason: str, sleep_cycle: int, details: dict[str, Any]) -> None:
+        """Stop serving adapter `name` (unused for sleep.retire_idle_days: see
+        consolidation/forgetting.py): its active version retires, every version is kept, a
+        `retired` row says `reason`. Raises an NpllmError when it is refused (it is not
+        served, a canary trial runs) and CycleStopped when the daemon is gone."""
         ...

@@ -358,6 +358,14 @@ class MemoryConfig(_Section):
     store_exchanges: bool = Field(
         True, description="Store each question/answer exchange as a new memory."
     )
+    decay_days: int = Field(
+        60,
+        ge=0,
+        description="An exchange memory not recalled for this many days (since it was last "
+        "recalled, or stored if never) leaves retrieval at the next sleep (its row stays, "
+        "decayed_at set; interactions are never touched). Notes, facts and documents never "
+        "decay. 0: never.",
+    )
     dedup_similarity: float = Field(
         0.95,
         gt=0.0,
@@ -556,6 +564,14 @@ class SleepConfig(_Section):
     )
     max_rehearsal: int = Field(
         32, ge=0, description="Most earlier samples one adapter rehearses in a night."
+    )
+    retire_idle_days: int = Field(
+        21,
+        ge=0,
+        description="An adapter no served answer was routed to for this many days (since its "
+        "last use, or since its active version was published if later) is retired from "
+        "serving at the next sleep; its versions are kept and publishing one (or `npllm "
+        "adapter rollback NAME`) serves it again. 0: never.",
     )
     new_topic_min_samples: int = Field(
         3,
@@ -827,6 +843,14 @@ class AlertsConfig(_Section):
     def argv(self) -> list[str]:
         """The command as its program and arguments ([]: no command)."""
         return command_argv(self.command) if self.command else []
+
+
+def check_days(days: int, key: str) -> int:
+    """A day count given to code rather than read from config (config checks its own at
+    load): a whole number, 0 meaning never; ConfigError naming `key` otherwise."""
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        raise ConfigError(f"{key} = {days!r} is not allowed: a whole number of days, 0 = never")
+    return days
 
 
 def command_argv(line: str) -> list[str]:

@@ -7,6 +7,9 @@ similarity floor; what the awake path retrieves (:meth:`MemoryStore.relevant`) m
 be within ``memory.relevance_margin`` of the best hit, so that a weakly related note
 does not ride along with the memory the question is really about.
 
+Exchange memories never recalled again decay out of retrieval (`decay`, run by the night:
+``memory.decay_days``); their rows stay, with ``decayed_at`` saying when.
+
 The fast learner: a user's correction of an answer corrects the hippocampus at once
 (:meth:`MemoryStore.correct`): the wrong answer's exchange memory goes, and the corrected
 answer is stored as a fact (replacing an earlier correction of the same question), so the
@@ -20,14 +23,14 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from npllm.config import MemoryConfig
+from npllm.config import MemoryConfig, check_days
 from npllm.embeddings import Embedder
 from npllm.errors import RequestError, StorageError
 from npllm.text import check_storable
@@ -56,7 +59,8 @@ SELECT nearest.id, text, kind, source, nearest.created_at, use_count, score,
 FROM (
     SELECT id, text, kind, source, created_at, use_count, interaction_id,
            1 - (embedding <=> %(embedding)s) AS score
-    FROM npllm.memories ORDER BY embedding <=> %(embedding)s LIMIT %(k)s
+    FROM npllm.memories WHERE decayed_at IS NULL
+    ORDER BY embedding <=> %(embedding)s LIMIT %(k)s
 ) nearest
 LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id AND nearest.kind = 'exchange'
 WHERE score >= %(min_score)s ORDER BY score DESC
@@ -73,10 +77,10 @@ FROM (
     SELECT m.id, m.text, m.kind, m.source, m.created_at, m.use_count, m.interaction_id,
            1 - (m.embedding <=> %(embedding)s) AS score
     FROM npllm.memories m
-    WHERE m.kind <> 'exchange' OR EXISTS (
+    WHERE m.decayed_at IS NULL AND (m.kind <> 'exchange' OR EXISTS (
         SELECT 1 FROM npllm.replay_buffer r JOIN npllm.interactions i ON i.id = r.interaction_id
         WHERE r.interaction_id = m.interaction_id AND r.reward > 0 AND r.superseded_by IS NULL
-          AND 1 - (i.question_embedding <=> %(embedding)s) >= %(exchange)s)
+          AND 1 - (i.question_embedding <=> %(embedding)s) >= %(exchange)s))
     ORDER BY m.embedding <=> %(embedding)s LIMIT %(k)s
 ) nearest
 LEFT JOIN npllm.interactions i ON i.id = nearest.interaction_id
@@ -117,6 +121,13 @@ RETURNING id
 _FORGET_SUPERSEDED = """
 DELETE FROM npllm.memories
 WHERE interaction_id = ANY(%(ids)s) AND kind IN ('fact', 'exchange')
+RETURNING id
+"""
+# Exchanges not recalled for memory.decay_days leave retrieval (the row stays; see `decay`).
+_DECAY = """
+UPDATE npllm.memories SET decayed_at = %(now)s
+WHERE kind = 'exchange' AND decayed_at IS NULL
+  AND coalesce(last_used_at, created_at) < %(cutoff)s
 RETURNING id
 """
 _DELETE = "DELETE FROM npllm.memories WHERE id = %(id)s RETURNING id"
@@ -202,6 +213,20 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
         else:
             chunks.append(piece)
     return chunks
+
+
+def decay(pool: ConnectionPool, days: int, now: datetime) -> list[int]:
+    """The decay rule: an exchange memory (an earlier answer, kind 'exchange') last recalled
+    — or, never recalled, stored — more than `days` days before `now` (timezone-aware)
+    leaves retrieval: its ``decayed_at`` is set to `now` and no search or recall reads it
+    again. Its row stays (``UPDATE npllm.memories SET decayed_at = NULL WHERE id = …``
+    brings it back), the interaction it came from is never touched, and notes, facts and
+    documents never decay. `days` 0: nothing decays. Returns the ids that decayed."""
+    if check_days(days, "memory.decay_days") == 0:
+        return []
+    with pool.connection() as conn:
+        rows = conn.execute(_DECAY, {"now": now, "cutoff": now - timedelta(days=days)})
+        return [int(r[0]) for r in rows.fetchall()]
 
 
 class MemoryStore:

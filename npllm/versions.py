@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 from psycopg.types.json import Jsonb
 
+from npllm import population
 from npllm.adapters import AdapterShape, check_name
 from npllm.artifacts import copy_files
 from npllm.config import ModulatorConfig, Settings
@@ -260,6 +261,18 @@ _POPULATION = """
 SELECT v.adapter FROM npllm.model_versions v JOIN npllm.adapters a ON a.name = v.adapter
 WHERE v.status = 'active' AND v.base_fingerprint = %(fingerprint)s AND a.kind = %(kind)s
 """
+# How far the adapter's centroid moves when this version is activated (NULL: one is missing).
+_MOVED = """
+SELECT 1 - (a.centroid <=> v.centroid)
+FROM npllm.adapters a JOIN npllm.model_versions v ON v.adapter = a.name
+WHERE a.name = %(name)s AND v.version = %(version)s
+"""
+# A retired adapter's newest kept version for this base (what `rollback` serves again).
+_LAST_RETIRED = """
+SELECT adapter, version, artifact_path, status FROM npllm.model_versions
+WHERE adapter = %(name)s AND status = 'retired' AND base_fingerprint = %(fingerprint)s
+ORDER BY version DESC LIMIT 1
+"""
 _DELETE_ADAPTER = "DELETE FROM npllm.adapters WHERE name = %(name)s AND kind = %(kind)s"
 # One lock for every change of the population (creating or publishing an adapter).
 _POPULATION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('npllm.adapter-population'))"
@@ -286,7 +299,15 @@ FROM wanted WHERE a.name = wanted.name AND a.status <> wanted.status
 RETURNING a.name, a.status
 """
 _LIST = """
-SELECT a.name, a.description, a.tags, a.status, a.base_model, a.dataset, a.centroid IS NOT NULL,
+SELECT a.name, a.description, a.tags,
+       CASE WHEN a.status = 'active' AND NOT EXISTS (
+                SELECT 1 FROM npllm.model_versions s WHERE s.adapter = a.name
+                AND s.status = 'active')
+            AND (SELECT p.decision FROM npllm.adapter_population p
+                 WHERE a.name = ANY(p.adapters) AND p.decision IN ('retired', 'restored')
+                 ORDER BY p.at DESC, p.id DESC LIMIT 1) = 'retired'
+            THEN 'retired' ELSE a.status END,
+       a.base_model, a.dataset, a.centroid IS NOT NULL,
        coalesce(json_agg(json_build_object(
            'version', v.version, 'status', v.status, 'reason', v.status_reason,
            'path', v.artifact_path, 'created_at', v.created_at, 'metrics', v.metrics)
@@ -426,12 +447,22 @@ class Registry:
                 conn.execute(_ADD_KEYS, keys.rows(name, version))
         return Version(name, version, target, "candidate")
 
-    def activate(self, version: Version, reason: str = "replaced by a newer version") -> None:
+    def activate(
+        self,
+        version: Version,
+        reason: str = "replaced by a newer version",
+        sleep_cycle: int | None = None,
+    ) -> None:
         """Make `version` the active one (the previous active one retires), atomically;
-        refused (AdapterError, nothing changed) when it would exceed the cap."""
+        refused (AdapterError, nothing changed) when it would exceed the cap. For an
+        adapter, the same transaction writes its population rows (npllm/population.py):
+        `restored` when it had been retired (or merged away), `centroid` when its centroid
+        moves; `sleep_cycle`: the cycle publishing it (None: by hand)."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(_POPULATION_LOCK)
             self.check_capacity(version.adapter, conn)
+            if self.kind == "adapter":
+                self._record_population(conn, version, sleep_cycle)
             conn.execute(_RETIRE, {"name": version.adapter, "reason": reason,
                                    "fingerprint": self.base.fingerprint})  # fmt: skip
             conn.execute(_ACTIVATE, {"name": version.adapter, "version": version.version})
@@ -439,6 +470,63 @@ class Registry:
                                   "base_model": self.base.model_id,
                                   "shape": Jsonb(self.shape.to_dict())})  # fmt: skip
         self.prune(version.adapter)
+
+    def _record_population(self, conn: Any, version: Version, sleep_cycle: int | None) -> None:
+        """Before `version` is activated: a `restored` row when its adapter was out of
+        serving (retired or merged away, no active version), a `centroid` row when the
+        version moves the adapter's centroid (cosine below population.CENTROID_MOVED)."""
+        name, number = version.adapter, version.version
+        by = f"by sleep cycle {sleep_cycle}" if sleep_cycle is not None else "by hand"
+        served = conn.execute(_CURRENT, {"name": name, "fingerprint": self.base.fingerprint})
+        out = None if served.fetchone() is not None else population.left_serving(conn, name)
+        if out is not None:
+            decision, at = out
+            population.record(
+                conn, "restored", [name],
+                f"v{number} published {by}: served and routed to again after it was "
+                f"{decision} on {at:%Y-%m-%d %H:%M}",
+                sleep_cycle, details={"version": number, "was": decision,
+                                      "since": at.isoformat()},
+            )  # fmt: skip
+        row = conn.execute(_MOVED, {"name": name, "version": number}).fetchone()
+        cosine = None if row is None or row[0] is None else float(row[0])
+        if cosine is not None and cosine < population.CENTROID_MOVED:
+            population.record(
+                conn, "centroid", [name],
+                f"v{number} (published {by}) routes from a centroid at cosine {cosine:.3f} to "
+                "the one before: what it was trained on moved",
+                sleep_cycle, details={"version": number, "cosine": round(cosine, 6)},
+            )  # fmt: skip
+
+    def retire(
+        self,
+        name: str,
+        reason: str,
+        *,
+        sleep_cycle: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Version:
+        """Retire adapter `name` from serving: its active version becomes 'retired' (every
+        version and file kept) and a `retired` population row says why, in one transaction.
+        The caller stops serving and routing to it (the daemon: Service.retire_adapter).
+        Publishing a version of it, or `rollback`, serves it again (a `restored` row).
+        Returns the version that was active."""
+        check_name(name, self.kind)
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(_POPULATION_LOCK)
+            row = conn.execute(
+                _CURRENT, {"name": name, "fingerprint": self.base.fingerprint}
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(
+                    f"adapter {name!r} has no served version to retire (it does not exist, "
+                    "or is retired or stale already: `npllm adapter list`)",
+                    param="name",
+                )
+            conn.execute(_RETIRE, {"name": name, "reason": f"adapter retired: {reason}",
+                                   "fingerprint": self.base.fingerprint})  # fmt: skip
+            population.record(conn, "retired", [name], reason, sleep_cycle, details=details)
+        return _version(row)
 
     def prune(self, name: str) -> list[int]:
         """Remove the files of all but the newest `keep` inactive versions of `name` (their
@@ -521,11 +609,18 @@ class Registry:
         return None if row is None else _version(row)
 
     def previous(self, name: str) -> Version:
-        """The version a rollback goes back to."""
+        """The version a rollback goes back to; for a retired adapter (no active version),
+        its newest kept version: rolling back serves it again."""
         check_name(name, self.kind)
         current = self.current(name)
-        if current is None:
-            raise NotFoundError(f"adapter {name!r} has no active version", param="name")
+        if current is None:  # a retired adapter: its newest kept version serves it again
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    _LAST_RETIRED, {"name": name, "fingerprint": self.base.fingerprint}
+                ).fetchone()
+            if row is None:
+                raise NotFoundError(f"adapter {name!r} has no active version", param="name")
+            return _version(row)
         with self.pool.connection() as conn:
             row = conn.execute(
                 _PREVIOUS,

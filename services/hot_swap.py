@@ -101,7 +101,7 @@ class HotSwap:
                 if version is None:
                     slot.store.deactivate(MODULATOR, reason)
                 else:  # checks the cap, then flips the database (one transaction)
-                    slot.store.activate(version, reason)
+                    slot.store.activate(version, reason, sleep_cycle=sleep_cycle)
             except Exception as exc:
                 slot.discard(version, staged)
                 raise self._refuse(slot, version, exc) from exc

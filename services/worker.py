@@ -97,13 +97,14 @@ def register(
     centroid: Any,
     dataset: str | None,
     metrics: dict[str, Any],
+    sleep_cycle: int | None = None,
 ) -> int:
     """No daemon: store `path` as the next version of `name` and make it the active one in
     the database; the daemon serves it when it starts. Its version."""
     version = registry.add_version(
         name, path, description=description, centroid=centroid, dataset=dataset, metrics=metrics
     )
-    registry.activate(version)
+    registry.activate(version, sleep_cycle=sleep_cycle)
     return int(version.version)
 
 
@@ -185,6 +186,19 @@ class DaemonPublisher:
         self.echo("  " + swapped(answer))
         return int(answer["version"])
 
+    def retire(self, name: str, reason: str, sleep_cycle: int, details: dict[str, Any]) -> None:
+        if self.control is not None:
+            self.control()
+        body = {"reason": reason, "sleep_cycle": sleep_cycle, "details": details}
+        try:
+            answer = self.client.request("POST", f"/v1/adapters/{name}/retire", json=body)
+        except DaemonNotRunning as exc:
+            if self.offline is None:
+                raise CycleStopped(f"the daemon is not running; {name} was not retired") from exc
+            self.offline.retire(name, reason, sleep_cycle, details)
+            return
+        self.echo(f"  {name} retired from serving (v{answer['version']} kept): {reason}")
+
 
 class OfflinePublisher:
     """No daemon: makes the version the active one in the database, in the version store
@@ -212,9 +226,16 @@ class OfflinePublisher:
             centroid=trained.centroid if trained.kind == "adapter" else None,
             dataset=trained.dataset,
             metrics=trained.metrics,
+            sleep_cycle=trained.sleep_cycle,
         )
         self.echo(f"  {trained.name} v{version} registered; the daemon serves it when it starts")
         return version
+
+    def retire(self, name: str, reason: str, sleep_cycle: int, details: dict[str, Any]) -> None:
+        retired = self.registries["adapter"].retire(
+            name, reason, sleep_cycle=sleep_cycle, details=details
+        )
+        self.echo(f"  {name} retired (v{retired.version} kept): {reason}")
 
 
 def run_cycle_here(

@@ -128,6 +128,26 @@ class Service:
         self.awake.cache.clear()
         return {"name": name, "deleted": True, "versions": versions, "was_served": served}
 
+    def retire_adapter(
+        self, name: str, reason: str, sleep_cycle: int | None, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        """On the model thread: retire adapter `name` from serving (its versions kept; a
+        `retired` row in npllm.adapter_population says `reason`), then stop serving and
+        routing to it. Refused during its canary trial, and for a sleep cycle that ended."""
+        if name in self.awake.trials:
+            raise ConflictError(
+                f"adapter {name!r} is on a canary trial; decide it first "
+                f"(`npllm adapter canary {name}`)"
+            )
+        if sleep_cycle is not None and not cycle_running(self.database.pool, sleep_cycle):
+            raise ConflictError(f"sleep cycle {sleep_cycle} ended; {name!r} stays served")
+        retired = self.registry.retire(name, reason, sleep_cycle=sleep_cycle, details=details)
+        served = self.awake.adapters.remove(name)
+        self.awake.modulator.set_adapters(self.registry.scopes(self.settings.modulator))
+        self.awake.cache.clear()
+        return {"name": name, "retired": True, "version": retired.version,
+                "was_served": served, "reason": reason}  # fmt: skip
+
     @functools.cached_property
     def metrics(self) -> Metrics:
         """What GET /metrics exposes (services/metrics.py)."""

@@ -24,7 +24,10 @@ def adapter_list(ctx: typer.Context) -> None:
         note = (
             f"serving v{served}"
             if served
-            else ("stale: to be rebuilt at next sleep" if a["status"] == "stale" else "not served")
+            else {
+                "stale": "stale: to be rebuilt at next sleep",
+                "retired": f"retired (unused): `npllm adapter rollback {a['name']}` serves it",
+            }.get(a["status"], "not served")
         )
         trial = next((t for t in found.get("canaries", []) if t["adapter"] == a["name"]), None)
         if trial:

@@ -256,7 +256,7 @@ def list_models(ctx: typer.Context) -> None:
     for a in found["data"]:
         served = found["served"].get(a["name"])
         newest = a["versions"][-1]["created_at"][:16].replace("T", " ") if a["versions"] else "-"
-        state = f"v{served}" if served else ("stale" if a["status"] == "stale" else "no")
+        state = f"v{served}" if served else (a["status"] if a["status"] != "active" else "no")
         rows.append((a["name"], "adapter", state, str(len(a["versions"])), newest))
     width = max(len(r[0]) for r in rows) + 2
     typer.echo(f"{'NAME':<{width}}{'KIND':<9}{'SERVED':<8}{'VERSIONS':<10}UPDATED")

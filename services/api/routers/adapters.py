@@ -1,4 +1,4 @@
-"""/v1/adapters: list, publish, roll back, delete and prune adapter versions; their canary
+"""/v1/adapters: list, publish, roll back, retire, delete and prune adapter versions; their canary
 trials (/v1/canaries, /v1/adapters/{name}/canary)."""
 
 from __future__ import annotations
@@ -43,6 +43,21 @@ class PublishIn(BaseModel):
         None,
         description="Try it on canary.share of the adapter's conversations first (a canary "
         "trial); default: only a sleep cycle's versions are tried, a hand publish goes live.",
+    )
+
+
+class RetireIn(BaseModel):
+    """Why an adapter stops being served (its versions are kept)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: str = Field(
+        "retired by hand", min_length=1, max_length=2000, description="Why, for the row."
+    )
+    sleep_cycle: int | None = Field(
+        None, description="The sleep cycle retiring it (it must still be running)."
+    )
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="Figures stored with the decision (idle days, ...)."
     )
 
 
@@ -111,6 +126,19 @@ def prune_adapters(service: ServiceDep) -> dict[str, Any]:
 @router.post("/v1/adapters/{name}/rollback")
 async def rollback_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
     return await service.rollback_adapter(name)
+
+
+@router.post("/v1/adapters/{name}/retire")
+async def retire_adapter(name: str, body: RetireIn, service: ServiceDep) -> dict[str, Any]:
+    """Stop serving and routing to the adapter; every version is kept, and publishing one
+    (or a rollback) serves it again. The sleep cycle retires adapters idle for
+    sleep.retire_idle_days this way."""
+    check_name(name)
+    retire = service.retire_adapter
+    work = service.queue.submit(
+        lambda: retire(name, body.reason, body.sleep_cycle, body.details), always=True
+    )
+    return await asyncio.wrap_future(work)
 
 
 @router.get("/v1/canaries")
