@@ -176,7 +176,9 @@ def _datasets_to_train(
     """Imported datasets go to their adapter — the one trained on it (`adapters.dataset`),
     else the adapter of the dataset's name — when that adapter trains this cycle anyway,
     or has no version for this base yet, or its active version predates the dataset's
-    import. adapter name → {"dataset", "sha256"}."""
+    import; never to a retired adapter (npllm/population.py) that does not train tonight
+    anyway: having no active version, it would otherwise be trained afresh every night.
+    adapter name → {"dataset", "sha256"}."""
     listing = {a["name"]: a for a in registry.listing()}
     owner = {a["dataset"]: a["name"] for a in listing.values() if a["dataset"]}
     wanted = {}
@@ -184,6 +186,8 @@ def _datasets_to_train(
         name = owner.get(d["name"], d["name"])
         if name == CEREBELLUM:  # not an adapter name: `npllm adapter train` can use it
             continue
+        if listing.get(name, {}).get("status") == "retired" and name not in routed:
+            continue  # unused, retired from serving: its dataset does not revive it
         active = next(
             (v for v in listing.get(name, {}).get("versions", []) if v["status"] == "active"),
             None,

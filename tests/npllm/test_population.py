@@ -287,3 +287,29 @@ def test_bad_day_counts_are_refused_clearly(tmp_path: Path, fresh_database: Any)
         population.record(fresh_database.pool, "deleted", ["x"], "why")  # type: ignore[arg-type]
     with pytest.raises(RequestError, match="merged_into"):
         population.record(fresh_database.pool, "merged", ["a", "b"], "overlap")
+
+
+def test_a_retired_adapters_dataset_does_not_revive_it_at_night(
+    fresh_database: Any, tmp_path: Path
+) -> None:
+    """Regression: a retired adapter has no active version, which the night read as "its
+    dataset was never learned": every night would have trained it afresh from its dataset,
+    restoring what had just been retired."""
+    from consolidation import datasets
+    from consolidation.plan import _datasets_to_train
+
+    pool = fresh_database.pool
+    store = Registry(pool, tmp_path / "adapters", SHAPE, BASE)
+    service, swap, _ = _daemon(pool, store)
+    line = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    datasets.import_dataset(pool, "style", line.encode())
+    version = store.add_version("style", lora_artifact(tmp_path / "art"), centroid=E[1],
+                                dataset="style")  # fmt: skip
+    swap.publish("adapter", version)
+    assert _datasets_to_train(pool, store, set()) == {}  # learned: nothing to do
+    service.retire_adapter("style", "retired by hand", None, {})
+    assert _datasets_to_train(pool, store, set()) == {}
+    # Tonight's samples routed to it (a night restoring it) bring its dataset along.
+    assert list(_datasets_to_train(pool, store, {"style"})) == ["style"]
