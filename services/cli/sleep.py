@@ -123,6 +123,16 @@ def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
         )
         decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
         typer.echo(f"modulator: {decisions}{estimate}: {m['verdict']}")
+    forgot = metrics.get("forgetting") or {}
+    for name, why in forgot.get("retired", {}).items():
+        typer.echo(f"{name}: retired from serving, {why}")
+    if forgot.get("memories_decayed"):
+        typer.echo(
+            f"{forgot['memories_decayed']} exchange memories unused for memory.decay_days left "
+            "retrieval (their rows stay)"
+        )
+    if forgot.get("error"):
+        typer.echo(f"forgetting did not run: {forgot['error']}")
     typer.echo(
         f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
         f"{metrics.get('base_unchanged')}"

@@ -120,13 +120,18 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.added: list[tuple[str, Path, dict[str, Any]]] = []
         self.active: list[Any] = []
+        self.retired: list[Any] = []
 
     def add_version(self, name: str, source: Path, **kwargs: Any) -> Any:
         self.added.append((name, source, kwargs))
         return SimpleNamespace(adapter=name, version=5)
 
-    def activate(self, version: Any) -> None:
-        self.active.append(version)
+    def activate(self, version: Any, sleep_cycle: int | None = None) -> None:
+        self.active.append((version, sleep_cycle))
+
+    def retire(self, name: str, reason: str, **kwargs: Any) -> Any:
+        self.retired.append((name, reason, kwargs))
+        return SimpleNamespace(adapter=name, version=2)
 
 
 def test_with_no_daemon_the_clis_cycle_registers_the_version_in_the_database(
@@ -140,10 +145,31 @@ def test_with_no_daemon_the_clis_cycle_registers_the_version_in_the_database(
     assert (name, source) == ("cooking", Path("/data/staging/cooking"))
     assert kwargs["description"] == "learned while asleep" and kwargs["dataset"] == "recipes"
     assert kwargs["centroid"] is ADAPTER.centroid and kwargs["metrics"] == ADAPTER.metrics
-    assert [v.version for v in registry.active] == [5]
+    assert [(v.version, cycle) for v, cycle in registry.active] == [(5, 7)]
     assert capsys.readouterr().err == (
         "  cooking v5 registered; the daemon serves it when it starts\n"
     )
+
+
+def test_an_idle_adapter_is_retired_through_the_daemon_or_in_the_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient({"name": "cooking", "retired": True, "version": 3})
+    DaemonPublisher(client).retire("cooking", "unused for 30 days", 7, {"idle_days": 30})
+    assert client.posted == [("POST", "/v1/adapters/cooking/retire",
+                              {"reason": "unused for 30 days", "sleep_cycle": 7,
+                               "details": {"idle_days": 30}})]  # fmt: skip
+    # No daemon: the CLI's own cycle retires it in the database; the daemon's worker stops.
+    registry = FakeRegistry()
+    gone = FakeClient(DaemonNotRunning("npllm is not running"))
+    offline = OfflinePublisher({"adapter": registry})
+    DaemonPublisher(gone, offline=offline).retire("cooking", "unused", 7, {})
+    assert registry.retired == [("cooking", "unused", {"sleep_cycle": 7, "details": {}})]
+    with pytest.raises(CycleStopped, match="cooking was not retired"):
+        DaemonPublisher(gone).retire("cooking", "unused", 7, {})
+    err = capsys.readouterr().err
+    assert "cooking retired from serving (v3 kept): unused for 30 days" in err
+    assert "cooking retired (v2 kept): unused" in err
 
 
 def test_worker_control_waits_while_paused_and_stops_when_told(tmp_path: Path) -> None:
