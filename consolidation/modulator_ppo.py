@@ -7,14 +7,20 @@ the answer's integrated reward (``npllm.replay_buffer.reward``, −1..1) is the 
 the training share of the logged decisions (consolidation/modulator_training.py splits
 them) a night:
 
-1. fits a **reward model**: per option, a ridge regression of the reward on the question
-   embedding, without an intercept, over the decisions that used that option — far from
-   anything the option was used on it predicts 0, what inverse propensity scoring counts
-   for an unknown reward. Its skill on the held-out decisions (1 − its squared error over
-   that of predicting the training mean) is reported;
+1. fits a **reward model**: per option, the logged rewards of the decisions that used it,
+   weighted by how alike their question is to the one asked (cosine above
+   ``modulator.none_similarity``, the topic radius, rescaled to 0..1) and shrunk towards 0
+   by one pseudo-decision (:data:`PRIOR`): where an option was never used on a question of
+   the same topic it predicts 0, unknown — what inverse propensity scoring counts for a
+   reward the log does not have. Its skill on the held-out decisions (1 − its squared
+   error over that of predicting the training mean) is reported;
 2. trains a **PPO policy** (stable-baselines3, a 64-unit MlpPolicy, seeded, on the CPU with
-   one torch thread) in :class:`RoutingBandit`: an episode is one logged training
-   question, the action one option, the reward the reward model's prediction;
+   one torch thread, ``modulator.ppo_timesteps`` steps in rollouts of
+   ``modulator.ppo_rollout``) in :class:`RoutingBandit`: an episode is one logged training
+   question, the action one option, the reward the reward model's prediction — and
+   :data:`UNAVAILABLE` (−1) for an adapter whose scope does not hold the question: the
+   modulator routes only inside a scope, and a disliked adapter's questions go back to
+   the bare base, not to another adapter nobody tried on them;
 3. **distils** it into a copy of the current modulator: per training question the target is
    the PPO policy's distribution where the reward model says it earns at least
    ``modulator.min_improvement`` more than the current modulator's, else the current
@@ -22,12 +28,12 @@ them) a night:
    network is fitted to the targets by cross-entropy (``modulator.train_steps`` full-batch
    Adam steps). So the served object stays a Modulator — centroid prior + the same
    1–5 M-parameter network, its parameter count unchanged — and the PPO policy, a
-   throwaway of ~30 k parameters, never serves;
+   throwaway of ~50 k parameters, never serves;
 4. **gates** it off-policy on the held-out decisions, current against trained, with plain
    IPS (modulator_training.ips) and doubly robust (:func:`doubly_robust`: the reward
    model's value of the policy plus the IPS correction of its error on the option
    logged). The doubly robust estimate decides: the trained modulator is used only when
-   the one-sided ``modulator.confidence`` (90 %) lower bound of its paired per-decision
+   the one-sided ``modulator.confidence`` (95 %) lower bound of its paired per-decision
    gain reaches ``modulator.min_improvement``, the reward model has skill (> 0) on the
    held-out decisions, and IPS does not say it is worse (DR leans on the reward model
    where the log has few samples; IPS does not). Otherwise it is kept as ``candidate``
@@ -216,8 +222,7 @@ def train_policy(
     }
     if not np.isfinite(probs).all():
         raise ConsolidationError(
-            "the PPO policy's probabilities are not finite; try a lower "
-            "modulator.ppo_learning_rate"
+            "the PPO policy's probabilities are not finite; try a lower modulator.ppo_learning_rate"
         )
     return probs, report
 

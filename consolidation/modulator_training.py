@@ -6,7 +6,10 @@ feedback integrates into a reward per answer (``npllm.replay_buffer.reward``). O
 ``modulator.min_decisions`` decisions have a rated answer, a cycle:
 
 1. splits them (seeded) into training (75 %) and evaluation (25 %) decisions;
-2. trains a copy of the current modulator, supervised on the logged rewards: a decision
+2. trains a copy of the current modulator — with ``modulator.method = "ppo"`` (the
+   default) by PPO against a reward model, gated by a doubly robust estimate
+   (consolidation/modulator_ppo.py, instead of steps 2-4 here); with "supervised" —
+   supervised on the logged rewards: a decision
    that used option a (the top adapter, or "none") with reward r > 0 adds −r·log π(a|q)
    (choose it again); with r < 0 it adds −|r|·log π(none|q) when a was an adapter (a
    disliked adapter's questions go back to the bare base, the safe choice — not to another
@@ -25,10 +28,12 @@ Plain (not self-normalised) IPS counts the probability a policy moves onto such 
 reward 0 — unknown, between liked (+1) and disliked (−1) — so moving away from disliked
 answers is a gain, moving away from liked ones a loss, and nothing is credited with
 rewards it was never given. The effective sample size of the weights is reported beside
-each estimate. PPO against a learned reward model is not implemented.
+each estimate.
 
 Versions are kept in the one version store (npllm/versions.py, kind ``modulator``;
-``npllm.modulator_versions`` is a view of them).
+``npllm.modulator_versions`` is a view of them); every training, and every night skipped
+for too few decisions, is a ``npllm.modulator_trainings`` row with the estimates and the
+reason (sql/017_modulator_trainings.sql).
 """
 
 from __future__ import annotations

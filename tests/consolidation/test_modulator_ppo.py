@@ -187,6 +187,10 @@ def test_a_disliked_adapter_goes_back_to_the_bare_base_not_to_an_untried_one() -
     q0 = _unit(E[0] + 0.02 * rng.standard_normal(384))
     assert current.decide(q0).chosen == [("x", 1.0)]
     assert trained.decide(q0).chosen == []  # not y, never tried there
+    # What the bandit paid PPO there: none unknown (0), x disliked, y outside its scope.
+    model = modulator_ppo.fit_rewards(logs[20:], [NONE, "x", "y"], config.none_similarity)
+    paid = modulator_ppo.bandit_rewards(current, q0[None].astype(np.float64), model)[0]
+    assert paid[0] == 0.0 and -0.8 < paid[1] < -0.5 and paid[2] == modulator_ppo.UNAVAILABLE
     assert trained.decide(_unit(E[2] + 0.02 * rng.standard_normal(384))).chosen == [("y", 1.0)]
 
 
