@@ -215,3 +215,19 @@ def test_a_bad_ppo_setting_is_refused_at_load_naming_the_key(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         make_settings(tmp_path, **env)
+
+
+def test_the_cycle_summary_gives_the_doubly_robust_estimate_that_decided(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli.sleep import print_summary
+
+    trained = {
+        "decisions": 160,
+        "current": {"value": 0.05, "ess": 30.0, "dr": 0.04},
+        "trained": {"value": 0.93, "ess": 10.7, "dr": 0.91},
+        "verdict": "published",
+    }
+    print_summary({"cycle": 5, "adapters": {}, "modulator": trained, "base_unchanged": True})
+    out = capsys.readouterr().out
+    assert "modulator: 160 rated decisions, doubly robust mean reward +0.040 -> +0.910: " in out
