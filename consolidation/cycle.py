@@ -17,8 +17,9 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
    gated and published the same way on the **recurring** samples (asked at least
    ``cerebellum.min_asked`` times, quality at least ``cerebellum.min_quality``).
 5. With ``modulator.train`` (off by default) the modulator is trained on the logged
-   routing decisions and published only when an off-policy estimate says it routes
-   better (consolidation/modulator_training.py).
+   routing decisions (PPO against a reward model, or supervised: ``modulator.method``)
+   and published only when an off-policy estimate says it routes better
+   (consolidation/modulator_training.py, consolidation/modulator_ppo.py).
 6. Mark the samples with the cycle and the adapter that learned them; then forget
    (consolidation/forgetting.py): adapters idle for ``sleep.retire_idle_days`` retire from
    serving, exchange memories unused for ``memory.decay_days`` leave retrieval; record

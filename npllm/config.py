@@ -526,10 +526,54 @@ class ModulatorConfig(_Section):
         description="A trained modulator is used when its estimated mean reward beats the "
         "current one's by this much (reward scale -1..1).",
     )
-    train_steps: int = Field(200, ge=1, le=10000, description="Optimizer steps per training.")
+    train_steps: int = Field(
+        200,
+        ge=1,
+        le=10000,
+        description="Optimizer steps per training (supervised; with ppo: distilling the "
+        "policy into the modulator).",
+    )
     learning_rate: float = Field(
         1e-3, gt=0.0, le=1.0, description="Learning rate of the modulator's training."
     )
+    method: Literal["supervised", "ppo"] = Field(
+        "ppo",
+        description="How the modulator learns from logged rewards: 'ppo' (a reward model "
+        "fitted to the logged rewards, a PPO policy trained against it and distilled into the "
+        "modulator, gated by a doubly robust estimate) or 'supervised' (trained directly on "
+        "the logged decisions, gated by inverse propensity scoring).",
+    )
+    ppo_timesteps: int = Field(
+        4096,
+        ge=64,
+        le=1_000_000,
+        description="ppo: questions the policy routes while training (one step per episode).",
+    )
+    ppo_rollout: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="ppo: steps collected between policy updates (stable-baselines3 n_steps).",
+    )
+    ppo_learning_rate: float = Field(
+        1e-3, gt=0.0, le=1.0, description="ppo: learning rate of the policy and its value."
+    )
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="ppo: the doubly robust gain's one-sided lower confidence bound at this "
+        "level must reach min_improvement for the trained modulator to be used.",
+    )
+
+    @model_validator(mode="after")
+    def _rollout_within_training(self) -> ModulatorConfig:
+        if self.ppo_rollout > self.ppo_timesteps:
+            raise ValueError(
+                f"modulator.ppo_rollout = {self.ppo_rollout} is more than modulator."
+                f"ppo_timesteps = {self.ppo_timesteps}: the policy would never be updated"
+            )
+        return self
 
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")

@@ -18,8 +18,9 @@ question (the same subject with another relation, the public default behind a te
 setting) is left to the bare base — what the adapter never learned, it never changes. A
 topic key gives the old centroid routing unchanged (none_similarity + cos − none_similarity).
 The network's last layer starts at zero, so an untrained modulator routes purely by
-these scopes. Training (``modulator.train``, in the sleep cycle: consolidation/routing.py)
-only learns the correction, from the logged decisions and their rewards. Top-1 by
+these scopes. Training (``modulator.train``, in the sleep cycle:
+consolidation/modulator_training.py, consolidation/modulator_ppo.py) only learns the
+correction, from the logged decisions and their rewards. Top-1 by
 default; with ``modulator.top_k`` > 1 the best k adapters above ``min_weight`` are
 blended with renormalised weights.
 
@@ -189,7 +190,7 @@ class Modulator(nn.Module):
 
     def logits(self, query: torch.Tensor) -> torch.Tensor:
         """Logits over [none, slot 0, slot 1, ...] for (batch, dim) queries; differentiable
-        in the network's parameters (training, consolidation/routing.py)."""
+        in the network's parameters (training: consolidation/modulator_training.py)."""
         t, none_similarity = self.config.temperature, self.config.none_similarity
         inside = self.inside(query) + none_similarity  # (batch, slots)
         none = torch.full((query.shape[0], 1), none_similarity)  # (batch, 1)

@@ -116,11 +116,18 @@ def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
         typer.echo(f"{name}: {why}")
     if metrics.get("modulator"):
         m = metrics["modulator"]
-        estimate = (
-            f", estimated mean reward {m['current']['value']:+.3f} -> {m['trained']['value']:+.3f}"
-            if "trained" in m
-            else ""
-        )
+        if "trained" in m and "dr" in m["trained"]:  # ppo: the doubly robust estimate decides
+            estimate = (
+                f", doubly robust mean reward {m['current']['dr']:+.3f} -> "
+                f"{m['trained']['dr']:+.3f}"
+            )
+        elif "trained" in m:
+            estimate = (
+                f", estimated mean reward {m['current']['value']:+.3f} -> "
+                f"{m['trained']['value']:+.3f}"
+            )
+        else:
+            estimate = ""
         decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
         typer.echo(f"modulator: {decisions}{estimate}: {m['verdict']}")
     forgot = metrics.get("forgetting") or {}

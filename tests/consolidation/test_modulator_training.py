@@ -92,7 +92,10 @@ def test_a_cycle_publishes_only_what_the_off_policy_estimate_prefers(
 ) -> None:
     pool = fresh_database.pool
     settings = make_settings(
-        tmp_path, NPLLM_MODULATOR__MIN_DECISIONS="40", NPLLM_MODULATOR__TRAIN_STEPS="150"
+        tmp_path,
+        NPLLM_MODULATOR__MIN_DECISIONS="40",
+        NPLLM_MODULATOR__TRAIN_STEPS="150",
+        NPLLM_MODULATOR__METHOD="supervised",
     )
     current = Modulator(settings.modulator)
     current.set_adapters({"x": E[0], "y": E[2]})
@@ -147,7 +150,9 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
     from consolidation.publisher import Trained
 
     pool = fresh_database.pool
-    settings = make_settings(tmp_path, NPLLM_MODULATOR__TRAIN_STEPS="150")
+    settings = make_settings(
+        tmp_path, NPLLM_MODULATOR__TRAIN_STEPS="150", NPLLM_MODULATOR__METHOD="supervised"
+    )
     registry = SimpleNamespace(scopes=lambda config: {"x": E[0], "y": E[2]})
     with pool.connection() as conn:
         row = conn.execute("INSERT INTO npllm.sleep_cycles (seed) VALUES (0) RETURNING id")
