@@ -32,6 +32,7 @@ class Trained:
     centroid: np.ndarray | None = None  # adapters: where the modulator routes from now on
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    canary: bool | None = None  # adapters: on trial first (None: the daemon's default)
 
 
 class Publisher(Protocol):
@@ -40,4 +41,10 @@ class Publisher(Protocol):
         NpllmError when it is refused (its gate passed but the daemon's checks did not:
         the cap, the smoke test, conversion parity) and CycleStopped when the daemon that
         started the cycle is gone (nothing is published then)."""
+        ...
+
+    def retire(self, name: str, reason: str, sleep_cycle: int) -> None:
+        """Stop serving adapter `name` (merged into another): its active version retires
+        with `reason`, every version is kept (a rollback or a publish serves it again).
+        CycleStopped when the daemon that started the cycle is gone."""
         ...

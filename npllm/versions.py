@@ -521,17 +521,23 @@ class Registry:
         return None if row is None else _version(row)
 
     def previous(self, name: str) -> Version:
-        """The version a rollback goes back to."""
+        """The version a rollback goes back to: the newest kept retired one before the
+        active one; for an adapter served no more (merged into another, or retired), its
+        newest kept retired version — a rollback serves it again."""
         check_name(name, self.kind)
         current = self.current(name)
-        if current is None:
-            raise NotFoundError(f"adapter {name!r} has no active version", param="name")
+        newest = 2**31 - 1  # no active version: any retired one
         with self.pool.connection() as conn:
             row = conn.execute(
                 _PREVIOUS,
-                {"name": name, "version": current.version, "fingerprint": self.base.fingerprint},
-            ).fetchone()
-        if row is None:
+                {"name": name, "version": newest if current is None else current.version,
+                 "fingerprint": self.base.fingerprint},
+            ).fetchone()  # fmt: skip
+        if row is None and current is None:
+            raise NotFoundError(
+                f"adapter {name!r} has no active version and no kept retired one", param="name"
+            )
+        if row is None and current is not None:
             raise RequestError(
                 f"adapter {name!r} has no earlier version to roll back to (v{current.version} "
                 "is its first kept version for this base)",

@@ -126,6 +126,8 @@ def _request(trained: Trained) -> tuple[str, dict[str, Any]]:
         route = f"/v1/adapters/{trained.name}/versions"
         if trained.centroid is not None:
             body["centroid"] = [float(x) for x in trained.centroid]
+        if trained.canary is not None:
+            body["canary"] = trained.canary
     return route, {**body, "path": str(_directory(trained)), "metrics": trained.metrics}
 
 
@@ -185,6 +187,19 @@ class DaemonPublisher:
         self.echo("  " + swapped(answer))
         return int(answer["version"])
 
+    def retire(self, name: str, reason: str, sleep_cycle: int) -> None:
+        if self.control is not None:
+            self.control()
+        body = {"reason": reason, "sleep_cycle": sleep_cycle}
+        try:
+            self.client.request("POST", f"/v1/adapters/{name}/retire", json=body)
+        except DaemonNotRunning as exc:
+            if self.offline is None:
+                raise CycleStopped(f"the daemon is not running; {name} was not retired") from exc
+            self.offline.retire(name, reason, sleep_cycle)
+            return
+        self.echo(f"  {name} is no longer served: {reason}")
+
 
 class OfflinePublisher:
     """No daemon: makes the version the active one in the database, in the version store
@@ -215,6 +230,10 @@ class OfflinePublisher:
         )
         self.echo(f"  {trained.name} v{version} registered; the daemon serves it when it starts")
         return version
+
+    def retire(self, name: str, reason: str, sleep_cycle: int) -> None:
+        self.registries["adapter"].deactivate(name, reason)
+        self.echo(f"  {name} retired ({reason}); the daemon no longer serves it when it starts")
 
 
 def run_cycle_here(

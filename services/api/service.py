@@ -128,6 +128,25 @@ class Service:
         self.awake.cache.clear()
         return {"name": name, "deleted": True, "versions": versions, "was_served": served}
 
+    def retire_adapter(self, name: str, reason: str, sleep_cycle: int | None) -> dict[str, Any]:
+        """On the model thread: stop serving and routing to adapter `name` (a night merged
+        it into another); its active version retires with `reason`, every version is kept
+        (a rollback or a publish serves it again). A night's retirement happens only while
+        that night's worker lives."""
+        if sleep_cycle is not None and not self.hot_swap.cycle_alive(sleep_cycle):
+            raise ConflictError(
+                f"sleep cycle {sleep_cycle} ended before {name!r} was retired (worker stopped "
+                "or killed); it stays served"
+            )
+        old = self.registry.deactivate(name, reason)
+        if old is None:
+            raise NotFoundError(f"adapter {name!r} has no active version", param="name")
+        self.awake.trials.pop(name, None)
+        served = self.awake.adapters.remove(name)
+        self.awake.modulator.set_adapters(self.registry.scopes(self.settings.modulator))
+        self.awake.cache.clear()
+        return {"name": name, "retired": old.version, "was_served": served, "reason": reason}
+
     @functools.cached_property
     def metrics(self) -> Metrics:
         """What GET /metrics exposes (services/metrics.py)."""

@@ -46,6 +46,17 @@ class PublishIn(BaseModel):
     )
 
 
+class RetireIn(BaseModel):
+    """Why an adapter stops being served (its versions are kept)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: str = Field(min_length=1, max_length=2000, description="Why, in a sentence.")
+    sleep_cycle: int | None = Field(
+        None,
+        description="The sleep cycle retiring it: done only while that cycle's worker is alive.",
+    )
+
+
 class CanaryAction(BaseModel):
     """A person's decision on a running canary trial."""
 
@@ -111,6 +122,17 @@ def prune_adapters(service: ServiceDep) -> dict[str, Any]:
 @router.post("/v1/adapters/{name}/rollback")
 async def rollback_adapter(name: str, service: ServiceDep) -> dict[str, Any]:
     return await service.rollback_adapter(name)
+
+
+@router.post("/v1/adapters/{name}/retire")
+async def retire_adapter(name: str, body: RetireIn, service: ServiceDep) -> dict[str, Any]:
+    """Stop serving the adapter (a sleep cycle merged it into another); its versions are
+    kept: `POST /v1/adapters/{name}/rollback` serves the newest again."""
+    check_name(name)
+    work = service.queue.submit(
+        lambda: service.retire_adapter(name, body.reason, body.sleep_cycle), always=True
+    )
+    return await asyncio.wrap_future(work)
 
 
 @router.get("/v1/canaries")
