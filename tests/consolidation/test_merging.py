@@ -3,6 +3,7 @@ merges, and what a merging night does."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,11 @@ def test_merging_two_overlapping_adapters_keeps_both_facts_and_the_old_one_for_r
     assert len(names) == 2, first
     assert all(first["adapters"][n]["verdict"] == "published" for n in names), first
     settings = make_settings(tmp_path, **QUICK)
+    started = time.perf_counter()
     second, registry = _night(settings, db, base_llm, embedder, seed=2)
+    spent = {n: (r["steps_done"], r["seconds"]) for n, r in {**first["adapters"],
+             **second["adapters"]}.items()}  # fmt: skip
+    print(f"\nmerging night: {time.perf_counter() - started:.0f} s; steps and seconds {spent}")
     (survivor,) = second["adapters"]
     (absorbed,) = set(names) - {survivor}
     report = second["adapters"][survivor]

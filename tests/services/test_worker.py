@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -144,6 +145,25 @@ def test_with_no_daemon_the_clis_cycle_registers_the_version_in_the_database(
     assert capsys.readouterr().err == (
         "  cooking v5 registered; the daemon serves it when it starts\n"
     )
+
+
+def test_a_merged_adapter_is_retired_through_the_daemon_and_a_merged_version_skips_the_trial(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = FakeClient({"name": "cooking-tips", "retired": 2})
+    DaemonPublisher(client).retire("cooking-tips", "merged into cooking v3 by sleep cycle 7", 7)
+    client.answer = SWAP
+    DaemonPublisher(client).publish(replace(ADAPTER, canary=False))
+    assert client.posted[0] == (
+        "POST",
+        "/v1/adapters/cooking-tips/retire",
+        {"reason": "merged into cooking v3 by sleep cycle 7", "sleep_cycle": 7},
+    )
+    assert client.posted[1][2]["canary"] is False
+    assert "cooking-tips is no longer served: merged into cooking v3" in capsys.readouterr().err
+    gone = FakeClient(DaemonNotRunning("npllm is not running"))
+    with pytest.raises(CycleStopped, match="^the daemon is not running; cooking-tips was not"):
+        DaemonPublisher(gone).retire("cooking-tips", "merged", 7)
 
 
 def test_worker_control_waits_while_paused_and_stops_when_told(tmp_path: Path) -> None:
