@@ -12,7 +12,9 @@ publish. Runs in a worker process (``npllm sleep --now``), never in the daemon.
 3. Gate (consolidation/gate.py): validation loss improved, retention on earlier cycles'
    examples kept. Passing versions go to the cycle's publisher (consolidation/publisher.py:
    the daemon's hot swap, or the database when no daemon runs); the others stay
-   ``candidate`` with the reason. Corrections are never held out.
+   ``candidate`` with the reason. Corrections are never held out. A merge
+   (consolidation/merging.py) trains first, as a lesson of the surviving adapter; once
+   its version is published the absorbed adapter retires (its versions kept).
 4. The cerebellum (npllm/cerebellum.py; unless ``cerebellum.role = "off"``) is trained,
    gated and published the same way on the **recurring** samples (asked at least
    ``cerebellum.min_asked`` times, quality at least ``cerebellum.min_quality``).
@@ -58,7 +60,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from consolidation import bookkeeping, forgetting, gate, mas, modulator_training
+from consolidation import bookkeeping, forgetting, gate, mas, merging, modulator_training
 from consolidation.bookkeeping import refuse_if_running
 from consolidation.lesson import Examples, Lesson, build, question
 from consolidation.plan import make_plan, mark_learned, resumable, write_plan
@@ -230,6 +232,7 @@ def _learn(
     each as it finishes (a resumed cycle skips those)."""
     stale = {v.adapter: v for v in ctx.registry.stale_versions()}
     for name, g in plan["groups"].items():
+        merge = merging.Merge.from_dict(g["merge"]) if g.get("merge") else None
         if name not in plan["done"]:  # else finished before the cycle it continues was killed
             lesson = Lesson(
                 name,
@@ -240,10 +243,20 @@ def _learn(
                 np.asarray(g["centroid"], np.float32),
                 plan.get("datasets", {}).get(name),
                 rebuilds=stale.get(name),
-            )
+                absorbs=None if merge is None else ctx.registry.version(merge.absorbed,
+                                                                        merge.version),
+            )  # fmt: skip
             plan["done"][name] = _consolidate(ctx, cycle, lesson)
+            if merge is not None:
+                plan["done"][name]["merge"] = merge.to_dict()
             write_plan(staging, plan)
-        metrics["adapters"][name] = plan["done"][name]
+        report = plan["done"][name]
+        if merge is not None and report.get("verdict") == "published" and "merged" not in report:
+            # Only now, the gate passed and the version serves: the absorbed one retires.
+            _phase(ctx, cycle, f"retiring {merge.absorbed}, merged into {name}")
+            report["merged"] = merging.complete(ctx.pool, ctx.publisher, merge, cycle, report)
+            write_plan(staging, plan)
+        metrics["adapters"][name] = report
     if ctx.cerebellum is not None:
         metrics["cerebellum"] = plan["done"].get(CEREBELLUM) or _cerebellum(
             ctx, cycle, items, ctx.cerebellum
@@ -675,6 +688,9 @@ def _publish_or_keep(
             centroid=lesson.centroid,
             metrics=report,
             dataset=lesson.dataset_name,
+            # A merged version goes live at once: on trial, its control could not answer
+            # what the adapter it absorbs knew.
+            canary=False if lesson.absorbs is not None else None,
         )
         try:
             report["published"] = ctx.publisher.publish(trained)

@@ -57,7 +57,7 @@ SELECT i.id, i.question, i.answer, i.question_embedding,
 FROM npllm.interactions i JOIN npllm.replay_buffer r ON r.interaction_id = i.id
 WHERE i.question_embedding IS NOT NULL AND i.id <> ALL(%(taught)s)
   AND r.corrected_answer IS NULL AND r.reward >= 0 AND r.superseded_by IS NULL
-  AND r.adapter IS DISTINCT FROM %(adapter)s AND i.created_at < %(taught_at)s
+  AND (r.adapter IS NULL OR r.adapter <> ALL(%(adapters)s)) AND i.created_at < %(taught_at)s
 ORDER BY i.question_embedding <=> %(embedding)s
 LIMIT %(k)s
 """
@@ -92,6 +92,14 @@ class Lesson:
     # A stale adapter's version under the base it was trained for: rebuilt tonight for this
     # base, it keeps that version's paraphrase and neighbour keys.
     rebuilds: Version | None = None
+    # A merge (consolidation/merging.py): the absorbed adapter's active version. Its learned
+    # questions and carried keys become this version's too.
+    absorbs: Version | None = None
+
+    @property
+    def learned_by(self) -> list[str]:
+        """The adapters whose learned questions are this version's keys."""
+        return [self.name] + ([self.absorbs.adapter] if self.absorbs is not None else [])
 
     @property
     def kind(self) -> Literal["adapter", "cerebellum"]:
@@ -178,13 +186,19 @@ def _keys(
     """The version's routing keys (the module docstring)."""
     tonight = {i.interaction_id for i in lesson.items}
     with pool.connection() as conn:
-        learned = [r for r in conn.execute(_LEARNED, {"adapter": lesson.name}).fetchall()
+        learned = [r for name in lesson.learned_by
+                   for r in conn.execute(_LEARNED, {"adapter": name}).fetchall()
                    if r[0] not in tonight]  # fmt: skip
     kinds = ["question"] * len(learned)
     texts = [r[1] for r in learned]
     vectors = [np.asarray(r[2].to_list(), np.float32) for r in learned]
     sources: list[int | None] = [int(r[0]) for r in learned]
     carried = _carried(pool, lesson.registry, previous, tonight)
+    if lesson.absorbs is not None:
+        more = _carried(pool, lesson.registry, lesson.absorbs, tonight)
+        carried = Keys(carried.kinds + more.kinds, carried.texts + more.texts,
+                       np.concatenate([carried.embeddings, more.embeddings]),
+                       carried.interactions + more.interactions)  # fmt: skip
     fresh: list[tuple[str, str, int | None]] = []
     for item in lesson.items:
         fresh.append(("question", item.question, item.interaction_id))
@@ -264,7 +278,8 @@ def _history(
                        .fetchone() for i in lesson.items}  # fmt: skip
         learned = {
             int(r[0]): np.asarray(r[2].to_list(), np.float32)
-            for r in conn.execute(_LEARNED, {"adapter": lesson.name}).fetchall()
+            for name in lesson.learned_by
+            for r in conn.execute(_LEARNED, {"adapter": name}).fetchall()
         }
         learned.update({k: np.asarray(r[0].to_list(), np.float32)
                         for k, r in taught_rows.items() if r is not None})  # fmt: skip
@@ -276,7 +291,7 @@ def _history(
             other = np.stack(others) if others else np.zeros((0, len(learned[item.interaction_id])))
             values = _values(item.question, item.target)
             rows = conn.execute(_HISTORY, {
-                "taught": taught, "adapter": lesson.name, "embedding": row[0],
+                "taught": taught, "adapters": lesson.learned_by, "embedding": row[0],
                 "taught_at": row[1], "k": HISTORY,
             }).fetchall()  # fmt: skip
             asked = _words(item.question)

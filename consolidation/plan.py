@@ -8,6 +8,8 @@ question to, or a new topic adapter within ``modulator.max_adapters``
 (consolidation/topics.py); adds what each adapter **rehearses** (``sleep.rehearsal_ratio``
 earlier samples per new one, at most ``sleep.max_rehearsal``) and the imported datasets to
 learn (new or changed); and says where each adapter routes from now on (its centroid).
+At most one pair of adapters is merged (consolidation/merging.py): the survivor's group
+is first, holds both adapters' samples and says what it absorbs (``"merge"``).
 
 The plan is JSON, written to ``<data_dir>/adapters/.staging/cycle<id>/plan.json`` before
 training (`write_plan`) and after each adapter finishes, so that the next cycle can resume
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from consolidation import bookkeeping, datasets, topics
+from consolidation import bookkeeping, datasets, merging, topics
 from npllm import modulator, replay
 from npllm.adapters import CEREBELLUM
 from npllm.artifacts import write_file_atomically
@@ -65,21 +67,33 @@ def make_plan(
     router, _ = modulator.routing(settings, pool, scopes)
     listing = {a["name"]: a for a in registry.listing()}
     vectors = np.asarray(embedder.embed([i.question for i in new])) if new else None
-    assigned, unplaced = (
-        topics.assign(
+
+    def place(population: int) -> tuple[dict[str, topics.Topic], list[replay.ReplayItem]]:
+        if vectors is None:
+            return {}, []
+        return topics.assign(
             new,
             vectors,
             router,
             centroids,
             cap=registry.cap or len(centroids) + len(new),
-            population=len(registry.population()),
+            population=population,
             min_support=sleep.new_topic_min_samples,
             similarity=settings.modulator.none_similarity,
             taken={*listing, CEREBELLUM},
         )
-        if vectors is not None
-        else ({}, [])
-    )
+
+    population = len(registry.population())
+    assigned, unplaced = place(population)
+    merge = merging.find(settings, pool, registry)
+    if merge is None and sleep.merge and registry.cap is not None:
+        # A new topic the cap leaves out wants a slot: the closest pair merges to free one.
+        freed, _ = place(population - 1)
+        if sum(t.new for t in freed.values()) > sum(t.new for t in assigned.values()):
+            merge = merging.find(settings, pool, registry, crowded=True)
+    if merge is not None:  # the absorbed adapter retires first (its group trains first)
+        assigned, unplaced = place(population - 1)
+        assigned = _absorb(pool, embedder, registry, assigned, merge, seed)
     for version in stale:  # rebuilt for this base from everything it was taught
         taught = [i for i in replay.sample(pool, REBUILD_LIMIT, seed=seed, adapter=version.adapter)
                   if learnable(i)]  # fmt: skip
@@ -95,11 +109,18 @@ def make_plan(
     groups: dict[str, dict[str, Any]] = {}
     rebuilt = {v.adapter for v in stale}
     for name, topic in assigned.items():
-        if not topic.items:  # a stale adapter that learned only its dataset (added below)
-            continue
+        if not topic.items and (merge is None or name != merge.survivor):
+            continue  # a stale adapter that learned only its dataset (added below)
         rehearse: list[replay.ReplayItem] = []
         budget = min(math.ceil(sleep.rehearsal_ratio * len(topic.items)), sleep.max_rehearsal)
-        if not topic.new and budget and name not in rebuilt:
+        if merge is not None and name == merge.survivor:  # a merge rehearses all it learned
+            rehearse = [
+                i
+                for i in replay.sample(pool, REBUILD_LIMIT, seed=seed, adapter=name,
+                                       exclude=[t.interaction_id for t in topic.items])
+                if learnable(i)
+            ]  # fmt: skip
+        elif not topic.new and budget and name not in rebuilt:
             rehearse = [
                 i
                 for i in replay.sample(pool, budget, seed=seed, adapter=name,
@@ -114,6 +135,12 @@ def make_plan(
             "new": topic.new,
         }
     wanted = _datasets_to_train(pool, registry, set(groups))
+    if merge is not None:
+        tonight = [v for i, v in zip(new, vectors if vectors is not None else [], strict=False)
+                   if i.interaction_id in set(groups[merge.survivor]["items"])]  # fmt: skip
+        groups[merge.survivor]["centroid"] = merging.centroid(registry, merge, tonight).tolist()
+        groups[merge.survivor]["merge"] = merge.to_dict()
+        _merge_datasets(pool, wanted, listing, merge)
     skipped = {}
     if unplaced:
         skipped["samples"] = (
@@ -151,6 +178,45 @@ def make_plan(
     }
 
 
+def _absorb(
+    pool: Any,
+    embedder: Any,
+    registry: Registry,
+    assigned: dict[str, topics.Topic],
+    merge: merging.Merge,
+    seed: int,
+) -> dict[str, topics.Topic]:
+    """`assigned` with the merge's two adapters as one topic, first (it trains and retires
+    the absorbed adapter before a new topic takes its slot): tonight's samples of both,
+    and every sample the absorbed adapter learned, taught anew."""
+    survivor = assigned.pop(merge.survivor, None) or topics.Topic(merge.survivor)
+    absorbed = assigned.pop(merge.absorbed, None) or topics.Topic(merge.absorbed)
+    topic = topics.Topic(merge.survivor, why=merge.reason)
+    for item, vector in [*zip(survivor.items, survivor.vectors, strict=True),
+                         *zip(absorbed.items, absorbed.vectors, strict=True)]:  # fmt: skip
+        topic.add(item, vector)
+    known = {i.interaction_id for i in topic.items}
+    taught = [i for i in replay.sample(pool, merging.MERGE_LIMIT, seed=seed, adapter=merge.absorbed)
+              if learnable(i) and i.interaction_id not in known]  # fmt: skip
+    if taught:
+        for item, vector in zip(taught, embedder.embed([i.question for i in taught]), strict=True):
+            topic.add(item, np.asarray(vector, np.float32))
+    return {merge.survivor: topic, **assigned}
+
+
+def _merge_datasets(
+    pool: Any, wanted: dict[str, dict[str, Any]], listing: dict[str, Any], merge: merging.Merge
+) -> None:
+    """The absorbed adapter's dataset is learned by the survivor tonight (a merge is never
+    planned when both have one)."""
+    wanted.pop(merge.absorbed, None)
+    name = listing.get(merge.absorbed, {}).get("dataset")
+    if name and merge.survivor not in wanted:
+        found = {d["name"]: d for d in datasets.list_datasets(pool)}
+        if name in found:
+            wanted[merge.survivor] = {"dataset": name, "sha256": found[name]["sha256"]}
+
+
 def _centroid(
     pool: Any,
     topic: topics.Topic,
@@ -180,7 +246,11 @@ def _datasets_to_train(
     anyway: having no active version, it would otherwise be trained afresh every night.
     adapter name → {"dataset", "sha256"}."""
     listing = {a["name"]: a for a in registry.listing()}
-    owner = {a["dataset"]: a["name"] for a in listing.values() if a["dataset"]}
+    served = registry.population()
+    owner: dict[str, str] = {}  # a merged-away (retired) adapter's dataset is the survivor's
+    for a in listing.values():
+        if a["dataset"] and (a["dataset"] not in owner or a["name"] in served):
+            owner[a["dataset"]] = a["name"]
     wanted = {}
     for d in datasets.list_datasets(pool):
         name = owner.get(d["name"], d["name"])

@@ -33,6 +33,7 @@ class Trained:
     centroid: np.ndarray | None = None  # adapters: where the modulator routes from now on
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    canary: bool | None = None  # adapters: on trial first (None: the daemon's default)
 
 
 class Publisher(Protocol):

@@ -637,6 +637,26 @@ class SleepConfig(_Section):
         "(npllm/variants.py) and trains with its answer; they also widen the "
         "adapter's scope. 0: none.",
     )
+    merge: bool = Field(
+        True,
+        description="Consolidate small or overlapping adapters into one while asleep "
+        "(consolidation/merging.py); false: never merge.",
+    )
+    merge_similarity: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Two adapters whose centroids are at least this alike answer the same "
+        "topic: the night merges them into the one with more samples.",
+    )
+    merge_min_samples: int = Field(
+        3,
+        ge=0,
+        le=10_000,
+        description="An adapter with fewer learned samples (and dataset examples) than this "
+        "merges into its nearest adapter when that is at least modulator.none_similarity "
+        "alike. 0: never for its size.",
+    )
     neighbours: int = Field(
         12,
         ge=0,

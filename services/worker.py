@@ -127,6 +127,8 @@ def _request(trained: Trained) -> tuple[str, dict[str, Any]]:
         route = f"/v1/adapters/{trained.name}/versions"
         if trained.centroid is not None:
             body["centroid"] = [float(x) for x in trained.centroid]
+        if trained.canary is not None:
+            body["canary"] = trained.canary
     return route, {**body, "path": str(_directory(trained)), "metrics": trained.metrics}
 
 

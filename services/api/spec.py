@@ -166,6 +166,7 @@ PARAMETERS: dict[tuple[str, str, str], dict[str, Any]] = {
     ("/v1/replay/examples", "get", "tier"): {"items": {"type": "string", "enum": list(TIERS)}},
     ("/v1/adapters/{name}/versions", "post", "name"): {"pattern": NAME},
     ("/v1/adapters/{name}/rollback", "post", "name"): {"pattern": NAME},
+    ("/v1/adapters/{name}/retire", "post", "name"): {"pattern": NAME},
     ("/v1/adapters/{name}", "delete", "name"): {"pattern": NAME},
     ("/v1/datasets/{name}", "post", "name"): {"pattern": NAME},
     ("/v1/datasets/{name}", "delete", "name"): {"pattern": NAME},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -170,6 +171,14 @@ def test_an_idle_adapter_is_retired_through_the_daemon_or_in_the_database(
     err = capsys.readouterr().err
     assert "cooking retired from serving (v3 kept): unused for 30 days" in err
     assert "cooking retired (v2 kept): unused" in err
+
+
+def test_a_merged_version_skips_the_canary_trial() -> None:
+    """A merged version holds the absorbed adapter's facts, which the previous version
+    cannot answer: it publishes without a trial."""
+    client = FakeClient(SWAP)
+    DaemonPublisher(client).publish(replace(ADAPTER, canary=False))
+    assert client.posted[0][2]["canary"] is False
 
 
 def test_worker_control_waits_while_paused_and_stops_when_told(tmp_path: Path) -> None:
