@@ -195,7 +195,7 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
 def test_the_cycle_summary_says_what_happened_to_the_modulator(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.cli.sleep import print_summary
+    from services.worker import print_summary
 
     trained = {
         "decisions": 60,
