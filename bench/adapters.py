@@ -41,7 +41,8 @@ from live import live_daemon  # noqa: E402
 
 from npllm.config import load_settings  # noqa: E402
 from npllm.engines.transformers import PeftAdapters  # noqa: E402
-from npllm.llm import GenerationParams, load_base_llm  # noqa: E402
+from npllm.generation import GenerationParams  # noqa: E402
+from npllm.llm import load_base_llm  # noqa: E402
 from npllm.modulator import Modulator  # noqa: E402
 from npllm.versions import Version  # noqa: E402
 

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from live import live_daemon  # noqa: E402
+from live import force_night, live_daemon  # noqa: E402
 
 from npllm.config import load_settings  # noqa: E402
 
@@ -115,18 +115,11 @@ def _forget(http: Any, questions: list[str]) -> None:
 
 
 def _night(http: Any) -> dict[str, Any]:
-    latest = http.get("/v1/sleep").json()["latest_cycle"]
-    started = time.perf_counter()
-    http.post("/v1/sleep", json={"now": True, "seed": 1}).raise_for_status()
-    while True:
-        cycles = http.get("/v1/sleep").json()["cycles"]
-        if cycles and cycles[0]["id"] != latest and cycles[0]["status"] != "running":
-            cycle = cycles[0]
-            break
-        time.sleep(0.5)
+    night = force_night(http, seed=1)
+    cycle = night.cycle
     return {
         "status": cycle["status"],
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(night.wall_s, 1),
         "adapters": {
             name: {
                 k: r.get(k)

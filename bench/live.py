@@ -132,3 +132,56 @@ def stream(
         "draft_acceptance_rate": t.get("draft_acceptance_rate"),
         "total_ms": t.get("total_ms", 0),
     }
+
+
+# ------------------------------------------------------------------------------ a night
+
+
+class NightRefused(Exception):
+    """The daemon refused `POST /v1/sleep` (a cycle already runs, ...)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status} {text[:200]}")
+        self.status = status
+
+
+@dataclass
+class Night:
+    """A night on the live daemon: its npllm.sleep_cycles row as `GET /v1/sleep` shows it,
+    and the seconds from asking for it until it ended."""
+
+    cycle: dict[str, Any]
+    wall_s: float
+
+
+def start_night(http: Any, seed: int) -> tuple[int | None, float]:
+    """`POST /v1/sleep {"now": true}`: the daemon's real sleep worker runs the shipped cycle
+    (train, gate, publish). (The latest cycle id before it, when it was asked.)"""
+    latest = http.get("/v1/sleep").json()["latest_cycle"]
+    started = time.perf_counter()
+    r = http.post("/v1/sleep", json={"now": True, "seed": seed})
+    if r.status_code >= 400:
+        raise NightRefused(r.status_code, r.text)
+    return latest, started
+
+
+def until_night(
+    http: Any, latest: int | None, *, ended: bool = True, poll_s: float = 0.5
+) -> dict[str, Any]:
+    """The cycle newer than `latest` once it has ended (or, ended=False, once it trains)."""
+    while True:
+        cycles = http.get("/v1/sleep").json()["cycles"]
+        cycle = cycles[0] if cycles and cycles[0]["id"] != latest else None
+        if cycle is not None:
+            if ended and cycle["status"] != "running":
+                return dict(cycle)
+            if not ended and cycle["phase"].startswith("training"):
+                return dict(cycle)
+        time.sleep(poll_s)
+
+
+def force_night(http: Any, seed: int = 1, poll_s: float = 0.5) -> Night:
+    """One night, asked for now and waited for: what every benchmark's night is."""
+    latest, started = start_night(http, seed)
+    cycle = until_night(http, latest, poll_s=poll_s)
+    return Night(cycle, time.perf_counter() - started)

@@ -89,7 +89,7 @@ def loops(ids: list[int], cap: int, n: int = 6, times: int = 3) -> bool:
 def main() -> None:
     from npllm.config import load_settings
     from npllm.engines.llamacpp import LlamaCppEngine
-    from npllm.llm import GenerationParams
+    from npllm.generation import GenerationParams
     from npllm.weights import resolve
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

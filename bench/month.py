@@ -113,7 +113,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from live import live_daemon  # noqa: E402
+from live import NightRefused, force_night, live_daemon  # noqa: E402
 
 from npllm.config import load_settings  # noqa: E402
 
@@ -546,17 +546,11 @@ def _same_day(client: Client, facts: list[Fact], night: int, rng: random.Random)
 
 
 def sleep(http: Any, seed: int) -> dict[str, Any]:
-    latest = http.get("/v1/sleep").json()["latest_cycle"]
-    started = time.perf_counter()
-    r = http.post("/v1/sleep", json={"now": True, "seed": seed})
-    if r.status_code >= 400:
-        return {"status": f"refused: {r.status_code} {r.text[:200]}", "wall_s": 0.0, "adapters": {}}
-    while True:
-        cycles = http.get("/v1/sleep").json()["cycles"]
-        if cycles and cycles[0]["id"] != latest and cycles[0]["status"] != "running":
-            cycle = cycles[0]
-            break
-        time.sleep(1.0)
+    try:
+        night = force_night(http, seed, poll_s=1.0)
+    except NightRefused as refused:
+        return {"status": f"refused: {refused}", "wall_s": 0.0, "adapters": {}}
+    cycle = night.cycle
     keep = (
         "samples",
         "rehearsed",
@@ -573,7 +567,7 @@ def sleep(http: Any, seed: int) -> dict[str, Any]:
         "id": cycle["id"],
         "status": cycle["status"],
         "error": cycle.get("error"),
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": round(night.wall_s, 1),
         "adapters": {
             name: {k: r.get(k) for k in keep if k in r}
             for name, r in metrics.get("adapters", {}).items()

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from live import live_daemon  # noqa: E402
+from live import force_night, live_daemon, start_night, until_night  # noqa: E402
 
 from npllm.config import load_settings  # noqa: E402
 
@@ -89,27 +89,6 @@ def _teach(http: Any, facts: list[tuple[str, str, str]]) -> None:
         ).raise_for_status()
 
 
-def _sleep(http: Any) -> tuple[int | None, float]:
-    """Ask for a cycle; (the latest cycle id before it, when it was asked)."""
-    latest = http.get("/v1/sleep").json()["latest_cycle"]
-    started = time.perf_counter()
-    http.post("/v1/sleep", json={"now": True, "seed": 1}).raise_for_status()
-    return latest, started
-
-
-def _until(http: Any, latest: int | None, done: bool) -> dict[str, Any]:
-    """The new cycle once it trains (done=False) or has ended (done=True)."""
-    while True:
-        cycles = http.get("/v1/sleep").json()["cycles"]
-        cycle = cycles[0] if cycles and cycles[0]["id"] != latest else None
-        if cycle is not None:
-            if done and cycle["status"] != "running":
-                return dict(cycle)
-            if not done and cycle["phase"].startswith("training"):
-                return dict(cycle)
-        time.sleep(0.2)
-
-
 def _night(cycle: dict[str, Any], wall: float) -> dict[str, Any]:
     metrics = cycle["metrics"]
     reports = dict(metrics.get("adapters", {}))
@@ -162,20 +141,20 @@ def main() -> None:
         http = live.http
         first = _facts(0, args.facts)
         _teach(http, first)
-        latest, started = _sleep(http)
-        night_1 = _night(_until(http, latest, done=True), time.perf_counter() - started)
+        first_night = force_night(http, seed=1, poll_s=0.2)
+        night_1 = _night(first_night.cycle, first_night.wall_s)
         night_1["recall_from_weights"] = _recall(http, first)
 
         second = _facts(args.facts, args.facts)
         _teach(http, second)
         awake = [_ask(http, QUESTIONS[k % len(QUESTIONS)] + " " * k)[0] for k in range(6)]
-        latest, started = _sleep(http)
-        _until(http, latest, done=False)
+        latest, started = start_night(http, seed=1)
+        until_night(http, latest, ended=False, poll_s=0.2)
         asleep = []
         for k in range(args.requests):
             asleep.append(_ask(http, QUESTIONS[k % len(QUESTIONS)] + " " * (k + 10))[0])
             time.sleep(1.0)  # let training resume between requests, as a user would
-        night_2 = _night(_until(http, latest, done=True), time.perf_counter() - started)
+        night_2 = _night(until_night(http, latest, poll_s=0.2), time.perf_counter() - started)
         night_2["recall_from_weights"] = _recall(http, second)
     base = statistics.median(awake)
     extra = [t - base for t in asleep]

@@ -50,12 +50,12 @@ WHERE e.dataset_id = %(dataset_id)s ORDER BY e.line_no
 """
 _DELETE = "DELETE FROM npllm.datasets WHERE name = %(name)s"
 _REPLAY = """
-SELECT i.messages, coalesce(r.corrected_answer, i.answer) AS target
+SELECT i.messages, npllm.training_target(r.corrected_answer, i.answer) AS target
 FROM npllm.replay_buffer r
 JOIN npllm.interactions i ON i.id = r.interaction_id
 WHERE r.tier = ANY(%(tiers)s) AND r.superseded_by IS NULL
   AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
-  AND btrim(coalesce(r.corrected_answer, i.answer)) <> ''
+  AND btrim(npllm.training_target(r.corrected_answer, i.answer)) <> ''
 ORDER BY r.interaction_id
 """
 

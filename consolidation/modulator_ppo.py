@@ -30,7 +30,7 @@ them) a night:
    1–5 M-parameter network, its parameter count unchanged — and the PPO policy, a
    throwaway of ~50 k parameters, never serves;
 4. **gates** it off-policy on the held-out decisions, current against trained, with plain
-   IPS (modulator_training.ips) and doubly robust (:func:`doubly_robust`: the reward
+   IPS (routing_log.ips) and doubly robust (:func:`doubly_robust`: the reward
    model's value of the policy plus the IPS correction of its error on the option
    logged). The doubly robust estimate decides: the trained modulator is used only when
    the one-sided ``modulator.confidence`` (95 %) lower bound of its paired per-decision
@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from consolidation.modulator_training import Logged, ips
+from consolidation.routing_log import Logged, ips
 from npllm.config import ModulatorConfig
 from npllm.errors import ConsolidationError
 from npllm.modulator import NONE, Modulator

@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from consolidation.datasets import check_name as check_dataset_name
 from consolidation.datasets import dataset_centroid, dataset_examples
+from consolidation.publisher import Trained
 from consolidation.trainer import Budget, Progress, TrainResult, plan_budget, train_adapter
 from npllm.adapters import AdapterShape, check_name
 from npllm.config import Settings, TrainingConfig
@@ -48,12 +49,15 @@ _VERSION = "UPDATE npllm.training_runs SET version = %(version)s WHERE id = %(id
 
 
 @dataclass(frozen=True)
-class Trained:
+class DatasetRun:
+    """What `train_from_dataset` made: its training run, the staging directory holding the
+    new adapter, the version to publish (from that directory) and the base LLM it was
+    trained on."""
+
     run_id: int
-    path: Path  # the staging directory holding the new adapter
-    centroid: Any
-    metrics: dict[str, Any]
-    base: BaseIdentity  # the base LLM it was trained on
+    staging: Path
+    trained: Trained
+    base: BaseIdentity
 
 
 def train_from_dataset(
@@ -63,9 +67,11 @@ def train_from_dataset(
     dataset: str,
     on_progress: Callable[[Progress], None] | None = None,
     nice: int = 10,
-) -> Trained:
-    """Train adapter `name` on imported dataset `dataset` into a staging directory. A new
-    adapter over the cap (modulator.max_adapters) is refused before anything is trained."""
+    description: str = "",
+) -> DatasetRun:
+    """Train adapter `name` on imported dataset `dataset` into a staging directory, to be
+    published as described by `description`. A new adapter over the cap
+    (modulator.max_adapters) is refused before anything is trained."""
     from npllm.embeddings import load_embedder
     from npllm.llm import load_base_llm, model_identity
 
@@ -103,7 +109,16 @@ def train_from_dataset(
         finish_run(pool, run_id, None, exc)
         raise
     metrics = finish_run(pool, run_id, result)
-    return Trained(run_id, staging, centroid, metrics, BaseIdentity(llm.model_id, llm.fingerprint))
+    trained = Trained(
+        kind="adapter",
+        name=name,
+        path=staging,
+        centroid=centroid,
+        metrics=metrics,
+        dataset=dataset,
+        description=description,
+    )
+    return DatasetRun(run_id, staging, trained, BaseIdentity(llm.model_id, llm.fingerprint))
 
 
 def start_run(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from npllm.config import Settings
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.versions import Version
 
 Chat = list[dict[str, str]]

@@ -51,7 +51,8 @@ from npllm.adapters import AdapterShape
 from npllm.artifacts import write_atomically
 from npllm.config import TrainingConfig
 from npllm.engines import gguf_export
-from npllm.llm import GenerationParams, penalise, weights_sha256
+from npllm.generation import GenerationParams
+from npllm.llm import penalise, weights_sha256
 
 IGNORE = -100  # label of tokens the loss skips (prompt and padding)
 ANCHOR_CACHE_BYTES = 512 * 1024 * 1024  # base distributions kept for the anchor

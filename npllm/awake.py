@@ -27,8 +27,8 @@ from npllm.embeddings import Embedder
 from npllm.engines.base import Engine
 from npllm.errors import RequestError
 from npllm.feedback import Feedback
+from npllm.generation import Generation, GenerationParams
 from npllm.interactions import Interaction
-from npllm.llm import Generation, GenerationParams
 from npllm.memory import MemoryStore, Recalled
 from npllm.modulator import NONE, Decision, Modulator
 from npllm.replay import TopicTagger

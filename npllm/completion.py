@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from npllm.errors import RequestError
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.text import check_storable, storable
 
 # Fill-in-the-middle spellings (prefix, suffix, middle), prompt in PSM order:

@@ -96,7 +96,7 @@ class CycleStopped(KeyboardInterrupt):
     """The daemon stopped the sleep cycle (it asked, or it is gone).
 
     Contract: raised only in the sleep worker, by its control callable
-    (services/worker.py, `worker_control`) or by its publisher when the daemon is gone —
+    (services/sleep_protocol.py, `worker_control`) or by its publisher when the daemon is gone —
     wherever the cycle calls them: between micro-batches, inside every block of the
     model's compute (consolidation/trainer.py, `yielding`), before publishing. It is a
     KeyboardInterrupt, not an NpllmError, on purpose: nothing that catches Exception (a

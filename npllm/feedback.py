@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +38,6 @@ from rapidfuzz.distance import Levenshtein
 from npllm.config import FeedbackConfig
 from npllm.errors import NotFoundError, RequestError
 from npllm.memory import MemoryStore
-from npllm.replay import priority
 from npllm.tone import ToneScorer
 
 # Implicit value of each explicit event ("edited" is graded, see edit_value).
@@ -208,6 +207,13 @@ class Result:
         }
 
 
+# The priority each result reports, by the one definition (sql/018_one_priority_one_target.sql).
+_PRIORITY = """
+SELECT npllm.replay_priority(u.tier, u.quality, u.novelty, u.times_sampled)
+FROM unnest(%(tier)s::text[], %(quality)s::float8[], %(novelty)s::float8[],
+            %(times_sampled)s::int[]) WITH ORDINALITY AS u(tier, quality, novelty, times_sampled, k)
+ORDER BY u.k
+"""
 _LOCK = """
 SELECT r.interaction_id, r.implicit_sum, r.implicit_n, r.emotional_sum, r.emotional_n,
        r.corrected_answer IS NOT NULL, r.novelty, r.times_sampled, i.answer, i.question
@@ -441,6 +447,7 @@ class Feedback:
             outcomes: list[Result | NotFoundError] = []
             events: list[dict[str, Any]] = []
             owners: list[int] = []  # index into outcomes of each event
+            asked: list[dict[str, Any]] = []  # each result's priority inputs, in order
             for p in batch:
                 state = states.get(p.interaction_id)
                 if state is None:
@@ -454,6 +461,8 @@ class Feedback:
                 if p.corrected_answer is not None:
                     state.corrected, state.corrected_answer = True, p.corrected_answer
                 outcomes.append(state.result(p.interaction_id, self.config))
+                asked.append(state.priority_row(self.config))
+            _report_priorities(conn, outcomes, asked)
             if not events:
                 return outcomes
             inserted = conn.execute(_INSERT_EVENTS, _columns(events)).fetchall()
@@ -568,12 +577,20 @@ class _State:
             reward=score.reward,
             quality=score.quality,
             tier=score.tier,
-            priority=round(
-                priority(score.tier, score.quality, self.novelty, self.times_sampled), 6
-            ),
+            priority=0.0,  # set from the database's definition (_report_priorities)
             corrected=self.corrected,
             signals=self.implicit_n + self.emotional_n,
         )
+
+    def priority_row(self, config: FeedbackConfig) -> dict[str, Any]:
+        """The inputs of npllm.replay_priority for the state right now."""
+        score = self.score(config)
+        return {
+            "tier": score.tier,
+            "quality": score.quality,
+            "novelty": self.novelty,
+            "times_sampled": self.times_sampled,
+        }
 
     def row(self, interaction_id: int, config: FeedbackConfig) -> dict[str, Any]:
         score = self.score(config)
@@ -590,6 +607,18 @@ class _State:
             "tier": score.tier,
             "corrected_answer": self.corrected_answer,
         }
+
+
+def _report_priorities(
+    conn: Any, outcomes: list[Result | NotFoundError], asked: list[dict[str, Any]]
+) -> None:
+    """Each result's priority, as the database defines it (one query for the batch)."""
+    if not asked:
+        return
+    values = iter(row[0] for row in conn.execute(_PRIORITY, _columns(asked)).fetchall())
+    for k, outcome in enumerate(outcomes):
+        if isinstance(outcome, Result):
+            outcomes[k] = replace(outcome, priority=round(float(next(values)), 6))
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

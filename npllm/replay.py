@@ -5,7 +5,8 @@ novelty and topic tags; feedback (npllm/feedback.py) then moves its reward, tier
 priority. The sleep cycle draws from it with :func:`sample` and marks what it used
 with :func:`mark_sampled`.
 
-Priority (a generated column, so psql shows the same number the sampler uses)::
+Priority (a generated column, so psql shows the same number the sampler uses; defined
+once, as the SQL function ``npllm.replay_priority`` of sql/018_one_priority_one_target.sql)::
 
     priority = 0                                          if tier = 'discard'
              = (0.1 + 0.9 * ((quality + 1) / 2) ** 2)     satisfaction, 0.1 .. 1
@@ -74,14 +75,6 @@ WHERE r.interaction_id = m.id
 """
 
 
-def priority(tier: str, quality: float, novelty: float, times_sampled: int) -> float:
-    """The replay priority; the same formula as replay_buffer.priority (a generated column)."""
-    if tier == "discard":
-        return 0.0
-    satisfaction = 0.1 + 0.9 * ((quality + 1) / 2) ** 2
-    return satisfaction * (0.75 + 0.25 * novelty) / (1 + times_sampled)
-
-
 class TopicTagger:
     """Tags a question with the configured topics nearest its meaning."""
 
@@ -147,7 +140,9 @@ class ReplayItem:
 
     @property
     def target(self) -> str:
-        """What to learn: the user's correction when there is one, else the answer."""
+        """What to learn: the user's correction when there is one, else the answer (the rule
+        of the SQL function npllm.training_target, which every query uses;
+        tests/npllm/test_replay.py checks they agree)."""
         return self.corrected_answer if self.corrected_answer is not None else self.answer
 
     def chat(self) -> dict[str, list[dict[str, str]]]:

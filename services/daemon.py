@@ -26,6 +26,7 @@ import uvicorn
 from npllm.config import Settings
 from npllm.errors import DaemonError
 from services.auth import KeyFile, key_path, tcp_address
+from services.sleep_protocol import run_dir
 
 log = logging.getLogger("npllm.daemon")
 
@@ -287,7 +288,7 @@ class Daemon:
         path = self.socket_path
         if not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True)
-        elif path.parent == self.settings.data_path / "run":
+        elif path.parent == run_dir(self.settings.data_path):
             path.parent.chmod(0o700)  # our own directory; a user-chosen one is left as it is
         if path.exists() or path.is_symlink():
             # We hold the data dir's lock, so no live daemon owns it: a crashed run left it.

@@ -81,7 +81,7 @@ FROM npllm.training_runs WHERE sleep_cycle = ANY(%(cycles)s) ORDER BY id
 # user's correction, else the answer they liked).
 _TAUGHT = """
 SELECT k.adapter, k.version, k.text, k.interaction_id,
-       coalesce(r.corrected_answer, i.answer)
+       npllm.training_target(r.corrected_answer, i.answer)
 FROM npllm.routing_keys k
 LEFT JOIN npllm.interactions i ON i.id = k.interaction_id
 LEFT JOIN npllm.replay_buffer r ON r.interaction_id = k.interaction_id

@@ -108,7 +108,7 @@ def _engine(settings: Settings) -> list[Check]:
     if engine_name(settings) == "transformers":
         engine.close()
         return checks
-    from npllm.llm import GenerationParams
+    from npllm.generation import GenerationParams
 
     ids = engine.encode_chat([{"role": "user", "content": "Say hello."}])
     gen = engine.generate(ids, GenerationParams(max_new_tokens=8))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -34,13 +33,10 @@ from typing import Any, Literal
 from npllm.config import SleepConfig
 from npllm.errors import ConflictError
 from services.idle import IdleReading
-from services.worker import PAUSED
+from services.sleep_protocol import RunFiles, Trigger, run_dir, worker_command
 
 State = Literal["awake", "drowsy", "asleep", "waking"]
 Action = Literal["start", "pause", "resume", "stop"]
-# Why a cycle started, as recorded in npllm.sleep_cycles.trigger: `npllm sleep --now`, the
-# configured sleep window with an idle machine, or an idle machine with the window "any".
-Trigger = Literal["manual", "scheduled", "idle"]
 
 DROWSY_S = 60.0  # the idle conditions must hold this long before a cycle starts
 RESUME_AFTER_S = 10.0  # quiet time after a request before training resumes
@@ -197,11 +193,9 @@ class Sleeper:
     """The daemon's side of sleep: feeds the state machine, runs the worker process.
 
     The consolidation worker is ``python -m services.worker`` (services/worker.py), a
-    separate process at lower CPU priority. The daemon steers it with two files in
-    ``<data_dir>/run/``: ``sleep.pause`` (the worker waits while it exists) and
-    ``sleep.stop`` (the worker stops; the cycle is interrupted). The worker looks at them
-    between micro-batches and inside the model's compute (consolidation.trainer.yielding),
-    so it reacts within about 0.1 s.
+    separate process at lower CPU priority. The daemon steers it with files in
+    ``<data_dir>/run/`` (services/sleep_protocol.py: ``sleep.pause``, ``sleep.stop``; the
+    worker answers ``sleep.paused``); it reacts within about 0.1 s.
     Everything here runs on the daemon's event loop."""
 
     def __init__(
@@ -216,9 +210,7 @@ class Sleeper:
         self.machine = SleepStateMachine(settings.sleep, clock)
         self.idle = SystemIdle()
         self.worker: subprocess.Popen[bytes] | None = None
-        self.run_dir = settings.data_path / "run"
-        self.pause_file = self.run_dir / "sleep.pause"
-        self.stop_file = self.run_dir / "sleep.stop"
+        self.files = RunFiles(run_dir(settings.data_path))
         self.last_exit: int | None = None
         self.seed: int | None = None
         self.last_reading: IdleReading | None = None
@@ -243,8 +235,7 @@ class Sleeper:
             return
         self.last_exit = self.worker.returncode
         self.worker = None
-        self.pause_file.unlink(missing_ok=True)
-        self.stop_file.unlink(missing_ok=True)
+        self.files.clear()
         if self.machine.state in ("asleep", "waking"):  # not already seen finished (observe)
             reason = "the cycle finished" if self.last_exit == 0 else "the cycle failed"
             self.machine.on_cycle_done(f"{reason} (worker exit {self.last_exit})")
@@ -276,12 +267,11 @@ class Sleeper:
         import time as clock
 
         worker = self.worker
-        if worker is None or worker.poll() is not None or not self.pause_file.exists():
+        if worker is None or worker.poll() is not None or not self.files.pause_asked():
             return 0.0
         started = clock.monotonic()
-        ack = self.run_dir / PAUSED
-        while not ack.exists() and clock.monotonic() - started < timeout:
-            if worker.poll() is not None or not self.pause_file.exists():
+        while not self.files.worker_paused() and clock.monotonic() - started < timeout:
+            if worker.poll() is not None or not self.files.pause_asked():
                 break
             clock.sleep(0.005)
         return clock.monotonic() - started
@@ -325,8 +315,7 @@ class Sleeper:
         """At daemon shutdown: ask the worker to stop (it does within ~0.1 s), then make sure."""
         if self.worker is None:
             return
-        self.stop_file.touch()
-        self.pause_file.unlink(missing_ok=True)
+        self.files.ask_stop()
         try:
             self.worker.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -335,22 +324,18 @@ class Sleeper:
 
     def _act(self, action: Action | None) -> None:
         if action == "start" and self.worker is None:
-            self.pause_file.unlink(missing_ok=True)
-            self.stop_file.unlink(missing_ok=True)
-            seed = [] if self.seed is None else ["--seed", str(self.seed)]
-            seed += ["--trigger", self.machine.trigger]
+            self.files.clear()
             # The worker gets its own copy of the descriptor; the daemon closes its own.
             with (self.settings.data_path / "sleep-worker.log").open("ab") as log_file:
                 self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "services.worker", *seed],
+                    worker_command(self.seed, self.machine.trigger),
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=os.environ.copy(),
                 )
         elif action == "pause":
-            self.pause_file.touch()
+            self.files.ask_pause()
         elif action == "resume":
-            self.pause_file.unlink(missing_ok=True)
+            self.files.resume()
         elif action == "stop":
-            self.stop_file.touch()
-            self.pause_file.unlink(missing_ok=True)
+            self.files.ask_stop()

@@ -2,12 +2,13 @@
 
 The daemon starts it (``python -m services.worker --seed N --trigger T``, see
 services/sleep.py, ``Sleeper``) and steers it with files in ``<data_dir>/run/``
-(:func:`worker_control`). ``npllm sleep --now --here``, and ``npllm sleep --now`` with no
-daemon, run the same cycle in the CLI's own process (:func:`run_cycle_here`).
+(services/sleep_protocol.py, the protocol both sides import). ``npllm sleep --now --here``,
+and ``npllm sleep --now`` with no daemon, run the same cycle in the CLI's own process
+(:func:`run_cycle_here`); :func:`print_summary` says what it did.
 
 The cycle hands what it trained to a publisher (consolidation/publisher.py):
-:class:`DaemonPublisher` asks the running daemon to hot-swap it in, over the socket;
-:class:`OfflinePublisher` registers it in the database, served from the daemon's next
+``DaemonPublisher`` asks the running daemon to hot-swap it in, over the socket;
+``OfflinePublisher`` registers it in the database, served from the daemon's next
 start. The daemon's worker never publishes offline: when its daemon is gone, the cycle
 stops (CycleStopped) and nothing is published.
 """
@@ -19,225 +20,17 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from consolidation.publisher import Publisher, Trained
+from consolidation.publisher import DaemonPublisher, OfflinePublisher
 from npllm.config import Settings
-from npllm.errors import AdapterError, ConfigError, CycleStopped, DaemonNotRunning, NpllmError
-
-PAUSED = "sleep.paused"  # written by a paused worker: its cores are free
-DESCRIPTION = "learned while asleep"  # of every version a sleep cycle publishes
+from npllm.errors import ConfigError, NpllmError
+from services.sleep_protocol import Trigger, run_dir, worker_control
 
 
 def _say(line: str) -> None:
-    """Progress and publish lines go to stderr (the worker's log, or the CLI's terminal)."""
+    """Progress lines go to stderr (the worker's log, or the CLI's terminal)."""
     print(line, file=sys.stderr, flush=True)
-
-
-def worker_control(run_dir: Path, parent: int | None = None) -> Callable[[], None]:
-    """For the worker: call it often (every micro-batch, every block of the model; three
-    system calls, a few microseconds); waits while paused, raises on stop,
-    and raises when `parent` (the daemon that started it) is gone: a daemon killed
-    mid-cycle leaves the cycle interrupted, never half-published."""
-    pause, stop, paused = run_dir / "sleep.pause", run_dir / "sleep.stop", run_dir / PAUSED
-
-    def control() -> None:
-        acked = False
-        try:
-            while True:
-                if parent is not None and os.getppid() != parent:
-                    raise CycleStopped(f"the daemon that started this cycle (pid {parent}) is gone")
-                if stop.exists():
-                    raise CycleStopped("the daemon asked the cycle to stop")
-                if not pause.exists():
-                    return
-                if not acked:  # tell the daemon this process no longer computes
-                    paused.touch()
-                    acked = True
-                time.sleep(0.01 if acked else 0.05)
-        finally:
-            if acked:
-                paused.unlink(missing_ok=True)
-
-    return control
-
-
-def swapped(answer: dict[str, Any]) -> str:
-    """The line for the daemon's answer to a publish or a rollback (a hot swap), or to a
-    canary trial's decision."""
-    if "decided_by" in answer:  # a trial decided (a rollback during one aborts it)
-        what = "promoted" if answer["status"] == "promoted" else "rolled back"
-        return (
-            f"{answer['name']}: canary trial {answer['id']} {what}; v{answer['version']} "
-            f"serves every conversation ({answer['reason']})"
-        )
-    replaced = f", replacing v{answer['replaced']}" if answer["replaced"] else ""
-    trial = answer.get("canary")
-    on_trial = (
-        f"; on trial for {trial['share']:.0%} of the conversations about what v"
-        f"{trial['control']} knew (it serves the rest) until the trial decides — `npllm "
-        f"adapter canary {answer['name']}`"
-        if trial
-        else ""
-    )
-    return (
-        f"{answer['name']} v{answer['version']} is now served{replaced} "
-        f"(swap {answer['swap_ms']:.0f} ms){on_trial}"
-    )
-
-
-def register(
-    registry: Any,
-    name: str,
-    path: Path,
-    *,
-    description: str,
-    centroid: Any,
-    dataset: str | None,
-    metrics: dict[str, Any],
-    sleep_cycle: int | None = None,
-) -> int:
-    """No daemon: store `path` as the next version of `name` and make it the active one in
-    the database; the daemon serves it when it starts. Its version."""
-    version = registry.add_version(
-        name, path, description=description, centroid=centroid, dataset=dataset, metrics=metrics
-    )
-    registry.activate(version, sleep_cycle=sleep_cycle)
-    return int(version.version)
-
-
-def _request(trained: Trained) -> tuple[str, dict[str, Any]]:
-    """The daemon's route for a version of this kind, and the body it takes."""
-    if trained.kind == "modulator":
-        return "/v1/modulator/versions", {
-            "version": trained.version,
-            "sleep_cycle": trained.sleep_cycle,
-        }
-    body: dict[str, Any] = {
-        "description": DESCRIPTION,
-        "sleep_cycle": trained.sleep_cycle,
-    }
-    if trained.dataset:
-        body["dataset"] = trained.dataset
-    if trained.kind == "cerebellum":
-        route = "/v1/cerebellum/versions"
-    else:
-        route = f"/v1/adapters/{trained.name}/versions"
-        if trained.centroid is not None:
-            body["centroid"] = [float(x) for x in trained.centroid]
-        if trained.canary is not None:
-            body["canary"] = trained.canary
-    return route, {**body, "path": str(_directory(trained)), "metrics": trained.metrics}
-
-
-def _label(trained: Trained) -> str:
-    return f"modulator v{trained.version}" if trained.kind == "modulator" else trained.name
-
-
-def _modulator_version(trained: Trained) -> int:
-    if trained.version is None:  # a bug in the cycle: it stores the modulator first
-        raise AdapterError("a trained modulator came without its stored version")
-    return trained.version
-
-
-def _directory(trained: Trained) -> Path:
-    if trained.path is None:  # a bug in the cycle: adapters come as a peft directory
-        raise AdapterError(f"{trained.name}: a trained version came without its directory")
-    return trained.path
-
-
-class DaemonPublisher:
-    """Publishes through the running daemon's routes: its hot swap loads the version,
-    smoke-tests it, checks the cycle is still alive and switches.
-
-    `control` (the worker's) runs before every publish: a worker whose daemon stopped it
-    stops there. When nothing answers on the socket, the version goes to `offline` (the
-    CLI's own cycle) or, with none (the daemon's worker, whose daemon is gone), nothing is
-    published and CycleStopped is raised."""
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        control: Callable[[], None] | None = None,
-        offline: Publisher | None = None,
-        echo: Callable[[str], None] = _say,
-    ) -> None:
-        self.client = client
-        self.control = control
-        self.offline = offline
-        self.echo = echo
-
-    def publish(self, trained: Trained) -> int:
-        if self.control is not None:
-            self.control()
-        route, body = _request(trained)
-        try:
-            answer = self.client.request("POST", route, json=body)
-        except DaemonNotRunning as exc:
-            if self.offline is None:
-                raise CycleStopped(
-                    f"the daemon is not running; {_label(trained)} was not published"
-                ) from exc
-            return self.offline.publish(trained)
-        if trained.kind == "modulator":
-            self.echo(f"  modulator v{answer['version']} now routes questions")
-            return _modulator_version(trained)
-        self.echo("  " + swapped(answer))
-        return int(answer["version"])
-
-    def retire(self, name: str, reason: str, sleep_cycle: int, details: dict[str, Any]) -> None:
-        if self.control is not None:
-            self.control()
-        body = {"reason": reason, "sleep_cycle": sleep_cycle, "details": details}
-        try:
-            answer = self.client.request("POST", f"/v1/adapters/{name}/retire", json=body)
-        except DaemonNotRunning as exc:
-            if self.offline is None:
-                raise CycleStopped(f"the daemon is not running; {name} was not retired") from exc
-            self.offline.retire(name, reason, sleep_cycle, details)
-            return
-        self.echo(f"  {name} retired from serving (v{answer['version']} kept): {reason}")
-
-
-class OfflinePublisher:
-    """No daemon: makes the version the active one in the database, in the version store
-    of its kind (`registries`: "adapter", "cerebellum", "modulator"); the daemon serves it
-    when it starts."""
-
-    def __init__(self, registries: Mapping[str, Any], echo: Callable[[str], None] = _say) -> None:
-        self.registries = registries
-        self.echo = echo
-
-    def publish(self, trained: Trained) -> int:
-        if trained.kind == "modulator":  # stored already: only the switch is left
-            from npllm.adapters import MODULATOR
-
-            stored = _modulator_version(trained)
-            store = self.registries["modulator"]
-            store.activate(store.version(MODULATOR, stored))
-            self.echo(f"  modulator v{stored} registered; the daemon routes with it when it starts")
-            return stored
-        version = register(
-            self.registries[trained.kind],
-            trained.name,
-            _directory(trained),
-            description=DESCRIPTION,
-            centroid=trained.centroid if trained.kind == "adapter" else None,
-            dataset=trained.dataset,
-            metrics=trained.metrics,
-            sleep_cycle=trained.sleep_cycle,
-        )
-        self.echo(f"  {trained.name} v{version} registered; the daemon serves it when it starts")
-        return version
-
-    def retire(self, name: str, reason: str, sleep_cycle: int, details: dict[str, Any]) -> None:
-        retired = self.registries["adapter"].retire(
-            name, reason, sleep_cycle=sleep_cycle, details=details
-        )
-        self.echo(f"  {name} retired (v{retired.version} kept): {reason}")
 
 
 def run_cycle_here(
@@ -271,7 +64,7 @@ def run_cycle_here(
             db.pool, settings, BaseIdentity(llm.model_id, llm.fingerprint)
         )
         # The daemon starts the worker: it stops with it (see worker_control).
-        control = None if parent is None else worker_control(settings.data_path / "run", parent)
+        control = None if parent is None else worker_control(run_dir(settings.data_path), parent)
         cerebellum = None
         registries: dict[str, Any] = {
             "adapter": registry,
@@ -322,7 +115,6 @@ def main(argv: list[str] | None = None) -> None:
     from typing import get_args
 
     from npllm.config import load_settings
-    from services.sleep import Trigger
 
     parser = argparse.ArgumentParser(
         prog="python -m services.worker",
@@ -343,9 +135,68 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # CycleStopped: the cycle is recorded as interrupted
         sys.exit(130)
-    from services.cli.sleep import print_summary
-
     print_summary(metrics)
+
+
+def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
+    """What a cycle did, one line per adapter (and the cerebellum, the modulator), then its
+    outcome, on stdout; `metrics` as the cycle returns them (and npllm.sleep_cycles.metrics
+    holds). The worker prints it into its log; `npllm sleep` on the terminal."""
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    if not metrics.get("adapters"):
+        say("nothing to learn: no corrected or well-rated answers in the replay buffer")
+    reports = list(metrics.get("adapters", {}).items())
+    if metrics.get("cerebellum"):
+        reports.append(("cerebellum", metrics["cerebellum"]))
+    topics = metrics.get("topics", {})
+    for name, report in reports:
+        if "validation_loss" not in report:
+            say(f"{name}: {report['verdict']}")
+            continue
+        v = report["validation_loss"]
+        rehearsed = f" + {report['rehearsed']} rehearsed" if report.get("rehearsed") else ""
+        why = f" [{topics[name]}]" if name in topics else ""
+        say(
+            f"{name}: {report['samples']} sample(s){rehearsed}{why}, "
+            f"{report.get('steps_done', '?')} of {report.get('steps', '?')} steps "
+            f"({report.get('stopped', '')}), validation loss {v['before']:.4f} -> "
+            f"{v['after']:.4f}: {report['verdict']}"
+        )
+    for name, why in metrics.get("skipped", {}).items():
+        say(f"{name}: {why}")
+    if metrics.get("modulator"):
+        m = metrics["modulator"]
+        if "trained" in m and "dr" in m["trained"]:  # ppo: the doubly robust estimate decides
+            estimate = (
+                f", doubly robust mean reward {m['current']['dr']:+.3f} -> "
+                f"{m['trained']['dr']:+.3f}"
+            )
+        elif "trained" in m:
+            estimate = (
+                f", estimated mean reward {m['current']['value']:+.3f} -> "
+                f"{m['trained']['value']:+.3f}"
+            )
+        else:
+            estimate = ""
+        decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
+        say(f"modulator: {decisions}{estimate}: {m['verdict']}")
+    forgot = metrics.get("forgetting") or {}
+    for name, why in forgot.get("retired", {}).items():
+        say(f"{name}: retired from serving, {why}")
+    if forgot.get("memories_decayed"):
+        say(
+            f"{forgot['memories_decayed']} exchange memories unused for memory.decay_days left "
+            "retrieval (their rows stay)"
+        )
+    if forgot.get("error"):
+        say(f"forgetting did not run: {forgot['error']}")
+    say(
+        f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
+        f"{metrics.get('base_unchanged')}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ otherwise. Nothing outside this package knows which member runs.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import cast
 
 from npllm.config import Settings
+from npllm.engines.base import Engine
 from npllm.weights import resolve
 
 MEMBERS = {"llama.cpp": "npllm.engines.llamacpp", "transformers": "npllm.engines.transformers"}
@@ -28,7 +29,7 @@ def engine_name(settings: Settings) -> str:
     return "llama.cpp" if source.kind == "gguf" else "transformers"
 
 
-def load_engine(settings: Settings) -> Any:
-    """The configured engine, loaded (an npllm.engines.base.Engine)."""
+def load_engine(settings: Settings) -> Engine:
+    """The configured engine, loaded."""
     module = importlib.import_module(MEMBERS[engine_name(settings)])
-    return module.load(settings)
+    return cast(Engine, module.load(settings))

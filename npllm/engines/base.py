@@ -10,7 +10,8 @@ shape (one module each, like peft's ``tuners/<method>/``): an :class:`Engine` wi
 which member runs (:func:`npllm.engines.load_engine` picks it from ``models.engine``).
 
 Training never goes through an engine: the trainer, MAS, the gate and the weights hash
-use torch on the dequantised base (npllm/llm.py).
+use torch on the dequantised base (npllm/llm.py). The request and result types
+(GenerationParams, Generation) live in the light npllm/generation.py.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from npllm.llm import Generation, GenerationParams
+from npllm.generation import Generation, GenerationParams
 from npllm.versions import Version
 
-__all__ = ["AdapterServing", "Draft", "Engine", "Generation", "GenerationParams"]
+__all__ = ["AdapterServing", "Draft", "Engine"]
 
 
 @dataclass

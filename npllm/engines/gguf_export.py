@@ -245,7 +245,7 @@ def reference(
     the same positions (``bare``): how much the adapter itself moves them."""
     import torch
 
-    from npllm.llm import encode_chat
+    from npllm.generation import encode_chat
 
     prompt = encode_chat(tokenizer, chat or PROBE_CHAT)
     ids = list(prompt)

@@ -42,15 +42,8 @@ from npllm.config import Settings
 from npllm.engines import gguf_export
 from npllm.engines.base import Draft
 from npllm.errors import AdapterError, ModelError
-from npllm.llm import (
-    FALLBACK_TEMPLATE,
-    Generation,
-    GenerationParams,
-    _DraftCount,
-    base_fingerprint,
-    encode_chat,
-    gguf_cache_dir,
-)
+from npllm.generation import Generation, GenerationParams, encode_chat, ensure_chat_template
+from npllm.llm import _DraftCount, base_fingerprint, gguf_cache_dir
 from npllm.versions import Version
 from npllm.weights import ModelSource, resolve
 
@@ -95,9 +88,7 @@ def load_tokenizer(source: ModelSource, cache_root: Path) -> Any:
             write_atomically(own, tokenizer.save_pretrained)
         except OSError as exc:
             log.info("tokenizer not kept in %s: %s", own, exc)  # another process did
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = FALLBACK_TEMPLATE
-    return tokenizer
+    return ensure_chat_template(tokenizer)
 
 
 @dataclass

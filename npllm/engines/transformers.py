@@ -19,7 +19,8 @@ from typing import Any
 from npllm.config import Settings
 from npllm.engines.base import Draft
 from npllm.errors import AdapterError
-from npllm.llm import BaseLLM, Generation, GenerationParams, load_base_llm
+from npllm.generation import Generation, GenerationParams
+from npllm.llm import BaseLLM, load_base_llm
 from npllm.versions import Version
 
 log = logging.getLogger("npllm.engines.transformers")

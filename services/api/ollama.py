@@ -15,7 +15,7 @@ from fastapi import Request
 from npllm.awake import Answer
 from npllm.config import Settings
 from npllm.errors import NpllmError, RequestError
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.model_card import ModelCard
 from services.api import openai
 from services.api.pending import PendingAnswer

@@ -12,7 +12,7 @@ from fastapi import Request
 from npllm.awake import Answer
 from npllm.config import Settings
 from npllm.errors import NpllmError, RequestError
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from services.api.routers.chat_models import ChatCompletionRequest, ContentPart, Sampling
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 
 if TYPE_CHECKING:
     from services.api.service import Cancel, Service

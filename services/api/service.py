@@ -29,7 +29,7 @@ from npllm.db import Database, ServerVersions
 from npllm.embeddings import DATABASE_DIM
 from npllm.errors import ConflictError, NotFoundError, QueueFull, RequestError
 from npllm.feedback import Result
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.memory import Recalled
 from npllm.model_card import ModelCard, model_card
 from npllm.versions import Registry, Version

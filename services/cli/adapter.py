@@ -134,8 +134,8 @@ def adapter_publish(
     """Publish an adapter directory as the next version (hot swap; the old one retires,
     or, with --canary, keeps serving the rest of the conversations until the trial
     decides)."""
+    from consolidation.publisher import swapped
     from npllm.adapters import check_name
-    from services.worker import swapped
 
     check_name(name)
     body: dict[str, Any] = {
@@ -152,8 +152,8 @@ def adapter_rollback(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="The adapter.")]
 ) -> None:
     """Serve the adapter's previous version again."""
+    from consolidation.publisher import swapped
     from npllm.adapters import check_name
-    from services.worker import swapped
 
     check_name(name)
     typer.echo(swapped(client_of(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
@@ -172,8 +172,8 @@ def adapter_canary(
 ) -> None:
     """The adapter's canary trial: each arm's rated answers so far and its deadline; or
     decide it now with --promote or --abort."""
+    from consolidation.publisher import swapped
     from npllm.adapters import check_name
-    from services.worker import swapped
 
     check_name(name)
     if promote and abort:
@@ -251,9 +251,12 @@ def adapter_train(
     """Train an adapter on a dataset in this process (not the daemon's), then publish it."""
     import shutil
 
+    from consolidation.publisher import DaemonPublisher, OfflinePublisher
     from consolidation.runs import record_version, train_from_dataset
     from npllm.adapters import check_name
     from npllm.db import Database
+    from npllm.versions import Registry
+    from services.client import Client
 
     check_name(name)
     settings = settings_of(ctx)
@@ -271,53 +274,27 @@ def adapter_train(
                 err=True,
             )
 
-        trained = train_from_dataset(settings, db.pool, name, dataset, on_progress=progress)
-        m = trained.metrics
+        run = train_from_dataset(
+            settings, db.pool, name, dataset, on_progress=progress, description=description
+        )
+        m = run.trained.metrics
         typer.echo(
             f"trained: {m['steps_done']} of {m['steps']} steps ({m['budget']}); {m['stopped']}; "
             f"loss {m['first_loss']:.4f} -> {m['final_loss']:.4f}, {m['seconds']:.0f} s; "
             f"base weights unchanged (sha256 {m['base_sha256_after'][:12]})",
             err=True,
         )
-        version = _publish_trained(settings, db.pool, name, trained, description, dataset)
-        record_version(db.pool, trained.run_id, version)
-        shutil.rmtree(trained.path, ignore_errors=True)
+        # Through the running daemon (hot swap); with none, registered as the active
+        # version, served from the daemon's next start.
+        offline = OfflinePublisher(
+            {"adapter": Registry.for_settings(db.pool, settings, run.base)}, echo=typer.echo
+        )
+        publisher = DaemonPublisher(Client(settings.socket_path), offline=offline, echo=typer.echo)
+        version = publisher.publish(run.trained)
+        record_version(db.pool, run.run_id, version)
+        shutil.rmtree(run.staging, ignore_errors=True)
     finally:
         db.close()
-
-
-def _publish_trained(
-    settings: Any, pool: Any, name: str, trained: Any, description: str, dataset: str
-) -> int:
-    """Publish what `adapter train` made through the running daemon (hot swap); with no
-    daemon, register it as the active version, served from the daemon's next start. Its
-    version."""
-    from npllm.versions import Registry
-    from services.client import Client
-    from services.worker import register, swapped
-
-    body = {
-        "description": description,
-        "dataset": dataset,
-        "path": str(trained.path),
-        "metrics": trained.metrics,
-    }
-    try:
-        r = Client(settings.socket_path).request("POST", f"/v1/adapters/{name}/versions", json=body)
-    except DaemonNotRunning:
-        version = register(
-            Registry.for_settings(pool, settings, trained.base),
-            name,
-            trained.path,
-            description=description,
-            centroid=trained.centroid,
-            dataset=dataset,
-            metrics=trained.metrics,
-        )
-        typer.echo(f"{name} v{version} registered; the daemon serves it when it starts")
-        return version
-    typer.echo(swapped(r))
-    return int(r["version"])
 
 
 @app.command("export")

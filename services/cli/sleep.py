@@ -50,7 +50,7 @@ def sleep(
                 )
                 return
             raise typer.Exit(_follow(client, started["latest_cycle"]))
-    from services.worker import run_cycle_here
+    from services.worker import print_summary, run_cycle_here
 
     print_summary(run_cycle_here(settings_of(ctx), seed))
 
@@ -60,6 +60,8 @@ def _follow(client: Any, after: int | None) -> int:
     import re
     import sys
     import time
+
+    from services.worker import print_summary
 
     shown, last = "", ""
     tty = sys.stderr.isatty()
@@ -88,62 +90,6 @@ def _follow(client: Any, after: int | None) -> int:
                 print_summary(cycle["metrics"], cycle["status"])
                 return 0 if cycle["status"] == "succeeded" else 1
         time.sleep(1.0)
-
-
-def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
-    """What a cycle did, one line per adapter (and the cerebellum, the modulator), then its
-    outcome; `metrics` as the cycle returns them (and npllm.sleep_cycles.metrics holds)."""
-    if not metrics.get("adapters"):
-        typer.echo("nothing to learn: no corrected or well-rated answers in the replay buffer")
-    reports = list(metrics.get("adapters", {}).items())
-    if metrics.get("cerebellum"):
-        reports.append(("cerebellum", metrics["cerebellum"]))
-    topics = metrics.get("topics", {})
-    for name, report in reports:
-        if "validation_loss" not in report:
-            typer.echo(f"{name}: {report['verdict']}")
-            continue
-        v = report["validation_loss"]
-        rehearsed = f" + {report['rehearsed']} rehearsed" if report.get("rehearsed") else ""
-        why = f" [{topics[name]}]" if name in topics else ""
-        typer.echo(
-            f"{name}: {report['samples']} sample(s){rehearsed}{why}, "
-            f"{report.get('steps_done', '?')} of {report.get('steps', '?')} steps "
-            f"({report.get('stopped', '')}), validation loss {v['before']:.4f} -> "
-            f"{v['after']:.4f}: {report['verdict']}"
-        )
-    for name, why in metrics.get("skipped", {}).items():
-        typer.echo(f"{name}: {why}")
-    if metrics.get("modulator"):
-        m = metrics["modulator"]
-        if "trained" in m and "dr" in m["trained"]:  # ppo: the doubly robust estimate decides
-            estimate = (
-                f", doubly robust mean reward {m['current']['dr']:+.3f} -> "
-                f"{m['trained']['dr']:+.3f}"
-            )
-        elif "trained" in m:
-            estimate = (
-                f", estimated mean reward {m['current']['value']:+.3f} -> "
-                f"{m['trained']['value']:+.3f}"
-            )
-        else:
-            estimate = ""
-        decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
-        typer.echo(f"modulator: {decisions}{estimate}: {m['verdict']}")
-    forgot = metrics.get("forgetting") or {}
-    for name, why in forgot.get("retired", {}).items():
-        typer.echo(f"{name}: retired from serving, {why}")
-    if forgot.get("memories_decayed"):
-        typer.echo(
-            f"{forgot['memories_decayed']} exchange memories unused for memory.decay_days left "
-            "retrieval (their rows stay)"
-        )
-    if forgot.get("error"):
-        typer.echo(f"forgetting did not run: {forgot['error']}")
-    typer.echo(
-        f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
-        f"{metrics.get('base_unchanged')}"
-    )
 
 
 def window_line(s: dict[str, Any]) -> str | None:

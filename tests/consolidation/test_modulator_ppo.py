@@ -13,7 +13,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from consolidation import modulator_ppo, modulator_training
-from consolidation.modulator_training import Logged
+from consolidation.routing_log import Logged
 from npllm import interactions, modulator
 from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig
@@ -220,7 +220,7 @@ def test_a_bad_ppo_setting_is_refused_at_load_naming_the_key(
 def test_the_cycle_summary_gives_the_doubly_robust_estimate_that_decided(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.cli.sleep import print_summary
+    from services.worker import print_summary
 
     trained = {
         "decisions": 160,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from psycopg.types.json import Jsonb
 
-from consolidation import modulator_training
-from consolidation.modulator_training import Logged
+from consolidation import modulator_training, routing_log
+from consolidation.routing_log import Logged
 from npllm import interactions, modulator
 from npllm.adapters import MODULATOR
 from npllm.config import ModulatorConfig
@@ -53,10 +53,10 @@ def test_training_on_logged_rewards_avoids_a_badly_rated_adapter() -> None:
     assert [d.action for d in logs[:3]] == ["x", NONE, "y"]
     train, held = logs[:45], logs[45:]
     # On its own greedy log the logging policy's estimate is the mean logged reward.
-    current = modulator_training.ips(mod, held)
+    current = routing_log.ips(mod, held)
     assert current["value"] == pytest.approx(np.mean([d.reward for d in held]), abs=1e-3)
     trained, loss = modulator_training.fit(mod, train, steps=150, lr=1e-3, seed=0)
-    better = modulator_training.ips(trained, held)
+    better = routing_log.ips(trained, held)
     assert better["value"] > current["value"] + 0.2
     assert loss < 0.05
     q0 = _unit(E[0] + 0.03 * np.random.default_rng(9).standard_normal(384))
@@ -200,7 +200,7 @@ def test_the_cycle_step_publishes_a_better_modulator_and_reports_why_not_otherwi
 def test_the_cycle_summary_says_what_happened_to_the_modulator(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from services.cli.sleep import print_summary
+    from services.worker import print_summary
 
     trained = {
         "decisions": 60,

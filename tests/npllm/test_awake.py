@@ -10,7 +10,7 @@ import pytest
 
 from npllm.awake import AwakePath
 from npllm.errors import RequestError
-from npllm.llm import Generation, GenerationParams
+from npllm.generation import Generation, GenerationParams
 
 from ..conftest import make_settings
 

@@ -15,7 +15,7 @@ from npllm.adapters import CEREBELLUM, AdapterShape, check_name
 from npllm.cerebellum import Cerebellum, load_model
 from npllm.config import Settings
 from npllm.errors import AdapterError, ConflictError, ModelError, RequestError
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.versions import BaseIdentity, Registry, Version
 
 from ..conftest import LiveDaemon, lora_artifact, make_settings, save_tiny_llama

@@ -25,7 +25,7 @@ from npllm.config import Settings, TrainingConfig
 from npllm.engines import gguf_export
 from npllm.engines.transformers import PeftAdapters
 from npllm.errors import AdapterError, ModelError
-from npllm.llm import GenerationParams
+from npllm.generation import GenerationParams
 from npllm.versions import Version
 from npllm.weights import resolve
 

@@ -209,3 +209,37 @@ def test_the_overview_counts_a_tier_s_interactions_once_whatever_their_tags(
         "optimization": (2, 4),
         "untagged": (1, 2),
     }
+
+
+def test_the_priority_and_the_training_target_have_one_definition(
+    fresh_database: Database, embedder: Any, settings: Settings
+) -> None:
+    """The generated column, the view, and what feedback reports all use the SQL functions
+    of migration 017; ReplayItem.target (Python) follows npllm.training_target."""
+    fb = Feedback(fresh_database.pool, settings.feedback, NeutralTone())
+    unrated = _add(fresh_database, embedder, "What does HTTP 418 mean?")  # discard: 0
+    liked = _add(fresh_database, embedder, "What is a Python generator?", "A lazy iterator.")
+    corrected = _add(fresh_database, embedder, "Which port does Quibblix use?", "Port 80.")
+    accepted = fb.apply_one(fb.explicit_pending(liked, event="accepted"))
+    result = fb.apply_one(fb.explicit_pending(corrected, event="edited", text="Port 7311."))
+    stored = "SELECT priority FROM npllm.replay_buffer WHERE interaction_id = %(id)s"
+    assert _one(fresh_database, stored, id=unrated) == 0
+    assert _one(fresh_database, stored, id=liked) == pytest.approx(accepted.priority, rel=1e-6)
+    assert _one(fresh_database, stored, id=corrected) == pytest.approx(result.priority, rel=1e-6)
+    with fresh_database.pool.connection() as conn:
+        q, n = conn.execute(
+            "SELECT quality, novelty FROM npllm.replay_buffer WHERE interaction_id = %(id)s",
+            {"id": corrected},
+        ).fetchone()  # type: ignore[misc]
+    assert q == 1 and result.priority == pytest.approx((0.75 + 0.25 * n), rel=1e-6)
+    formula = "SELECT npllm.replay_priority(%(tier)s, %(q)s, %(n)s, %(s)s)"
+    assert _one(fresh_database, formula, tier="discard", q=1.0, n=1.0, s=0) == 0
+    assert _one(fresh_database, formula, tier="standard", q=0.0, n=0.5, s=1) == pytest.approx(
+        (0.1 + 0.9 * 0.25) * (0.75 + 0.125) / 2
+    )
+    items = {i.interaction_id: i for i in replay.sample(fresh_database.pool, 10, seed=1,
+                                                        tiers=("premium", "standard"))}  # fmt: skip
+    top = "SELECT target FROM npllm.replay_top WHERE interaction_id = %(id)s"
+    for interaction_id in (liked, corrected):
+        assert _one(fresh_database, top, id=interaction_id) == items[interaction_id].target
+    assert (items[liked].target, items[corrected].target) == ("A lazy iterator.", "Port 7311.")

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from npllm.errors import RequestError
-from npllm.llm import TEMPERATURE_FLOOR, TOP_P_FLOOR, GenerationParams
+from npllm.generation import TEMPERATURE_FLOOR, TOP_P_FLOOR, GenerationParams
 from npllm.text import check_storable, shown, storable, text_problem, unstorable
 
 
