@@ -171,7 +171,7 @@ FACTS = {
 def _night(settings: Settings, db: Database, base_llm: Any, embedder: Any, seed: int) -> Any:
     from consolidation.cycle import CycleContext, run_cycle
     from npllm import modulator
-    from services.worker import OfflinePublisher
+    from consolidation.publisher import OfflinePublisher
 
     base = BaseIdentity(base_llm.model_id, base_llm.fingerprint)
     registry = Registry.for_settings(db.pool, settings, base)
