@@ -211,8 +211,10 @@ def train_policy(
         model.learn(total_timesteps=config.ppo_timesteps)
         with torch.no_grad():
             obs = torch.as_tensor(env.questions)
-            dist = model.policy.get_distribution(obs)
-            probs = dist.distribution.probs.numpy().astype(np.float64)  # (n, options)
+            dist = model.policy.get_distribution(obs).distribution
+            if not isinstance(dist, torch.distributions.Categorical):  # Discrete actions: one
+                raise ConsolidationError(f"PPO's policy is not categorical: {type(dist)}")
+            probs = dist.probs.numpy().astype(np.float64)  # (n, options)
     value = float(np.mean((probs * rewards).sum(axis=1)))
     report = {
         "timesteps": int(model.num_timesteps),
