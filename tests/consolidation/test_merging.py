@@ -170,8 +170,8 @@ FACTS = {
 
 def _night(settings: Settings, db: Database, base_llm: Any, embedder: Any, seed: int) -> Any:
     from consolidation.cycle import CycleContext, run_cycle
-    from npllm import modulator
     from consolidation.publisher import OfflinePublisher
+    from npllm import modulator
 
     base = BaseIdentity(base_llm.model_id, base_llm.fingerprint)
     registry = Registry.for_settings(db.pool, settings, base)
