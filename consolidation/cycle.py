@@ -63,7 +63,7 @@ import psycopg
 from consolidation import bookkeeping, forgetting, gate, mas, merging, modulator_training
 from consolidation.bookkeeping import refuse_if_running
 from consolidation.lesson import Examples, Lesson, build, question
-from consolidation.plan import make_plan, mark_learned, resumable, write_plan
+from consolidation.plan import Plan, make_plan, mark_learned, resumable, write_plan
 from consolidation.publisher import Publisher, Trained
 from consolidation.runs import finish_run, record_version, start_run
 from consolidation.served import Served, served_params
@@ -132,7 +132,7 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
         if resume is None or old != staging_root / f"cycle{resume[0]}":
             shutil.rmtree(old, ignore_errors=True)
     if resume is not None:
-        ctx = replace(ctx, seed=resume[1]["seed"])
+        ctx = replace(ctx, seed=resume[1].seed)
     try:
         cycle = bookkeeping.start_cycle(
             ctx.pool, ctx.trigger, ctx.seed, sha_before, None if resume is None else resume[0]
@@ -141,7 +141,7 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
         refuse_if_running(ctx.pool)
         raise
     staging = staging_root / f"cycle{cycle}"
-    plan: dict[str, Any] = {}
+    plan: Plan | None = None
     if resume is not None:
         os.replace(staging_root / f"cycle{resume[0]}", staging)
         plan = resume[1]
@@ -151,10 +151,10 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
     try:
         plan = _prepare(ctx, cycle, staging, plan, sha_before, metrics)
         everything = replay.fetch(
-            ctx.pool, [k for g in plan["groups"].values() for k in g["items"] + g["rehearse"]]
+            ctx.pool, [k for g in plan.groups.values() for k in g.items + g.rehearse]
         )
         by_id = {i.interaction_id: i for i in everything}
-        items = [by_id[k] for k in plan["items"] if k in by_id]  # tonight's new samples
+        items = [by_id[k] for k in plan.items if k in by_id]  # tonight's new samples
         _learn(ctx, cycle, staging, plan, by_id, items, metrics)
         mark_learned(ctx.pool, plan, cycle)
         metrics["forgetting"] = _forget(ctx, cycle, plan)
@@ -174,14 +174,14 @@ def run_cycle(ctx: CycleContext) -> dict[str, Any]:
     return metrics
 
 
-def _forget(ctx: CycleContext, cycle: int, plan: dict[str, Any]) -> dict[str, Any]:
+def _forget(ctx: CycleContext, cycle: int, plan: Plan) -> dict[str, Any]:
     """The night's last step (consolidation/forgetting.py): idle adapters retire from
     serving, unused exchange memories leave retrieval. What it could not do is reported,
     not a failed night: what the night learned is published already."""
     _phase(ctx, cycle, "forgetting: idle adapters, unused exchange memories")
     try:
         fingerprint, now = ctx.registry.base.fingerprint, ctx.clock()
-        busy = set(plan["groups"])  # tonight's adapters: never retired by the same night
+        busy = set(plan.groups)  # tonight's adapters: never retired by the same night
         return forgetting.forget(
             ctx.settings, ctx.pool, fingerprint, ctx.publisher, cycle, now, busy
         )
@@ -206,51 +206,51 @@ def _yielding(ctx: CycleContext) -> contextlib.ExitStack:
 
 
 def _prepare(
-    ctx: CycleContext, cycle: int, staging: Path, plan: dict[str, Any], sha: str,
+    ctx: CycleContext, cycle: int, staging: Path, plan: Plan | None, sha: str,
     metrics: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> Plan:  # fmt: skip
     """Tonight's plan (`plan`: the interrupted cycle's, to resume), written to staging."""
-    if plan:
-        _phase(ctx, cycle, f"resuming cycle {plan['cycle']}")
-        metrics["resumed_from"] = plan["cycle"]
+    if plan is not None:
+        _phase(ctx, cycle, f"resuming cycle {plan.cycle}")
+        metrics["resumed_from"] = plan.cycle
     else:
         _phase(ctx, cycle, "sampling")
         plan = make_plan(ctx.settings, ctx.pool, ctx.embedder, ctx.registry, ctx.seed)
-        plan["base_sha256"] = sha
-    plan["cycle"] = cycle
-    metrics["topics"] = {name: g["why"] for name, g in plan["groups"].items()}
-    metrics["skipped"] = plan.get("skipped", {})
+        plan.base_sha256 = sha
+    plan.cycle = cycle
+    metrics["topics"] = {name: g.why for name, g in plan.groups.items()}
+    metrics["skipped"] = plan.skipped
     write_plan(staging, plan)
     return plan
 
 
 def _learn(
-    ctx: CycleContext, cycle: int, staging: Path, plan: dict[str, Any],
+    ctx: CycleContext, cycle: int, staging: Path, plan: Plan,
     by_id: dict[int, replay.ReplayItem], items: list[replay.ReplayItem], metrics: dict[str, Any],
 ) -> None:  # fmt: skip
     """Every adapter of the plan, then the cerebellum and the modulator; the plan records
     each as it finishes (a resumed cycle skips those)."""
     stale = {v.adapter: v for v in ctx.registry.stale_versions()}
-    for name, g in plan["groups"].items():
-        merge = merging.Merge.from_dict(g["merge"]) if g.get("merge") else None
-        if name not in plan["done"]:  # else finished before the cycle it continues was killed
+    for name, g in plan.groups.items():
+        merge = merging.Merge.from_dict(g.merge) if g.merge else None
+        if name not in plan.done:  # else finished before the cycle it continues was killed
             lesson = Lesson(
                 name,
                 ctx.llm,
                 ctx.registry,
-                [by_id[k] for k in g["items"] if k in by_id],
-                [by_id[k] for k in g["rehearse"] if k in by_id],
-                np.asarray(g["centroid"], np.float32),
-                plan.get("datasets", {}).get(name),
+                [by_id[k] for k in g.items if k in by_id],
+                [by_id[k] for k in g.rehearse if k in by_id],
+                np.asarray(g.centroid, np.float32),
+                plan.datasets.get(name),
                 rebuilds=stale.get(name),
                 absorbs=None if merge is None else ctx.registry.version(merge.absorbed,
                                                                         merge.version),
             )  # fmt: skip
-            plan["done"][name] = _consolidate(ctx, cycle, lesson)
+            plan.done[name] = _consolidate(ctx, cycle, lesson)
             if merge is not None:
-                plan["done"][name]["merge"] = merge.to_dict()
+                plan.done[name]["merge"] = merge.to_dict()
             write_plan(staging, plan)
-        report = plan["done"][name]
+        report = plan.done[name]
         if merge is not None and report.get("verdict") == "published" and "merged" not in report:
             # Only now, the gate passed and the version serves: the absorbed one retires.
             _phase(ctx, cycle, f"retiring {merge.absorbed}, merged into {name}")
@@ -258,16 +258,16 @@ def _learn(
             write_plan(staging, plan)
         metrics["adapters"][name] = report
     if ctx.cerebellum is not None:
-        metrics["cerebellum"] = plan["done"].get(CEREBELLUM) or _cerebellum(
+        metrics["cerebellum"] = plan.done.get(CEREBELLUM) or _cerebellum(
             ctx, cycle, items, ctx.cerebellum
         )
-        plan["done"][CEREBELLUM] = metrics["cerebellum"]
+        plan.done[CEREBELLUM] = metrics["cerebellum"]
         write_plan(staging, plan)
     if ctx.settings.modulator.train:
         if ctx.control:
             ctx.control()
-        metrics["modulator"] = plan.get("modulator") or train_modulator(ctx, cycle)
-        plan["modulator"] = metrics["modulator"]
+        metrics["modulator"] = plan.modulator or train_modulator(ctx, cycle)
+        plan.modulator = metrics["modulator"]
         write_plan(staging, plan)
 
 

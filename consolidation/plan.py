@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,89 @@ from npllm.versions import Registry
 REBUILD_LIMIT = 1000
 
 
+@dataclass
+class Group:
+    """What one adapter learns tonight: its new samples and those it rehearses (interaction
+    ids), where it routes from now on, why it was chosen, whether it is a new adapter, and
+    the merge it carries out (consolidation/merging.py `Merge.to_dict`), if any."""
+
+    items: list[int]
+    rehearse: list[int]
+    centroid: list[float]
+    why: str
+    new: bool
+    merge: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "items": self.items,
+            "rehearse": self.rehearse,
+            "centroid": self.centroid,
+            "why": self.why,
+            "new": self.new,
+        }
+        if self.merge is not None:
+            out["merge"] = self.merge
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Group:
+        return cls([int(k) for k in d.get("items", [])], [int(k) for k in d.get("rehearse", [])],
+                   [float(x) for x in d.get("centroid", [])], str(d.get("why", "")),
+                   bool(d.get("new", False)), d.get("merge"))  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """Tonight's plan (plan.json): the new samples, the duplicates each stands for, one
+    :class:`Group` per adapter, the datasets to learn (adapter → {"dataset", "sha256"}), what
+    is skipped and why; as the night goes, the finished adapters' reports (`done`: adapter or
+    the cerebellum → its report, as the cycle's metrics hold it) and the modulator's."""
+
+    seed: int
+    items: list[int]
+    groups: dict[str, Group]
+    duplicates: dict[str, list[int]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modulator: dict[str, Any] | None = None
+    cycle: int | None = None  # the cycle running it (a resumed plan: the one it continues)
+    base_sha256: str | None = None  # the base weights it was made for (resumed only on them)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "seed": self.seed, "items": self.items, "duplicates": self.duplicates,
+            "groups": {name: g.to_json() for name, g in self.groups.items()},
+            "datasets": self.datasets, "skipped": self.skipped, "done": self.done,
+        }  # fmt: skip
+        for key in ("modulator", "cycle", "base_sha256"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            seed=int(d["seed"]),
+            items=[int(k) for k in d.get("items", [])],
+            groups={name: Group.from_json(g) for name, g in d.get("groups", {}).items()},
+            duplicates={str(k): [int(t) for t in v] for k, v in d.get("duplicates", {}).items()},
+            datasets=dict(d.get("datasets", {})),
+            skipped=dict(d.get("skipped", {})),
+            done=dict(d.get("done", {})),
+            modulator=d.get("modulator"),
+            cycle=d.get("cycle"),
+            base_sha256=d.get("base_sha256"),
+        )
+
+
 def learnable(item: replay.ReplayItem) -> bool:
     """What a night can learn from: the user's correction, or an answer they liked."""
     return item.corrected_answer is not None or item.reward > 0
 
 
-def make_plan(
-    settings: Settings, pool: Any, embedder: Any, registry: Registry, seed: int
-) -> dict[str, Any]:
+def make_plan(settings: Settings, pool: Any, embedder: Any, registry: Registry, seed: int) -> Plan:
     """Tonight's work, written to plan.json before training: the new samples, the adapter
     each joins (consolidation/topics.py) with what it rehearses, and the datasets to learn."""
     sleep = settings.sleep
@@ -106,7 +182,7 @@ def make_plan(
             f"rebuilt for this base from the {len(taught)} sample(s) it learned for "
             f"another (v{version.version})"
         )
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, Group] = {}
     rebuilt = {v.adapter for v in stale}
     for name, topic in assigned.items():
         if not topic.items and (merge is None or name != merge.survivor):
@@ -127,19 +203,19 @@ def make_plan(
                                        exclude=[t.interaction_id for t in topic.items])
                 if learnable(i)
             ]  # fmt: skip
-        groups[name] = {
-            "items": [i.interaction_id for i in topic.items],
-            "rehearse": [i.interaction_id for i in rehearse],
-            "centroid": _centroid(pool, topic, centroids.get(name), listing.get(name)).tolist(),
-            "why": topic.why,
-            "new": topic.new,
-        }
+        groups[name] = Group(
+            items=[i.interaction_id for i in topic.items],
+            rehearse=[i.interaction_id for i in rehearse],
+            centroid=_centroid(pool, topic, centroids.get(name), listing.get(name)).tolist(),
+            why=topic.why,
+            new=topic.new,
+        )
     wanted = _datasets_to_train(pool, registry, set(groups))
     if merge is not None:
         tonight = [v for i, v in zip(new, vectors if vectors is not None else [], strict=False)
-                   if i.interaction_id in set(groups[merge.survivor]["items"])]  # fmt: skip
-        groups[merge.survivor]["centroid"] = merging.centroid(registry, merge, tonight).tolist()
-        groups[merge.survivor]["merge"] = merge.to_dict()
+                   if i.interaction_id in set(groups[merge.survivor].items)]  # fmt: skip
+        groups[merge.survivor].centroid = merging.centroid(registry, merge, tonight).tolist()
+        groups[merge.survivor].merge = merge.to_dict()
         _merge_datasets(pool, wanted, listing, merge)
     skipped = {}
     if unplaced:
@@ -148,7 +224,7 @@ def make_plan(
             f"is reached and no served adapter is routable to take them "
             f"(interactions {', '.join(str(i.interaction_id) for i in unplaced)})"
         )
-    coming = {name for name, g in groups.items() if g["new"]}  # the cap counts them too
+    coming = {name for name, g in groups.items() if g.new}  # the cap counts them too
     for name, d in list(wanted.items()):
         if name in groups:
             continue
@@ -159,23 +235,22 @@ def make_plan(
             del wanted[name]
             continue
         coming.add(name)
-        groups[name] = {
-            "items": [],
-            "rehearse": [],
-            "centroid": datasets.dataset_centroid(pool, embedder, d["dataset"]).tolist(),
-            "why": f"its dataset {d['dataset']!r} is new or changed",
-            "new": name not in listing,
-        }
-    return {
-        "seed": seed,
-        "items": [i.interaction_id for i in new],
+        groups[name] = Group(
+            items=[],
+            rehearse=[],
+            centroid=datasets.dataset_centroid(pool, embedder, d["dataset"]).tolist(),
+            why=f"its dataset {d['dataset']!r} is new or changed",
+            new=name not in listing,
+        )
+    return Plan(
+        seed=seed,
+        items=[i.interaction_id for i in new],
+        groups=groups,
         # Rows each sample stands for (its duplicates): learned with it, marked with it.
-        "duplicates": {str(i.interaction_id): i.duplicates for i in new if i.duplicates},
-        "groups": groups,
-        "datasets": wanted,
-        "skipped": skipped,
-        "done": {},
-    }
+        duplicates={str(i.interaction_id): i.duplicates for i in new if i.duplicates},
+        datasets=wanted,
+        skipped=skipped,
+    )
 
 
 def _absorb(
@@ -280,32 +355,32 @@ def _datasets_to_train(
     return wanted
 
 
-def resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, dict[str, Any]] | None:
+def resumable(pool: Any, staging_root: Path, sha: str) -> tuple[int, Plan] | None:
     """The latest cycle, if it was interrupted and left its plan (and checkpoints) for
     the same base weights: (its id, its plan)."""
     row = bookkeeping.latest_cycle(pool)
     if row is None or row[1] != "interrupted":
         return None
     plan = read_plan(staging_root / f"cycle{row[0]}")
-    if plan is None or plan.get("base_sha256") != sha:
+    if plan is None or plan.base_sha256 != sha:
         return None
     return row[0], plan
 
 
-def read_plan(staging: Path) -> dict[str, Any] | None:
+def read_plan(staging: Path) -> Plan | None:
     """The plan a cycle wrote to `staging`, None when it is missing or unreadable."""
     try:
-        return dict(json.loads((staging / "plan.json").read_text()))
-    except (OSError, ValueError):
+        return Plan.from_json(dict(json.loads((staging / "plan.json").read_text())))
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return None
 
 
-def write_plan(staging: Path, plan: dict[str, Any]) -> None:
+def write_plan(staging: Path, plan: Plan) -> None:
     """The cycle's sample, routing and finished adapters, written atomically."""
-    write_file_atomically(staging / "plan.json", json.dumps(plan))
+    write_file_atomically(staging / "plan.json", json.dumps(plan.to_json()))
 
 
-def mark_learned(pool: Any, plan: dict[str, Any], cycle: int | None) -> None:
+def mark_learned(pool: Any, plan: Plan, cycle: int | None) -> None:
     """Each sample (and the duplicates it stands for) marked with the adapter that learned
     it — only where that adapter's version was published, and only the samples its served
     check reproduced (the report's "unlearned" lists the others). A rejected or refused
@@ -313,14 +388,14 @@ def mark_learned(pool: Any, plan: dict[str, Any], cycle: int | None) -> None:
     rehearsed sample the published version no longer reproduces becomes new again."""
     learned: dict[int, str] = {}
     forgotten: list[int] = []
-    for name, g in plan["groups"].items():
-        report = plan["done"].get(name) or {}
+    for name, g in plan.groups.items():
+        report = plan.done.get(name) or {}
         if report.get("verdict") != "published":
             continue
         missed = set(report.get("unlearned", []))
-        learned.update({k: name for k in g["items"] + g["rehearse"] if k not in missed})
-        forgotten += [k for k in g["rehearse"] if k in missed]
-    for rep, twins in plan.get("duplicates", {}).items():
+        learned.update({k: name for k in g.items + g.rehearse if k not in missed})
+        forgotten += [k for k in g.rehearse if k in missed]
+    for rep, twins in plan.duplicates.items():
         learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
     if learned:
         replay.mark_sampled(pool, list(learned), cycle, learned)

@@ -73,7 +73,7 @@ def test_a_small_adapter_near_another_is_planned_into_it_and_far_or_off_is_not(
     registry = _registry(db, settings, tmp_path)
     port = _served(db, embedder, settings, registry, tmp_path, "quibblix-port", PORT)
     owner = _served(db, embedder, settings, registry, tmp_path, "quibblix-owner", OWNER)
-    plan = make_plan(settings, db.pool, embedder, registry, seed=0)
+    plan = make_plan(settings, db.pool, embedder, registry, seed=0).to_json()
     # The larger adapter keeps its name; it is taught what the other learned and rehearses
     # its own; the absorbed one trains no group of its own.
     assert list(plan["groups"]) == ["quibblix-owner"]
@@ -92,11 +92,11 @@ def test_a_small_adapter_near_another_is_planned_into_it_and_far_or_off_is_not(
     assert group["why"] == merge["reason"]
     # Turned off: nothing merges.
     off = make_settings(tmp_path, NPLLM_SLEEP__MERGE="false")
-    assert make_plan(off, db.pool, embedder, registry, seed=0)["groups"] == {}
+    assert make_plan(off, db.pool, embedder, registry, seed=0).to_json()["groups"] == {}
     # Far apart: nothing merges, however small.
     registry.delete("quibblix-owner")
     _served(db, embedder, settings, registry, tmp_path, "flurbish-mural", FAR)
-    assert make_plan(settings, db.pool, embedder, registry, seed=0)["groups"] == {}
+    assert make_plan(settings, db.pool, embedder, registry, seed=0).to_json()["groups"] == {}
 
 
 def test_overlapping_adapters_merge_and_one_published_by_hand_never_does(
@@ -108,9 +108,11 @@ def test_overlapping_adapters_merge_and_one_published_by_hand_never_does(
     registry = _registry(db, settings, tmp_path)
     _served(db, embedder, settings, registry, tmp_path, "quibblix-owner", OWNER)
     _served(db, embedder, settings, registry, tmp_path, "quibblix-port", PORT, by_a_night=False)
-    assert make_plan(settings, db.pool, embedder, registry, seed=0)["groups"] == {}
+    assert make_plan(settings, db.pool, embedder, registry, seed=0).to_json()["groups"] == {}
     port = _served(db, embedder, settings, registry, tmp_path, "quibblix-gateway", PORT)
-    merge = make_plan(settings, db.pool, embedder, registry, seed=0)["groups"]["quibblix-owner"]
+    merge = make_plan(settings, db.pool, embedder, registry, seed=0).to_json()["groups"][
+        "quibblix-owner"
+    ]
     assert merge["merge"]["absorbed"] == "quibblix-gateway" and merge["items"] == port
     assert "their centroids are" in merge["merge"]["reason"]
     assert "alike (sleep.merge_similarity 0.5)" in merge["merge"]["reason"]
@@ -132,7 +134,7 @@ def test_at_the_cap_the_closest_pair_merges_to_make_room_for_a_new_topic(
         "Which database backs the Hexwing broker?": "FoundationDB backs it.",
         "What is the Hexwing broker's retention period?": "It keeps messages 11 days.",
     })  # fmt: skip
-    plan = make_plan(settings, db.pool, embedder, registry, seed=0)
+    plan = make_plan(settings, db.pool, embedder, registry, seed=0).to_json()
     first, *others = plan["groups"]  # the merge trains (and retires its absorbed) first
     assert (
         "the adapter cap (modulator.max_adapters 2) is reached and a new topic needs a slot"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from consolidation.plan import mark_learned
+from consolidation.plan import Plan, mark_learned
 from npllm import replay
 from npllm.db import Database
 from npllm.feedback import Feedback
@@ -35,6 +36,7 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
     ]
     ids = [_corrected(db, embedder, settings, q, "It is 101.") for q in asked]  # fmt: skip
     plan = {
+        "seed": 0,
         "groups": {
             "published": {"items": ids[:2], "rehearse": []},
             "rejected": {"items": ids[2:3], "rehearse": []},
@@ -47,7 +49,7 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
             "refused": {"verdict": "not published: adapter cap reached"},
         },
     }
-    mark_learned(db.pool, plan, cycle=None)
+    mark_learned(db.pool, Plan.from_json(plan), cycle=None)
     new = {i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)}
     assert new == set(ids[1:])
     with db.pool.connection() as conn:
@@ -58,7 +60,7 @@ def test_only_published_and_reproduced_samples_are_marked_learned(
     # The next night rehearses ids[0] and its version no longer reproduces it: new again.
     plan["groups"] = {"published": {"items": ids[1:2], "rehearse": ids[:1]}}
     plan["done"] = {"published": {"verdict": "published", "unlearned": [ids[0]]}}
-    mark_learned(db.pool, plan, cycle=None)
+    mark_learned(db.pool, Plan.from_json(plan), cycle=None)
     new = {i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)}
     assert new == {ids[0], *ids[2:]}
 
@@ -93,3 +95,30 @@ def test_the_latest_correction_of_a_question_wins_everywhere(
     found = memory.search(embedder.embed_one("What port does the Quibblix gateway listen on?"))
     texts = [m.text for m in found]
     assert any("7000" in t for t in texts) and not any("6123" in t for t in texts)
+
+
+def test_a_plan_reads_back_as_it_was_written(tmp_path: Path) -> None:
+    """plan.json round-trips (an interrupted night resumes from it), a merge's entry
+    included; a missing or unreadable one is no plan."""
+    from consolidation.plan import Group, read_plan, write_plan
+
+    plan = Plan(
+        seed=3,
+        items=[5, 6],
+        groups={
+            "ops": Group([5], [1, 2], [0.5, -0.5], "joined ops", False),
+            "new-topic": Group([6], [], [1.0, 0.0], "a new topic", True, {"absorbed": "x"}),
+        },
+        duplicates={"5": [7]},
+        datasets={"ops": {"dataset": "runbooks", "sha256": "ab"}},
+        done={"ops": {"verdict": "published"}},
+        cycle=9,
+        base_sha256="f" * 64,
+    )
+    write_plan(tmp_path, plan)
+    assert read_plan(tmp_path) == plan
+    assert read_plan(tmp_path / "missing") is None
+    (tmp_path / "plan.json").write_text('{"groups": {"ops": 3}}')
+    assert read_plan(tmp_path) is None
+    (tmp_path / "plan.json").write_text("[1, 2")
+    assert read_plan(tmp_path) is None
