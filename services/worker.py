@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from consolidation.publisher import DaemonPublisher, OfflinePublisher
+from consolidation.reports import NightReport
 from npllm.config import Settings
 from npllm.errors import ConfigError, NpllmError
 from services.sleep_protocol import Trigger, run_dir, worker_control
@@ -141,62 +142,10 @@ def main(argv: list[str] | None = None) -> None:
 def print_summary(metrics: dict[str, Any], status: str = "succeeded") -> None:
     """What a cycle did, one line per adapter (and the cerebellum, the modulator), then its
     outcome, on stdout; `metrics` as the cycle returns them (and npllm.sleep_cycles.metrics
-    holds). The worker prints it into its log; `npllm sleep` on the terminal."""
-
-    def say(line: str) -> None:
+    holds), read through the typed report (consolidation/reports.py). The worker prints it
+    into its log; `npllm sleep` on the terminal."""
+    for line in NightReport.from_metrics(metrics).lines(status):
         print(line, flush=True)
-
-    if not metrics.get("adapters"):
-        say("nothing to learn: no corrected or well-rated answers in the replay buffer")
-    reports = list(metrics.get("adapters", {}).items())
-    if metrics.get("cerebellum"):
-        reports.append(("cerebellum", metrics["cerebellum"]))
-    topics = metrics.get("topics", {})
-    for name, report in reports:
-        if "validation_loss" not in report:
-            say(f"{name}: {report['verdict']}")
-            continue
-        v = report["validation_loss"]
-        rehearsed = f" + {report['rehearsed']} rehearsed" if report.get("rehearsed") else ""
-        why = f" [{topics[name]}]" if name in topics else ""
-        say(
-            f"{name}: {report['samples']} sample(s){rehearsed}{why}, "
-            f"{report.get('steps_done', '?')} of {report.get('steps', '?')} steps "
-            f"({report.get('stopped', '')}), validation loss {v['before']:.4f} -> "
-            f"{v['after']:.4f}: {report['verdict']}"
-        )
-    for name, why in metrics.get("skipped", {}).items():
-        say(f"{name}: {why}")
-    if metrics.get("modulator"):
-        m = metrics["modulator"]
-        if "trained" in m and "dr" in m["trained"]:  # ppo: the doubly robust estimate decides
-            estimate = (
-                f", doubly robust mean reward {m['current']['dr']:+.3f} -> "
-                f"{m['trained']['dr']:+.3f}"
-            )
-        elif "trained" in m:
-            estimate = (
-                f", estimated mean reward {m['current']['value']:+.3f} -> "
-                f"{m['trained']['value']:+.3f}"
-            )
-        else:
-            estimate = ""
-        decisions = f"{m['decisions']} rated decisions" if "decisions" in m else "not trained"
-        say(f"modulator: {decisions}{estimate}: {m['verdict']}")
-    forgot = metrics.get("forgetting") or {}
-    for name, why in forgot.get("retired", {}).items():
-        say(f"{name}: retired from serving, {why}")
-    if forgot.get("memories_decayed"):
-        say(
-            f"{forgot['memories_decayed']} exchange memories unused for memory.decay_days left "
-            "retrieval (their rows stay)"
-        )
-    if forgot.get("error"):
-        say(f"forgetting did not run: {forgot['error']}")
-    say(
-        f"cycle {metrics.get('cycle')} {status}; base weights unchanged: "
-        f"{metrics.get('base_unchanged')}"
-    )
 
 
 if __name__ == "__main__":
