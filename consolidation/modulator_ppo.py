@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from consolidation.routing_log import Logged, ips
+from consolidation.routing_log import Logged, fit_network, ips
 from npllm.config import ModulatorConfig
 from npllm.errors import ConsolidationError
 from npllm.modulator import NONE, Modulator
@@ -253,25 +253,16 @@ def distil(
     torch.manual_seed(seed)
     mod = copy.deepcopy(current)
     x = torch.as_tensor(questions, dtype=torch.float32)  # (n, dim)
-    params = [p for name, p in mod.named_parameters() if name.startswith(("net.", "head."))]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-    loss = torch.tensor(0.0)
-    mod.train()
-    for _ in range(config.train_steps):
+
+    def loss_of() -> torch.Tensor:
         logp = torch.log_softmax(mod.logits(x), dim=1)[:, columns]  # (n, options)
-        loss = -(target * logp).sum(dim=1).mean()  # cross-entropy to the targets
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    mod.eval()
-    for p in params:
-        p.requires_grad_(False)
+        return -(target * logp).sum(dim=1).mean()  # cross-entropy to the targets
+
+    loss = fit_network(mod, loss_of, config.train_steps, config.learning_rate)
     entropy = float(-(target * target.clamp_min(1e-12).log()).sum(dim=1).mean())
     return mod, {
         "moved": int(moved.sum()),  # training questions whose target is the PPO policy's
-        "kl": round(float(loss.detach()) - entropy, 5),  # to the targets, after distilling
+        "kl": round(loss - entropy, 5),  # to the targets, after distilling
     }
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from psycopg.types.json import Jsonb
 
-from consolidation.routing_log import Logged, ips, logged, targets
+from consolidation.routing_log import Logged, fit_network, ips, logged, targets
 from npllm.config import ModulatorConfig, Settings
 from npllm.modulator import Modulator, store_for, store_version
 
@@ -64,27 +64,18 @@ def fit(
     r = torch.tensor([d.reward for d in data])
     usable = (a >= 0) & (r != 0)
     x, a, r = x[usable], a[usable], r[usable]
-    params = [p for name, p in mod.named_parameters() if name.startswith(("net.", "head."))]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    loss = torch.tensor(0.0)
-    mod.train()
     bad = r < 0
-    for _ in range(steps if len(a) else 0):
+
+    def loss_of() -> torch.Tensor:
         logp = torch.log_softmax(mod.logits(x), dim=1)  # (n, slots + 1)
         chosen = logp.gather(1, a[:, None])[:, 0]  # (n,)
         # Liked: choose it again. A disliked adapter: answer without adapters. Disliked
         # with no adapter: anything else.
         target = torch.where(a > 0, logp[:, 0], torch.log1p(-chosen.exp().clamp(max=1 - 1e-6)))
-        loss = torch.where(bad, r * target, -r * chosen).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    mod.eval()
-    for p in params:
-        p.requires_grad_(False)
-    return mod, round(float(loss.detach()), 5)
+        return torch.where(bad, r * target, -r * chosen).mean()
+
+    loss = fit_network(mod, loss_of, steps if len(a) else 0, lr)
+    return mod, round(loss, 5)
 
 
 def _supervised(

@@ -4,6 +4,7 @@ consolidation/modulator_ppo.py, PPO) read and are gated by."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +88,25 @@ def ips(mod: Modulator, data: list[Logged]) -> dict[str, float]:
         "value": round(float((w * r).mean()), 4),
         "ess": round(float(w.sum()) ** 2 / square, 2) if square > 0 else 0.0,
     }
+
+
+def fit_network(
+    mod: Modulator, loss_of: Callable[[], torch.Tensor], steps: int, lr: float
+) -> float:
+    """Train `mod`'s network (its centroid prior stays) for `steps` full-batch Adam steps on
+    `loss_of()`, then freeze it again; the last loss (0.0 with no step)."""
+    params = [p for name, p in mod.named_parameters() if name.startswith(("net.", "head."))]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    loss = torch.tensor(0.0)
+    mod.train()
+    for _ in range(steps):
+        loss = loss_of()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    mod.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return float(loss.detach())
