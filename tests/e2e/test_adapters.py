@@ -50,6 +50,10 @@ TRAIN_ENV = {
     # Canary trials decide on a handful of ratings, half the conversations on each arm.
     "NPLLM_CANARY__SHARE": "0.5",
     "NPLLM_CANARY__MIN_RATED": "4",
+    # The tests decide trials through POST /v1/canaries/check at the moment they choose; the
+    # daemon's own periodic look (every 60 s by default) would race them and decide a trial
+    # between the ratings and the test's next look at it (seen in CI on 2026-12-07).
+    "NPLLM_CANARY__CHECK_EVERY_S": "86400",
 }
 HELD_OUT = {
     "zorblax": [
