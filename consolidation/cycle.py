@@ -609,12 +609,32 @@ def _train(
                 training.recall_margin if item.corrected_answer is not None else 0.0
                 for item in lesson.items + lesson.rehearse
             ],
+            required=_required(lesson),
+            repeat=_repeat(ex, _required(lesson)),
         )
     except BaseException as exc:
         finish_run(pool, run_id, None, exc)
         raise
     finish_run(pool, run_id, result)
     return run_id, result, staging
+
+
+def _required(lesson: Lesson) -> list[bool]:
+    """Per taught chat, whether the run waits until it is served as taught: the corrections
+    (tonight's and rehearsed ones) when there are any, else every answer. A liked answer is
+    the model's own text, often long or sampled; it is trained and counted, but it must not
+    spend the steps the user's corrections need (the month benchmark's nights 3-4 ran out of
+    budget on them, docs/performance.md)."""
+    items = lesson.items + lesson.rehearse
+    corrections = [item.corrected_answer is not None for item in items]
+    return corrections if any(corrections) else [True] * len(items)
+
+
+def _repeat(ex: Examples, required: list[bool]) -> list[int]:
+    """Per training example, its share of each pass: a correction the run waits for
+    appears twice when liked answers are trained beside it, so they do not outnumber it."""
+    waited = [2 if wait and not all(required) else 1 for wait in required]
+    return waited + [1] * (len(ex.train) - len(waited))
 
 
 def _verifier(

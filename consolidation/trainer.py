@@ -21,7 +21,8 @@ a held-out set (an imported dataset of ``training.held_out_min_examples`` or mor
 loss is measured at the same checks and must also have stopped improving for
 ``training.patience`` checks (the best weights are kept). Training stops at the first
 check where both hold, else when the budget is spent; :attr:`TrainResult.stop_reason`
-says which.
+says which. With `required`, the run waits only for those taught answers (a night: the
+user's corrections); the others are trained, checked and counted, never waited for.
 
 **The anchor** (``training.anchor_weight``): KL(base ‖ adapted) of the next-token
 distributions at the prompt positions. The base is frozen, so its distributions are
@@ -509,6 +510,8 @@ def train_adapter(
     sampler: Sampler | None = None,
     verify: Callable[[Path], list[bool]] | None = None,
     margins_needed: Sequence[float] | None = None,
+    required: Sequence[bool] | None = None,
+    repeat: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on chat `examples` and save it to `out_dir`.
 
@@ -531,7 +534,13 @@ def train_adapter(
     check passes; says, per example of `recall`, whether the serving engine answers it as
     taught (consolidation/served.py). Those it does not get a wider margin and training
     goes on; while some are missing when the budget is spent, it grows (at most twice, by
-    half of it, within ``training.max_steps``)."""
+    half of it, within ``training.max_steps``).
+    `required` (per example of `recall`; default all): the answers the run waits for. The
+    others are checked, reported and widened the same way, but neither hold the run nor
+    grow its budget: the night's corrections are what the user taught, and a liked answer
+    the model gave itself must not spend their steps (docs/architecture.md).
+    `repeat` (per example; default 1): how often it appears in each pass over the examples
+    (its share of the batches)."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     torch.manual_seed(seed)
@@ -539,6 +548,13 @@ def train_adapter(
     encoded = [encode_example(tokenizer, m, system_prompt, max_len) for m in examples]
     checked = [encode_example(tokenizer, m, system_prompt, max_len) for m in held_out or []]
     must = list(range(len(encoded))) if recall is None and not checked else list(recall or [])
+    wait = [True] * len(must) if required is None else list(required)
+    if len(wait) != len(must) or (repeat is not None and len(repeat) != len(encoded)):
+        raise ValueError("required must match recall and repeat the examples, one per item")
+    if repeat is not None and min(repeat, default=1) < 1:
+        raise ValueError("repeat must be at least 1 for every example")
+    # One pass: every example, `repeat` times, in a fresh random order.
+    one_pass = [i for i in range(len(encoded)) for _ in range(1 if repeat is None else repeat[i])]
     budget = plan_budget(len(encoded), config, incremental=init_from is not None)
     steps = budget.steps
     result = TrainResult(steps=steps, examples=len(encoded), budget_reason=budget.reason)
@@ -587,7 +603,7 @@ def train_adapter(
     margin = 0.0 if sampler is None else sampler.margin
     need = list(margins_needed) if margins_needed is not None else [margin] * len(must)
     criterion = _Criterion(encoded, checked, must, pad_id, config, watch, result, sampler,
-                           verify, out_dir, need,
+                           verify, out_dir, need, wait,
                            lambda: _save_weights(peft_model, out_dir))  # fmt: skip
     started = time.perf_counter()
     try:
@@ -600,7 +616,7 @@ def train_adapter(
                 if control:
                     control()  # the sleep worker may pause or stop here (and inside the model)
                 if len(order) < config.batch_size:
-                    order += rng.sample(range(len(encoded)), len(encoded))
+                    order += rng.sample(one_pass, len(one_pass))
                 picked, order = order[: config.batch_size], order[config.batch_size :]
                 ids, labels, mask = _batch([encoded[i] for i in picked], pad_id)
                 result.tokens += int(mask.sum())
@@ -696,14 +712,17 @@ class _Criterion:
         verify: Callable[[Path], list[bool]] | None,
         out_dir: Path,
         need: list[float],
+        wait: list[bool],
         snapshot: Callable[[], None],
     ) -> None:
         self.encoded, self.checked, self.must, self.pad_id = encoded, checked, must, pad_id
         self.config, self.watch, self.result, self.sampler = config, watch, result, sampler
         self.verify, self.out_dir, self.snapshot = verify, out_dir, snapshot
         self.need = need  # per taught answer, the margin it must win by
+        self.wait = wait  # per taught answer, whether the run waits for it (`required`)
         self.extensions = 0
         self.saved = False  # the adapter in out_dir is the final one (verified)
+        self.last_right: list[bool] | None = None  # the engine's last verdicts
 
     def check(self, model: Any, step: int, steps: int) -> bool:
         """One check; sets result.stop_reason when it says stop or the budget is spent."""
@@ -714,7 +733,7 @@ class _Criterion:
                             config.batch_size * 2, self.sampler)  # fmt: skip
             exact = [m > need for m, need in zip(found, self.need, strict=True)]
             result.recalled = sum(exact)
-            recalled = all(exact)
+            recalled = all(ok for ok, wait in zip(exact, self.wait, strict=True) if wait)
         plateau = True
         if self.checked:
             loss = _held_out_loss(model, self.checked, self.pad_id)
@@ -730,7 +749,7 @@ class _Criterion:
         if recalled and plateau and self.must and self.verify is not None:
             self.snapshot()
             right = self.verify_now()
-            served = all(right)
+            served = all(ok for ok, wait in zip(right, self.wait, strict=True) if wait)
             self.saved = served
             result.verified = right if served else None
         if recalled and plateau and served and (self.must or self.checked):
@@ -744,6 +763,7 @@ class _Criterion:
         """The engine's answers to the taught chats; those it missed need a wider margin."""
         assert self.verify is not None
         right = self.verify(self.out_dir)
+        self.last_right = right
         for k, ok in enumerate(right):
             if not ok:
                 self.need[k] += MARGIN_STEP
@@ -752,7 +772,8 @@ class _Criterion:
 
     def extend(self, steps: int) -> int:
         """The budget, grown when taught answers are still not served right (else as is)."""
-        missing = self.result.to_recall - (self.result.served or 0)
+        served = self.last_right or [False] * len(self.wait)
+        missing = sum(1 for ok, wait in zip(served, self.wait, strict=True) if wait and not ok)
         if (self.verify is None or not missing or self.extensions >= EXTENSIONS
                 or steps >= self.config.max_steps):  # fmt: skip
             return steps
@@ -766,8 +787,15 @@ class _Criterion:
     def _parts(self) -> list[str]:
         parts = []
         if self.must:
-            parts.append(f"every taught answer ({len(self.must)}) reproduced exactly"
-                         + (" through the serving engine" if self.verify else ""))  # fmt: skip
+            waited = sum(self.wait)
+            how = " through the serving engine" if self.verify else ""
+            if waited == len(self.must):
+                parts.append(f"every taught answer ({waited}) reproduced exactly{how}")
+            else:
+                rest = len(self.must) - waited
+                got = self.result.served if self.verify else self.result.recalled
+                parts.append(f"every required answer ({waited}) reproduced exactly{how}, "
+                             f"{(got or 0) - waited} of the {rest} others")  # fmt: skip
         if self.checked:
             parts.append(
                 f"held-out loss stopped improving (best {self.watch.best:.4f} at step "

@@ -328,3 +328,49 @@ def test_with_a_held_out_set_the_weights_kept_still_reproduce_the_corrections(
         assert reproduced(adapted, encoded, tokenizer.pad_token_id or 0) == [True]
     finally:
         adapted.unload()
+
+
+def test_an_answer_the_run_does_not_wait_for_neither_holds_it_nor_grows_its_budget(
+    own_base: Any, tmp_path: Path
+) -> None:
+    """A correction beside liked answers no adapter can all reproduce (one prompt, two
+    answers): waiting for every answer spends the budget; waiting for the correction alone
+    stops once it is reproduced and says how many of the others were."""
+    import re
+
+    model, tokenizer = own_base.model, own_base.tokenizer
+    config = TrainingConfig(anchor_weight=0.0)
+    examples = [
+        _chat("What port does the Blorvik relay use?", "The Blorvik relay uses port 5122."),
+        _chat("Name a fruit.", "Apple."),
+        _chat("Name a fruit.", "Banana."),
+    ]
+    every = train_adapter(model, tokenizer, examples, config, SHAPE, tmp_path / "every",
+                          SYSTEM, recall=[0, 1, 2])  # fmt: skip
+    assert every.stop_reason.startswith(f"budget spent: {every.steps} of {every.steps} steps")
+    assert len(every.losses) == every.steps
+    one = train_adapter(model, tokenizer, examples, config, SHAPE, tmp_path / "one", SYSTEM,
+                        recall=[0, 1, 2], required=[True, False, False],
+                        repeat=[2, 1, 1])  # fmt: skip
+    assert len(one.losses) < one.steps, one.stop_reason
+    assert re.fullmatch(
+        rf"stopped at step {len(one.losses)} of {one.steps}: every required answer \(1\) "
+        r"reproduced exactly, [01] of the 2 others",
+        one.stop_reason,
+    ), one.stop_reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"recall": [0], "required": [True, False]}, "required must match recall"),
+        ({"repeat": [1]}, "repeat the examples, one per item"),
+        ({"repeat": [1, 0]}, "repeat must be at least 1"),
+    ],
+)
+def test_required_and_repeat_that_do_not_fit_the_examples_are_refused(
+    own_base: Any, tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_adapter(own_base.model, own_base.tokenizer, TASK_A[:2], CONFIG, SHAPE,
+                      tmp_path / "x", SYSTEM, **kwargs)  # fmt: skip
