@@ -159,6 +159,30 @@ def adapter_rollback(
     typer.echo(swapped(client_of(ctx).request("POST", f"/v1/adapters/{name}/rollback")))
 
 
+@app.command("retire")
+def adapter_retire(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why, for the row in npllm.adapter_population.")
+    ] = "retired by hand",
+) -> None:
+    """Stop serving and routing to the adapter; every version is kept (`npllm adapter
+    rollback NAME` or a publish serves it again)."""
+    from npllm.adapters import check_name
+
+    check_name(name)
+    if not reason.strip():
+        raise typer.BadParameter(
+            "must say why (it is stored with the decision)", param_hint="--reason"
+        )
+    done = client_of(ctx).request("POST", f"/v1/adapters/{name}/retire", json={"reason": reason})
+    typer.echo(
+        f"{name} retired (v{done['version']} and every earlier version kept; "
+        f"`npllm adapter rollback {name}` serves it again)"
+    )
+
+
 @app.command("canary")
 def adapter_canary(
     ctx: typer.Context,

@@ -328,6 +328,37 @@ def test_bad_publishes_are_refused_with_clear_errors(trained: Any, tmp_path: Pat
     assert cli.returncode == 1 and "invalid adapter name '../etc'" in cli.stderr
 
 
+def test_an_adapter_retired_by_hand_stops_serving_and_a_rollback_serves_it_again(
+    trained: Any,
+) -> None:
+    retired = _cli(trained.data_dir, "adapter", "retire", "sqlbot", "--reason", "not needed")
+    assert retired.returncode == 0, retired.stderr
+    assert retired.stdout.strip() == (
+        "sqlbot retired (v1 and every earlier version kept; `npllm adapter rollback sqlbot` "
+        "serves it again)"
+    )
+    with trained.live.http() as http:
+        assert "sqlbot" not in http.get("/v1/adapters").json()["served"]
+        pinned = http.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "npllm": {"adapters": ["sqlbot"]}})  # fmt: skip
+        assert pinned.status_code == 400 and "no served adapter named 'sqlbot'" in pinned.text
+    row = psql(trained.live, "SELECT decision, adapters, reason FROM npllm.adapter_population "
+               "ORDER BY id DESC LIMIT 1")  # fmt: skip
+    assert row.strip() == "retired|{sqlbot}|not needed"
+    # bad input: no reason, no such adapter, a bad name; nothing changes
+    empty = _cli(trained.data_dir, "adapter", "retire", "zorblax", "--reason", " ")
+    assert empty.returncode != 0 and "must say why" in empty.stderr
+    missing = _cli(trained.data_dir, "adapter", "retire", "nosuch")
+    assert missing.returncode == 1 and "nosuch" in missing.stderr, missing.stderr
+    bad = _cli(trained.data_dir, "adapter", "retire", "../etc")
+    assert bad.returncode == 1 and "invalid adapter name '../etc'" in bad.stderr
+    back = _cli(trained.data_dir, "adapter", "rollback", "sqlbot")
+    assert back.returncode == 0, back.stderr
+    assert "sqlbot v1 is now served" in back.stdout
+    with trained.live.http() as http:
+        assert http.get("/v1/adapters").json()["served"] == {"sqlbot": 1, "zorblax": 1}
+
+
 def _trial_answers(http: Any, round_: str, n: int = 16) -> dict[str, list[dict[str, Any]]]:
     """`n` one-question conversations pinned to zorblax, by canary arm."""
     arms: dict[str, list[dict[str, Any]]] = {"candidate": [], "control": [], "taught": []}
