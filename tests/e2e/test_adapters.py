@@ -339,8 +339,8 @@ def test_an_adapter_retired_by_hand_stops_serving_and_a_rollback_serves_it_again
     )
     with trained.live.http() as http:
         assert "sqlbot" not in http.get("/v1/adapters").json()["served"]
-        pinned = http.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "npllm": {"adapters": ["sqlbot"]}})  # fmt: skip
+        chat = {"messages": [{"role": "user", "content": "hi"}], "npllm": {"adapters": ["sqlbot"]}}
+        pinned = http.post("/v1/chat/completions", json=chat)
         assert pinned.status_code == 400 and "no served adapter named 'sqlbot'" in pinned.text
     row = psql(trained.live, "SELECT decision, adapters, reason FROM npllm.adapter_population "
                "ORDER BY id DESC LIMIT 1")  # fmt: skip
