@@ -126,7 +126,8 @@ def make_plan(settings: Settings, pool: Any, embedder: Any, registry: Registry, 
     """Tonight's work, written to plan.json before training: the new samples, the adapter
     each joins (consolidation/topics.py) with what it rehearses, and the datasets to learn."""
     sleep = settings.sleep
-    new = [i for i in replay.sample(pool, sleep.max_samples, seed=seed, new_only=True)
+    new = [i for i in replay.sample(pool, sleep.max_samples, seed=seed, new_only=True,
+                                    liked_tries=sleep.liked_tries)
            if learnable(i)]  # fmt: skip
     centroids: dict[str, np.ndarray] = {v.adapter: c for v, c in registry.active() if c is not None}
     scopes = registry.scopes(settings.modulator)
@@ -384,10 +385,13 @@ def mark_learned(pool: Any, plan: Plan, cycle: int | None) -> None:
     """Each sample (and the duplicates it stands for) marked with the adapter that learned
     it — only where that adapter's version was published, and only the samples its served
     check reproduced (the report's "unlearned" lists the others). A rejected or refused
-    night's samples, and those not reproduced, stay new: the next night tries them again; a
-    rehearsed sample the published version no longer reproduces becomes new again."""
+    night's samples, and those not reproduced, stay new: the next night tries them again
+    (a liked answer, no more than `sleep.liked_tries` nights: each published night that
+    missed it counts, `replay.mark_missed`); a rehearsed sample the published version no
+    longer reproduces becomes new again."""
     learned: dict[int, str] = {}
     forgotten: list[int] = []
+    missed_new: list[int] = []
     for name, g in plan.groups.items():
         report = plan.done.get(name) or {}
         if report.get("verdict") != "published":
@@ -395,9 +399,12 @@ def mark_learned(pool: Any, plan: Plan, cycle: int | None) -> None:
         missed = set(report.get("unlearned", []))
         learned.update({k: name for k in g.items + g.rehearse if k not in missed})
         forgotten += [k for k in g.rehearse if k in missed]
+        missed_new += [k for k in g.items if k in missed]
     for rep, twins in plan.duplicates.items():
         learned.update({twin: learned[int(rep)] for twin in twins if int(rep) in learned})
     if learned:
         replay.mark_sampled(pool, list(learned), cycle, learned)
     if forgotten:  # an earlier answer the published version no longer serves: taught again
         replay.mark_new(pool, forgotten)
+    if missed_new:
+        replay.mark_missed(pool, missed_new)

@@ -592,6 +592,15 @@ class SleepConfig(_Section):
     )
     require_ac_power: bool = Field(False, description="Sleep only when on AC power.")
     min_interval_hours: float = Field(6.0, ge=0, description="Least time between two sleep cycles.")
+    liked_tries: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="Nights a liked answer (no correction) is tried as new: each published "
+        "night that does not serve it as liked counts one, and at this many it is let go "
+        "(it stays in the replay buffer and interactions). Corrections are tried every "
+        "night until learned. 0: liked answers too.",
+    )
     max_samples: int = Field(
         256,
         ge=1,

@@ -53,6 +53,8 @@ WHERE r.tier = ANY(%(tiers)s) AND r.priority > 0 AND r.superseded_by IS NULL
   AND (%(tags)s::text[] IS NULL OR r.tags && %(tags)s::text[])
   AND (%(min_quality)s::real IS NULL OR r.quality >= %(min_quality)s::real)
   AND (NOT %(new_only)s OR r.trained_at IS NULL OR r.updated_at > r.trained_at)
+  AND (%(liked_tries)s = 0 OR r.corrected_answer IS NOT NULL
+       OR r.missed_nights < %(liked_tries)s)
   AND (%(adapter)s::text IS NULL OR (r.adapter = %(adapter)s::text
                                      AND r.trained_at IS NOT NULL
                                      AND r.updated_at <= r.trained_at))
@@ -162,6 +164,7 @@ def sample(
     new_only: bool = False,
     adapter: str | None = None,
     exclude: Sequence[int] = (),
+    liked_tries: int = 0,
 ) -> list[ReplayItem]:
     """Draw up to `n` interactions without replacement, with probability ∝ priority.
 
@@ -171,7 +174,9 @@ def sample(
     (Efraimidis & Spirakis 2006): key = log(u) / priority, largest first.
     `new_only`: rows no night has trained on yet, or changed since (a later correction):
     what a sleep cycle learns. `adapter`: rows that adapter learned before and that have
-    not changed since: what it rehearses. `exclude`: interaction ids left out."""
+    not changed since: what it rehearses. `exclude`: interaction ids left out.
+    `liked_tries` (0: no limit): rows without a correction that this many published nights
+    tried and did not serve as taught (`missed_nights`, see `mark_missed`) are left out."""
     unknown = set(tiers) - set(TIERS)
     if unknown:
         raise RequestError(
@@ -189,6 +194,7 @@ def sample(
                 "new_only": new_only,
                 "adapter": adapter,
                 "exclude": list(exclude),
+                "liked_tries": liked_tries,
             },
         ).fetchall()
         if not rows:
@@ -339,6 +345,17 @@ def mark_new(pool: ConnectionPool, interaction_ids: Sequence[int]) -> int:
     with pool.connection() as conn:
         return conn.execute(
             "UPDATE npllm.replay_buffer SET trained_at = NULL WHERE interaction_id = ANY(%(ids)s)",
+            {"ids": list(interaction_ids)},
+        ).rowcount
+
+
+def mark_missed(pool: ConnectionPool, interaction_ids: Sequence[int]) -> int:
+    """A published night trained on these rows as new and did not serve them as taught:
+    one more missed night each (a liked answer is let go at `sleep.liked_tries`)."""
+    with pool.connection() as conn:
+        return conn.execute(
+            "UPDATE npllm.replay_buffer SET missed_nights = missed_nights + 1 "
+            "WHERE interaction_id = ANY(%(ids)s)",
             {"ids": list(interaction_ids)},
         ).rowcount
 

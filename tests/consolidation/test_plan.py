@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from consolidation.plan import Plan, mark_learned
 from npllm import replay
+from npllm.config import load_settings
 from npllm.db import Database
+from npllm.errors import ConfigError
 from npllm.feedback import Feedback
 from npllm.tone import NeutralTone
 
@@ -122,3 +126,53 @@ def test_a_plan_reads_back_as_it_was_written(tmp_path: Path) -> None:
     assert read_plan(tmp_path) is None
     (tmp_path / "plan.json").write_text("[1, 2")
     assert read_plan(tmp_path) is None
+
+
+def test_a_liked_answer_no_night_serves_is_let_go_after_liked_tries_a_correction_never(
+    fresh_database: Database, embedder: Any, settings: Any
+) -> None:
+    """sleep.liked_tries (2): each published night that trained a liked answer as new and
+    did not serve it counts one; at two it is no longer new. A correction missed as often
+    stays new, and the counter is in the row (`missed_nights`)."""
+    db = fresh_database
+    feedback = Feedback(db.pool, settings.feedback, NeutralTone())
+    liked = asked(db.pool, embedder, "How do I flatten a nested list in Python?", "Use a loop.")
+    feedback.apply_one(feedback.explicit_pending(liked, event="copied"))
+    fixed = _corrected(db, embedder, settings, "Which port does the Quibblix gateway use?",
+                       "It is 101.")  # fmt: skip
+    tries = settings.sleep.liked_tries
+    assert tries == 2
+
+    def new() -> set[int]:
+        found = replay.sample(db.pool, 10, seed=0, new_only=True, liked_tries=tries)
+        return {i.interaction_id for i in found}
+
+    night = {
+        "seed": 0,
+        "groups": {"a": {"items": [liked, fixed], "rehearse": []}},
+        "duplicates": {},
+        "done": {"a": {"verdict": "published", "unlearned": [liked, fixed]}},
+    }
+    assert new() == {liked, fixed}
+    mark_learned(db.pool, Plan.from_json(night), cycle=None)
+    assert new() == {liked, fixed}  # one missed night: tried again
+    refused = {**night, "done": {"a": {"verdict": "rejected: no"}}}
+    mark_learned(db.pool, Plan.from_json(refused), cycle=None)
+    assert new() == {liked, fixed}  # a night that published nothing does not count
+    mark_learned(db.pool, Plan.from_json(night), cycle=None)
+    assert new() == {fixed}  # the second missed night lets the liked answer go
+    assert {i.interaction_id for i in replay.sample(db.pool, 10, seed=0, new_only=True)} == {
+        liked, fixed}  # fmt: skip
+    with db.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT interaction_id, missed_nights FROM npllm.replay_buffer "
+            "WHERE interaction_id = ANY(%(ids)s) ORDER BY interaction_id",
+            {"ids": [liked, fixed]},
+        ).fetchall()
+    assert rows == [(liked, 2), (fixed, 2)]
+
+
+def test_a_bad_liked_tries_is_refused_naming_the_key() -> None:
+    for bad in ("-1", "two"):
+        with pytest.raises(ConfigError, match=rf"sleep.liked_tries = '{bad}'"):
+            load_settings(environ={"NPLLM_SLEEP__LIKED_TRIES": bad})
