@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 from npllm.errors import NotFoundError
 
 _RECENT_MEMORIES = """
-SELECT id, text, kind, source, created_at, use_count
+SELECT id, text, kind, source, created_at, use_count, decayed_at
 FROM npllm.memories
 WHERE %(kind)s::text IS NULL OR kind = %(kind)s
 ORDER BY created_at DESC, id DESC
@@ -54,7 +54,8 @@ def recent_memories(pool: ConnectionPool, kind: str | None, limit: int) -> list[
     """The newest `limit` memories (of `kind`, if given), newest first."""
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(_RECENT_MEMORIES, {"kind": kind, "limit": limit}).fetchall()
-    return [{**r, "created_at": r["created_at"].isoformat()} for r in rows]
+    return [{**r, "created_at": r["created_at"].isoformat(), "decayed_at": _iso(r["decayed_at"])}
+            for r in rows]  # fmt: skip
 
 
 def adapter_history(pool: ConnectionPool, name: str) -> dict[str, Any]:

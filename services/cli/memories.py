@@ -47,7 +47,9 @@ def memories_list(
     for m in found:
         text = m["text"].replace("\n", " ")
         when = m["created_at"][:16].replace("T", " ")
-        typer.echo(f"#{m['id']:<6} {when}  [{m['kind']}] {text[:90]}")
+        gone = m.get("decayed_at")
+        decayed = f" (decayed {gone[:10]}: no longer recalled)" if gone else ""
+        typer.echo(f"#{m['id']:<6} {when}  [{m['kind']}]{decayed} {text[:90]}")
 
 
 @app.command("delete")

@@ -197,6 +197,17 @@ def test_memories_list_is_newest_first_and_checks_its_options(daemon: LiveDaemon
     assert len(lines) == 2
     assert "cleaned on Fridays" in lines[0] and "1280 C" in lines[1]
     assert all("[note]" in line for line in lines)
+    # an exchange memory that decayed (memory.decay_days) is listed as no longer recalled
+    with daemon.http() as http:
+        ask_ok(http, "Which day is the Brastow kiln cleaned on?")
+    sql = ("UPDATE npllm.memories SET decayed_at = '2026-03-04' WHERE id = "
+           "(SELECT max(id) FROM npllm.memories WHERE kind = 'exchange') RETURNING id")  # fmt: skip
+    decayed = _run(["psql", "-At", "-c", sql], env)
+    assert decayed.returncode == 0, decayed.stderr
+    exchange = _run(["memories", "list", "--kind", "exchange", "--limit", "1"], env).stdout
+    assert exchange.startswith(f"#{decayed.stdout.split()[0]} ")
+    assert "[exchange] (decayed 2026-03-04: no longer recalled)" in exchange
+    assert "(decayed" not in listed.stdout
     bad = _run(["memories", "list", "--kind", "poem"], env)
     assert bad.returncode == 2
     assert "'poem' is not one of 'note', 'fact', 'document', 'exchange'" in bad.stderr

@@ -64,6 +64,9 @@ class RecentMemory(Open):
     source: str
     created_at: str
     use_count: int
+    decayed_at: str | None = Field(
+        None, description="When it left retrieval (memory.decay_days unused); null: it is found."
+    )
 
 
 class RecentMemories(Open):
