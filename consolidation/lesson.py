@@ -10,7 +10,7 @@ adapter is:
   npllm/variants.py) with the same answer — trained, never checked;
 - **keys** (npllm/scope.py): where the version answers — every question the adapter has
   learned and not seen superseded (from the replay buffer, so a rebuilt or upgraded adapter
-  keeps them), the paraphrases, the centroid of its dataset as a topic — and the
+  keeps them), the paraphrases, its dataset's questions and centroid (as a topic) — and the
   neighbours it must leave to the base: questions about the same subject with another
   relation, the public default behind a team's setting (`sleep.neighbours` by rule), and
   the user's own questions near a taught one that were answered and never corrected;
@@ -20,6 +20,7 @@ adapter is:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -172,7 +173,8 @@ def build(
     if lesson.kind == "cerebellum":  # a draft model: never routed, nothing to keep apart
         return examples
     apart, firm = _history(settings, pool, lesson, examples.sources)
-    keys = _keys(settings, pool, embedder, lesson, previous, rephrasings, apart)
+    known = [question(chat) for chat in imported]
+    keys = _keys(settings, pool, embedder, lesson, previous, rephrasings, apart, known)
     asked = [*_checks(settings, embedder, lesson), *firm]
     checks = [[{"role": "user", "content": q}] for q in dict.fromkeys(asked)]
     return Examples(taught, examples.sources, extra, imported, imported_train, held_out,
@@ -182,8 +184,12 @@ def build(
 def _keys(
     settings: Settings, pool: Any, embedder: Any, lesson: Lesson, previous: Version | None,
     rephrasings: list[tuple[replay.ReplayItem, str]], history: list[tuple[str, np.ndarray]],
+    known: Sequence[str] = (),
 ) -> Keys:  # fmt: skip
-    """The version's routing keys (the module docstring)."""
+    """The version's routing keys (the module docstring); `known`: the questions of the
+    adapter's dataset, which it answers as much as those it learned from the replay buffer
+    (question keys, so no rule-made neighbour as alike as a re-ask of one is left to the
+    base: "Who maintains Zorblax?" beside a dataset that teaches who maintains it)."""
     tonight = {i.interaction_id for i in lesson.items}
     with pool.connection() as conn:
         learned = [r for name in lesson.learned_by
@@ -202,6 +208,7 @@ def _keys(
     fresh: list[tuple[str, str, int | None]] = []
     for item in lesson.items:
         fresh.append(("question", item.question, item.interaction_id))
+    fresh += [("question", q, None) for q in dict.fromkeys(known) if q.strip()]
     fresh += [("paraphrase", p, item.interaction_id) for item, p in rephrasings]
     for item in lesson.items:
         around = variants.neighbours(item.question, settings.sleep.neighbours)
