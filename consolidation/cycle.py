@@ -610,7 +610,7 @@ def _train(
                 for item in lesson.items + lesson.rehearse
             ],
             required=_required(lesson),
-            repeat=_repeat(ex, _required(lesson)),
+            repeat=_repeat(ex, lesson),
         )
     except BaseException as exc:
         finish_run(pool, run_id, None, exc)
@@ -620,21 +620,29 @@ def _train(
 
 
 def _required(lesson: Lesson) -> list[bool]:
-    """Per taught chat, whether the run waits until it is served as taught: the corrections
-    (tonight's and rehearsed ones) when there are any, else every answer. A liked answer is
-    the model's own text, often long or sampled; it is trained and counted, but it must not
-    spend the steps the user's corrections need (the month benchmark's nights 3-4 ran out of
-    budget on them, docs/performance.md)."""
+    """Per taught chat, whether the run waits until it is served as taught: on a night with
+    corrections, the corrections and every rehearsed answer (what an earlier night learned:
+    the gate refuses a version that no longer gives it), not tonight's new liked answers;
+    on a night without corrections, every answer. A new liked answer is the model's own
+    text, often long or sampled; it is trained and counted, but it must not spend the steps
+    the user's corrections need (the month benchmark's nights 3-4 ran out of budget on
+    them, docs/performance.md)."""
     items = lesson.items + lesson.rehearse
-    corrections = [item.corrected_answer is not None for item in items]
-    return corrections if any(corrections) else [True] * len(items)
+    if not any(item.corrected_answer is not None for item in items):
+        return [True] * len(items)
+    return [item.corrected_answer is not None for item in lesson.items] + [True] * len(
+        lesson.rehearse
+    )
 
 
-def _repeat(ex: Examples, required: list[bool]) -> list[int]:
-    """Per training example, its share of each pass: a correction the run waits for
-    appears twice when liked answers are trained beside it, so they do not outnumber it."""
-    waited = [2 if wait and not all(required) else 1 for wait in required]
-    return waited + [1] * (len(ex.train) - len(waited))
+def _repeat(ex: Examples, lesson: Lesson) -> list[int]:
+    """Per training example, its share of each pass: a correction appears twice when new
+    liked answers are trained beside it, so they do not outnumber it."""
+    required = _required(lesson)
+    fixed = [item.corrected_answer is not None for item in lesson.items + lesson.rehearse]
+    twice = not all(required)
+    taught = [2 if twice and f else 1 for f in fixed]
+    return taught + [1] * (len(ex.train) - len(taught))
 
 
 def _verifier(

@@ -122,14 +122,16 @@ def test_a_version_refused_for_forgetting_alone_is_retrained_rehearsing_what_it_
 
 def test_a_night_waits_for_its_corrections_and_gives_them_twice_the_share() -> None:
     """What the trainer is told to wait for (consolidation/cycle.py: `_required`, `_repeat`):
-    the corrections, tonight's and rehearsed, when there are any; every answer otherwise."""
+    on a night with corrections, the corrections and every rehearsed answer (an earlier
+    night's, which the gate protects), not tonight's new liked answers; on a night without
+    corrections, every answer. Corrections appear twice in a pass beside new liked ones."""
     liked, fixed = SimpleNamespace(corrected_answer=None), SimpleNamespace(corrected_answer="x")
     mixed = SimpleNamespace(items=[liked, fixed], rehearse=[fixed, liked])
-    assert cycle._required(mixed) == [False, True, True, False]
+    assert cycle._required(mixed) == [False, True, True, True]
     ex = SimpleNamespace(train=[[]] * 7)  # 4 taught, 3 paraphrases
-    assert cycle._repeat(ex, cycle._required(mixed)) == [1, 2, 2, 1, 1, 1, 1]
-    only_liked = SimpleNamespace(items=[liked, liked], rehearse=[])
-    assert cycle._required(only_liked) == [True, True]
-    assert cycle._repeat(SimpleNamespace(train=[[]] * 3), [True, True]) == [1, 1, 1]
+    assert cycle._repeat(ex, mixed) == [1, 2, 2, 1, 1, 1, 1]
+    only_liked = SimpleNamespace(items=[liked, liked], rehearse=[liked])
+    assert cycle._required(only_liked) == [True, True, True]
+    assert cycle._repeat(SimpleNamespace(train=[[]] * 4), only_liked) == [1, 1, 1, 1]
     only_fixed = SimpleNamespace(items=[fixed], rehearse=[fixed])
-    assert cycle._repeat(SimpleNamespace(train=[[]] * 2), cycle._required(only_fixed)) == [1, 1]
+    assert cycle._repeat(SimpleNamespace(train=[[]] * 2), only_fixed) == [1, 1]
