@@ -576,6 +576,7 @@ def _train(
     _phase(ctx, cycle, f"training {name}")
     staging = ctx.settings.data_path / "adapters" / ".staging" / f"cycle{cycle}" / name
     shutil.rmtree(staging, ignore_errors=True)
+    required = _required(lesson)  # what the run waits for (and corrections twice a pass)
     budget = plan_budget(len(ex.train), training, incremental=previous is not None)
     run_id = start_run(
         pool, ctx.settings, name, len(ex.train), budget, sleep_cycle=cycle, kind=lesson.kind,
@@ -609,8 +610,8 @@ def _train(
                 training.recall_margin if item.corrected_answer is not None else 0.0
                 for item in lesson.items + lesson.rehearse
             ],
-            required=_required(lesson),
-            repeat=_repeat(ex, lesson),
+            required=required,
+            repeat=_repeat(ex, lesson, required),
         )
     except BaseException as exc:
         finish_run(pool, run_id, None, exc)
@@ -635,10 +636,10 @@ def _required(lesson: Lesson) -> list[bool]:
     )
 
 
-def _repeat(ex: Examples, lesson: Lesson) -> list[int]:
+def _repeat(ex: Examples, lesson: Lesson, required: list[bool]) -> list[int]:
     """Per training example, its share of each pass: a correction appears twice when new
-    liked answers are trained beside it, so they do not outnumber it."""
-    required = _required(lesson)
+    liked answers (those `required`, `_required`, does not wait for) are trained beside it,
+    so they do not outnumber it."""
     fixed = [item.corrected_answer is not None for item in lesson.items + lesson.rehearse]
     twice = not all(required)
     taught = [2 if twice and f else 1 for f in fixed]

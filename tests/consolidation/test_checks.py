@@ -129,9 +129,13 @@ def test_a_night_waits_for_its_corrections_and_gives_them_twice_the_share() -> N
     mixed = SimpleNamespace(items=[liked, fixed], rehearse=[fixed, liked])
     assert cycle._required(mixed) == [False, True, True, True]
     ex = SimpleNamespace(train=[[]] * 7)  # 4 taught, 3 paraphrases
-    assert cycle._repeat(ex, mixed) == [1, 2, 2, 1, 1, 1, 1]
+    assert cycle._repeat(ex, mixed, cycle._required(mixed)) == [1, 2, 2, 1, 1, 1, 1]
     only_liked = SimpleNamespace(items=[liked, liked], rehearse=[liked])
     assert cycle._required(only_liked) == [True, True, True]
-    assert cycle._repeat(SimpleNamespace(train=[[]] * 4), only_liked) == [1, 1, 1, 1]
+    assert cycle._repeat(
+        SimpleNamespace(train=[[]] * 4), only_liked, cycle._required(only_liked)
+    ) == [1, 1, 1, 1]
     only_fixed = SimpleNamespace(items=[fixed], rehearse=[fixed])
-    assert cycle._repeat(SimpleNamespace(train=[[]] * 2), only_fixed) == [1, 1]
+    assert cycle._repeat(
+        SimpleNamespace(train=[[]] * 2), only_fixed, cycle._required(only_fixed)
+    ) == [1, 1]
