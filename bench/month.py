@@ -2,7 +2,15 @@
 
     .venv/bin/python bench/month.py [--nights 30] [--seed 0] [--facts-per-night 2-3]
         [--change-every 5] [--unseen] [--out bench/results] [--plot] [--keep DIR]
+    .venv/bin/python bench/month.py --keep DIR --resume [the same options]
     .venv/bin/python bench/month.py --replot bench/results/month-30n-seed0.json
+
+A run kept in `--keep DIR` can stop between two nights (`touch DIR/stop`) and go on later
+with `--resume`: the same data dir (database, adapters, replay buffer), and the scripted
+user's random state, day-0 answers and counts from the JSON. Each stretch is a row of
+`segments`; the time between them is wall-clock time the daemon sees. A run killed during a
+day or a night is resumable too, but that day's questions and corrections were already
+asked: the night is listed in `interrupted` and its day asked again.
 
 A real `npllm serve` (the shipped settings: canary trials on, `canary.share` 0.2) in a temp
 data dir, and its real sleep worker: every night is `POST /v1/sleep {"now": true}`, waited
@@ -1011,6 +1019,13 @@ def main() -> None:
         "month's daemon never sees them before teaching (no user history about them)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run kept in --keep DIR from the night after its last one (same "
+        "--nights, --seed, --facts-per-night, --change-every, --unseen and --out); a file "
+        "named `stop` in that DIR stops a run between two nights",
+    )
+    parser.add_argument(
         "--replot",
         type=Path,
         default=None,
@@ -1028,6 +1043,13 @@ def main() -> None:
     settings = load_settings()
     unseen = "-unseen" if args.unseen else ""
     out = args.out / f"month-{args.nights}n-seed{args.seed}{unseen}.json"
+    if args.resume:
+        try:
+            kept = resume_from(args.keep, out, facts)
+        except ValueError as e:
+            parser.error(str(e))
+        resume(args, out, data, facts, settings, kept)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "benchmark": "month",
@@ -1075,32 +1097,162 @@ def main() -> None:
         )
         print(HEADER, flush=True)
         print(table_row(report["nights"][0]), flush=True)
-        for n in range(1, args.nights + 1):
-            log = day(client, facts, n, data["ordinary"], rng)
-            night = sleep(live.http, seed=args.seed * 1000 + n)
-            m = measure(client, facts, n, fixed, was, data["latency"], rng)
-            report["nights"].append(
-                {
-                    "n": n,
-                    "night": night,
-                    "day": log,
-                    "measure": m,
-                    "summary": summary(m, n),
-                    "resources": resources(client, data_dir),
-                }
+        report["keep"] = str(args.keep.resolve()) if args.keep else None
+        report["segments"] = [{"date": report["date"], "from_night": 1}]
+        _nights(args, out, data, facts, report, client, data_dir, was, rng, 1, started)
+    print_report(report)
+    print(f"wrote {out}")
+    if args.plot:
+        plot(report, PLOT)
+
+
+def _nights(
+    args: argparse.Namespace,
+    out: Path,
+    data: dict[str, Any],
+    facts: list[Fact],
+    report: dict[str, Any],
+    client: Client,
+    data_dir: Path,
+    was: dict[str, str],
+    rng: random.Random,
+    first: int,
+    started: float,
+) -> None:
+    """Nights `first`..`args.nights`: the day, the night, the measurement; the JSON (with
+    what `--resume` needs to go on: the user's random state, the day-0 answers, the
+    client's counts) rewritten after every night."""
+    fixed = data["fixed_neighbours"]
+    minutes_before = report.get("minutes", 0.0) if first > 1 else 0.0
+    for n in range(first, args.nights + 1):
+        if args.keep is not None and (args.keep / "stop").exists():
+            (args.keep / "stop").unlink()
+            print(f"month: stopped before night {n} ({args.keep / 'stop'}); --resume goes on")
+            return
+        report["day_started"] = n
+        _write(out, report)
+        log = day(client, facts, n, data["ordinary"], rng)
+        night = sleep(client.http, seed=args.seed * 1000 + n)
+        m = measure(client, facts, n, fixed, was, data["latency"], rng)
+        report["nights"].append(
+            {
+                "n": n,
+                "night": night,
+                "day": log,
+                "measure": m,
+                "summary": summary(m, n),
+                "resources": resources(client, data_dir),
+            }
+        )
+        report["errors_5xx"] = client.server_errors
+        report["nights_run"] = n
+        report["facts_taught"] = sum(1 for f in facts if f.night <= n)
+        report["minutes"] = round(minutes_before + (time.perf_counter() - started) / 60, 1)
+        report["segments"][-1]["to_night"] = n
+        report["state"] = {
+            "rng": _rng_state(rng),
+            "before": was,
+            "asked": dict(client.asked),
+        }
+        _write(out, report)
+        print(table_row(report["nights"][-1]), flush=True)
+        if m["implicit_events_caused"]:
+            print(
+                f"  note: the measurement caused {m['implicit_events_caused']:.0f} "
+                "implicit feedback event(s)",
+                flush=True,
             )
-            report["errors_5xx"] = client.server_errors
-            report["nights_run"] = n
-            report["facts_taught"] = sum(1 for f in facts if f.night <= n)
-            report["minutes"] = round((time.perf_counter() - started) / 60, 1)
-            out.write_text(json.dumps(report, indent=1))
-            print(table_row(report["nights"][-1]), flush=True)
-            if m["implicit_events_caused"]:
-                print(
-                    f"  note: the measurement caused {m['implicit_events_caused']:.0f} "
-                    "implicit feedback event(s)",
-                    flush=True,
-                )
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    """The JSON, whole or not at all (a run stopped mid-write must stay resumable)."""
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
+
+
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(rng: random.Random, state: list[Any]) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
+def resume_from(keep: Path | None, out: Path, facts: list[Fact]) -> dict[str, Any]:
+    """The report of the run `--resume` continues, checked: ValueError, saying what is wrong,
+    when there is nothing to continue or the arguments are not the run's."""
+    if keep is None:
+        raise ValueError("--resume needs --keep DIR: the directory the run was kept in")
+    if not (keep / "data").is_dir():
+        raise ValueError(f"--resume: {keep} holds no kept run (no {keep / 'data'})")
+    if not out.is_file():
+        raise ValueError(
+            f"--resume: no report at {out}; give the run's --nights, --seed, --unseen and --out"
+        )
+    try:
+        report = json.loads(out.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--resume: {out} is not JSON ({e})") from None
+    if "state" not in report or not report.get("nights_run"):
+        raise ValueError(f"--resume: {out} has no finished night to continue from")
+    if report.get("keep") != str(keep.resolve()):
+        raise ValueError(f"--resume: {out} was kept in {report.get('keep')}, not {keep.resolve()}")
+    if report["facts"] != [asdict(f) for f in facts]:
+        raise ValueError(
+            f"--resume: {out} was planned with other --seed, --facts-per-night or "
+            "--change-every values (its facts differ)"
+        )
+    if report["nights_run"] >= report["nights_asked"]:
+        raise ValueError(f"--resume: {out} has run all its {report['nights_asked']} nights")
+    return dict(report)
+
+
+def resume(
+    args: argparse.Namespace,
+    out: Path,
+    data: dict[str, Any],
+    facts: list[Fact],
+    settings: Any,
+    report: dict[str, Any],
+) -> None:
+    """Go on with a kept run from the night after its last: the same data dir (database,
+    adapters, replay buffer), the user's random state and the day-0 answers from its JSON.
+    The gap between the segments is wall-clock time the daemon sees (canary trials older
+    than `canary.max_hours` are decided when it starts); each segment is in `segments`.
+    `report`: the run's, from `resume_from`."""
+    rng = random.Random()
+    _set_rng_state(rng, report["state"]["rng"])
+    was = dict(report["state"]["before"])
+    first = int(report["nights_run"]) + 1
+    if report.get("day_started", 0) >= first:
+        # the run was killed during day or night `first`: its questions and corrections are
+        # in the database, and the day is asked again (said in the JSON and the output)
+        report.setdefault("interrupted", []).append(first)
+        print(f"month: night {first} was interrupted; its day is asked again", flush=True)
+    started = time.perf_counter()
+    report["segments"].append({"date": time.strftime("%Y-%m-%d %H:%M"), "from_night": first})
+    print(f"month: resuming {out} at night {first} of {args.nights} in {args.keep}", flush=True)
+    with live_daemon(settings.model_cache_path, keep=args.keep) as live:
+        client = Client(live.http)
+        client.server_errors = list(report.get("errors_5xx", []))
+        client.asked = dict(report["state"]["asked"])
+        print(HEADER, flush=True)
+        _nights(
+            args,
+            out,
+            data,
+            facts,
+            report,
+            client,
+            Path(live.env["NPLLM_DATA_DIR"]),
+            was,
+            rng,
+            first,
+            started,
+        )
     print_report(report)
     print(f"wrote {out}")
     if args.plot:
