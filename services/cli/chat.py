@@ -9,6 +9,9 @@ message of several lines.
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,7 +78,8 @@ def chat(
     history = _readline(settings_of(ctx).data_path / "chat-history")
     conversation = Conversation(system)
     typer.echo("npllm chat: /help for commands, Ctrl-D or /bye to leave", err=True)
-    try:
+    with _ctrl_c_heard(), contextlib.ExitStack() as stack:
+        stack.callback(history)
         while True:
             line = _read_message()
             if line is None:
@@ -87,8 +91,25 @@ def chat(
                     return
                 continue
             _ask(client, conversation, line, max_tokens, temperature)
+
+
+@contextlib.contextmanager
+def _ctrl_c_heard() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt at the prompt while the chat runs in a terminal, even
+    when the chat was started with SIGINT ignored. Python keeps an ignored SIGINT ignored
+    (it installs its KeyboardInterrupt handler only over the default), and a parent that
+    ignores it (a test runner, a shell running jobs without job control) passes that on
+    through exec: Ctrl-C then stopped answers (answer.py installs its own handler) but did
+    nothing at the prompt. A chat is a person at a terminal, and Ctrl-C is how they clear
+    a line or leave, so the chat hears it; the disposition it found is put back after."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
     finally:
-        history()
+        signal.signal(signal.SIGINT, previous)
 
 
 def _read_message() -> str | None:
