@@ -45,11 +45,13 @@ def live_daemon(
             **extra,
         }
         log = (keep or Path(tmp)) / "serve.log"
+        with log.open("a") as out:  # a kept directory's log keeps its earlier runs
+            out.write(f"---- npllm serve, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve"],
             env=env,
             cwd=REPO,
-            stdout=log.open("w"),
+            stdout=log.open("a"),
             stderr=subprocess.STDOUT,
         )
         sock = data / "run" / "npllm.sock"

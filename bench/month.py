@@ -9,8 +9,10 @@ A run kept in `--keep DIR` can stop between two nights (`touch DIR/stop`) and go
 with `--resume`: the same data dir (database, adapters, replay buffer), and the scripted
 user's random state, day-0 answers and counts from the JSON. Each stretch is a row of
 `segments`; the time between them is wall-clock time the daemon sees. A run killed during a
-day or a night is resumable too, but that day's questions and corrections were already
-asked: the night is listed in `interrupted` and its day asked again.
+day or a night (from night 2 on) is resumable too, but that day's questions and corrections
+were already asked: the night is listed in `interrupted` and its day asked again. Kill the
+script with SIGTERM or Ctrl-C, which stops its daemon; after a SIGKILL stop the daemon
+(`<DIR>/data/run`) before resuming.
 
 A real `npllm serve` (the shipped settings: canary trials on, `canary.share` 0.2) in a temp
 data dir, and its real sleep worker: every night is `POST /v1/sleep {"now": true}`, waited
@@ -202,7 +204,8 @@ class Values:
     """Fresh values for each relation (never one used before for the same relation)."""
 
     def __init__(self, pools: dict[str, list[str]], rng: random.Random) -> None:
-        self.pools, self.rng, self.used = pools, rng, set()
+        self.pools, self.rng = pools, rng
+        self.used: set[tuple[str, str]] = set()
 
     def draw(self, kind: str, system: System) -> tuple[str, str]:
         """(the value as the answer says it, the key that marks an answer right)."""
@@ -348,6 +351,9 @@ class Client:
         self.http = http
         self.server_errors: list[str] = []
         self.asked = {"user": 0, "measurement": 0}
+        # the daemon's 5xx count (/metrics) of earlier stretches of a resumed run: its
+        # counter starts at 0 with each daemon
+        self.earlier_5xx = 0
         http.event_hooks["response"].append(self._on_response)
 
     def _on_response(self, response: Any) -> None:
@@ -699,7 +705,7 @@ def resources(client: Client, data_dir: Path) -> dict[str, Any]:
         "database_bytes": int(metrics["database_bytes"]),
         "adapters_dir_bytes": _du(data_dir / "adapters"),
         "pgdata_bytes": _du(data_dir / "pgdata"),
-        "server_5xx": int(metrics["5xx"]),
+        "server_5xx": client.earlier_5xx + int(metrics["5xx"]),
         "client_5xx": len(client.server_errors),
         "interactions": dict(client.asked),
         "load_average": [round(x, 2) for x in os.getloadavg()],  # noise in the timings
@@ -1033,9 +1039,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.replot:
-        report = json.loads(args.replot.read_text())
-        print_report(report)
-        plot(report, PLOT)
+        done = json.loads(args.replot.read_text())
+        print_report(done)
+        plot(done, PLOT)
         return
     data = json.loads(DATA.read_text())
     facts = plan_month(data, args.nights, args.facts_per_night, args.change_every, args.seed)
@@ -1099,7 +1105,15 @@ def main() -> None:
         print(table_row(report["nights"][0]), flush=True)
         report["keep"] = str(args.keep.resolve()) if args.keep else None
         report["segments"] = [{"date": report["date"], "from_night": 1}]
-        _nights(args, out, data, facts, report, client, data_dir, was, rng, 1, started)
+        finished = _nights(args, out, data, facts, report, client, data_dir, was, rng, 1, started)
+    _end(args, out, report, finished)
+
+
+def _end(args: argparse.Namespace, out: Path, report: dict[str, Any], finished: bool) -> None:
+    """The report and the plot of a finished run; a stopped one only says where it is."""
+    if not finished:
+        print(f"month: {out} holds nights 1-{report['nights_run']}; the plot waits for the end")
+        return
     print_report(report)
     print(f"wrote {out}")
     if args.plot:
@@ -1118,17 +1132,17 @@ def _nights(
     rng: random.Random,
     first: int,
     started: float,
-) -> None:
+) -> bool:
     """Nights `first`..`args.nights`: the day, the night, the measurement; the JSON (with
     what `--resume` needs to go on: the user's random state, the day-0 answers, the
-    client's counts) rewritten after every night."""
+    client's counts) rewritten after every night. False: stopped by the stop file."""
     fixed = data["fixed_neighbours"]
     minutes_before = report.get("minutes", 0.0) if first > 1 else 0.0
     for n in range(first, args.nights + 1):
-        if args.keep is not None and (args.keep / "stop").exists():
+        if n > 1 and args.keep is not None and (args.keep / "stop").exists():
             (args.keep / "stop").unlink()
             print(f"month: stopped before night {n} ({args.keep / 'stop'}); --resume goes on")
-            return
+            return False
         report["day_started"] = n
         _write(out, report)
         log = day(client, facts, n, data["ordinary"], rng)
@@ -1162,6 +1176,7 @@ def _nights(
                 "implicit feedback event(s)",
                 flush=True,
             )
+    return True
 
 
 def _write(out: Path, report: dict[str, Any]) -> None:
@@ -1239,24 +1254,13 @@ def resume(
         client = Client(live.http)
         client.server_errors = list(report.get("errors_5xx", []))
         client.asked = dict(report["state"]["asked"])
+        client.earlier_5xx = int(report["nights"][-1]["resources"]["server_5xx"])
         print(HEADER, flush=True)
-        _nights(
-            args,
-            out,
-            data,
-            facts,
-            report,
-            client,
-            Path(live.env["NPLLM_DATA_DIR"]),
-            was,
-            rng,
-            first,
-            started,
+        data_dir = Path(live.env["NPLLM_DATA_DIR"])
+        finished = _nights(
+            args, out, data, facts, report, client, data_dir, was, rng, first, started
         )
-    print_report(report)
-    print(f"wrote {out}")
-    if args.plot:
-        plot(report, PLOT)
+    _end(args, out, report, finished)
 
 
 if __name__ == "__main__":

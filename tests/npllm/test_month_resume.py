@@ -3,6 +3,7 @@ continue is refused with a message that says why (no daemon is started here)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
@@ -100,3 +101,13 @@ def test_the_command_line_refuses_resume_without_a_kept_run(tmp_path: Path) -> N
     )
     assert run.returncode == 2
     assert "--resume needs --keep DIR" in run.stderr
+
+
+def test_a_stopped_run_says_where_it_is_and_draws_no_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(month, "PLOT", tmp_path / "month.png")
+    args = argparse.Namespace(plot=True)
+    month._end(args, tmp_path / "m.json", {"nights_run": 3}, finished=False)
+    assert "holds nights 1-3; the plot waits for the end" in capsys.readouterr().out
+    assert not (tmp_path / "month.png").exists()
