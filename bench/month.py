@@ -1104,7 +1104,7 @@ def main() -> None:
         print(HEADER, flush=True)
         print(table_row(report["nights"][0]), flush=True)
         report["keep"] = str(args.keep.resolve()) if args.keep else None
-        report["segments"] = [{"date": report["date"], "from_night": 1}]
+        report["segments"] = [{"date": report["date"], "from_night": 1, "commit": _commit()}]
         finished = _nights(args, out, data, facts, report, client, data_dir, was, rng, 1, started)
     _end(args, out, report, finished)
 
@@ -1179,6 +1179,20 @@ def _nights(
     return True
 
 
+def _commit() -> str:
+    """The code a stretch of the month runs: the checkout's commit (+ "-dirty" when it has
+    uncommitted changes), or "unknown" outside git."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip()
+    if not head:
+        return "unknown"
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
 def _write(out: Path, report: dict[str, Any]) -> None:
     """The JSON, whole or not at all (a run stopped mid-write must stay resumable)."""
     tmp = out.with_suffix(".json.tmp")
@@ -1248,7 +1262,9 @@ def resume(
         report.setdefault("interrupted", []).append(first)
         print(f"month: night {first} was interrupted; its day is asked again", flush=True)
     started = time.perf_counter()
-    report["segments"].append({"date": time.strftime("%Y-%m-%d %H:%M"), "from_night": first})
+    report["segments"].append(
+        {"date": time.strftime("%Y-%m-%d %H:%M"), "from_night": first, "commit": _commit()}
+    )
     print(f"month: resuming {out} at night {first} of {args.nights} in {args.keep}", flush=True)
     with live_daemon(settings.model_cache_path, keep=args.keep) as live:
         client = Client(live.http)
