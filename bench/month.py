@@ -125,6 +125,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from live import NightRefused, force_night, live_daemon  # noqa: E402
 
+from npllm.artifacts import write_file_atomically  # noqa: E402
 from npllm.config import load_settings  # noqa: E402
 
 DATA = REPO / "bench" / "data" / "month.json"
@@ -1195,9 +1196,7 @@ def _commit() -> str:
 
 def _write(out: Path, report: dict[str, Any]) -> None:
     """The JSON, whole or not at all (a run stopped mid-write must stay resumable)."""
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+    write_file_atomically(out, json.dumps(report, indent=1))
 
 
 def _rng_state(rng: random.Random) -> list[Any]:
