@@ -606,10 +606,7 @@ def _train(
             verify=_verifier(ctx, lesson, ex),
             # A correction is the user's own words, foreign to the model: it must win by the
             # margin. A liked answer is the model's own: served greedily as it is, it needs none.
-            margins_needed=[
-                training.recall_margin if item.corrected_answer is not None else 0.0
-                for item in lesson.items + lesson.rehearse
-            ],
+            margins_needed=[training.recall_margin if f else 0.0 for f in _corrections(lesson)],
             required=required,
             repeat=_repeat(ex, lesson, required),
         )
@@ -620,6 +617,11 @@ def _train(
     return run_id, result, staging
 
 
+def _corrections(lesson: Lesson) -> list[bool]:
+    """Per taught chat (tonight's, then the rehearsed), whether it is a correction."""
+    return [item.corrected_answer is not None for item in lesson.items + lesson.rehearse]
+
+
 def _required(lesson: Lesson) -> list[bool]:
     """Per taught chat, whether the run waits until it is served as taught: on a night with
     corrections, the corrections and every rehearsed answer (what an earlier night learned:
@@ -628,21 +630,18 @@ def _required(lesson: Lesson) -> list[bool]:
     text, often long or sampled; it is trained and counted, but it must not spend the steps
     the user's corrections need (the month benchmark's nights 3-4 ran out of budget on
     them, docs/performance.md)."""
-    items = lesson.items + lesson.rehearse
-    if not any(item.corrected_answer is not None for item in items):
-        return [True] * len(items)
-    return [item.corrected_answer is not None for item in lesson.items] + [True] * len(
-        lesson.rehearse
-    )
+    fixed = _corrections(lesson)
+    if not any(fixed):
+        return [True] * len(fixed)
+    return fixed[: len(lesson.items)] + [True] * len(lesson.rehearse)
 
 
 def _repeat(ex: Examples, lesson: Lesson, required: list[bool]) -> list[int]:
     """Per training example, its share of each pass: a correction appears twice when new
     liked answers (those `required`, `_required`, does not wait for) are trained beside it,
     so they do not outnumber it."""
-    fixed = [item.corrected_answer is not None for item in lesson.items + lesson.rehearse]
     twice = not all(required)
-    taught = [2 if twice and f else 1 for f in fixed]
+    taught = [2 if twice and f else 1 for f in _corrections(lesson)]
     return taught + [1] * (len(ex.train) - len(taught))
 
 
